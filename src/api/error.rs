@@ -1,0 +1,251 @@
+//! The API's one error type: each variant maps to a status and a stable `code` in an
+//! `application/problem+json` body (RFC 9457). Internal causes are logged, never shown.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::broker::{BrokerError, Scope};
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    InvalidRequest(String),
+    Validation(String),
+    InvalidNumber(String),
+    PayloadTooLarge,
+    Unauthorized,
+    Forbidden(Scope),
+    NotFound(&'static str, String),
+    MethodNotAllowed,
+    Broker(BrokerError),
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        ApiError::Broker(e)
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+}
+
+/// Digits runs long enough to be a phone number are masked in any text that may echo
+/// client input back (serde messages quote the offending value).
+pub fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 5 {
+            out.push_str(&"•".repeat(run.len()));
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
+        use BrokerError as B;
+        match self {
+            ApiError::InvalidRequest(d) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Invalid request",
+                scrub(d),
+            ),
+            ApiError::Validation(d) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "Validation failed",
+                scrub(d),
+            ),
+            ApiError::InvalidNumber(d) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_number",
+                "Invalid phone number",
+                scrub(d),
+            ),
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+                "request bodies are limited to 64 KiB".into(),
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "send a valid API key as `Authorization: Bearer <key>`".into(),
+            ),
+            ApiError::Forbidden(scope) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                format!("this API key lacks the `{}` scope", scope.as_str()),
+            ),
+            ApiError::NotFound(code, d) => (StatusCode::NOT_FOUND, code, "Not found", d.clone()),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+                "this path does not take that method".into(),
+            ),
+            ApiError::Broker(e) => match e {
+                B::InvalidNumber { field, reason } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_number",
+                    "Invalid phone number",
+                    format!("{field}: {reason}"),
+                ),
+                B::Validation(d) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation_failed",
+                    "Validation failed",
+                    scrub(d),
+                ),
+                B::PoolNotFound(_) => (
+                    StatusCode::NOT_FOUND,
+                    "pool_not_found",
+                    "Pool not found",
+                    e.to_string(),
+                ),
+                B::SessionNotFound => (
+                    StatusCode::NOT_FOUND,
+                    "session_not_found",
+                    "Session not found",
+                    e.to_string(),
+                ),
+                B::NumberNotFound(d) => (
+                    StatusCode::NOT_FOUND,
+                    "number_not_found",
+                    "Number not found",
+                    d.clone(),
+                ),
+                B::PoolExhausted(_) => (
+                    StatusCode::CONFLICT,
+                    "pool_exhausted",
+                    "Pool exhausted",
+                    e.to_string(),
+                ),
+                B::NumberInUse(_) => (
+                    StatusCode::CONFLICT,
+                    "number_in_use",
+                    "Number in use",
+                    e.to_string(),
+                ),
+                B::SessionClosed => (
+                    StatusCode::CONFLICT,
+                    "session_closed",
+                    "Session closed",
+                    e.to_string(),
+                ),
+                B::IdempotencyConflict => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_conflict",
+                    "Idempotency conflict",
+                    e.to_string(),
+                ),
+                B::IdempotencyRunning => (
+                    StatusCode::CONFLICT,
+                    "idempotency_conflict",
+                    "Idempotency conflict",
+                    e.to_string(),
+                ),
+                B::Store(StoreError::Unavailable(_)) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "Store unavailable",
+                    "the session store cannot be reached; retry shortly".into(),
+                ),
+                B::Store(_) | B::Crypto(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "Internal error",
+                    "an internal error occurred; it has been logged".into(),
+                ),
+            },
+        }
+    }
+}
+
+pub fn problem(status: StatusCode, code: &str, title: &str, detail: String) -> Response {
+    let body = Problem {
+        kind: format!("urn:hush:problem:{code}"),
+        title,
+        status: status.as_u16(),
+        detail,
+        code,
+    };
+    let mut resp = (status, axum::Json(body)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title, detail) = self.parts();
+        if let ApiError::Broker(e) = &self {
+            match e {
+                BrokerError::Store(StoreError::Unavailable(_)) => {
+                    tracing::warn!(error = %error_chain(e), "store unavailable")
+                }
+                BrokerError::Store(_) | BrokerError::Crypto(_) => {
+                    tracing::error!(error = %error_chain(e), "internal error")
+                }
+                _ => {}
+            }
+        }
+        problem(status, code, title, detail)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_masks_number_like_runs() {
+        assert_eq!(
+            scrub("value \"+14155550123\" at 12"),
+            "value \"+•••••••••••\" at 12"
+        );
+        assert_eq!(scrub("1234 ok"), "1234 ok");
+    }
+}

@@ -1,0 +1,207 @@
+//! The HTTP API: routes, authentication by scoped API keys, body parsing with problem+json
+//! errors, and per-request metrics and logs that name the route template, never the path
+//! (paths can hold a participant's number).
+
+mod error;
+mod ops;
+mod pools;
+mod sessions;
+
+use std::time::Instant;
+
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Router, body::Bytes, extract::DefaultBodyLimit};
+use serde::de::DeserializeOwned;
+
+pub use error::{ApiError, problem, scrub};
+
+use crate::broker::{Broker, Principal, Scope};
+use crate::telemetry::METRICS;
+
+/// Largest request body hush reads.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Broker,
+}
+
+/// Every route the server answers, as `(method, path template)`; a test holds
+/// `proto/openapi.yaml` to this list and this list to the router.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.yaml"),
+    ("GET", "/v1/pools"),
+    ("GET", "/v1/pools/{name}"),
+    ("PUT", "/v1/pools/{name}"),
+    ("GET", "/v1/pools/{name}/numbers"),
+    ("POST", "/v1/pools/{name}/numbers"),
+    ("PATCH", "/v1/pools/{name}/numbers/{number}"),
+    ("DELETE", "/v1/pools/{name}/numbers/{number}"),
+    ("POST", "/v1/sessions"),
+    ("GET", "/v1/sessions"),
+    ("GET", "/v1/sessions/{id}"),
+    ("PATCH", "/v1/sessions/{id}"),
+    ("DELETE", "/v1/sessions/{id}"),
+    ("POST", "/v1/route"),
+    ("DELETE", "/v1/participants/{number}"),
+];
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.yaml", get(ops::openapi))
+        .route("/v1/pools", get(pools::list))
+        .route("/v1/pools/{name}", put(pools::put).get(pools::show))
+        .route(
+            "/v1/pools/{name}/numbers",
+            post(pools::add_numbers).get(pools::list_numbers),
+        )
+        .route(
+            "/v1/pools/{name}/numbers/{number}",
+            axum::routing::patch(pools::patch_number).delete(pools::delete_number),
+        )
+        .route("/v1/sessions", post(sessions::create).get(sessions::list))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::show)
+                .patch(sessions::extend)
+                .delete(sessions::close),
+        )
+        .route("/v1/route", post(sessions::route))
+        .route("/v1/participants/{number}", delete(sessions::erase))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(observe))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("request handler panicked");
+                problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "Internal error",
+                    "an internal error occurred; it has been logged".into(),
+                )
+            },
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("not_found", "no such endpoint".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Metrics and one log line per request, labelled by route template.
+async fn observe(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let secs = start.elapsed().as_secs_f64();
+    METRICS
+        .http_requests
+        .with_label_values(&[&method, &route, &status])
+        .inc();
+    METRICS
+        .http_latency
+        .with_label_values(&[&method, &route, &status])
+        .observe(secs);
+    tracing::debug!(%method, %route, %status, ms = secs * 1000.0, "request");
+    resp
+}
+
+/// The caller, authenticated by its bearer key.
+pub struct Auth(pub Principal);
+
+impl Auth {
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.0.allows(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(scope))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && k.len() <= 256)
+            .ok_or(ApiError::Unauthorized)?;
+        match state.broker.authenticate(key).await? {
+            Some(p) => Ok(Auth(p)),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// A JSON body: `application/json` required, 64 KiB at most, malformed → 400,
+/// well-formed but wrong shape → 422. Keeps the raw bytes (idempotency fingerprints).
+pub struct JsonBody<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::InvalidRequest(
+                "send the body as JSON with `Content-Type: application/json`".into(),
+            ));
+        }
+        let raw = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::InvalidRequest("the body could not be read".into())
+            }
+        })?;
+        let value = serde_json::from_slice(&raw).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::Validation(e.to_string()),
+            _ => ApiError::InvalidRequest(format!("malformed JSON: {e}")),
+        })?;
+        Ok(JsonBody { value, raw })
+    }
+}
+
+/// `200 OK` with a JSON body.
+pub fn ok<T: serde::Serialize>(value: T) -> Response {
+    axum::Json(value).into_response()
+}

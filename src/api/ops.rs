@@ -1,0 +1,42 @@
+//! Health, readiness, metrics and the contract.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{AppState, problem};
+
+pub async fn healthz() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain")], "ok").into_response()
+}
+
+pub async fn readyz(State(s): State<AppState>) -> Response {
+    match s.broker.ping().await {
+        Ok(()) => ([(header::CONTENT_TYPE, "text/plain")], "ok").into_response(),
+        Err(_) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "Store unavailable",
+            "redis does not answer".into(),
+        ),
+    }
+}
+
+pub async fn metrics(State(s): State<AppState>) -> Response {
+    if let Err(e) = s.broker.refresh_pool_gauges().await {
+        tracing::warn!(error = %e, "pool gauges not refreshed");
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::telemetry::render(),
+    )
+        .into_response()
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        include_str!("../../proto/openapi.yaml"),
+    )
+        .into_response()
+}

@@ -1,0 +1,1261 @@
+//! The use-cases: pools, numbers, sessions, routing, erasure and reaping, over the store.
+//! The broker knows nothing of HTTP; it takes typed values and returns views or errors.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::crypto::{Crypto, CryptoError};
+use crate::domain::{
+    Capabilities, Clock, CloseReason, E164, GeoMatch, Millis, Mode, NumberError, NumberState,
+    PoolName, PoolPolicy, SessionId, rfc3339, session::Kind,
+};
+use crate::store::{
+    CreateArgs, Created, EndOp, Ended, IdemBegin, PoolRow, RouteRow, ShardKeys, Store, StoreError,
+};
+use crate::telemetry::METRICS;
+
+/// How long two participants who shared a number get it again when free.
+pub const STICKY_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
+/// How long an idempotent response is replayed.
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+/// How long a first request holds its idempotency key before a retry may run again.
+pub const IDEMPOTENCY_PENDING_MS: i64 = 60 * 1000;
+/// Longest session a client may ask for (30 days).
+pub const MAX_TTL_SECS: u32 = 2_592_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{field} is not a valid number: {reason}")]
+    InvalidNumber {
+        field: String,
+        #[source]
+        reason: NumberError,
+    },
+    #[error("{0}")]
+    Validation(String),
+    #[error("pool `{0}` does not exist")]
+    PoolNotFound(String),
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("{0}")]
+    NumberNotFound(String),
+    #[error("pool `{0}` has no number free for these participants")]
+    PoolExhausted(String),
+    #[error("number {0} still carries a session (open or cooling off)")]
+    NumberInUse(String),
+    #[error("the session has ended")]
+    SessionClosed,
+    #[error("this Idempotency-Key was used with another request body")]
+    IdempotencyConflict,
+    #[error("a request with this Idempotency-Key is still in progress")]
+    IdempotencyRunning,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored data cannot be decrypted")]
+    Crypto(#[from] CryptoError),
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+/// The scopes an API key may carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Sessions,
+    Pools,
+    Relay,
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s.trim() {
+            "sessions" => Some(Scope::Sessions),
+            "pools" => Some(Scope::Pools),
+            "relay" => Some(Scope::Relay),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Scope::Sessions => "sessions",
+            Scope::Pools => "pools",
+            Scope::Relay => "relay",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// Who is calling: an API key's name and scopes.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl Principal {
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.contains(&Scope::Admin) || self.scopes.contains(&scope)
+    }
+}
+
+// ---- inputs and views
+
+#[derive(Clone, Debug)]
+pub struct Participant {
+    pub number: E164,
+    pub label: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    pub pool: PoolName,
+    pub participants: [Participant; 2],
+    pub ttl_secs: Option<u32>,
+    pub mode: Mode,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ParticipantView {
+    pub number: Option<String>,
+    pub label: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SessionView {
+    pub id: String,
+    pub pool: String,
+    pub status: String,
+    pub mode: String,
+    pub proxy_number: String,
+    pub geo_match: String,
+    pub participants: Vec<ParticipantView>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub closed_at: Option<String>,
+    pub close_reason: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NumberCounts {
+    pub total: i64,
+    pub active: i64,
+    pub draining: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolView {
+    pub name: String,
+    pub default_ttl_secs: u32,
+    pub cooloff_secs: u32,
+    pub geo_match: GeoMatch,
+    pub out_of_session_message: String,
+    pub numbers: NumberCounts,
+    pub open_sessions: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NumberView {
+    pub number: String,
+    pub capabilities: Vec<&'static str>,
+    pub state: NumberState,
+    pub open_sessions: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    pub number: String,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AddReport {
+    pub added: Vec<String>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// What hush answers an inbound call or text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Connect {
+        session_id: String,
+        caller_id: E164,
+        to: E164,
+    },
+    Relay {
+        session_id: String,
+        from: E164,
+        to: E164,
+    },
+    Announce {
+        message: String,
+    },
+}
+
+/// What a reaper pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reaped {
+    pub expired: usize,
+    pub released: usize,
+}
+
+/// The sealed part of a session record: numbers, labels, metadata.
+#[derive(Serialize, Deserialize)]
+struct Blob {
+    p: [BlobParticipant; 2],
+    #[serde(default)]
+    m: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BlobParticipant {
+    n: Option<String>,
+    l: Option<String>,
+}
+
+struct Inner {
+    store: Store,
+    crypto: Arc<Crypto>,
+    clock: Arc<dyn Clock>,
+    /// proxy number → (pool id, shard). Numbers rarely move; a route miss re-reads it.
+    owners: RwLock<HashMap<String, (u32, u16)>>,
+    /// pool id → name; ids are never reused for another name.
+    names: RwLock<HashMap<u32, String>>,
+    /// API key digest → (principal, fetched at), so authentication is not a round trip.
+    principals: RwLock<HashMap<String, (Principal, Millis)>>,
+}
+
+/// How long a looked-up API key is trusted before it is read again (revocation delay).
+const PRINCIPAL_CACHE_MS: Millis = 5_000;
+
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+fn policy_of(row: &PoolRow) -> PoolPolicy {
+    let d = PoolPolicy::default();
+    let f = &row.fields;
+    PoolPolicy {
+        default_ttl_secs: f
+            .get("ttl")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.default_ttl_secs),
+        cooloff_secs: f
+            .get("cooloff")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.cooloff_secs),
+        geo_match: f
+            .get("geo")
+            .and_then(|v| GeoMatch::parse(v))
+            .unwrap_or(d.geo_match),
+        out_of_session_message: f.get("msg").cloned().unwrap_or(d.out_of_session_message),
+    }
+}
+
+/// Which shard of a pool a number lives in: stable for a given shard count.
+fn shard_of(number: &str, shards: u16) -> u16 {
+    let h = Sha256::digest(number.as_bytes());
+    (u16::from_be_bytes([h[0], h[1]])) % shards.max(1)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Broker {
+    pub fn new(store: Store, crypto: Crypto, clock: Arc<dyn Clock>) -> Broker {
+        Broker {
+            inner: Arc::new(Inner {
+                store,
+                crypto: Arc::new(crypto),
+                clock,
+                owners: RwLock::new(HashMap::new()),
+                names: RwLock::new(HashMap::new()),
+                principals: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn now(&self) -> Millis {
+        self.inner.clock.now_ms()
+    }
+
+    fn shard(&self, pool_id: u32, shard: u16) -> ShardKeys {
+        self.inner.store.keys().shard(pool_id, shard)
+    }
+
+    fn idx(&self, n: &E164) -> String {
+        self.inner.crypto.blind_index(n)
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        Ok(self.inner.store.ping().await?)
+    }
+
+    // ---- API keys
+
+    pub async fn create_api_key(&self, name: &str, scopes: &[Scope]) -> Result<String> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(BrokerError::Validation(
+                "key name: 1 to 64 letters, digits, `-`, `_` or `.`".into(),
+            ));
+        }
+        if scopes.is_empty() {
+            return Err(BrokerError::Validation(
+                "a key needs at least one scope".into(),
+            ));
+        }
+        let raw: [u8; 32] = rand::random();
+        let key = format!(
+            "hush_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
+        let scopes_text = scopes
+            .iter()
+            .map(Scope::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        let fresh = self
+            .inner
+            .store
+            .api_key_put(name, &sha256_hex(key.as_bytes()), &scopes_text, self.now())
+            .await?;
+        if !fresh {
+            return Err(BrokerError::Validation(format!(
+                "a key named `{name}` exists; revoke it first"
+            )));
+        }
+        Ok(key)
+    }
+
+    pub async fn list_api_keys(&self) -> Result<Vec<(String, String, String)>> {
+        Ok(self
+            .inner
+            .store
+            .api_keys()
+            .await?
+            .into_iter()
+            .map(|(n, s, c)| (n, s, rfc3339(c)))
+            .collect())
+    }
+
+    pub async fn revoke_api_key(&self, name: &str) -> Result<bool> {
+        let done = self.inner.store.api_key_revoke(name).await?;
+        self.inner
+            .principals
+            .write()
+            .expect("lock poisoned")
+            .retain(|_, (p, _)| p.name != name);
+        Ok(done)
+    }
+
+    /// The principal behind a bearer key, or `None` for an unknown key.
+    pub async fn authenticate(&self, key: &str) -> Result<Option<Principal>> {
+        let digest = sha256_hex(key.as_bytes());
+        let now = self.now();
+        if let Some((p, at)) = self
+            .inner
+            .principals
+            .read()
+            .expect("lock poisoned")
+            .get(&digest)
+            && now - at < PRINCIPAL_CACHE_MS
+        {
+            return Ok(Some(p.clone()));
+        }
+        let Some((name, scopes)) = self.inner.store.api_key(&digest).await? else {
+            return Ok(None);
+        };
+        let p = Principal {
+            name,
+            scopes: scopes.split(',').filter_map(Scope::parse).collect(),
+        };
+        let mut cache = self.inner.principals.write().expect("lock poisoned");
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(digest, (p.clone(), now));
+        Ok(Some(p))
+    }
+
+    // ---- pools
+
+    async fn pool_row(&self, name: &PoolName) -> Result<PoolRow> {
+        self.inner
+            .store
+            .pool(name.as_str())
+            .await?
+            .ok_or_else(|| BrokerError::PoolNotFound(name.to_string()))
+    }
+
+    async fn pool_name(&self, id: u32) -> Result<String> {
+        if let Some(n) = self.inner.names.read().expect("lock poisoned").get(&id) {
+            return Ok(n.clone());
+        }
+        let row = self
+            .inner
+            .store
+            .pool_by_id(id)
+            .await?
+            .ok_or(BrokerError::SessionNotFound)?;
+        self.inner
+            .names
+            .write()
+            .expect("lock poisoned")
+            .insert(id, row.name.clone());
+        Ok(row.name)
+    }
+
+    pub async fn put_pool(&self, name: &PoolName, policy: &PoolPolicy) -> Result<(PoolView, bool)> {
+        let fields = [
+            ("ttl", policy.default_ttl_secs.to_string()),
+            ("cooloff", policy.cooloff_secs.to_string()),
+            ("geo", policy.geo_match.as_str().to_string()),
+            ("msg", policy.out_of_session_message.clone()),
+        ];
+        let (row, created) = self.inner.store.pool_put(name.as_str(), &fields, 1).await?;
+        Ok((self.pool_view(&row).await?, created))
+    }
+
+    async fn pool_view(&self, row: &PoolRow) -> Result<PoolView> {
+        let policy = policy_of(row);
+        let mut counts = NumberCounts {
+            total: 0,
+            active: 0,
+            draining: 0,
+        };
+        let mut open = 0;
+        for s in 0..row.shards {
+            let c = self
+                .inner
+                .store
+                .shard_counts(&self.shard(row.id, s))
+                .await?;
+            counts.total += c.total;
+            counts.draining += c.draining;
+            open += c.open;
+        }
+        counts.active = counts.total - counts.draining;
+        Ok(PoolView {
+            name: row.name.clone(),
+            default_ttl_secs: policy.default_ttl_secs,
+            cooloff_secs: policy.cooloff_secs,
+            geo_match: policy.geo_match,
+            out_of_session_message: policy.out_of_session_message,
+            numbers: counts,
+            open_sessions: open,
+        })
+    }
+
+    pub async fn get_pool(&self, name: &PoolName) -> Result<PoolView> {
+        let row = self.pool_row(name).await?;
+        self.pool_view(&row).await
+    }
+
+    pub async fn list_pools(&self) -> Result<Vec<PoolView>> {
+        let mut out = Vec::new();
+        for row in self.inner.store.pool_list().await? {
+            out.push(self.pool_view(&row).await?);
+        }
+        Ok(out)
+    }
+
+    /// Refreshes the per-pool gauges; called when metrics are scraped.
+    pub async fn refresh_pool_gauges(&self) -> Result<()> {
+        for row in self.inner.store.pool_list().await? {
+            let view = self.pool_view(&row).await?;
+            let mut busy = 0i64;
+            for s in 0..row.shards {
+                busy += self
+                    .inner
+                    .store
+                    .numbers(&self.shard(row.id, s))
+                    .await?
+                    .iter()
+                    .filter(|n| n.state == "active" && n.open > 0)
+                    .count() as i64;
+            }
+            let m = &*METRICS;
+            m.pool_numbers
+                .with_label_values(&[&view.name, "active"])
+                .set(view.numbers.active);
+            m.pool_numbers
+                .with_label_values(&[&view.name, "draining"])
+                .set(view.numbers.draining);
+            m.pool_open_sessions
+                .with_label_values(&[&view.name])
+                .set(view.open_sessions);
+            let util = if view.numbers.active > 0 {
+                busy as f64 / view.numbers.active as f64
+            } else {
+                0.0
+            };
+            m.pool_utilisation
+                .with_label_values(&[&view.name])
+                .set(util);
+        }
+        Ok(())
+    }
+
+    // ---- numbers
+
+    /// Adds numbers in bulk; each one is added, or skipped with a reason.
+    pub async fn add_numbers(
+        &self,
+        pool: &PoolName,
+        numbers: &[(String, Option<Vec<String>>)],
+    ) -> Result<AddReport> {
+        let row = self.pool_row(pool).await?;
+        let mut report = AddReport::default();
+        let mut seen = HashSet::new();
+        for (raw, caps) in numbers {
+            let skip = |code| Skipped {
+                number: raw.clone(),
+                code,
+            };
+            let Ok(number) = E164::parse(raw) else {
+                report.skipped.push(skip("invalid_number"));
+                continue;
+            };
+            let caps = match caps {
+                None => Capabilities::ALL,
+                Some(list) => match Capabilities::parse_list(list.iter().map(String::as_str)) {
+                    Some(c) => c,
+                    None => {
+                        report.skipped.push(skip("invalid_capabilities"));
+                        continue;
+                    }
+                },
+            };
+            if !seen.insert(number.reveal().to_string()) {
+                report.skipped.push(skip("duplicate"));
+                continue;
+            }
+            let shard = self.shard(row.id, shard_of(number.reveal(), row.shards));
+            let owner = self
+                .inner
+                .store
+                .number_claim(number.reveal(), &shard)
+                .await?;
+            if owner != (shard.pool_id, shard.shard) {
+                report.skipped.push(skip("in_another_pool"));
+                continue;
+            }
+            let geo = number.geo();
+            let mut geos = vec![geo.country_tag()];
+            geos.extend(geo.area_tag());
+            let added = self
+                .inner
+                .store
+                .number_add(&shard, number.reveal(), caps.code(), &geos.join(","))
+                .await?;
+            if added {
+                report.added.push(number.reveal().to_string());
+            } else {
+                report.skipped.push(skip("duplicate"));
+            }
+        }
+        Ok(report)
+    }
+
+    pub async fn list_numbers(&self, pool: &PoolName) -> Result<Vec<NumberView>> {
+        let row = self.pool_row(pool).await?;
+        let mut out = Vec::new();
+        for s in 0..row.shards {
+            for n in self.inner.store.numbers(&self.shard(row.id, s)).await? {
+                out.push(NumberView {
+                    capabilities: Capabilities::from_code(&n.caps).names(),
+                    state: NumberState::parse(&n.state).unwrap_or(NumberState::Active),
+                    open_sessions: n.open.max(0),
+                    number: n.number,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.number.cmp(&b.number));
+        Ok(out)
+    }
+
+    async fn number_shard(&self, pool: &PoolName, number: &E164) -> Result<(PoolRow, ShardKeys)> {
+        let row = self.pool_row(pool).await?;
+        let shard = self.shard(row.id, shard_of(number.reveal(), row.shards));
+        Ok((row, shard))
+    }
+
+    pub async fn set_number_state(
+        &self,
+        pool: &PoolName,
+        number: &E164,
+        state: NumberState,
+    ) -> Result<NumberView> {
+        let (_, shard) = self.number_shard(pool, number).await?;
+        if !self
+            .inner
+            .store
+            .number_set_state(&shard, number.reveal(), state.as_str())
+            .await?
+        {
+            return Err(BrokerError::NumberNotFound(format!(
+                "number {} is not in pool `{pool}`",
+                number.reveal()
+            )));
+        }
+        self.list_numbers(pool)
+            .await?
+            .into_iter()
+            .find(|n| n.number == number.reveal())
+            .ok_or_else(|| {
+                BrokerError::NumberNotFound(format!("number {} vanished", number.reveal()))
+            })
+    }
+
+    pub async fn remove_number(&self, pool: &PoolName, number: &E164) -> Result<()> {
+        let (_, shard) = self.number_shard(pool, number).await?;
+        // Sessions whose cool-off has ended no longer hold the number, even if no reaper
+        // has visited them yet.
+        self.reap_shard(&shard, self.now(), 1000).await?;
+        match self
+            .inner
+            .store
+            .number_remove(&shard, number.reveal())
+            .await?
+        {
+            Some(true) => {
+                self.inner
+                    .owners
+                    .write()
+                    .expect("lock poisoned")
+                    .remove(number.reveal());
+                Ok(())
+            }
+            Some(false) => Err(BrokerError::NumberInUse(number.reveal().to_string())),
+            None => Err(BrokerError::NumberNotFound(format!(
+                "number {} is not in pool `{pool}`",
+                number.reveal()
+            ))),
+        }
+    }
+
+    // ---- sessions
+
+    pub async fn create_session(&self, req: NewSession) -> Result<SessionView> {
+        let [a, b] = &req.participants;
+        if a.number == b.number {
+            return Err(BrokerError::Validation(
+                "the two participants must have different numbers".into(),
+            ));
+        }
+        let row = self.pool_row(&req.pool).await?;
+        let policy = policy_of(&row);
+        let ttl = req.ttl_secs.unwrap_or(policy.default_ttl_secs);
+        if !(1..=MAX_TTL_SECS).contains(&ttl) {
+            return Err(BrokerError::Validation(format!(
+                "ttl_secs must be between 1 and {MAX_TTL_SECS}"
+            )));
+        }
+        let now = self.now();
+        let expires = now + ttl as i64 * 1000;
+        let (idx_a, idx_b) = (self.idx(&a.number), self.idx(&b.number));
+        let crypto = &self.inner.crypto;
+        let sealed_a = crypto.seal_number(&a.number);
+        let sealed_b = crypto.seal_number(&b.number);
+        let blob = Blob {
+            p: [
+                BlobParticipant {
+                    n: Some(a.number.reveal().into()),
+                    l: a.label.clone(),
+                },
+                BlobParticipant {
+                    n: Some(b.number.reveal().into()),
+                    l: b.label.clone(),
+                },
+            ],
+            m: req.metadata.clone(),
+        };
+        let sealed_blob = crypto.seal(
+            "session",
+            &serde_json::to_vec(&blob).expect("blob serialises"),
+        );
+        let geo = a.number.geo();
+        let area_tag = geo.area_tag().unwrap_or_default();
+        let country_tag = geo.country_tag();
+        let mut levels = Vec::new();
+        if policy.geo_match == GeoMatch::AreaCode && !area_tag.is_empty() {
+            levels.push(area_tag.clone());
+        }
+        if policy.geo_match != GeoMatch::Any {
+            levels.push(country_tag.clone());
+        }
+        levels.push("*".to_string());
+        let levels = levels.join(",");
+
+        // A pair of participants tries shards in an order of its own, so sticky memory
+        // (kept per shard) is found again.
+        let mut pair = [idx_a.as_str(), idx_b.as_str()];
+        pair.sort();
+        let start = shard_of(&pair.concat(), row.shards);
+        for i in 0..row.shards {
+            let shard = self.shard(row.id, (start + i) % row.shards);
+            let id = SessionId::new(row.id, shard.shard);
+            let key = id.key();
+            let outcome = self
+                .inner
+                .store
+                .session_create(&CreateArgs {
+                    shard: &shard,
+                    session_key: &key,
+                    now,
+                    expires,
+                    cooloff_ms: policy.cooloff_secs as i64 * 1000,
+                    class: req.mode.code(),
+                    idx_a: &idx_a,
+                    idx_b: &idx_b,
+                    levels: &levels,
+                    sealed_a: &sealed_a,
+                    sealed_b: &sealed_b,
+                    blob: &sealed_blob,
+                    sticky_window_ms: STICKY_WINDOW_MS,
+                    area_tag: &area_tag,
+                    country_tag: &country_tag,
+                })
+                .await?;
+            let due = match &outcome {
+                Created::Ok { reap_due, .. } | Created::Exhausted { reap_due } => *reap_due,
+            };
+            if due {
+                let broker = self.clone();
+                let shard = shard.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = broker.reap_shard(&shard, broker.now(), 100).await {
+                        tracing::warn!(error = %e, "lazy reap failed");
+                    }
+                });
+            }
+            if let Created::Ok { number, level, .. } = outcome {
+                METRICS
+                    .allocations
+                    .with_label_values(&[row.name.as_str(), "ok"])
+                    .inc();
+                METRICS
+                    .sessions_created
+                    .with_label_values(&[row.name.as_str()])
+                    .inc();
+                tracing::info!(session = %id, pool = %row.name, proxy = %number, geo = %level, "session created");
+                return Ok(SessionView {
+                    id: id.to_string(),
+                    pool: row.name.clone(),
+                    status: "open".into(),
+                    mode: req.mode.as_str().into(),
+                    proxy_number: number,
+                    geo_match: level,
+                    participants: blob
+                        .p
+                        .into_iter()
+                        .map(|p| ParticipantView {
+                            number: p.n,
+                            label: p.l,
+                        })
+                        .collect(),
+                    created_at: rfc3339(now),
+                    expires_at: rfc3339(expires),
+                    closed_at: None,
+                    close_reason: None,
+                    metadata: req.metadata,
+                });
+            }
+        }
+        METRICS
+            .allocations
+            .with_label_values(&[row.name.as_str(), "exhausted"])
+            .inc();
+        tracing::warn!(pool = %row.name, "pool exhausted");
+        Err(BrokerError::PoolExhausted(row.name))
+    }
+
+    /// The raw record of a live (readable) session, with its shard.
+    async fn record(&self, id: &SessionId) -> Result<(ShardKeys, HashMap<String, String>)> {
+        let shard = self.shard(id.pool_id, id.shard);
+        let rec = self.inner.store.session(&shard, &id.key()).await?;
+        let held: Millis = rec.get("h").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if rec.is_empty() || held <= self.now() {
+            return Err(BrokerError::SessionNotFound);
+        }
+        Ok((shard, rec))
+    }
+
+    async fn view(
+        &self,
+        id: &SessionId,
+        rec: &HashMap<String, String>,
+        closing: Option<(Millis, CloseReason)>,
+    ) -> Result<SessionView> {
+        let get = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
+        let num = |k: &str| get(k).parse::<Millis>().unwrap_or(0);
+        let now = self.now();
+        let blob: Blob = serde_json::from_slice(&self.inner.crypto.open("session", get("z"))?)
+            .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
+        let expires = num("e");
+        let open = get("t") == "o" && expires > now && closing.is_none();
+        let (closed_at, reason) = if open {
+            (None, None)
+        } else if let Some((at, reason)) = closing {
+            (Some(at), Some(reason))
+        } else if get("t") == "o" {
+            (Some(expires), Some(CloseReason::Expired))
+        } else {
+            let at = rec.get("x").and_then(|v| v.parse().ok()).unwrap_or(expires);
+            (
+                Some(at),
+                Some(CloseReason::parse(get("r")).unwrap_or(CloseReason::Closed)),
+            )
+        };
+        Ok(SessionView {
+            id: id.to_string(),
+            pool: self.pool_name(id.pool_id).await?,
+            status: if open { "open" } else { "closed" }.into(),
+            mode: Mode::from_code(get("m"))
+                .unwrap_or(Mode::VoiceSms)
+                .as_str()
+                .into(),
+            proxy_number: get("n").into(),
+            geo_match: get("g").into(),
+            participants: blob
+                .p
+                .into_iter()
+                .map(|p| ParticipantView {
+                    number: p.n,
+                    label: p.l,
+                })
+                .collect(),
+            created_at: rfc3339(num("c")),
+            expires_at: rfc3339(if open {
+                expires
+            } else {
+                expires.min(closed_at.unwrap_or(expires))
+            }),
+            closed_at: closed_at.map(rfc3339),
+            close_reason: reason.map(|r| r.as_str().to_string()),
+            metadata: blob.m,
+        })
+    }
+
+    pub async fn get_session(&self, id: &SessionId) -> Result<SessionView> {
+        let (_, rec) = self.record(id).await?;
+        self.view(id, &rec, None).await
+    }
+
+    pub async fn extend_session(&self, id: &SessionId, ttl_secs: u32) -> Result<SessionView> {
+        if !(1..=MAX_TTL_SECS).contains(&ttl_secs) {
+            return Err(BrokerError::Validation(format!(
+                "ttl_secs must be between 1 and {MAX_TTL_SECS}"
+            )));
+        }
+        let (shard, rec) = self.record(id).await?;
+        let now = self.now();
+        let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
+        match self
+            .inner
+            .store
+            .session_end(
+                &shard,
+                &id.key(),
+                g("a"),
+                g("b"),
+                now,
+                EndOp::Extend {
+                    expires: now + ttl_secs as i64 * 1000,
+                },
+            )
+            .await?
+        {
+            Ended::Ok => self.get_session(id).await,
+            Ended::Missing => Err(BrokerError::SessionNotFound),
+            _ => Err(BrokerError::SessionClosed),
+        }
+    }
+
+    /// Closes a session; closing a closed session returns it unchanged.
+    pub async fn close_session(&self, id: &SessionId) -> Result<SessionView> {
+        let (shard, rec) = self.record(id).await?;
+        let now = self.now();
+        let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
+        let ended = self
+            .inner
+            .store
+            .session_end(&shard, &id.key(), g("a"), g("b"), now, EndOp::Close)
+            .await?;
+        match ended {
+            Ended::Ok => {
+                let pool = self.pool_name(id.pool_id).await?;
+                METRICS
+                    .sessions_closed
+                    .with_label_values(&[pool.as_str(), "closed"])
+                    .inc();
+                tracing::info!(session = %id, "session closed");
+                // With no cool-off the record is gone already; show what was closed.
+                let fresh = self.inner.store.session(&shard, &id.key()).await?;
+                if fresh.is_empty() {
+                    self.view(id, &rec, Some((now, CloseReason::Closed))).await
+                } else {
+                    self.view(id, &fresh, None).await
+                }
+            }
+            Ended::Missing => Err(BrokerError::SessionNotFound),
+            _ => self.get_session(id).await,
+        }
+    }
+
+    /// Open sessions of a participant, in one pool or all.
+    pub async fn sessions_of(
+        &self,
+        participant: &E164,
+        pool: Option<&PoolName>,
+    ) -> Result<Vec<SessionView>> {
+        let rows = match pool {
+            Some(p) => vec![self.pool_row(p).await?],
+            None => self.inner.store.pool_list().await?,
+        };
+        let idx = self.idx(participant);
+        let now = self.now();
+        let mut out = Vec::new();
+        for row in rows {
+            for s in 0..row.shards {
+                let shard = self.shard(row.id, s);
+                for rec in self.inner.store.routes_of(&shard, &idx).await?.values() {
+                    let Some(r) = RouteRow::parse(rec) else {
+                        continue;
+                    };
+                    if r.open_until <= now {
+                        continue;
+                    }
+                    let Some(id) = SessionId::from_key(row.id, s, &r.session_key) else {
+                        continue;
+                    };
+                    match self.get_session(&id).await {
+                        Ok(v) if v.status == "open" => out.push(v),
+                        Ok(_) | Err(BrokerError::SessionNotFound) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    // ---- routing
+
+    async fn owner(&self, number: &E164, fresh: bool) -> Result<Option<(u32, u16)>> {
+        if !fresh
+            && let Some(o) = self
+                .inner
+                .owners
+                .read()
+                .expect("lock poisoned")
+                .get(number.reveal())
+        {
+            return Ok(Some(*o));
+        }
+        let o = self.inner.store.number_owner(number.reveal()).await?;
+        let mut cache = self.inner.owners.write().expect("lock poisoned");
+        match o {
+            Some(o) => {
+                if cache.len() > 1_000_000 {
+                    cache.clear();
+                }
+                cache.insert(number.reveal().to_string(), o);
+            }
+            None => {
+                cache.remove(number.reveal());
+            }
+        }
+        Ok(o)
+    }
+
+    /// Decides what an inbound call or text from `from` to the proxy number `to` reaches.
+    /// On the hot path this is one Redis round trip.
+    pub async fn route(&self, from: &E164, to: &E164, kind: Kind) -> Result<Decision> {
+        let idx = self.idx(from);
+        let mut fresh = false;
+        loop {
+            let Some((pool_id, shard)) = self.owner(to, fresh).await? else {
+                return Err(BrokerError::NumberNotFound(format!(
+                    "{} is not a number of any pool",
+                    to.reveal()
+                )));
+            };
+            let keys = self.shard(pool_id, shard);
+            let now = self.now();
+            let rec = self.inner.store.route(&keys, &idx, to.reveal()).await?;
+            if let Some(r) = rec.as_deref().and_then(RouteRow::parse)
+                && r.open_until > now
+                && Mode::from_code(&r.mode).is_some_and(|m| m.allows(kind))
+            {
+                let other = self.inner.crypto.open_number(&r.sealed_other)?;
+                let session_id = SessionId::from_key(pool_id, shard, &r.session_key)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                let decision = match kind {
+                    Kind::Voice => Decision::Connect {
+                        session_id,
+                        caller_id: to.clone(),
+                        to: other,
+                    },
+                    Kind::Sms => Decision::Relay {
+                        session_id,
+                        from: to.clone(),
+                        to: other,
+                    },
+                };
+                METRICS.routes.with_label_values(&["connect"]).inc();
+                return Ok(decision);
+            }
+            if !fresh {
+                // A miss may come from a stale owner cache; check once against Redis.
+                let cached = self.owner(to, false).await?;
+                fresh = true;
+                if self.owner(to, true).await? != cached {
+                    continue;
+                }
+            }
+            let message = match self.inner.store.pool_by_id(pool_id).await? {
+                Some(row) => policy_of(&row).out_of_session_message,
+                None => PoolPolicy::DEFAULT_MESSAGE.to_string(),
+            };
+            METRICS.routes.with_label_values(&["announce"]).inc();
+            tracing::debug!(from = %from, to = %to, "no open route");
+            return Ok(Decision::Announce { message });
+        }
+    }
+
+    // ---- erasure
+
+    /// Closes every session of a number in every pool, releases its routes without cool-off
+    /// and removes what hush holds about it. Returns how many open sessions it closed.
+    pub async fn erase_participant(&self, number: &E164) -> Result<usize> {
+        let idx = self.idx(number);
+        let now = self.now();
+        let mut closed = 0;
+        for row in self.inner.store.pool_list().await? {
+            for s in 0..row.shards {
+                let shard = self.shard(row.id, s);
+                let keys: HashSet<String> = self
+                    .inner
+                    .store
+                    .routes_of(&shard, &idx)
+                    .await?
+                    .values()
+                    .filter_map(|r| RouteRow::parse(r).map(|r| r.session_key))
+                    .collect();
+                for key in keys {
+                    let Some(id) = SessionId::from_key(row.id, s, &key) else {
+                        continue;
+                    };
+                    let rec = self.inner.store.session(&shard, &key).await?;
+                    if rec.is_empty() {
+                        continue;
+                    }
+                    let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
+                    let side = if g("a") == idx {
+                        "a"
+                    } else if g("b") == idx {
+                        "b"
+                    } else {
+                        continue;
+                    };
+                    let mut blob: Blob =
+                        serde_json::from_slice(&self.inner.crypto.open("session", g("z"))?)
+                            .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
+                    blob.p[if side == "a" { 0 } else { 1 }].n = None;
+                    let sealed = self.inner.crypto.seal(
+                        "session",
+                        &serde_json::to_vec(&blob).expect("blob serialises"),
+                    );
+                    let was_open = g("t") == "o" && g("e").parse::<Millis>().unwrap_or(0) > now;
+                    self.inner
+                        .store
+                        .session_end(
+                            &shard,
+                            &key,
+                            g("a"),
+                            g("b"),
+                            now,
+                            EndOp::Erase {
+                                side,
+                                blob: &sealed,
+                            },
+                        )
+                        .await?;
+                    if was_open {
+                        closed += 1;
+                        METRICS
+                            .sessions_closed
+                            .with_label_values(&[row.name.as_str(), "erased"])
+                            .inc();
+                        tracing::info!(session = %id, "session erased");
+                    }
+                }
+                self.inner
+                    .store
+                    .forget_participant(&shard, &idx, now)
+                    .await?;
+            }
+        }
+        Ok(closed)
+    }
+
+    // ---- reaping
+
+    /// Advances due sessions of one shard: expiry, end of cool-off, end of readability.
+    pub async fn reap_shard(&self, shard: &ShardKeys, now: Millis, limit: usize) -> Result<Reaped> {
+        let mut done = Reaped::default();
+        for key in self.inner.store.due(shard, now, limit).await? {
+            let rec = self.inner.store.session(shard, &key).await?;
+            let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
+            let expiring = g("t") == "o";
+            let ended = self
+                .inner
+                .store
+                .session_end(shard, &key, g("a"), g("b"), now, EndOp::Reap)
+                .await?;
+            if expiring && g("e").parse::<Millis>().unwrap_or(i64::MAX) <= now {
+                done.expired += 1;
+                let pool = self.pool_name(shard.pool_id).await.unwrap_or_default();
+                METRICS
+                    .sessions_closed
+                    .with_label_values(&[pool.as_str(), "expired"])
+                    .inc();
+            }
+            if ended == Ended::Ok {
+                done.released += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// One reaper pass over every pool. Idempotent; any instance may run it at any time.
+    pub async fn reap_once(&self, now: Millis) -> Result<Reaped> {
+        let mut total = Reaped::default();
+        for row in self.inner.store.pool_list().await? {
+            for s in 0..row.shards {
+                let shard = self.shard(row.id, s);
+                loop {
+                    let r = self.reap_shard(&shard, now, 500).await?;
+                    total.expired += r.expired;
+                    total.released += r.released;
+                    if r.expired + r.released < 500 {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    // ---- idempotency
+
+    fn idem_digest(&self, principal: &str, key: &str) -> String {
+        self.inner
+            .crypto
+            .digest("idempotency", format!("{principal}\n{key}").as_bytes())
+    }
+
+    /// Starts an idempotent request. `Ok(Some(body))` is a stored response to replay.
+    pub async fn idem_begin(
+        &self,
+        principal: &str,
+        key: &str,
+        body: &[u8],
+    ) -> Result<Option<String>> {
+        let fp = sha256_hex(body);
+        match self
+            .inner
+            .store
+            .idem_begin(
+                &self.idem_digest(principal, key),
+                &fp,
+                IDEMPOTENCY_PENDING_MS,
+            )
+            .await?
+        {
+            IdemBegin::Fresh => Ok(None),
+            IdemBegin::Running => Err(BrokerError::IdempotencyRunning),
+            IdemBegin::Conflict => Err(BrokerError::IdempotencyConflict),
+            IdemBegin::Done(sealed) => {
+                let plain = self.inner.crypto.open("idempotency", &sealed)?;
+                Ok(Some(
+                    String::from_utf8(plain).map_err(|_| CryptoError::Corrupt)?,
+                ))
+            }
+        }
+    }
+
+    pub async fn idem_finish(
+        &self,
+        principal: &str,
+        key: &str,
+        body: &[u8],
+        response: &str,
+    ) -> Result<()> {
+        let sealed = self.inner.crypto.seal("idempotency", response.as_bytes());
+        Ok(self
+            .inner
+            .store
+            .idem_finish(
+                &self.idem_digest(principal, key),
+                &sha256_hex(body),
+                &sealed,
+                IDEMPOTENCY_TTL_MS,
+            )
+            .await?)
+    }
+
+    pub async fn idem_abort(&self, principal: &str, key: &str) -> Result<()> {
+        Ok(self
+            .inner
+            .store
+            .idem_abort(&self.idem_digest(principal, key))
+            .await?)
+    }
+}
+
+/// Runs [`Broker::reap_once`] every `interval` until `shutdown`, finishing the pass in hand.
+pub async fn run_reaper(
+    broker: Broker,
+    interval: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match broker.reap_once(broker.now()).await {
+            Ok(r) if r.expired + r.released > 0 => {
+                tracing::debug!(expired = r.expired, released = r.released, "reaped")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reaper pass failed; retrying next tick"),
+        }
+    }
+}

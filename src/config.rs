@@ -1,0 +1,338 @@
+//! Typed configuration: built-in defaults, then an optional TOML file, then `HUSH_*`
+//! environment variables (env wins). Secrets are wrapped so they never print, and impossible
+//! combinations are refused at start-up with a sentence naming the keys involved.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+
+/// A value that must never reach a log line: `Debug` prints `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+    /// The secret itself; named so every use is easy to find.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Output format of log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{key} is not valid: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error(
+        "HUSH_INDEX_KEY and HUSH_DATA_KEYS must both be set; make them with `hush keys gen-secrets` \
+         and put its two lines in the environment or in the config file"
+    )]
+    MissingKeys,
+}
+
+/// Everything hush needs to run. Build it with [`Config::load`], or start from
+/// `Config::default()` and set fields (tests do).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `HUSH_LISTEN`: address the HTTP server binds (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// `HUSH_REDIS_URL`: the Redis holding all state (default `redis://127.0.0.1:6379`).
+    pub redis_url: String,
+    /// `HUSH_REDIS_PREFIX`: every key starts with this, so deployments can share a Redis.
+    pub redis_prefix: String,
+    /// `HUSH_PUBLIC_URL`: the URL providers call; default `http://<listen>`.
+    pub public_url: Option<String>,
+    /// `HUSH_INDEX_KEY`: base64 of 32 bytes, the blind-index key. It never rotates: changing
+    /// it orphans every participant key in Redis.
+    pub index_key: Option<Secret<[u8; 32]>>,
+    /// `HUSH_DATA_KEYS`: comma-separated base64 32-byte keys; the first encrypts, all decrypt.
+    pub data_keys: Vec<Secret<[u8; 32]>>,
+    /// `HUSH_LOG`: tracing filter (default `info`).
+    pub log: String,
+    /// `HUSH_LOG_FORMAT`: `text` or `json`.
+    pub log_format: LogFormat,
+    /// `HUSH_REAPER_INTERVAL_MS`: how often each instance reaps ended sessions (default 1000).
+    pub reaper_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "hush".into(),
+            public_url: None,
+            index_key: None,
+            data_keys: Vec::new(),
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            reaper_interval_ms: 1000,
+        }
+    }
+}
+
+/// The file form: the same names as the environment, lower-case, without `HUSH_`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    public_url: Option<String>,
+    index_key: Option<String>,
+    data_keys: Option<String>,
+    log: Option<String>,
+    log_format: Option<String>,
+    reaper_interval_ms: Option<u64>,
+}
+
+impl Config {
+    /// Defaults, then the file (when given), then the `HUSH_*` environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, |k| std::env::var(k).ok())
+    }
+
+    /// As [`Config::load`] with an explicit environment, so layering is testable.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let over = |slot: &mut Option<String>, key: &str| {
+            if let Some(v) = env(key).filter(|v| !v.is_empty()) {
+                *slot = Some(v);
+            }
+        };
+        over(&mut raw.listen, "HUSH_LISTEN");
+        over(&mut raw.redis_url, "HUSH_REDIS_URL");
+        over(&mut raw.redis_prefix, "HUSH_REDIS_PREFIX");
+        over(&mut raw.public_url, "HUSH_PUBLIC_URL");
+        over(&mut raw.index_key, "HUSH_INDEX_KEY");
+        over(&mut raw.data_keys, "HUSH_DATA_KEYS");
+        over(&mut raw.log, "HUSH_LOG");
+        over(&mut raw.log_format, "HUSH_LOG_FORMAT");
+        if let Some(v) = env("HUSH_REAPER_INTERVAL_MS").filter(|v| !v.is_empty()) {
+            raw.reaper_interval_ms = Some(v.parse().map_err(|_| ConfigError::Invalid {
+                key: "HUSH_REAPER_INTERVAL_MS",
+                reason: "expected a whole number of milliseconds".into(),
+            })?);
+        }
+
+        let mut config = Config::default();
+        if let Some(v) = raw.listen {
+            config.listen = v.parse().map_err(|_| ConfigError::Invalid {
+                key: "HUSH_LISTEN",
+                reason: format!("`{v}` is not an address like 127.0.0.1:8080"),
+            })?;
+        }
+        if let Some(v) = raw.redis_url {
+            config.redis_url = v;
+        }
+        if let Some(v) = raw.redis_prefix {
+            config.redis_prefix = v;
+        }
+        config.public_url = raw.public_url;
+        if let Some(v) = raw.index_key {
+            config.index_key = Some(parse_key("HUSH_INDEX_KEY", &v)?);
+        }
+        if let Some(v) = raw.data_keys {
+            config.data_keys = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| parse_key("HUSH_DATA_KEYS", s))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = raw.log {
+            config.log = v;
+        }
+        if let Some(v) = raw.log_format {
+            config.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "HUSH_LOG_FORMAT",
+                        reason: format!("`{v}` is neither `text` nor `json`"),
+                    });
+                }
+            }
+        }
+        if let Some(v) = raw.reaper_interval_ms {
+            config.reaper_interval_ms = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that hold whatever way the config was built.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.redis_prefix.is_empty()
+            || !self
+                .redis_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(ConfigError::Invalid {
+                key: "HUSH_REDIS_PREFIX",
+                reason: "use letters, digits, `-`, `_` or `.` (it starts every Redis key)".into(),
+            });
+        }
+        if self.reaper_interval_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "HUSH_REAPER_INTERVAL_MS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "HUSH_PUBLIC_URL",
+                reason: "must start with http:// or https://".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The two keys `serve` cannot run without, or the sentence that says how to make them.
+    pub fn require_keys(&self) -> Result<(), ConfigError> {
+        if self.index_key.is_none() || self.data_keys.is_empty() {
+            return Err(ConfigError::MissingKeys);
+        }
+        Ok(())
+    }
+
+    /// The URL providers are configured to call.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+}
+
+fn parse_key(key: &'static str, value: &str) -> Result<Secret<[u8; 32]>, ConfigError> {
+    let bytes = B64.decode(value.trim()).map_err(|_| ConfigError::Invalid {
+        key,
+        reason: "not base64".into(),
+    })?;
+    let arr: [u8; 32] = bytes.try_into().map_err(|_| ConfigError::Invalid {
+        key,
+        reason: "must decode to exactly 32 bytes".into(),
+    })?;
+    Ok(Secret::new(arr))
+}
+
+/// Two fresh random keys, in the form the environment takes.
+pub fn generate_secrets() -> (String, String) {
+    use rand::RngCore;
+    let mut a = [0u8; 32];
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut a);
+    rand::rng().fill_bytes(&mut b);
+    (B64.encode(a), B64.encode(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn env_wins_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hush.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nredis_prefix = \"file\"\n",
+        )
+        .unwrap();
+        let c = Config::load_from(Some(&path), env(&[("HUSH_REDIS_PREFIX", "envp")])).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.redis_prefix, "envp");
+    }
+
+    #[test]
+    fn keys_are_checked_and_redacted() {
+        let (i, d) = generate_secrets();
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("HUSH_INDEX_KEY", &i),
+                ("HUSH_DATA_KEYS", &format!("{d},{i}")),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.data_keys.len(), 2);
+        c.require_keys().unwrap();
+        assert!(!format!("{c:?}").contains(&i));
+        let bad = Config::load_from(None, env(&[("HUSH_INDEX_KEY", "c2hvcnQ=")])).unwrap_err();
+        assert!(bad.to_string().contains("32 bytes"));
+        let missing = Config::load_from(None, env(&[])).unwrap().require_keys();
+        assert!(missing.unwrap_err().to_string().contains("gen-secrets"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hush.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        assert!(Config::load_from(Some(&path), env(&[])).is_err());
+    }
+}

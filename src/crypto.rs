@@ -1,0 +1,186 @@
+//! Participant numbers at rest. Keys name a participant only by a blind index (truncated
+//! HMAC-SHA256 under the index key, which never rotates so lookups stay stable); values hold
+//! numbers only as XChaCha20-Poly1305 ciphertext tagged with the id of the data key that
+//! sealed them, so data keys can rotate while old records stay readable.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD_NO_PAD as B64, URL_SAFE_NO_PAD as B64URL};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::config::Secret;
+use crate::domain::E164;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("no data key with id {0:04x} is configured (was HUSH_DATA_KEYS shortened?)")]
+    UnknownKey(u16),
+    #[error("ciphertext is malformed or was sealed for another purpose")]
+    Corrupt,
+    #[error("two data keys share the id {0:04x}; generate a new one")]
+    KeyIdClash(u16),
+    #[error("no data key is configured")]
+    NoKeys,
+}
+
+struct DataKey {
+    id: u16,
+    cipher: XChaCha20Poly1305,
+}
+
+/// Blind index and sealing, built once from the configured keys.
+pub struct Crypto {
+    index: HmacSha256,
+    keys: Vec<DataKey>,
+}
+
+impl std::fmt::Debug for Crypto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Crypto([redacted])")
+    }
+}
+
+fn key_id(key: &[u8; 32]) -> u16 {
+    let h = Sha256::digest(key);
+    u16::from_be_bytes([h[0], h[1]])
+}
+
+impl Crypto {
+    pub fn new(
+        index_key: &Secret<[u8; 32]>,
+        data_keys: &[Secret<[u8; 32]>],
+    ) -> Result<Crypto, CryptoError> {
+        if data_keys.is_empty() {
+            return Err(CryptoError::NoKeys);
+        }
+        let mut keys: Vec<DataKey> = Vec::new();
+        for k in data_keys {
+            let id = key_id(k.expose());
+            if keys.iter().any(|d| d.id == id) {
+                return Err(CryptoError::KeyIdClash(id));
+            }
+            keys.push(DataKey {
+                id,
+                cipher: XChaCha20Poly1305::new(k.expose().into()),
+            });
+        }
+        let index = <HmacSha256 as Mac>::new_from_slice(index_key.expose())
+            .expect("HMAC takes keys of any length");
+        Ok(Crypto { index, keys })
+    }
+
+    /// The participant's name in Redis keys: 16 bytes of HMAC, base64url (22 characters).
+    pub fn blind_index(&self, number: &E164) -> String {
+        let mut mac = self.index.clone();
+        mac.update(b"participant:");
+        mac.update(number.reveal().as_bytes());
+        let out = mac.finalize().into_bytes();
+        B64URL.encode(&out[..16])
+    }
+
+    /// A keyed digest of arbitrary text (idempotency keys), so the text itself is not stored.
+    pub fn digest(&self, domain: &str, text: &[u8]) -> String {
+        let mut mac = self.index.clone();
+        mac.update(domain.as_bytes());
+        mac.update(b":");
+        mac.update(text);
+        B64URL.encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// Seals `plain` under the newest data key. `purpose` is bound as associated data, so a
+    /// ciphertext moved to another field fails to open.
+    pub fn seal(&self, purpose: &str, plain: &[u8]) -> String {
+        let key = &self.keys[0];
+        let nonce_bytes: [u8; 24] = rand::random();
+        let nonce = XNonce::from_slice(&nonce_bytes);
+        let ct = key
+            .cipher
+            .encrypt(
+                nonce,
+                Payload {
+                    msg: plain,
+                    aad: purpose.as_bytes(),
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption does not fail for in-memory buffers");
+        let mut out = Vec::with_capacity(2 + 24 + ct.len());
+        out.extend_from_slice(&key.id.to_be_bytes());
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(&ct);
+        B64.encode(out)
+    }
+
+    pub fn open(&self, purpose: &str, sealed: &str) -> Result<Vec<u8>, CryptoError> {
+        let raw = B64.decode(sealed).map_err(|_| CryptoError::Corrupt)?;
+        if raw.len() < 2 + 24 + 16 {
+            return Err(CryptoError::Corrupt);
+        }
+        let id = u16::from_be_bytes([raw[0], raw[1]]);
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == id)
+            .ok_or(CryptoError::UnknownKey(id))?;
+        key.cipher
+            .decrypt(
+                XNonce::from_slice(&raw[2..26]),
+                Payload {
+                    msg: &raw[26..],
+                    aad: purpose.as_bytes(),
+                },
+            )
+            .map_err(|_| CryptoError::Corrupt)
+    }
+
+    pub fn seal_number(&self, number: &E164) -> String {
+        self.seal("number", number.reveal().as_bytes())
+    }
+
+    pub fn open_number(&self, sealed: &str) -> Result<E164, CryptoError> {
+        let plain = self.open("number", sealed)?;
+        let text = std::str::from_utf8(&plain).map_err(|_| CryptoError::Corrupt)?;
+        E164::parse(text).map_err(|_| CryptoError::Corrupt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> Secret<[u8; 32]> {
+        Secret::new([b; 32])
+    }
+
+    #[test]
+    fn seal_open_and_rotate() {
+        let n = E164::parse("+14155550123").unwrap();
+        let old = Crypto::new(&key(1), &[key(2)]).unwrap();
+        let sealed = old.seal_number(&n);
+        assert!(!sealed.contains("4155550123"));
+        let rotated = Crypto::new(&key(1), &[key(3), key(2)]).unwrap();
+        assert_eq!(rotated.open_number(&sealed).unwrap(), n);
+        let fresh = rotated.seal_number(&n);
+        assert!(matches!(
+            old.open_number(&fresh),
+            Err(CryptoError::UnknownKey(_))
+        ));
+        assert_eq!(old.blind_index(&n), rotated.blind_index(&n));
+        assert_eq!(old.blind_index(&n).len(), 22);
+    }
+
+    #[test]
+    fn purpose_is_bound_and_tampering_detected() {
+        let c = Crypto::new(&key(1), &[key(2)]).unwrap();
+        let sealed = c.seal("a", b"hello");
+        assert!(c.open("b", &sealed).is_err());
+        let mut raw = B64.decode(&sealed).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        assert!(c.open("a", &B64.encode(raw)).is_err());
+        assert!(c.open("a", "not base64!").is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! `hush dev`: everything a first try needs, kept under `./.hush/`: a private redis-server
+//! (append-only file on, so data survives restarts), generated secrets, a demo pool and an
+//! admin API key. Not for production: secrets sit in plain files.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use hush::broker::{Broker, Scope};
+use hush::config::{Config, Secret};
+use hush::domain::{PoolName, PoolPolicy};
+
+const DIR: &str = ".hush";
+const DEMO_NUMBERS: std::ops::Range<u32> = 100..110;
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Secrets from the environment when set, else from `./.hush/secrets.env`, made once.
+fn secrets(config: &mut Config, dir: &Path) -> anyhow::Result<()> {
+    if config.index_key.is_some() && !config.data_keys.is_empty() {
+        return Ok(());
+    }
+    let path = dir.join("secrets.env");
+    if !path.exists() {
+        let (index, data) = hush::config::generate_secrets();
+        write_private(
+            &path,
+            &format!("HUSH_INDEX_KEY={index}\nHUSH_DATA_KEYS={data}\n"),
+        )?;
+        eprintln!("created secrets in {}", path.display());
+    }
+    let text = std::fs::read_to_string(&path)?;
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+    };
+    let file = Config::load_from(None, |k| match k {
+        "HUSH_INDEX_KEY" | "HUSH_DATA_KEYS" => get(k),
+        _ => None,
+    })
+    .with_context(|| format!("{} is damaged; delete it to start afresh", path.display()))?;
+    config.index_key = file.index_key;
+    config.data_keys = file.data_keys;
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts redis-server in its own process group, so Ctrl-C reaches hush first and hush
+/// stops Redis after the last request.
+async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
+    let data = dir.join("redis");
+    std::fs::create_dir_all(&data)?;
+    // Redis changes into --dir before opening its log file: both must be absolute.
+    let data = std::fs::canonicalize(&data)?;
+    let port = free_port()?;
+    let mut cmd = Command::new("redis-server");
+    cmd.arg("--port")
+        .arg(port.to_string())
+        .arg("--bind")
+        .arg("127.0.0.1")
+        .arg("--dir")
+        .arg(&data)
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+        ])
+        .args(["--maxmemory-policy", "noeviction"])
+        .arg("--logfile")
+        .arg(data.join("redis.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let child = cmd.spawn().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot start redis-server ({e}); install it (e.g. `apt-get install redis-server`) \
+             or point HUSH_REDIS_URL at a running Redis"
+        )
+    })?;
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str())?;
+    for _ in 0..100 {
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await
+            && redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok()
+        {
+            return Ok((child, url));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "redis-server did not answer on port {port}; see {}",
+        data.join("redis.log").display()
+    )
+}
+
+async fn stop_redis(mut child: Child, url: &str) {
+    if let Ok(client) = redis::Client::open(url)
+        && let Ok(mut c) = client.get_multiplexed_async_connection().await
+    {
+        // SHUTDOWN flushes the append-only file before Redis exits.
+        let _: Result<(), _> = redis::cmd("SHUTDOWN").query_async(&mut c).await;
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// The admin key kept in `./.hush/admin.key`, made anew if Redis no longer knows it.
+async fn admin_key(broker: &Broker, dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("admin.key");
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        let key = key.trim().to_string();
+        if broker.authenticate(&key).await?.is_some() {
+            return Ok(key);
+        }
+    }
+    let _ = broker.revoke_api_key("dev-admin").await?;
+    let key = broker.create_api_key("dev-admin", &[Scope::Admin]).await?;
+    write_private(&path, &format!("{key}\n"))?;
+    Ok(key)
+}
+
+async fn demo_pool(broker: &Broker) -> anyhow::Result<()> {
+    let name = PoolName::parse("demo").expect("static pool name");
+    if broker.get_pool(&name).await.is_err() {
+        broker.put_pool(&name, &PoolPolicy::default()).await?;
+    }
+    let numbers: Vec<(String, Option<Vec<String>>)> = DEMO_NUMBERS
+        .map(|n| (format!("+1201555{n:04}"), None))
+        .collect();
+    broker.add_numbers(&name, &numbers).await?;
+    Ok(())
+}
+
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    hush::telemetry::init(&config);
+    let dir = PathBuf::from(DIR);
+    std::fs::create_dir_all(&dir)?;
+    secrets(&mut config, &dir)?;
+    let external = std::env::var("HUSH_REDIS_URL").is_ok_and(|v| !v.is_empty());
+    let redis = if external {
+        None
+    } else {
+        let (child, url) = start_redis(&dir).await?;
+        config.redis_url = url.clone();
+        Some((child, url))
+    };
+    let result = serve(&config, &dir).await;
+    if let Some((child, url)) = redis {
+        stop_redis(child, &url).await;
+    }
+    result
+}
+
+async fn serve(config: &Config, dir: &Path) -> anyhow::Result<()> {
+    let broker = hush::build_broker(config)?;
+    broker
+        .ping()
+        .await
+        .with_context(|| format!("Redis at {} does not answer", config.redis_url))?;
+    demo_pool(&broker).await?;
+    let key = admin_key(&broker, dir).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (set HUSH_LISTEN)", config.listen))?;
+    let addr = listener.local_addr()?;
+    let env = format!(
+        "HUSH_REDIS_URL={}\nHUSH_INDEX_KEY={}\nHUSH_DATA_KEYS={}\n",
+        config.redis_url,
+        base64_of(config.index_key.as_ref()),
+        config
+            .data_keys
+            .iter()
+            .map(|k| base64_of(Some(k)))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    write_private(&dir.join("env"), &env)?;
+    println!("hush dev is serving on http://{addr}  (Ctrl-C stops hush and its Redis)");
+    println!("admin key: {key}");
+    println!("pool `demo` has +12015550100 to +12015550109. Create a session:");
+    println!();
+    println!(
+        "curl -s -X POST http://{addr}/v1/sessions -H 'Authorization: Bearer {key}' \
+         -H 'Content-Type: application/json' -d '{{\"pool\":\"demo\",\"participants\":\
+         [{{\"number\":\"+14155550101\",\"label\":\"rider\"}},{{\"number\":\"+14155550102\",\"label\":\"driver\"}}]}}'"
+    );
+    println!();
+    println!("The CLI reaches this instance after `set -a; . ./.hush/env; set +a`.");
+    let token = CancellationToken::new();
+    crate::cancel_on_signal(token.clone());
+    hush::run(config.clone(), listener, token).await
+}
+
+fn base64_of(k: Option<&Secret<[u8; 32]>>) -> String {
+    use base64::Engine as _;
+    k.map(|k| base64::engine::general_purpose::STANDARD.encode(k.expose()))
+        .unwrap_or_default()
+}

@@ -1,0 +1,66 @@
+//! hush: a phone-number masking broker. This file wires the layers together; the logic
+//! lives in `domain` (rules), `store` (Redis), `broker` (use-cases) and `api` (HTTP).
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod store;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, Scope};
+use crate::config::Config;
+
+/// The broker over the configured Redis and keys.
+pub fn build_broker(config: &Config) -> anyhow::Result<Broker> {
+    config.require_keys()?;
+    let index = config.index_key.as_ref().context("index key")?;
+    let crypto = crypto::Crypto::new(index, &config.data_keys)?;
+    let store = store::Store::connect(&config.redis_url, &config.redis_prefix)
+        .context("HUSH_REDIS_URL is not a usable Redis URL")?;
+    Ok(Broker::new(store, crypto, Arc::new(domain::SystemClock)))
+}
+
+/// Serves the API on `listener` and runs the reaper until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let broker = build_broker(&config)?;
+    let reaper = tokio::spawn(broker::run_reaper(
+        broker.clone(),
+        Duration::from_millis(config.reaper_interval_ms),
+        shutdown.clone(),
+    ));
+    let app = api::router(api::AppState { broker });
+    tracing::info!(addr = %listener.local_addr()?, "hush listening");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    let _ = reaper.await;
+    served.context("HTTP server failed")
+}
+
+/// Creates an API key with the given scopes and returns it (it is stored only hashed).
+pub async fn create_api_key(
+    config: &Config,
+    name: &str,
+    scopes: &[&str],
+) -> anyhow::Result<String> {
+    let scopes = scopes
+        .iter()
+        .map(|s| Scope::parse(s).with_context(|| format!("unknown scope `{s}`")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(build_broker(config)?.create_api_key(name, &scopes).await?)
+}

@@ -1,0 +1,332 @@
+//! The `hush` command line: parses arguments and calls into the library.
+
+mod dev;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use hush::broker::{Broker, Scope};
+use hush::config::Config;
+use hush::domain::{E164, GeoMatch, NumberState, PoolName, PoolPolicy, SessionId};
+
+#[derive(Parser)]
+#[command(name = "hush", version, about = "Phone-number masking broker")]
+struct Cli {
+    /// TOML config file; `HUSH_*` environment variables override it.
+    #[arg(long, global = true, env = "HUSH_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API against the Redis in HUSH_REDIS_URL.
+    Serve,
+    /// First try: a private Redis and secrets under ./.hush/, a demo pool, an admin key.
+    Dev,
+    /// API keys and server secrets.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Pools and their policy.
+    #[command(subcommand)]
+    Pools(PoolsCmd),
+    /// Proxy numbers of a pool.
+    #[command(subcommand)]
+    Numbers(NumbersCmd),
+    /// Sessions.
+    #[command(subcommand)]
+    Sessions(SessionsCmd),
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Print a fresh HUSH_INDEX_KEY and HUSH_DATA_KEYS.
+    GenSecrets,
+    /// Create an API key; the key is printed alone on the last line.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: sessions, pools, relay, admin.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
+    /// List API keys (names and scopes; keys are stored hashed).
+    List,
+    /// Revoke an API key by name.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum PoolsCmd {
+    /// Create or replace a pool's policy.
+    Put {
+        name: String,
+        #[arg(long, default_value_t = 3600)]
+        default_ttl_secs: u32,
+        #[arg(long, default_value_t = 3600)]
+        cooloff_secs: u32,
+        /// area_code, country or any.
+        #[arg(long, default_value = "country")]
+        geo_match: String,
+        #[arg(long, default_value = PoolPolicy::DEFAULT_MESSAGE)]
+        out_of_session_message: String,
+    },
+    List,
+    Show {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NumbersCmd {
+    /// Import numbers from a CSV file with columns `number,capabilities`.
+    Import {
+        pool: String,
+        file: PathBuf,
+    },
+    List {
+        pool: String,
+    },
+    /// Stop giving a number to new sessions; open ones run on.
+    Drain {
+        pool: String,
+        number: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCmd {
+    Show { id: String },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("hush: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Keys(KeysCmd::GenSecrets) = cli.command {
+        let (index, data) = hush::config::generate_secrets();
+        println!("HUSH_INDEX_KEY={index}");
+        println!("HUSH_DATA_KEYS={data}");
+        return Ok(());
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Dev => dev::run(config).await,
+        Command::Keys(cmd) => keys(&hush::build_broker(&config)?, cmd).await,
+        Command::Pools(cmd) => pools(&hush::build_broker(&config)?, cmd).await,
+        Command::Numbers(cmd) => numbers(&hush::build_broker(&config)?, cmd).await,
+        Command::Sessions(SessionsCmd::Show { id }) => {
+            let broker = hush::build_broker(&config)?;
+            let id = SessionId::parse(&id).context("not a session id")?;
+            print_json(&broker.get_session(&id).await?)
+        }
+    }
+}
+
+/// Cancels the token on Ctrl-C or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler installs");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        token.cancel();
+    });
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    hush::telemetry::init(&config);
+    config.require_keys()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (HUSH_LISTEN)", config.listen))?;
+    let token = CancellationToken::new();
+    cancel_on_signal(token.clone());
+    hush::run(config, listener, token).await
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn pool_name(s: &str) -> anyhow::Result<PoolName> {
+    PoolName::parse(s)
+        .with_context(|| format!("`{s}` is not a pool name (lower-case letters, digits, - and _)"))
+}
+
+async fn keys(broker: &Broker, cmd: KeysCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeysCmd::GenSecrets => unreachable!("handled before the config is loaded"),
+        KeysCmd::Create { name, scopes } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| Scope::parse(s).with_context(|| format!("unknown scope `{s}`")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let key = broker.create_api_key(&name, &scopes).await?;
+            eprintln!("created key `{name}`; it is shown once:");
+            println!("{key}");
+        }
+        KeysCmd::List => {
+            for (name, scopes, created) in broker.list_api_keys().await? {
+                println!("{name}\t{scopes}\t{created}");
+            }
+        }
+        KeysCmd::Revoke { name } => {
+            if !broker.revoke_api_key(&name).await? {
+                bail!("no key named `{name}`");
+            }
+            println!("revoked `{name}`");
+        }
+    }
+    Ok(())
+}
+
+async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
+    match cmd {
+        PoolsCmd::Put {
+            name,
+            default_ttl_secs,
+            cooloff_secs,
+            geo_match,
+            out_of_session_message,
+        } => {
+            let policy = PoolPolicy {
+                default_ttl_secs,
+                cooloff_secs,
+                geo_match: GeoMatch::parse(&geo_match)
+                    .context("--geo-match must be area_code, country or any")?,
+                out_of_session_message,
+            };
+            if !PoolPolicy::TTL_RANGE.contains(&policy.default_ttl_secs) {
+                bail!("--default-ttl-secs must be between 60 and 2592000");
+            }
+            if !PoolPolicy::COOLOFF_RANGE.contains(&policy.cooloff_secs) {
+                bail!("--cooloff-secs must be between 0 and 604800");
+            }
+            let (view, created) = broker.put_pool(&pool_name(&name)?, &policy).await?;
+            eprintln!(
+                "{} pool `{name}`",
+                if created { "created" } else { "updated" }
+            );
+            print_json(&view)
+        }
+        PoolsCmd::List => {
+            for p in broker.list_pools().await? {
+                println!(
+                    "{}\tnumbers={} active={} draining={}\topen_sessions={}",
+                    p.name, p.numbers.total, p.numbers.active, p.numbers.draining, p.open_sessions
+                );
+            }
+            Ok(())
+        }
+        PoolsCmd::Show { name } => print_json(&broker.get_pool(&pool_name(&name)?).await?),
+    }
+}
+
+/// Reads `number,capabilities` rows; capabilities separated by `;`, `|` or spaces (a quoted
+/// cell may also use commas). A header row and blank lines are skipped.
+fn parse_csv(text: &str) -> Vec<(String, Option<Vec<String>>)> {
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (number, rest) = match line.split_once(',') {
+            Some((n, r)) => (n, r),
+            None => (line, ""),
+        };
+        let number = number.trim().trim_matches('"').to_string();
+        if number.eq_ignore_ascii_case("number") {
+            continue;
+        }
+        let caps: Vec<String> = rest
+            .trim()
+            .trim_matches('"')
+            .split([';', '|', ' ', ','])
+            .map(|c| c.trim().to_ascii_lowercase())
+            .filter(|c| !c.is_empty())
+            .collect();
+        rows.push((number, (!caps.is_empty()).then_some(caps)));
+    }
+    rows
+}
+
+async fn numbers(broker: &Broker, cmd: NumbersCmd) -> anyhow::Result<()> {
+    match cmd {
+        NumbersCmd::Import { pool, file } => {
+            let pool = pool_name(&pool)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let rows = parse_csv(&text);
+            let (mut added, mut skipped) = (0, 0);
+            for chunk in rows.chunks(1000) {
+                let report = broker.add_numbers(&pool, chunk).await?;
+                added += report.added.len();
+                skipped += report.skipped.len();
+                for s in report.skipped {
+                    eprintln!("skipped {}: {}", s.number, s.code);
+                }
+            }
+            println!("added {added}, skipped {skipped}");
+            Ok(())
+        }
+        NumbersCmd::List { pool } => {
+            for n in broker.list_numbers(&pool_name(&pool)?).await? {
+                println!(
+                    "{}\t{}\t{}\topen_sessions={}",
+                    n.number,
+                    n.capabilities.join(","),
+                    n.state.as_str(),
+                    n.open_sessions
+                );
+            }
+            Ok(())
+        }
+        NumbersCmd::Drain { pool, number } => {
+            let number = E164::parse(&number).context("not an E.164 number")?;
+            let view = broker
+                .set_number_state(&pool_name(&pool)?, &number, NumberState::Draining)
+                .await?;
+            print_json(&view)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_rows() {
+        let rows = parse_csv(
+            "number,capabilities\n+12015550100,voice;sms\n+12015550101,\"voice,sms\"\n\n+12015550102\n+12015550103,sms\n",
+        );
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[0].1.as_deref().unwrap(), ["voice", "sms"]);
+        assert_eq!(rows[1].1.as_deref().unwrap(), ["voice", "sms"]);
+        assert!(rows[2].1.is_none());
+        assert_eq!(rows[3].1.as_deref().unwrap(), ["sms"]);
+    }
+}

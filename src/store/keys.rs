@@ -1,0 +1,157 @@
+//! The key scheme: one function per key. Every key starts with the configured prefix.
+//! Keys of one pool shard share the hash tag `{p<pool id>.<shard>}`, so each Lua script
+//! touches a single hash slot and runs unchanged on one Redis, Sentinel or Redis Cluster.
+//! Participants appear only as blind indexes; proxy numbers are ours and appear in plain.
+
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    /// HASH pool name → pool id.
+    pub fn pools(&self) -> String {
+        format!("{}:pools", self.prefix)
+    }
+    /// Counter handing out pool ids.
+    pub fn pool_seq(&self) -> String {
+        format!("{}:pool_seq", self.prefix)
+    }
+    /// HASH of one pool's policy.
+    pub fn pool(&self, id: u32) -> String {
+        format!("{}:pool:{id}", self.prefix)
+    }
+    /// STRING `<pool id>.<shard>`: the one place a proxy number belongs.
+    pub fn owner(&self, number: &str) -> String {
+        format!("{}:n:{number}", self.prefix)
+    }
+    /// HASH of one API key (by SHA-256 of the key).
+    pub fn api_key(&self, digest: &str) -> String {
+        format!("{}:key:{digest}", self.prefix)
+    }
+    /// HASH key name → SHA-256 of the key.
+    pub fn api_keys(&self) -> String {
+        format!("{}:keys", self.prefix)
+    }
+    /// STRING idempotency record.
+    pub fn idempotency(&self, digest: &str) -> String {
+        format!("{}:idem:{digest}", self.prefix)
+    }
+    pub fn shard(&self, pool_id: u32, shard: u16) -> ShardKeys {
+        ShardKeys {
+            tag: format!("{}:{{p{pool_id}.{shard}}}:", self.prefix),
+            pool_id,
+            shard,
+        }
+    }
+}
+
+/// Keys of one pool shard; all in one hash slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardKeys {
+    tag: String,
+    pub pool_id: u32,
+    pub shard: u16,
+}
+
+impl ShardKeys {
+    /// The common start of every key in the shard; scripts derive keys from it.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+    /// HASH number → `caps|state|geos`, `number:h` holding count, `number:o` open count,
+    /// and the shard's counters `#total`, `#draining`, `#open`.
+    pub fn nums(&self) -> String {
+        format!("{}nums", self.tag)
+    }
+    /// ZSET session key → time of its next transition (expiry, end of cool-off).
+    pub fn transitions(&self) -> String {
+        format!("{}x", self.tag)
+    }
+    /// HASH proxy number → route record, one per participant: the routes and the set of
+    /// numbers the participant holds.
+    pub fn routes(&self, idx: &str) -> String {
+        format!("{}u:{idx}", self.tag)
+    }
+    /// HASH other participant's index → `number|ms`: who shared which number (sticky).
+    pub fn sticky(&self, idx: &str) -> String {
+        format!("{}k:{idx}", self.tag)
+    }
+    /// HASH session record.
+    pub fn session(&self, key: &str) -> String {
+        format!("{}s:{key}", self.tag)
+    }
+    /// ZSET number → holding count, for active numbers of a class (`v`, `s`, `b`) at a
+    /// geo level (`*`, `c1`, `a1415`).
+    pub fn load(&self, class: &str, geo: &str) -> String {
+        format!("{}l:{class}:{geo}", self.tag)
+    }
+}
+
+/// The Redis Cluster hash slot of a key (CRC16/XMODEM of the hash tag, mod 16384).
+pub fn hash_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        rest.iter()
+            .position(|&b| b == b'}')
+            .filter(|&close| close > 0)
+            .map(|close| &rest[..close])
+    });
+    let data = tagged.unwrap_or(bytes);
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= (b as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_matches_redis_reference_values() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(hash_slot("123456789"), 12739);
+        assert_eq!(hash_slot("foo"), 12182);
+        assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
+        assert_eq!(hash_slot("foo{}{bar}"), hash_slot("foo{}{bar}"));
+    }
+
+    #[test]
+    fn shard_keys_share_a_slot_and_prefix() {
+        let k = Keys::new("hush");
+        let s = k.shard(7, 3);
+        let all = [
+            s.nums(),
+            s.transitions(),
+            s.routes("abc"),
+            s.sticky("abc"),
+            s.session("xyz"),
+            s.load("b", "a1415"),
+            format!("{}l:v:*", s.tag()),
+        ];
+        let slot = hash_slot(&all[0]);
+        for key in &all {
+            assert!(key.starts_with("hush:"), "{key}");
+            assert_eq!(hash_slot(key), slot, "{key}");
+        }
+        assert_ne!(hash_slot(&k.shard(7, 4).nums()), slot);
+    }
+}

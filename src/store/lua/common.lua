@@ -1,0 +1,65 @@
+-- Shared helpers, prepended to every script. Every key a script derives starts with the
+-- shard tag it was given (ARGV[1]), so it lives in the same hash slot as the declared keys.
+local TAG = ARGV[1]
+
+-- A route record: session key | mode | open until ms | held until ms | sealed other party.
+local function parse_route(rec)
+  local sid, mode, open_until, held_until, other =
+    string.match(rec, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  if not sid then return nil end
+  return { sid = sid, mode = mode, open_until = tonumber(open_until),
+           held_until = tonumber(held_until), other = other }
+end
+
+local function format_route(r)
+  return r.sid .. '|' .. r.mode .. '|' .. r.open_until .. '|' .. r.held_until .. '|' .. r.other
+end
+
+-- Number metadata in the nums hash: caps | state | geo tags (comma separated).
+local function parse_meta(meta)
+  local caps, state, geos = string.match(meta, '^([^|]*)|([^|]*)|(.*)$')
+  return { caps = caps, state = state, geos = geos }
+end
+
+local function classes(caps)
+  local out = {}
+  local v = string.find(caps, 'v', 1, true) ~= nil
+  local s = string.find(caps, 's', 1, true) ~= nil
+  if v then table.insert(out, 'v') end
+  if s then table.insert(out, 's') end
+  if v and s then table.insert(out, 'b') end
+  return out
+end
+
+-- Every load index a number is a member of while active.
+local function load_keys(meta)
+  local keys = {}
+  for _, class in ipairs(classes(meta.caps)) do
+    table.insert(keys, TAG .. 'l:' .. class .. ':*')
+    for geo in string.gmatch(meta.geos, '[^,]+') do
+      table.insert(keys, TAG .. 'l:' .. class .. ':' .. geo)
+    end
+  end
+  return keys
+end
+
+local function push_expiry(key, at)
+  local current = redis.call('PEXPIRETIME', key)
+  if current < 0 or current < at then
+    redis.call('PEXPIREAT', key, at)
+  end
+end
+
+-- Change a number's holding count, keeping its load indexes in step while it is active.
+local function add_load(nums, number, delta)
+  local meta = redis.call('HGET', nums, number)
+  redis.call('HINCRBY', nums, number .. ':h', delta)
+  if meta then
+    local m = parse_meta(meta)
+    if m.state == 'active' then
+      for _, k in ipairs(load_keys(m)) do
+        redis.call('ZINCRBY', k, delta, number)
+      end
+    end
+  end
+end

@@ -1,0 +1,16 @@
+-- Removes what a shard still holds under an erased participant's blind index: its sticky
+-- memory on both sides and route records that no live session owns any more.
+-- KEYS: 1 k:<idx>, 2 u:<idx>. ARGV: 1 tag, 2 idx, 3 now ms.
+local k, u = KEYS[1], KEYS[2]
+local idx, now = ARGV[2], tonumber(ARGV[3])
+local partners = redis.call('HKEYS', k)
+for _, other in ipairs(partners) do
+  redis.call('HDEL', TAG .. 'k:' .. other, idx)
+end
+redis.call('DEL', k)
+local all = redis.call('HGETALL', u)
+for i = 1, #all, 2 do
+  local r = parse_route(all[i + 1])
+  if not r or r.held_until <= now then redis.call('HDEL', u, all[i]) end
+end
+return #partners

@@ -1,0 +1,832 @@
+//! Redis, and nothing else. The key scheme lives in [`keys`]; the Lua scripts in `lua/`.
+//!
+//! Why each step is atomic: everything that must change together — creating a session
+//! (both routes, the number's load, the session record, its transition entry), ending or
+//! extending one, adding, draining or removing a number — is one Lua script over the keys of
+//! one pool shard, which Redis runs without interleaving. Invariant 1 only involves one
+//! proxy number's routes, and a number lives in exactly one shard, so a shard-local script
+//! is enough on any number of hush instances and on Redis Cluster. An expired session never
+//! routes because every route record carries its own open-until and held-until times and
+//! readers compare them with the clock; the reaper only frees memory and fixes counters.
+
+pub mod keys;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script, Value};
+
+pub use keys::{Keys, ShardKeys};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis cannot be reached or cannot take writes now; worth retrying.
+    #[error("redis is unavailable")]
+    Unavailable(#[source] RedisError),
+    #[error("redis command failed")]
+    Redis(#[source] RedisError),
+    #[error("stored data is malformed: {0}")]
+    Corrupt(&'static str),
+}
+
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        let transient_code = matches!(
+            e.code(),
+            Some(
+                "OOM" | "BUSY" | "LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN"
+            )
+        );
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_cluster_error()
+            || transient_code
+        {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Redis(e)
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+const COMMON: &str = include_str!("lua/common.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{COMMON}\n{body}"))
+}
+
+struct Scripts {
+    number_add: Script,
+    number_state: Script,
+    number_remove: Script,
+    session_create: Script,
+    session_end: Script,
+    participant_forget: Script,
+    idempotency_begin: Script,
+}
+
+impl Scripts {
+    fn load() -> Scripts {
+        Scripts {
+            number_add: script(include_str!("lua/number_add.lua")),
+            number_state: script(include_str!("lua/number_state.lua")),
+            number_remove: script(include_str!("lua/number_remove.lua")),
+            session_create: script(include_str!("lua/session_create.lua")),
+            session_end: script(include_str!("lua/session_end.lua")),
+            participant_forget: script(include_str!("lua/participant_forget.lua")),
+            idempotency_begin: script(include_str!("lua/idempotency_begin.lua")),
+        }
+    }
+}
+
+/// A pool as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRow {
+    pub id: u32,
+    pub name: String,
+    pub fields: HashMap<String, String>,
+    pub shards: u16,
+}
+
+/// A number's row in its shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NumberRow {
+    pub number: String,
+    pub caps: String,
+    pub state: String,
+    pub holding: i64,
+    pub open: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardCounts {
+    pub total: i64,
+    pub draining: i64,
+    pub open: i64,
+}
+
+/// A route record: what one participant reaches through one proxy number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteRow {
+    pub session_key: String,
+    pub mode: String,
+    pub open_until: i64,
+    pub held_until: i64,
+    pub sealed_other: String,
+}
+
+impl RouteRow {
+    pub fn parse(rec: &str) -> Option<RouteRow> {
+        let mut it = rec.splitn(5, '|');
+        Some(RouteRow {
+            session_key: it.next()?.to_string(),
+            mode: it.next()?.to_string(),
+            open_until: it.next()?.parse().ok()?,
+            held_until: it.next()?.parse().ok()?,
+            sealed_other: it.next()?.to_string(),
+        })
+    }
+}
+
+/// Everything the session-create script needs; built by the broker.
+pub struct CreateArgs<'a> {
+    pub shard: &'a ShardKeys,
+    pub session_key: &'a str,
+    pub now: i64,
+    pub expires: i64,
+    pub cooloff_ms: i64,
+    pub class: &'a str,
+    pub idx_a: &'a str,
+    pub idx_b: &'a str,
+    pub levels: &'a str,
+    pub sealed_a: &'a str,
+    pub sealed_b: &'a str,
+    pub blob: &'a str,
+    pub sticky_window_ms: i64,
+    pub area_tag: &'a str,
+    pub country_tag: &'a str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    Ok {
+        number: String,
+        level: String,
+        reap_due: bool,
+    },
+    Exhausted {
+        reap_due: bool,
+    },
+}
+
+/// How a session changes in [`Store::session_end`].
+#[derive(Clone, Debug)]
+pub enum EndOp<'a> {
+    Close,
+    Extend { expires: i64 },
+    Erase { side: &'a str, blob: &'a str },
+    Reap,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Ok,
+    Missing,
+    AlreadyClosed,
+    NotDue,
+}
+
+pub enum IdemBegin {
+    Fresh,
+    Running,
+    Conflict,
+    Done(String),
+}
+
+/// The typed facade over Redis.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+fn strings(v: Value) -> Result<Vec<String>> {
+    match v {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::BulkString(b) => {
+                    String::from_utf8(b).map_err(|_| StoreError::Corrupt("utf8"))
+                }
+                Value::SimpleString(s) => Ok(s),
+                Value::Int(n) => Ok(n.to_string()),
+                Value::Nil => Ok(String::new()),
+                _ => Err(StoreError::Corrupt("unexpected script reply")),
+            })
+            .collect(),
+        _ => Err(StoreError::Corrupt("unexpected script reply")),
+    }
+}
+
+impl Store {
+    /// Connects lazily: hush starts while Redis is down and reconnects by itself.
+    pub fn connect(url: &str, prefix: &str) -> Result<Store> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Store {
+            conn,
+            keys: Keys::new(prefix),
+            scripts: std::sync::Arc::new(Scripts::load()),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    fn c(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.c()).await?;
+        Ok(())
+    }
+
+    // ---- pools
+
+    pub async fn pool_id(&self, name: &str) -> Result<Option<u32>> {
+        let id: Option<u32> = redis::cmd("HGET")
+            .arg(self.keys.pools())
+            .arg(name)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn pool_by_id(&self, id: u32) -> Result<Option<PoolRow>> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.pool(id))
+            .query_async(&mut self.c())
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let name = fields
+            .get("name")
+            .cloned()
+            .ok_or(StoreError::Corrupt("pool without name"))?;
+        let shards = fields
+            .get("shards")
+            .and_then(|s| s.parse().ok())
+            .filter(|&s: &u16| s > 0)
+            .ok_or(StoreError::Corrupt("pool without shards"))?;
+        Ok(Some(PoolRow {
+            id,
+            name,
+            fields,
+            shards,
+        }))
+    }
+
+    pub async fn pool(&self, name: &str) -> Result<Option<PoolRow>> {
+        match self.pool_id(name).await? {
+            Some(id) => self.pool_by_id(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Creates or updates a pool's policy fields. Returns the row and whether it was new.
+    pub async fn pool_put(
+        &self,
+        name: &str,
+        fields: &[(&str, String)],
+        shards: u16,
+    ) -> Result<(PoolRow, bool)> {
+        let mut created = false;
+        let id = match self.pool_id(name).await? {
+            Some(id) => id,
+            None => {
+                let fresh: u32 = redis::cmd("INCR")
+                    .arg(self.keys.pool_seq())
+                    .query_async(&mut self.c())
+                    .await?;
+                // Write the policy before publishing the name, so a reader that finds the
+                // name always finds a whole pool.
+                let mut init = redis::cmd("HSET");
+                init.arg(self.keys.pool(fresh))
+                    .arg("name")
+                    .arg(name)
+                    .arg("shards")
+                    .arg(shards);
+                for (k, v) in fields {
+                    init.arg(*k).arg(v);
+                }
+                let _: i64 = init.query_async(&mut self.c()).await?;
+                let won: bool = redis::cmd("HSETNX")
+                    .arg(self.keys.pools())
+                    .arg(name)
+                    .arg(fresh)
+                    .query_async(&mut self.c())
+                    .await?;
+                if won {
+                    created = true;
+                    fresh
+                } else {
+                    let _: i64 = redis::cmd("DEL")
+                        .arg(self.keys.pool(fresh))
+                        .query_async(&mut self.c())
+                        .await?;
+                    self.pool_id(name)
+                        .await?
+                        .ok_or(StoreError::Corrupt("pool vanished while created"))?
+                }
+            }
+        };
+        if !created {
+            let mut update = redis::cmd("HSET");
+            update.arg(self.keys.pool(id));
+            for (k, v) in fields {
+                update.arg(*k).arg(v);
+            }
+            let _: i64 = update.query_async(&mut self.c()).await?;
+        }
+        let row = self
+            .pool_by_id(id)
+            .await?
+            .ok_or(StoreError::Corrupt("pool vanished after write"))?;
+        Ok((row, created))
+    }
+
+    pub async fn pool_list(&self) -> Result<Vec<PoolRow>> {
+        let ids: HashMap<String, u32> = redis::cmd("HGETALL")
+            .arg(self.keys.pools())
+            .query_async(&mut self.c())
+            .await?;
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids.values() {
+            if let Some(row) = self.pool_by_id(*id).await? {
+                rows.push(row);
+            }
+        }
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(rows)
+    }
+
+    pub async fn shard_counts(&self, shard: &ShardKeys) -> Result<ShardCounts> {
+        let v: (Option<i64>, Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(shard.nums())
+            .arg("#total")
+            .arg("#draining")
+            .arg("#open")
+            .query_async(&mut self.c())
+            .await?;
+        Ok(ShardCounts {
+            total: v.0.unwrap_or(0),
+            draining: v.1.unwrap_or(0),
+            open: v.2.unwrap_or(0),
+        })
+    }
+
+    // ---- numbers
+
+    /// Which shard owns a proxy number, if any: `(pool id, shard)`.
+    pub async fn number_owner(&self, number: &str) -> Result<Option<(u32, u16)>> {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(self.keys.owner(number))
+            .query_async(&mut self.c())
+            .await?;
+        Ok(v.and_then(|s| parse_owner(&s)))
+    }
+
+    /// Claims a number for a shard; returns the owner afterwards (ours or someone else's).
+    pub async fn number_claim(&self, number: &str, shard: &ShardKeys) -> Result<(u32, u16)> {
+        let owner = format!("{}.{}", shard.pool_id, shard.shard);
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.owner(number))
+            .arg(&owner)
+            .arg("NX")
+            .query_async(&mut self.c())
+            .await?;
+        if set.is_some() {
+            return Ok((shard.pool_id, shard.shard));
+        }
+        self.number_owner(number)
+            .await?
+            .ok_or(StoreError::Corrupt("number owner vanished"))
+    }
+
+    pub async fn number_add(
+        &self,
+        shard: &ShardKeys,
+        number: &str,
+        caps: &str,
+        geos: &str,
+    ) -> Result<bool> {
+        let added: i64 = self
+            .scripts
+            .number_add
+            .key(shard.nums())
+            .arg(shard.tag())
+            .arg(number)
+            .arg(caps)
+            .arg(geos)
+            .invoke_async(&mut self.c())
+            .await?;
+        Ok(added == 1)
+    }
+
+    pub async fn number_set_state(
+        &self,
+        shard: &ShardKeys,
+        number: &str,
+        state: &str,
+    ) -> Result<bool> {
+        let r: i64 = self
+            .scripts
+            .number_state
+            .key(shard.nums())
+            .arg(shard.tag())
+            .arg(number)
+            .arg(state)
+            .invoke_async(&mut self.c())
+            .await?;
+        Ok(r == 1)
+    }
+
+    /// `Some(true)` removed, `Some(false)` still held by a session, `None` not in the shard.
+    pub async fn number_remove(&self, shard: &ShardKeys, number: &str) -> Result<Option<bool>> {
+        let r: i64 = self
+            .scripts
+            .number_remove
+            .key(shard.nums())
+            .arg(shard.tag())
+            .arg(number)
+            .invoke_async(&mut self.c())
+            .await?;
+        if r == 1 {
+            // Only the owner entry is left; removing it last means a crash in between leaves
+            // a claim that re-adding the number to the same pool repairs.
+            let _: i64 = redis::cmd("DEL")
+                .arg(self.keys.owner(number))
+                .query_async(&mut self.c())
+                .await?;
+        }
+        Ok(match r {
+            1 => Some(true),
+            0 => Some(false),
+            _ => None,
+        })
+    }
+
+    pub async fn numbers(&self, shard: &ShardKeys) -> Result<Vec<NumberRow>> {
+        let all: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(shard.nums())
+            .query_async(&mut self.c())
+            .await?;
+        let mut rows = Vec::new();
+        for (field, meta) in &all {
+            if !field.starts_with('+') || field.contains(':') {
+                continue;
+            }
+            let mut parts = meta.splitn(3, '|');
+            let caps = parts.next().unwrap_or_default().to_string();
+            let state = parts.next().unwrap_or_default().to_string();
+            let count = |suffix: &str| {
+                all.get(&format!("{field}:{suffix}"))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            rows.push(NumberRow {
+                number: field.clone(),
+                caps,
+                state,
+                holding: count("h"),
+                open: count("o"),
+            });
+        }
+        rows.sort_by(|a, b| a.number.cmp(&b.number));
+        Ok(rows)
+    }
+
+    // ---- sessions
+
+    pub async fn session_create(&self, a: &CreateArgs<'_>) -> Result<Created> {
+        let s = a.shard;
+        let reply: Value = self
+            .scripts
+            .session_create
+            .key(s.nums())
+            .key(s.transitions())
+            .key(s.routes(a.idx_a))
+            .key(s.routes(a.idx_b))
+            .key(s.sticky(a.idx_a))
+            .key(s.sticky(a.idx_b))
+            .key(s.session(a.session_key))
+            .arg(s.tag())
+            .arg(a.now)
+            .arg(a.expires)
+            .arg(a.cooloff_ms)
+            .arg(a.class)
+            .arg(a.idx_a)
+            .arg(a.idx_b)
+            .arg(a.levels)
+            .arg(rand::random::<u32>())
+            .arg(a.session_key)
+            .arg(a.sealed_a)
+            .arg(a.sealed_b)
+            .arg(a.blob)
+            .arg(a.sticky_window_ms)
+            .arg(a.area_tag)
+            .arg(a.country_tag)
+            .invoke_async(&mut self.c())
+            .await?;
+        let v = strings(reply)?;
+        match v.first().map(String::as_str) {
+            Some("1") if v.len() == 4 => Ok(Created::Ok {
+                number: v[1].clone(),
+                level: v[2].clone(),
+                reap_due: v[3] == "1",
+            }),
+            Some("0") => Ok(Created::Exhausted {
+                reap_due: v.get(1).is_some_and(|d| d == "1"),
+            }),
+            _ => Err(StoreError::Corrupt("session_create reply")),
+        }
+    }
+
+    pub async fn session(&self, shard: &ShardKeys, key: &str) -> Result<HashMap<String, String>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(shard.session(key))
+            .query_async(&mut self.c())
+            .await?)
+    }
+
+    /// Runs one change on a session. `idx_a`/`idx_b` are the participants' blind indexes as
+    /// stored in the record (empty when that side was erased).
+    pub async fn session_end(
+        &self,
+        shard: &ShardKeys,
+        key: &str,
+        idx_a: &str,
+        idx_b: &str,
+        now: i64,
+        op: EndOp<'_>,
+    ) -> Result<Ended> {
+        let (name, arg, blob) = match op {
+            EndOp::Close => ("close", "closed".to_string(), ""),
+            EndOp::Extend { expires } => ("extend", expires.to_string(), ""),
+            EndOp::Erase { side, blob } => ("erase", side.to_string(), blob),
+            EndOp::Reap => ("reap", String::new(), ""),
+        };
+        // An erased side has no index left; a throwaway key in the same slot stands in.
+        let ra = shard.routes(if idx_a.is_empty() { "-" } else { idx_a });
+        let rb = shard.routes(if idx_b.is_empty() { "-" } else { idx_b });
+        let reply: Value = self
+            .scripts
+            .session_end
+            .key(shard.nums())
+            .key(shard.transitions())
+            .key(shard.session(key))
+            .key(ra)
+            .key(rb)
+            .arg(shard.tag())
+            .arg(now)
+            .arg(key)
+            .arg(name)
+            .arg(arg)
+            .arg(blob)
+            .invoke_async(&mut self.c())
+            .await?;
+        let v = strings(reply)?;
+        Ok(match v.first().map(String::as_str) {
+            Some("ok") => Ended::Ok,
+            Some("missing") => Ended::Missing,
+            Some("closed") => Ended::AlreadyClosed,
+            Some("not_due") => Ended::NotDue,
+            _ => return Err(StoreError::Corrupt("session_end reply")),
+        })
+    }
+
+    /// Sessions whose next transition is due, oldest first.
+    pub async fn due(&self, shard: &ShardKeys, now: i64, limit: usize) -> Result<Vec<String>> {
+        Ok(redis::cmd("ZRANGEBYSCORE")
+            .arg(shard.transitions())
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.c())
+            .await?)
+    }
+
+    // ---- routes
+
+    /// The hot path: one HGET.
+    pub async fn route(&self, shard: &ShardKeys, idx: &str, proxy: &str) -> Result<Option<String>> {
+        Ok(redis::cmd("HGET")
+            .arg(shard.routes(idx))
+            .arg(proxy)
+            .query_async(&mut self.c())
+            .await?)
+    }
+
+    pub async fn routes_of(&self, shard: &ShardKeys, idx: &str) -> Result<HashMap<String, String>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(shard.routes(idx))
+            .query_async(&mut self.c())
+            .await?)
+    }
+
+    pub async fn forget_participant(&self, shard: &ShardKeys, idx: &str, now: i64) -> Result<()> {
+        let _: i64 = self
+            .scripts
+            .participant_forget
+            .key(shard.sticky(idx))
+            .key(shard.routes(idx))
+            .arg(shard.tag())
+            .arg(idx)
+            .arg(now)
+            .invoke_async(&mut self.c())
+            .await?;
+        Ok(())
+    }
+
+    // ---- API keys
+
+    pub async fn api_key_put(
+        &self,
+        name: &str,
+        digest: &str,
+        scopes: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let fresh: bool = redis::cmd("HSETNX")
+            .arg(self.keys.api_keys())
+            .arg(name)
+            .arg(digest)
+            .query_async(&mut self.c())
+            .await?;
+        if !fresh {
+            return Ok(false);
+        }
+        let _: i64 = redis::cmd("HSET")
+            .arg(self.keys.api_key(digest))
+            .arg("name")
+            .arg(name)
+            .arg("scopes")
+            .arg(scopes)
+            .arg("created")
+            .arg(now)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(true)
+    }
+
+    pub async fn api_key(&self, digest: &str) -> Result<Option<(String, String)>> {
+        let v: (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.api_key(digest))
+            .arg("name")
+            .arg("scopes")
+            .query_async(&mut self.c())
+            .await?;
+        Ok(match v {
+            (Some(n), Some(s)) => Some((n, s)),
+            _ => None,
+        })
+    }
+
+    /// `(name, scopes, created ms)` of every key.
+    pub async fn api_keys(&self) -> Result<Vec<(String, String, i64)>> {
+        let all: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.api_keys())
+            .query_async(&mut self.c())
+            .await?;
+        let mut out = Vec::new();
+        for (name, digest) in all {
+            let v: (Option<String>, Option<i64>) = redis::cmd("HMGET")
+                .arg(self.keys.api_key(&digest))
+                .arg("scopes")
+                .arg("created")
+                .query_async(&mut self.c())
+                .await?;
+            out.push((name, v.0.unwrap_or_default(), v.1.unwrap_or(0)));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub async fn api_key_revoke(&self, name: &str) -> Result<bool> {
+        let digest: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.api_keys())
+            .arg(name)
+            .query_async(&mut self.c())
+            .await?;
+        let Some(digest) = digest else {
+            return Ok(false);
+        };
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.keys.api_key(&digest))
+            .query_async(&mut self.c())
+            .await?;
+        let _: i64 = redis::cmd("HDEL")
+            .arg(self.keys.api_keys())
+            .arg(name)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(true)
+    }
+
+    // ---- idempotency
+
+    pub async fn idem_begin(
+        &self,
+        digest: &str,
+        fingerprint: &str,
+        pending_ms: i64,
+    ) -> Result<IdemBegin> {
+        let reply: Value = self
+            .scripts
+            .idempotency_begin
+            .key(self.keys.idempotency(digest))
+            .arg("")
+            .arg(fingerprint)
+            .arg(pending_ms)
+            .invoke_async(&mut self.c())
+            .await?;
+        let v = strings(reply)?;
+        Ok(match v.first().map(String::as_str) {
+            Some("fresh") => IdemBegin::Fresh,
+            Some("running") => IdemBegin::Running,
+            Some("conflict") => IdemBegin::Conflict,
+            Some("done") => IdemBegin::Done(v.get(1).cloned().unwrap_or_default()),
+            _ => return Err(StoreError::Corrupt("idempotency reply")),
+        })
+    }
+
+    pub async fn idem_finish(
+        &self,
+        digest: &str,
+        fingerprint: &str,
+        sealed: &str,
+        ttl_ms: i64,
+    ) -> Result<()> {
+        let _: () = redis::cmd("SET")
+            .arg(self.keys.idempotency(digest))
+            .arg(format!("d|{fingerprint}|{sealed}"))
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn idem_abort(&self, digest: &str) -> Result<()> {
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.keys.idempotency(digest))
+            .query_async(&mut self.c())
+            .await?;
+        Ok(())
+    }
+}
+
+fn parse_owner(s: &str) -> Option<(u32, u16)> {
+    let (p, sh) = s.split_once('.')?;
+    Some((p.parse().ok()?, sh.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_rows_parse() {
+        let r = RouteRow::parse("abc|b|10|20|AAAA|x").unwrap();
+        assert_eq!(r.session_key, "abc");
+        assert_eq!(r.held_until, 20);
+        assert_eq!(r.sealed_other, "AAAA|x");
+        assert!(RouteRow::parse("abc|b|x|20|A").is_none());
+        assert_eq!(parse_owner("7.0"), Some((7, 0)));
+        assert_eq!(parse_owner("7"), None);
+    }
+
+    #[test]
+    fn scripts_declare_only_shard_keys_and_derive_from_the_tag() {
+        // Every key a script derives is built from TAG (ARGV[1]), which is the shard's tag:
+        // no script builds a key from anything else.
+        for body in [
+            include_str!("lua/common.lua"),
+            include_str!("lua/number_add.lua"),
+            include_str!("lua/number_state.lua"),
+            include_str!("lua/number_remove.lua"),
+            include_str!("lua/session_create.lua"),
+            include_str!("lua/session_end.lua"),
+            include_str!("lua/participant_forget.lua"),
+            include_str!("lua/idempotency_begin.lua"),
+        ] {
+            for (i, _) in body.match_indices("redis.call(") {
+                let call = &body[i..body[i..].find(')').map(|e| i + e).unwrap_or(body.len())];
+                let key_arg = call.split(',').nth(1).unwrap_or("").trim();
+                let ok = key_arg.is_empty()
+                    || key_arg.starts_with("TAG ..")
+                    || key_arg.starts_with("KEYS[")
+                    || key_arg
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_');
+                assert!(ok, "script builds a key outside its shard: {call}");
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Logging set-up and the Prometheus metrics hush exports. Metric labels carry pool names,
+//! routes and outcomes, never a participant's number.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_latency: HistogramVec,
+    pub sessions_created: IntCounterVec,
+    pub sessions_closed: IntCounterVec,
+    pub allocations: IntCounterVec,
+    pub routes: IntCounterVec,
+    pub pool_numbers: IntGaugeVec,
+    pub pool_open_sessions: IntGaugeVec,
+    pub pool_utilisation: prometheus::GaugeVec,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let http_requests = IntCounterVec::new(
+        Opts::new(
+            "hush_http_requests_total",
+            "HTTP requests by route and status",
+        ),
+        &["method", "route", "status"],
+    )?;
+    let http_latency = HistogramVec::new(
+        HistogramOpts::new(
+            "hush_http_request_duration_seconds",
+            "HTTP request latency by route",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]),
+        &["method", "route", "status"],
+    )?;
+    let sessions_created = IntCounterVec::new(
+        Opts::new("hush_sessions_created_total", "Sessions created"),
+        &["pool"],
+    )?;
+    let sessions_closed = IntCounterVec::new(
+        Opts::new("hush_sessions_closed_total", "Sessions ended, by reason"),
+        &["pool", "reason"],
+    )?;
+    let allocations = IntCounterVec::new(
+        Opts::new("hush_allocations_total", "Number allocations by result"),
+        &["pool", "result"],
+    )?;
+    let routes = IntCounterVec::new(
+        Opts::new("hush_route_decisions_total", "Routing decisions by action"),
+        &["action"],
+    )?;
+    let pool_numbers = IntGaugeVec::new(
+        Opts::new("hush_pool_numbers", "Proxy numbers per pool and state"),
+        &["pool", "state"],
+    )?;
+    let pool_open_sessions = IntGaugeVec::new(
+        Opts::new("hush_pool_open_sessions", "Open sessions per pool"),
+        &["pool"],
+    )?;
+    let pool_utilisation = prometheus::GaugeVec::new(
+        Opts::new(
+            "hush_pool_utilisation",
+            "Share of active numbers carrying at least one open session",
+        ),
+        &["pool"],
+    )?;
+    registry.register(Box::new(http_requests.clone()))?;
+    registry.register(Box::new(http_latency.clone()))?;
+    registry.register(Box::new(sessions_created.clone()))?;
+    registry.register(Box::new(sessions_closed.clone()))?;
+    registry.register(Box::new(allocations.clone()))?;
+    registry.register(Box::new(routes.clone()))?;
+    registry.register(Box::new(pool_numbers.clone()))?;
+    registry.register(Box::new(pool_open_sessions.clone()))?;
+    registry.register(Box::new(pool_utilisation.clone()))?;
+    Ok(Metrics {
+        registry,
+        http_requests,
+        http_latency,
+        sessions_created,
+        sessions_closed,
+        allocations,
+        routes,
+        pool_numbers,
+        pool_open_sessions,
+        pool_utilisation,
+    })
+}
+
+/// The process-wide metrics. Several hush servers in one process (tests) share them.
+pub static METRICS: LazyLock<Metrics> =
+    LazyLock::new(|| build().expect("metric definitions are static and valid"));
+
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Installs the global tracing subscriber for the binary (tests install their own).
+pub fn init(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
