@@ -1084,7 +1084,9 @@ impl Broker {
                     let mut blob: Blob =
                         serde_json::from_slice(&self.inner.crypto.open("session", g("z"))?)
                             .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
-                    blob.p[if side == "a" { 0 } else { 1 }].n = None;
+                    let erased = &mut blob.p[if side == "a" { 0 } else { 1 }];
+                    erased.n = None;
+                    erased.l = None;
                     let sealed = self.inner.crypto.seal(
                         "session",
                         &serde_json::to_vec(&blob).expect("blob serialises"),
@@ -1214,8 +1216,10 @@ impl Broker {
         key: &str,
         body: &[u8],
         response: &str,
+        participants: &[&E164],
     ) -> Result<()> {
         let sealed = self.inner.crypto.seal("idempotency", response.as_bytes());
+        let idxs: Vec<String> = participants.iter().map(|n| self.idx(n)).collect();
         Ok(self
             .inner
             .store
@@ -1224,6 +1228,7 @@ impl Broker {
                 &sha256_hex(body),
                 &sealed,
                 IDEMPOTENCY_TTL_MS,
+                &idxs,
             )
             .await?)
     }

@@ -138,10 +138,16 @@ pub async fn create(
     if let Some(replay) = s.broker.idem_begin(&who, &key, &body.raw).await? {
         return Ok(created(replay));
     }
+    let numbers = [
+        req.participants[0].number.clone(),
+        req.participants[1].number.clone(),
+    ];
     match s.broker.create_session(req).await {
         Ok(view) => {
             let text = serde_json::to_string(&view).expect("session view serialises");
-            s.broker.idem_finish(&who, &key, &body.raw, &text).await?;
+            s.broker
+                .idem_finish(&who, &key, &body.raw, &text, &[&numbers[0], &numbers[1]])
+                .await?;
             Ok(created(text))
         }
         Err(e) => {

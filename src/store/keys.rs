@@ -45,6 +45,11 @@ impl Keys {
     pub fn idempotency(&self, digest: &str) -> String {
         format!("{}:idem:{digest}", self.prefix)
     }
+    /// SET of idempotency records whose stored response names this participant, so
+    /// erasure can find them.
+    pub fn idempotency_of(&self, idx: &str) -> String {
+        format!("{}:ie:{idx}", self.prefix)
+    }
     pub fn shard(&self, pool_id: u32, shard: u16) -> ShardKeys {
         ShardKeys {
             tag: format!("{}:{{p{pool_id}.{shard}}}:", self.prefix),

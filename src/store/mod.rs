@@ -756,20 +756,45 @@ impl Store {
         })
     }
 
+    /// Stores the response and indexes it under each participant it names.
     pub async fn idem_finish(
         &self,
         digest: &str,
         fingerprint: &str,
         sealed: &str,
         ttl_ms: i64,
+        participants: &[String],
     ) -> Result<()> {
-        let _: () = redis::cmd("SET")
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
             .arg(self.keys.idempotency(digest))
             .arg(format!("d|{fingerprint}|{sealed}"))
             .arg("PX")
             .arg(ttl_ms)
+            .ignore();
+        for idx in participants {
+            let set = self.keys.idempotency_of(idx);
+            pipe.cmd("SADD").arg(&set).arg(digest).ignore();
+            pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).ignore();
+        }
+        let _: () = pipe.query_async(&mut self.c()).await?;
+        Ok(())
+    }
+
+    /// Deletes every stored idempotent response that names the participant.
+    pub async fn idem_forget(&self, idx: &str) -> Result<()> {
+        let set = self.keys.idempotency_of(idx);
+        let digests: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&set)
             .query_async(&mut self.c())
             .await?;
+        let mut pipe = redis::pipe();
+        for d in &digests {
+            pipe.cmd("DEL").arg(self.keys.idempotency(d)).ignore();
+        }
+        pipe.cmd("DEL").arg(&set).ignore();
+        let _: () = pipe.query_async(&mut self.c()).await?;
         Ok(())
     }
 
