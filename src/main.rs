@@ -1,5 +1,6 @@
 //! The `hush` command line: parses arguments and calls into the library.
 
+mod bench;
 mod dev;
 
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ enum Command {
     /// Sessions.
     #[command(subcommand)]
     Sessions(SessionsCmd),
+    /// Measure the performance targets (routing, allocation, memory) as ratios against baselines taken in
+    /// the same run, on a private redis-server started for the purpose.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -123,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(config).await,
         Command::Dev => dev::run(config).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Keys(cmd) => keys(&hush::build_broker(&config)?, cmd).await,
         Command::Pools(cmd) => pools(&hush::build_broker(&config)?, cmd).await,
         Command::Numbers(cmd) => numbers(&hush::build_broker(&config)?, cmd).await,
