@@ -250,8 +250,18 @@ pub async fn route(
         "sms" => Kind::Sms,
         _ => return Err(ApiError::Validation("kind must be voice or sms".into())),
     };
-    let from = number("from", &b.from)?;
-    let to = number("to", &b.to)?;
+    // Routing only looks numbers up, so the E.164 form is checked, not the numbering plan
+    // (which costs more than the rest of the request): an unknown number matches nothing.
+    let syntax = |field: &str, raw: &str| {
+        E164::parse_syntax(raw).map_err(|reason| {
+            ApiError::Broker(BrokerError::InvalidNumber {
+                field: field.to_string(),
+                reason,
+            })
+        })
+    };
+    let from = syntax("from", &b.from)?;
+    let to = syntax("to", &b.to)?;
     let body = match s.broker.route(&from, &to, kind).await? {
         Decision::Connect {
             session_id,

@@ -3,12 +3,12 @@
 
 use std::fmt;
 
-/// A valid phone number in E.164 form (`+` and up to 15 digits), checked by `phonenumber`.
+/// A phone number in E.164 form (`+` and 8 to 15 digits). [`E164::parse`] also checks it
+/// against `phonenumber`'s metadata; [`E164::parse_syntax`] checks the form only, for hot
+/// paths where the value is only looked up (an unknown number simply matches nothing).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct E164 {
     text: String,
-    country: u16,
-    national: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -20,28 +20,31 @@ pub enum NumberError {
 }
 
 impl E164 {
-    /// Parses strict E.164 text. No national formats: the country must be explicit.
+    /// Parses strict E.164 text and checks the number is valid for its country.
     pub fn parse(input: &str) -> Result<E164, NumberError> {
-        let s = input.trim();
-        let digits = s.strip_prefix('+').ok_or(NumberError::Format)?;
-        if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(NumberError::Format);
-        }
-        let parsed = phonenumber::parse(None, s).map_err(|_| NumberError::Invalid)?;
-        if !parsed.is_valid() {
-            return Err(NumberError::Invalid);
-        }
-        let country = parsed.code().value();
-        let national = parsed.national().to_string();
-        let text = format!("+{country}{national}");
-        if text != s {
+        let n = E164::parse_syntax(input)?;
+        let parsed = phonenumber::parse(None, &n.text).map_err(|_| NumberError::Invalid)?;
+        if !parsed.is_valid()
+            || format!("+{}{}", parsed.code().value(), parsed.national()) != n.text
+        {
             // A leading-zero national number or an extension would change the digits.
             return Err(NumberError::Invalid);
         }
+        Ok(n)
+    }
+
+    /// Checks the E.164 form only: `+` then 8 to 15 digits, the first not zero.
+    pub fn parse_syntax(input: &str) -> Result<E164, NumberError> {
+        let s = input.trim();
+        let digits = s.strip_prefix('+').ok_or(NumberError::Format)?;
+        if !(8..=15).contains(&digits.len())
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || digits.starts_with('0')
+        {
+            return Err(NumberError::Format);
+        }
         Ok(E164 {
-            text,
-            country,
-            national,
+            text: s.to_string(),
         })
     }
 
@@ -65,36 +68,29 @@ impl E164 {
         &self.text[1..]
     }
 
-    pub fn country_code(&self) -> u16 {
-        self.country
-    }
-
     /// Where the number is, as far as allocation cares.
     pub fn geo(&self) -> Geo {
+        let (country, national) = match phonenumber::parse(None, &self.text) {
+            Ok(p) => (p.code().value(), p.national().to_string()),
+            Err(_) => (0, String::new()),
+        };
         // Only the North American plan has a fixed-length area code that the number itself
         // shows (the first three national digits). Elsewhere area codes vary in length, so
         // area-code matching falls back to country matching.
-        let area = if self.country == 1 && self.national.len() == 10 {
-            Some(self.national[..3].to_string())
-        } else {
-            None
-        };
-        Geo {
-            country: self.country,
-            area,
-        }
+        let area = (country == 1 && national.len() == 10).then(|| national[..3].to_string());
+        Geo { country, area }
     }
 
     /// `+1415•••••23`: enough to tell numbers apart in a log, not enough to call anyone.
     pub fn redacted(&self) -> String {
-        let keep_head = (self.country.to_string().len() + 1 + 3).min(self.text.len());
-        let keep_tail = 2.min(self.text.len() - keep_head);
-        let hidden = self.text.len() - keep_head - keep_tail;
+        let head = 5.min(self.text.len());
+        let tail = 2.min(self.text.len() - head);
+        let hidden = self.text.len() - head - tail;
         format!(
             "{}{}{}",
-            &self.text[..keep_head],
+            &self.text[..head],
             "•".repeat(hidden),
-            &self.text[self.text.len() - keep_tail..]
+            &self.text[self.text.len() - tail..]
         )
     }
 }
@@ -223,6 +219,10 @@ mod tests {
             "+447911123456"
         );
         assert_eq!(E164::parse("+447911123456").unwrap().geo().area, None);
+        assert_eq!(E164::parse("+447911123456").unwrap().geo().country, 44);
+        assert!(E164::parse_syntax("+99912345678").is_ok());
+        assert!(E164::parse("+99912345678").is_err());
+        assert!(E164::parse_syntax("+0123456789").is_err());
     }
 
     #[test]
