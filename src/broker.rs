@@ -992,19 +992,23 @@ impl Broker {
 
     /// Decides what an inbound call or text from `from` to the proxy number `to` reaches.
     /// On the hot path this is one Redis round trip.
-    pub async fn route(&self, from: &E164, to: &E164, kind: Kind) -> Result<Decision> {
-        let idx = self.idx(from);
+    /// `from` is `None` for a withheld or unusable caller ID, which reaches nobody.
+    pub async fn route(&self, from: Option<&E164>, to: &E164, kind: Kind) -> Result<Decision> {
+        let idx = from.map(|f| self.idx(f));
         let mut fresh = false;
         loop {
             let Some((pool_id, shard)) = self.owner(to, fresh).await? else {
+                // `to` may be anyone's number: the detail shows it redacted.
                 return Err(BrokerError::NumberNotFound(format!(
-                    "{} is not a number of any pool",
-                    to.reveal()
+                    "{to} is not a number of any pool"
                 )));
             };
             let keys = self.shard(pool_id, shard);
             let now = self.now();
-            let rec = self.inner.store.route(&keys, &idx, to.reveal()).await?;
+            let rec = match &idx {
+                Some(idx) => self.inner.store.route(&keys, idx, to.reveal()).await?,
+                None => None,
+            };
             if let Some(r) = rec.as_deref().and_then(RouteRow::parse)
                 && r.open_until > now
                 && Mode::from_code(&r.mode).is_some_and(|m| m.allows(kind))
@@ -1013,6 +1017,13 @@ impl Broker {
                 let session_id = SessionId::from_key(pool_id, shard, &r.session_key)
                     .map(|s| s.to_string())
                     .unwrap_or_default();
+                METRICS
+                    .routes
+                    .with_label_values(&[match kind {
+                        Kind::Voice => "connect",
+                        Kind::Sms => "relay",
+                    }])
+                    .inc();
                 let decision = match kind {
                     Kind::Voice => Decision::Connect {
                         session_id,
@@ -1025,7 +1036,6 @@ impl Broker {
                         to: other,
                     },
                 };
-                METRICS.routes.with_label_values(&["connect"]).inc();
                 return Ok(decision);
             }
             if !fresh {
@@ -1041,7 +1051,7 @@ impl Broker {
                 None => PoolPolicy::DEFAULT_MESSAGE.to_string(),
             };
             METRICS.routes.with_label_values(&["announce"]).inc();
-            tracing::debug!(from = %from, to = %to, "no open route");
+            tracing::debug!(from = ?from, to = %to, "no open route");
             return Ok(Decision::Announce { message });
         }
     }
@@ -1121,6 +1131,7 @@ impl Broker {
                     .await?;
             }
         }
+        self.inner.store.idem_forget(&idx).await?;
         Ok(closed)
     }
 

@@ -260,9 +260,11 @@ pub async fn route(
             })
         })
     };
-    let from = syntax("from", &b.from)?;
     let to = syntax("to", &b.to)?;
-    let body = match s.broker.route(&from, &to, kind).await? {
+    // Providers send withheld caller IDs as `anonymous`, `restricted` and the like: such a
+    // caller holds no route and hears the out-of-session answer, like any stranger.
+    let from = E164::parse_syntax(&b.from).ok();
+    let body = match s.broker.route(from.as_ref(), &to, kind).await? {
         Decision::Connect {
             session_id,
             caller_id,

@@ -1,0 +1,234 @@
+//! The `hush` binary: `serve` refuses to start without its keys and runs the real server
+//! (with its own logging) when it has them; the ops commands work over the same state the
+//! API sees.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_keys() {
+    let mut cmd = hush_command();
+    cmd.arg("serve")
+        .env("HUSH_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("HUSH_REDIS_URL", shared_redis().url());
+    let mut p = Proc::spawn(cmd);
+    let status = p.wait_exit(Duration::from_secs(10)).await;
+    assert!(!status.success(), "serve started without keys");
+    let out = p.output();
+    assert!(
+        out.contains("hush keys gen-secrets"),
+        "the refusal should say how to make the keys: {out}"
+    );
+}
+
+#[test]
+fn gen_secrets_prints_two_fresh_keys() {
+    let run = || {
+        let out = hush_command()
+            .args(["keys", "gen-secrets"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for name in ["HUSH_INDEX_KEY", "HUSH_DATA_KEYS"] {
+        let value = first
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= line: {first}"));
+        let bytes = b64.decode(value.trim()).expect("base64");
+        assert_eq!(bytes.len(), 32, "{name} must be 32 bytes");
+    }
+    assert_ne!(first, run(), "gen-secrets printed the same keys twice");
+}
+
+#[tokio::test]
+async fn ops_commands_share_state_with_the_api() {
+    let app = TestApp::start().await;
+    app.cli(&[
+        "pools",
+        "put",
+        "cli-pool",
+        "--cooloff-secs",
+        "0",
+        "--geo-match",
+        "any",
+    ]);
+    let pool = app.get("/v1/pools/cli-pool").await.expect(200);
+    assert_eq!(pool["cooloff_secs"], 0);
+    assert_eq!(pool["geo_match"], "any");
+
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("numbers.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "number,capabilities\n{},voice;sms\n{},voice\n{}\n+1415\n",
+            proxy(0),
+            proxy(1),
+            proxy(2)
+        ),
+    )
+    .unwrap();
+    let out = app.cli(&["numbers", "import", "cli-pool", csv.to_str().unwrap()]);
+    assert!(out.contains("added 3, skipped 1"), "{out}");
+    let listed = app.get("/v1/pools/cli-pool/numbers").await.expect(200);
+    let caps: Vec<(String, Value)> = listed["numbers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["number"].as_str().unwrap().to_string(),
+                n["capabilities"].clone(),
+            )
+        })
+        .collect();
+    assert!(
+        caps.contains(&(proxy(1), json!(["voice"]))),
+        "capabilities from the CSV: {listed}"
+    );
+
+    let out = app.cli(&["numbers", "list", "cli-pool"]);
+    for i in 0..3 {
+        assert!(out.contains(&proxy(i)), "numbers list: {out}");
+    }
+    app.cli(&["numbers", "drain", "cli-pool", &proxy(2)]);
+    let shown = app.get("/v1/pools/cli-pool").await.expect(200);
+    assert_eq!(shown["numbers"]["draining"], 1, "{shown}");
+
+    let out = app.cli(&["pools", "list"]);
+    assert!(out.contains("cli-pool"), "pools list: {out}");
+    let out = app.cli(&["pools", "show", "cli-pool"]);
+    let shown: Value = serde_json::from_str(&out).expect("pools show prints JSON");
+    assert_eq!(shown["name"], "cli-pool");
+
+    let s = app
+        .open_session("cli-pool", &participant(0), &participant(1), None)
+        .await;
+    let out = app.cli(&["sessions", "show", s["id"].as_str().unwrap()]);
+    let shown: Value = serde_json::from_str(&out).expect("sessions show prints JSON");
+    assert_eq!(shown["id"], s["id"]);
+    assert_eq!(shown["proxy_number"], s["proxy_number"]);
+}
+
+/// The real binary with its own log set-up at `debug`, in JSON: every line is JSON, and a
+/// scenario with sessions, routes, errors and erasure logs no participant's digits.
+#[tokio::test]
+async fn serve_logs_json_without_participant_numbers() {
+    let config = fresh_config(&shared_redis().url());
+    let key = run_cli(
+        &config,
+        &["keys", "create", "--name", "ops", "--scopes", "admin"],
+    )
+    .lines()
+    .last()
+    .unwrap()
+    .trim()
+    .to_string();
+    run_cli(&config, &["pools", "put", "served", "--cooloff-secs", "0"]);
+
+    let port = free_port();
+    let mut cmd = hush_command();
+    with_config(&mut cmd, &config);
+    cmd.arg("serve")
+        .env("HUSH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HUSH_LOG", "debug")
+        .env("HUSH_LOG_FORMAT", "json");
+    let mut server = Proc::spawn(cmd);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthz(&base, &mut server).await;
+
+    let people: Vec<String> = (0..3).map(|i| participant(250 + i)).collect();
+    let go = |method: Method, path: String, body: Option<Value>| {
+        let base = base.clone();
+        let key = key.clone();
+        async move { call_at(&base, method, &path, &key, body.as_ref()).await }
+    };
+    go(
+        Method::POST,
+        "/v1/pools/served/numbers".into(),
+        Some(json!({ "numbers": [{ "number": proxy(0) }] })),
+    )
+    .await
+    .expect(200);
+    let s = go(
+        Method::POST,
+        "/v1/sessions".into(),
+        Some(json!({ "pool": "served",
+            "participants": [{ "number": people[0] }, { "number": people[1] }] })),
+    )
+    .await
+    .expect(201);
+    go(
+        Method::POST,
+        "/v1/route".into(),
+        Some(json!({ "from": people[0], "to": proxy(0), "kind": "voice" })),
+    )
+    .await
+    .expect(200);
+    go(
+        Method::POST,
+        "/v1/route".into(),
+        Some(json!({ "from": people[2], "to": proxy(0), "kind": "sms" })),
+    )
+    .await
+    .expect(200);
+    go(
+        Method::POST,
+        "/v1/sessions".into(),
+        Some(json!({ "pool": "served",
+            "participants": [{ "number": people[0] }, { "number": people[2] }] })),
+    )
+    .await
+    .expect_problem(409, "pool_exhausted");
+    go(
+        Method::GET,
+        format!("/v1/sessions?participant={}", path_number(&people[1])),
+        None,
+    )
+    .await
+    .expect(200);
+    go(
+        Method::DELETE,
+        format!("/v1/participants/{}", path_number(&people[0])),
+        None,
+    )
+    .await
+    .expect(200);
+    go(
+        Method::GET,
+        format!("/v1/sessions/{}", s["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "serve exited with {status} on SIGTERM");
+
+    let lines = server.lines();
+    assert!(
+        lines.len() >= 5,
+        "serve at debug logged almost nothing: {lines:?}"
+    );
+    for line in &lines {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "HUSH_LOG_FORMAT=json printed a line that is not JSON: {line}"
+        );
+        for n in &people {
+            assert!(
+                !line.contains(n.as_str()) && !line.contains(&national_digits(n)),
+                "serve logged participant number {n}: {line}"
+            );
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Integration tests: hush served in-process against real `redis-server` processes.
+//!
+//! One binary, one module per capability, one shared harness. Each test gets its own key
+//! prefix and secrets on a Redis the harness starts, so tests run in parallel safely.
+
+mod allocation;
+mod auth;
+mod cli;
+mod dev;
+mod errors;
+mod harness;
+mod openapi;
+mod ops;
+mod outage;
+mod pools;
+mod privacy;
+mod replicas;
+mod restart;
+mod sessions;
+mod ttl;

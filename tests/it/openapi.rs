@@ -1,0 +1,127 @@
+//! The contract in `proto/openapi.yaml` is served as is, lists every route of the server,
+//! and every operation it lists exists on the server.
+
+use std::collections::BTreeSet;
+
+use reqwest::Method;
+
+use crate::harness::*;
+
+/// Every `(METHOD, path)` operation under `paths:` in the spec. Read by indentation: paths
+/// are keys at two spaces, methods keys at four.
+fn spec_operations(yaml: &str) -> BTreeSet<(String, String)> {
+    const METHODS: [&str; 7] = ["get", "put", "post", "patch", "delete", "head", "options"];
+    let mut ops = BTreeSet::new();
+    let mut in_paths = false;
+    let mut current: Option<String> = None;
+    for line in yaml.lines() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        if indent == 0 {
+            in_paths = line.trim_end() == "paths:";
+            current = None;
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        let key = line
+            .trim()
+            .strip_suffix(':')
+            .map(|k| k.trim_matches(['"', '\'']));
+        match (indent, key) {
+            (2, Some(path)) if path.starts_with('/') => current = Some(path.to_string()),
+            (2, _) => current = None,
+            (4, Some(m)) if METHODS.contains(&m) => {
+                if let Some(path) = &current {
+                    ops.insert((m.to_uppercase(), path.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    ops
+}
+
+/// The operations the contract promises (the REST API and the operations endpoints).
+const CONTRACT: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.yaml"),
+    ("GET", "/v1/pools"),
+    ("GET", "/v1/pools/{name}"),
+    ("PUT", "/v1/pools/{name}"),
+    ("GET", "/v1/pools/{name}/numbers"),
+    ("POST", "/v1/pools/{name}/numbers"),
+    ("PATCH", "/v1/pools/{name}/numbers/{number}"),
+    ("DELETE", "/v1/pools/{name}/numbers/{number}"),
+    ("POST", "/v1/sessions"),
+    ("GET", "/v1/sessions"),
+    ("GET", "/v1/sessions/{id}"),
+    ("PATCH", "/v1/sessions/{id}"),
+    ("DELETE", "/v1/sessions/{id}"),
+    ("POST", "/v1/route"),
+    ("DELETE", "/v1/participants/{number}"),
+];
+
+/// A concrete path for a template.
+fn concrete(template: &str) -> String {
+    template
+        .replace("{name}", "demo")
+        .replace("{number}", "%2B12015550100")
+        .replace("{id}", "ses_00000000000000000000000000")
+}
+
+#[tokio::test]
+async fn openapi_is_served_and_matches_the_server() {
+    let app = TestApp::start().await;
+    let file = std::fs::read_to_string(repo_path("proto/openapi.yaml"))
+        .expect("proto/openapi.yaml exists");
+
+    let r = app.call(Method::GET, "/openapi.yaml", None, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.text, file,
+        "/openapi.yaml must serve proto/openapi.yaml as is"
+    );
+    let ct = r.content_type();
+    assert!(
+        ct.contains("yaml") || ct.starts_with("text/"),
+        "content type {ct:?}"
+    );
+
+    let spec = spec_operations(&file);
+    assert!(!spec.is_empty(), "no operations found under `paths:`");
+
+    let mut promised: BTreeSet<(String, String)> = CONTRACT
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    promised.extend(
+        hush::api::ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string())),
+    );
+    let missing: Vec<_> = promised.difference(&spec).collect();
+    assert!(
+        missing.is_empty(),
+        "routes served but not in proto/openapi.yaml: {missing:?}"
+    );
+
+    // Everything the spec lists exists: without a key it answers, but never 404 or 405.
+    for (method, template) in &spec {
+        let path = concrete(template);
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let r = app.call(m, &path, None, None).await;
+        assert!(
+            r.status != 404 && r.status != 405,
+            "{method} {template} is in the spec but the server answers {} to {path}: {}",
+            r.status,
+            r.text
+        );
+        assert!(r.status < 500, "{method} {path}: {} {}", r.status, r.text);
+    }
+}
