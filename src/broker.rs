@@ -198,6 +198,36 @@ pub enum Decision {
     },
 }
 
+/// What the relay answers an inbound call or text, and the interaction it recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayOutcome {
+    pub decision: Decision,
+    /// The interaction this call or text is, when it reached a session.
+    pub interaction: Option<String>,
+    /// True when the provider sent this call or message id before.
+    pub replay: bool,
+}
+
+/// One relayed call or text. Holds no numbers and no message body.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct InteractionView {
+    pub id: String,
+    pub kind: &'static str,
+    pub from_participant: u8,
+    pub status: String,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<u32>,
+    pub provider: String,
+    pub provider_ref: String,
+}
+
+/// How long a provider's call or message id is remembered: longer than any provider retries
+/// a webhook or sends status callbacks for a call.
+pub const PROVIDER_REF_TTL_MS: i64 = 48 * 3600 * 1000;
+
 /// What a reaper pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reaped {
@@ -1054,6 +1084,164 @@ impl Broker {
             tracing::debug!(from = ?from, to = %to, "no open route");
             return Ok(Decision::Announce { message });
         }
+    }
+
+    // ---- relay
+
+    /// Answers an inbound call or text and records it as an interaction of its session,
+    /// once per provider reference. `from` is `None` for a withheld caller ID. One Redis
+    /// round trip when the number's owner is cached.
+    pub async fn relay(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        from: Option<&E164>,
+        to: &E164,
+        kind: Kind,
+    ) -> Result<RelayOutcome> {
+        if provider_ref.is_empty()
+            || provider_ref.len() > 128
+            || !provider_ref
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return Err(BrokerError::Validation(
+                "the provider's call or message id is missing or malformed".into(),
+            ));
+        }
+        let idx = from.map(|f| self.idx(f));
+        let Some((pool_id, shard)) = self.owner(to, false).await? else {
+            return Err(BrokerError::NumberNotFound(format!(
+                "{to} is not a number of any pool"
+            )));
+        };
+        let keys = self.shard(pool_id, shard);
+        let interaction = format!("int_{}", SessionId::new(0, 0).key());
+        let claimed = self
+            .inner
+            .store
+            .relay_claim(
+                &keys,
+                idx.as_deref(),
+                to.reveal(),
+                self.now(),
+                match kind {
+                    Kind::Voice => "v",
+                    Kind::Sms => "s",
+                },
+                provider,
+                provider_ref,
+                &interaction,
+                PROVIDER_REF_TTL_MS,
+            )
+            .await?;
+        match claimed {
+            crate::store::Claimed::Connect {
+                record,
+                interaction,
+                replay,
+            } => {
+                let r = RouteRow::parse(&record).ok_or(StoreError::Corrupt("route record"))?;
+                let other = self.inner.crypto.open_number(&r.sealed_other)?;
+                let session_id = SessionId::from_key(pool_id, shard, &r.session_key)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                let decision = match kind {
+                    Kind::Voice => Decision::Connect {
+                        session_id,
+                        caller_id: to.clone(),
+                        to: other,
+                    },
+                    Kind::Sms => Decision::Relay {
+                        session_id,
+                        from: to.clone(),
+                        to: other,
+                    },
+                };
+                METRICS
+                    .routes
+                    .with_label_values(&[match kind {
+                        Kind::Voice => "connect",
+                        Kind::Sms => "relay",
+                    }])
+                    .inc();
+                Ok(RelayOutcome {
+                    decision,
+                    interaction: Some(interaction),
+                    replay,
+                })
+            }
+            crate::store::Claimed::Announce => {
+                // The number may have moved pools since it was cached: the message comes
+                // from its owner now.
+                let (pool_id, _) = self.owner(to, true).await?.unwrap_or((pool_id, shard));
+                let message = match self.inner.store.pool_by_id(pool_id).await? {
+                    Some(row) => policy_of(&row).out_of_session_message,
+                    None => PoolPolicy::DEFAULT_MESSAGE.to_string(),
+                };
+                METRICS.routes.with_label_values(&["announce"]).inc();
+                Ok(RelayOutcome {
+                    decision: Decision::Announce { message },
+                    interaction: None,
+                    replay: false,
+                })
+            }
+        }
+    }
+
+    /// Applies a provider's status callback to the interaction it reported on. `proxy` is
+    /// the proxy number the call or message went through (it names the shard).
+    pub async fn interaction_status(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        proxy: &E164,
+        status: &str,
+        duration_secs: Option<u32>,
+        last: bool,
+    ) -> Result<bool> {
+        let Some((pool_id, shard)) = self.owner(proxy, false).await? else {
+            return Ok(false);
+        };
+        Ok(self
+            .inner
+            .store
+            .interaction_update(
+                &self.shard(pool_id, shard),
+                provider,
+                provider_ref,
+                status,
+                self.now(),
+                duration_secs,
+                last,
+            )
+            .await?)
+    }
+
+    /// The interactions of a readable session, oldest first.
+    pub async fn interactions(&self, id: &SessionId) -> Result<Vec<InteractionView>> {
+        let (shard, _) = self.record(id).await?;
+        let mut out = Vec::new();
+        for (iid, rec) in self.inner.store.interactions(&shard, &id.key()).await? {
+            let f: Vec<&str> = rec.splitn(8, '|').collect();
+            if f.len() != 8 {
+                continue;
+            }
+            let ms = |s: &str| s.parse::<Millis>().ok();
+            out.push(InteractionView {
+                id: iid,
+                kind: if f[0] == "v" { "voice" } else { "sms" },
+                from_participant: if f[1] == "0" { 0 } else { 1 },
+                status: f[2].to_string(),
+                started_at: rfc3339(ms(f[3]).unwrap_or(0)),
+                ended_at: ms(f[4]).map(rfc3339),
+                duration_secs: f[5].parse().ok(),
+                provider: f[6].to_string(),
+                provider_ref: f[7].to_string(),
+            });
+        }
+        out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        Ok(out)
     }
 
     // ---- erasure

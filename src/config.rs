@@ -87,6 +87,36 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `HUSH_REAPER_INTERVAL_MS`: how often each instance reaps ended sessions (default 1000).
     pub reaper_interval_ms: u64,
+    /// Telephony providers' credentials; a provider without them answers 404 on its hooks.
+    pub providers: Providers,
+}
+
+/// Credentials of each telephony provider. Every field is optional; a provider is enabled
+/// when its signature secret is set, so no provider ever runs unauthenticated.
+#[derive(Clone, Debug, Default)]
+pub struct Providers {
+    /// `HUSH_TWILIO_AUTH_TOKEN`: signs `X-Twilio-Signature` (HMAC-SHA1).
+    pub twilio_auth_token: Option<Secret<String>>,
+    /// `HUSH_TWILIO_SHARED_KEYS`: `id=secret,...` for HMAC-SHA256 webhook signatures.
+    pub twilio_shared_keys: Vec<(String, Secret<String>)>,
+    /// `HUSH_TELNYX_PUBLIC_KEY`: base64 Ed25519 key that signs Telnyx webhooks.
+    pub telnyx_public_key: Option<Secret<String>>,
+    /// `HUSH_TELNYX_API_KEY`: bearer key for sending messages through Telnyx.
+    pub telnyx_api_key: Option<Secret<String>>,
+    /// `HUSH_TELNYX_API_BASE`: Telnyx's API (default `https://api.telnyx.com`).
+    pub telnyx_api_base: String,
+    /// `HUSH_PLIVO_AUTH_TOKEN`: signs `X-Plivo-Signature-V3`.
+    pub plivo_auth_token: Option<Secret<String>>,
+    /// `HUSH_VONAGE_SIGNATURE_SECRET`: signs voice JWTs and signed SMS.
+    pub vonage_signature_secret: Option<Secret<String>>,
+    /// `HUSH_VONAGE_SIGNATURE_METHOD`: `md5hash`, `md5`, `sha1`, `sha256` or `sha512`.
+    pub vonage_signature_method: String,
+    /// `HUSH_VONAGE_API_KEY`: for sending SMS through Vonage.
+    pub vonage_api_key: Option<Secret<String>>,
+    /// `HUSH_VONAGE_API_SECRET`: for sending SMS through Vonage.
+    pub vonage_api_secret: Option<Secret<String>>,
+    /// `HUSH_VONAGE_API_BASE`: Vonage's SMS API (default `https://rest.nexmo.com`).
+    pub vonage_api_base: String,
 }
 
 impl Default for Config {
@@ -101,6 +131,12 @@ impl Default for Config {
             log: "info".into(),
             log_format: LogFormat::Text,
             reaper_interval_ms: 1000,
+            providers: Providers {
+                telnyx_api_base: "https://api.telnyx.com".into(),
+                vonage_signature_method: "md5hash".into(),
+                vonage_api_base: "https://rest.nexmo.com".into(),
+                ..Providers::default()
+            },
         }
     }
 }
@@ -118,6 +154,17 @@ struct FileConfig {
     log: Option<String>,
     log_format: Option<String>,
     reaper_interval_ms: Option<u64>,
+    twilio_auth_token: Option<String>,
+    twilio_shared_keys: Option<String>,
+    telnyx_public_key: Option<String>,
+    telnyx_api_key: Option<String>,
+    telnyx_api_base: Option<String>,
+    plivo_auth_token: Option<String>,
+    vonage_signature_secret: Option<String>,
+    vonage_signature_method: Option<String>,
+    vonage_api_key: Option<String>,
+    vonage_api_secret: Option<String>,
+    vonage_api_base: Option<String>,
 }
 
 impl Config {
@@ -157,6 +204,23 @@ impl Config {
         over(&mut raw.data_keys, "HUSH_DATA_KEYS");
         over(&mut raw.log, "HUSH_LOG");
         over(&mut raw.log_format, "HUSH_LOG_FORMAT");
+        over(&mut raw.twilio_auth_token, "HUSH_TWILIO_AUTH_TOKEN");
+        over(&mut raw.twilio_shared_keys, "HUSH_TWILIO_SHARED_KEYS");
+        over(&mut raw.telnyx_public_key, "HUSH_TELNYX_PUBLIC_KEY");
+        over(&mut raw.telnyx_api_key, "HUSH_TELNYX_API_KEY");
+        over(&mut raw.telnyx_api_base, "HUSH_TELNYX_API_BASE");
+        over(&mut raw.plivo_auth_token, "HUSH_PLIVO_AUTH_TOKEN");
+        over(
+            &mut raw.vonage_signature_secret,
+            "HUSH_VONAGE_SIGNATURE_SECRET",
+        );
+        over(
+            &mut raw.vonage_signature_method,
+            "HUSH_VONAGE_SIGNATURE_METHOD",
+        );
+        over(&mut raw.vonage_api_key, "HUSH_VONAGE_API_KEY");
+        over(&mut raw.vonage_api_secret, "HUSH_VONAGE_API_SECRET");
+        over(&mut raw.vonage_api_base, "HUSH_VONAGE_API_BASE");
         if let Some(v) = env("HUSH_REAPER_INTERVAL_MS").filter(|v| !v.is_empty()) {
             raw.reaper_interval_ms = Some(v.parse().map_err(|_| ConfigError::Invalid {
                 key: "HUSH_REAPER_INTERVAL_MS",
@@ -207,6 +271,39 @@ impl Config {
         if let Some(v) = raw.reaper_interval_ms {
             config.reaper_interval_ms = v;
         }
+        let p = &mut config.providers;
+        p.twilio_auth_token = raw.twilio_auth_token.map(Secret::new);
+        if let Some(v) = raw.twilio_shared_keys {
+            p.twilio_shared_keys = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|pair| match pair.split_once('=') {
+                    Some((id, secret)) if !id.is_empty() && !secret.is_empty() => {
+                        Ok((id.to_string(), Secret::new(secret.to_string())))
+                    }
+                    _ => Err(ConfigError::Invalid {
+                        key: "HUSH_TWILIO_SHARED_KEYS",
+                        reason: "expected id=secret pairs separated by commas".into(),
+                    }),
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        p.telnyx_public_key = raw.telnyx_public_key.map(Secret::new);
+        p.telnyx_api_key = raw.telnyx_api_key.map(Secret::new);
+        if let Some(v) = raw.telnyx_api_base {
+            p.telnyx_api_base = v.trim_end_matches('/').to_string();
+        }
+        p.plivo_auth_token = raw.plivo_auth_token.map(Secret::new);
+        p.vonage_signature_secret = raw.vonage_signature_secret.map(Secret::new);
+        if let Some(v) = raw.vonage_signature_method {
+            p.vonage_signature_method = v;
+        }
+        p.vonage_api_key = raw.vonage_api_key.map(Secret::new);
+        p.vonage_api_secret = raw.vonage_api_secret.map(Secret::new);
+        if let Some(v) = raw.vonage_api_base {
+            p.vonage_api_base = v.trim_end_matches('/').to_string();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -236,6 +333,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "HUSH_PUBLIC_URL",
                 reason: "must start with http:// or https://".into(),
+            });
+        }
+        if !matches!(
+            self.providers.vonage_signature_method.as_str(),
+            "md5hash" | "md5" | "sha1" | "sha256" | "sha512"
+        ) {
+            return Err(ConfigError::Invalid {
+                key: "HUSH_VONAGE_SIGNATURE_METHOD",
+                reason: "use md5hash, md5, sha1, sha256 or sha512".into(),
             });
         }
         Ok(())

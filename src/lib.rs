@@ -6,6 +6,7 @@ pub mod broker;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod relay;
 pub mod store;
 pub mod telemetry;
 
@@ -42,7 +43,10 @@ pub async fn run(
         Duration::from_millis(config.reaper_interval_ms),
         shutdown.clone(),
     ));
-    let app = api::router(api::AppState { broker });
+    let app = api::router(api::AppState {
+        broker,
+        config: Arc::new(config.clone()),
+    });
     tracing::info!(addr = %listener.local_addr()?, "hush listening");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())

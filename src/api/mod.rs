@@ -29,6 +29,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub broker: Broker,
+    pub config: std::sync::Arc<crate::config::Config>,
 }
 
 /// Every route the server answers, as `(method, path template)`; a test holds
@@ -50,11 +51,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sessions/{id}"),
     ("PATCH", "/v1/sessions/{id}"),
     ("DELETE", "/v1/sessions/{id}"),
+    ("GET", "/v1/sessions/{id}/interactions"),
     ("POST", "/v1/route"),
     ("DELETE", "/v1/participants/{number}"),
 ];
 
 pub fn router(state: AppState) -> Router {
+    let hooks = crate::relay::router(&state);
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -77,8 +80,13 @@ pub fn router(state: AppState) -> Router {
                 .patch(sessions::extend)
                 .delete(sessions::close),
         )
+        .route(
+            "/v1/sessions/{id}/interactions",
+            get(sessions::interactions),
+        )
         .route("/v1/route", post(sessions::route))
         .route("/v1/participants/{number}", delete(sessions::erase))
+        .merge(hooks)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -189,6 +189,16 @@ pub async fn extend(
         .await?))
 }
 
+pub async fn interactions(
+    auth: Auth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    auth.require(Scope::Sessions)?;
+    let list = s.broker.interactions(&session_id(&id)?).await?;
+    Ok(ok(serde_json::json!({ "interactions": list })))
+}
+
 pub async fn close(
     auth: Auth,
     State(s): State<AppState>,

@@ -94,6 +94,15 @@ impl ShardKeys {
     pub fn session(&self, key: &str) -> String {
         format!("{}s:{key}", self.tag)
     }
+    /// HASH interaction id → interaction record, one per session.
+    pub fn interactions(&self, session_key: &str) -> String {
+        format!("{}i:{session_key}", self.tag)
+    }
+    /// STRING `action|session key|interaction id`: what a provider's call or message id
+    /// was answered, so retries get the same answer and status callbacks find it.
+    pub fn provider_ref(&self, provider: &str, reference: &str) -> String {
+        format!("{}ref:{provider}:{reference}", self.tag)
+    }
     /// ZSET number → holding count, for active numbers of a class (`v`, `s`, `b`) at a
     /// geo level (`*`, `c1`, `a1415`).
     pub fn load(&self, class: &str, geo: &str) -> String {
@@ -150,6 +159,8 @@ mod tests {
             s.sticky("abc"),
             s.session("xyz"),
             s.load("b", "a1415"),
+            s.interactions("xyz"),
+            s.provider_ref("twilio", "CA123"),
             format!("{}l:v:*", s.tag()),
         ];
         let slot = hash_slot(&all[0]);

@@ -68,6 +68,8 @@ struct Scripts {
     session_end: Script,
     participant_forget: Script,
     idempotency_begin: Script,
+    relay_claim: Script,
+    interaction_update: Script,
 }
 
 impl Scripts {
@@ -80,6 +82,8 @@ impl Scripts {
             session_end: script(include_str!("lua/session_end.lua")),
             participant_forget: script(include_str!("lua/participant_forget.lua")),
             idempotency_begin: script(include_str!("lua/idempotency_begin.lua")),
+            relay_claim: script(include_str!("lua/relay_claim.lua")),
+            interaction_update: script(include_str!("lua/interaction_update.lua")),
         }
     }
 }
@@ -179,6 +183,17 @@ pub enum Ended {
     Missing,
     AlreadyClosed,
     NotDue,
+}
+
+/// What the relay script answered for an inbound call or text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    Connect {
+        record: String,
+        interaction: String,
+        replay: bool,
+    },
+    Announce,
 }
 
 pub enum IdemBegin {
@@ -644,6 +659,87 @@ impl Store {
         Ok(())
     }
 
+    // ---- relay
+
+    /// Resolves and records an inbound call or text in one step (one round trip).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn relay_claim(
+        &self,
+        shard: &ShardKeys,
+        idx: Option<&str>,
+        proxy: &str,
+        now: i64,
+        kind: &str,
+        provider: &str,
+        provider_ref: &str,
+        new_interaction: &str,
+        ref_ttl_ms: i64,
+    ) -> Result<Claimed> {
+        let reply: Value = self
+            .scripts
+            .relay_claim
+            .key(shard.routes(idx.unwrap_or("-")))
+            .key(shard.provider_ref(provider, provider_ref))
+            .arg(shard.tag())
+            .arg(proxy)
+            .arg(now)
+            .arg(kind)
+            .arg(provider)
+            .arg(provider_ref)
+            .arg(new_interaction)
+            .arg(ref_ttl_ms)
+            .arg(idx.unwrap_or(""))
+            .invoke_async(&mut self.c())
+            .await?;
+        let v = strings(reply)?;
+        match v.first().map(String::as_str) {
+            Some("connect") if v.len() == 4 => Ok(Claimed::Connect {
+                record: v[1].clone(),
+                interaction: v[2].clone(),
+                replay: v[3] == "1",
+            }),
+            Some("announce") => Ok(Claimed::Announce),
+            _ => Err(StoreError::Corrupt("relay_claim reply")),
+        }
+    }
+
+    /// Applies a status callback; false when the reference is unknown or already final.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn interaction_update(
+        &self,
+        shard: &ShardKeys,
+        provider: &str,
+        provider_ref: &str,
+        status: &str,
+        now: i64,
+        duration_secs: Option<u32>,
+        last: bool,
+    ) -> Result<bool> {
+        let changed: i64 = self
+            .scripts
+            .interaction_update
+            .key(shard.provider_ref(provider, provider_ref))
+            .arg(shard.tag())
+            .arg(status)
+            .arg(now)
+            .arg(duration_secs.map(|d| d.to_string()).unwrap_or_default())
+            .arg(if last { "1" } else { "0" })
+            .invoke_async(&mut self.c())
+            .await?;
+        Ok(changed == 1)
+    }
+
+    pub async fn interactions(
+        &self,
+        shard: &ShardKeys,
+        session_key: &str,
+    ) -> Result<HashMap<String, String>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(shard.interactions(session_key))
+            .query_async(&mut self.c())
+            .await?)
+    }
+
     // ---- API keys
 
     pub async fn api_key_put(
@@ -840,6 +936,8 @@ mod tests {
             include_str!("lua/session_end.lua"),
             include_str!("lua/participant_forget.lua"),
             include_str!("lua/idempotency_begin.lua"),
+            include_str!("lua/relay_claim.lua"),
+            include_str!("lua/interaction_update.lua"),
         ] {
             for (i, _) in body.match_indices("redis.call(") {
                 let call = &body[i..body[i..].find(')').map(|e| i + e).unwrap_or(body.len())];

@@ -41,7 +41,7 @@ local function release(keep)
     redis.call('HSET', s, 't', 'r')
     redis.call('ZADD', x, h, skey)
   else
-    redis.call('DEL', s)
+    redis.call('DEL', s, TAG .. 'i:' .. skey)
     redis.call('ZREM', x, skey)
   end
 end
@@ -104,7 +104,7 @@ if h > now then
   return { 'not_due', t }
 end
 if t == 'c' then release(false) else
-  redis.call('DEL', s)
+  redis.call('DEL', s, TAG .. 'i:' .. skey)
   redis.call('ZREM', x, skey)
 end
 return { 'ok', 'gone' }

@@ -1,0 +1,195 @@
+//! Provider webhooks. One provider-neutral path — verify the signature over the URL the
+//! provider called, parse into an [`Inbound`], ask the broker, render the [`Decision`] — and
+//! one module per provider dialect that only verifies, parses and renders. A provider whose
+//! credentials are not configured has no routes at all (404), so no operator can run one
+//! unauthenticated by mistake.
+
+pub mod plivo;
+pub mod telnyx;
+pub mod twilio;
+pub mod vonage;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+
+use crate::api::{AppState, problem};
+use crate::domain::E164;
+use crate::domain::session::Kind;
+
+/// A webhook request as the provider sent it, with the URL it called as the provider sees
+/// it (`HUSH_PUBLIC_URL` + path + query), which is what signatures cover.
+#[derive(Clone, Debug)]
+pub struct Webhook {
+    pub method: Method,
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Webhook {
+    pub fn new(
+        public_url: &str,
+        method: Method,
+        uri: &Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Self {
+        let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        Webhook {
+            method,
+            url: format!("{public_url}{path_and_query}"),
+            headers,
+            body,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `application/x-www-form-urlencoded` parameters of the body, in order, repeats kept.
+    pub fn form(&self) -> Vec<(String, String)> {
+        form_urlencoded(&self.body)
+    }
+
+    /// Query parameters of the URL, in order, repeats kept.
+    pub fn query(&self) -> Vec<(String, String)> {
+        match self.url.split_once('?') {
+            Some((_, q)) => form_urlencoded(q.as_bytes()),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Decodes `a=1&b=2` pairs (`+` is a space, `%XX` a byte), keeping order and repeats.
+pub fn form_urlencoded(input: &[u8]) -> Vec<(String, String)> {
+    fn decode(s: &[u8]) -> String {
+        let mut out = Vec::with_capacity(s.len());
+        let mut i = 0;
+        while i < s.len() {
+            match s[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < s.len() => {
+                    let hex = std::str::from_utf8(&s[i + 1..i + 3]).ok();
+                    match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        Some(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    input
+        .split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let mut it = pair.splitn(2, |&b| b == b'=');
+            let k = decode(it.next().unwrap_or_default());
+            let v = decode(it.next().unwrap_or_default());
+            (k, v)
+        })
+        .collect()
+}
+
+/// The first value of a parameter.
+pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// An inbound call or text in provider-neutral form.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    pub kind: Kind,
+    /// `None` for a withheld or unusable caller ID.
+    pub from: Option<E164>,
+    pub to: E164,
+    pub body: Option<String>,
+    pub media: Vec<String>,
+    /// The provider's call or message id.
+    pub provider_ref: String,
+}
+
+/// Escapes text for XML content and attribute values, so any body comes out unchanged.
+pub fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Constant-time comparison of two signatures.
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// The answer to a webhook whose signature does not verify. Nothing else is read first.
+pub fn forbidden() -> Response {
+    problem(
+        StatusCode::FORBIDDEN,
+        "invalid_signature",
+        "Invalid signature",
+        "the webhook signature is missing or does not verify".into(),
+    )
+}
+
+/// The routes of every provider whose credentials are configured.
+pub fn router(state: &AppState) -> Router<AppState> {
+    let mut r = Router::new();
+    let p = &state.config.providers;
+    if twilio::enabled(p) {
+        r = r.merge(twilio::routes());
+    }
+    if telnyx::enabled(p) {
+        r = r.merge(telnyx::routes());
+    }
+    if plivo::enabled(p) {
+        r = r.merge(plivo::routes());
+    }
+    if vonage::enabled(p) {
+        r = r.merge(vonage::routes());
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding_keeps_order_and_repeats() {
+        let p = form_urlencoded(b"Body=a+b%26c&MediaUrl0=x&Digits=1&Digits=2&Bad=%zz&End=%4");
+        assert_eq!(p[0], ("Body".into(), "a b&c".into()));
+        assert_eq!(param(&p, "Digits"), Some("1"));
+        assert_eq!(p.iter().filter(|(k, _)| k == "Digits").count(), 2);
+        assert_eq!(param(&p, "Bad"), Some("%zz"));
+        assert_eq!(param(&p, "End"), Some("%4"));
+    }
+
+    #[test]
+    fn xml_escaping_round_trips_metacharacters() {
+        assert_eq!(
+            xml_escape("<a href=\"x\">&'😀"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&apos;😀"
+        );
+    }
+}

@@ -1,0 +1,22 @@
+-- Moves an interaction to a new status (from a provider's status callback).
+-- KEYS: 1 ref key. ARGV: 1 tag, 2 status, 3 now ms, 4 duration secs or '', 5 final (1|0)
+-- Returns 1 when an interaction changed, 0 when the reference is unknown.
+local seen = redis.call('GET', KEYS[1])
+if not seen then return 0 end
+local action, sid, iid = string.match(seen, '^(%a)|([^|]*)|([^|]*)$')
+if action ~= 'c' then return 0 end
+local ikey = TAG .. 'i:' .. sid
+local rec = redis.call('HGET', ikey, iid)
+if not rec then return 0 end
+local kind, side, status, started, ended, duration, rest =
+  string.match(rec, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+if not kind then return 0 end
+-- A final status is final: a late, out-of-order callback does not reopen it.
+if ended ~= '' then return 0 end
+status = ARGV[2]
+if ARGV[5] == '1' then
+  ended = ARGV[3]
+  if ARGV[4] ~= '' then duration = ARGV[4] end
+end
+redis.call('HSET', ikey, iid, table.concat({ kind, side, status, started, ended, duration, rest }, '|'))
+return 1

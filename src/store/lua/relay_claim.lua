@@ -1,0 +1,37 @@
+-- Resolves an inbound call or text and records it as an interaction, once per provider
+-- reference: a retried webhook gets the same answer and no second interaction.
+-- KEYS: 1 u:<caller idx> (a throwaway key when the caller ID is withheld), 2 ref key
+-- ARGV: 1 tag, 2 proxy number, 3 now ms, 4 kind (v|s), 5 provider, 6 provider ref,
+--       7 new interaction id, 8 ref ttl ms, 9 caller idx or ''
+-- Returns {'connect', route record, interaction id, replay 0|1} or {'announce'}.
+local u, ref = KEYS[1], KEYS[2]
+local proxy, now, kind = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local provider, provider_ref, iid, ttl, idx = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+
+local seen = redis.call('GET', ref)
+if seen then
+  local action, sid, old = string.match(seen, '^(%a)|([^|]*)|([^|]*)$')
+  if action == 'c' and idx ~= '' then
+    -- The same answer as the first time, even if the session ended since; but nothing
+    -- once its routes are gone (released or erased).
+    local rec = redis.call('HGET', u, proxy)
+    local r = rec and parse_route(rec)
+    if r and r.sid == sid then return { 'connect', rec, old, 1 } end
+  end
+  return { 'announce' }
+end
+
+local rec = idx ~= '' and redis.call('HGET', u, proxy) or false
+local r = rec and parse_route(rec)
+if not (r and r.open_until > now and (r.mode == 'b' or r.mode == kind)) then
+  redis.call('SET', ref, 'a||', 'PX', ttl)
+  return { 'announce' }
+end
+
+local side = (redis.call('HGET', TAG .. 's:' .. r.sid, 'a') == idx) and 0 or 1
+local ikey = TAG .. 'i:' .. r.sid
+redis.call('HSET', ikey, iid,
+  kind .. '|' .. side .. '|started|' .. now .. '|||' .. provider .. '|' .. provider_ref)
+push_expiry(ikey, r.held_until + 86400000)
+redis.call('SET', ref, 'c|' .. r.sid .. '|' .. iid, 'PX', ttl)
+return { 'connect', rec, iid, 0 }

@@ -1,0 +1,1 @@
+//! Relay through plivo: signed webhooks in, the provider's answer document out.

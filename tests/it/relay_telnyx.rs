@@ -1,0 +1,1 @@
+//! Relay through telnyx: signed webhooks in, the provider's answer document out.

@@ -1,0 +1,1 @@
+//! Relay through vonage: signed webhooks in, the provider's answer document out.
