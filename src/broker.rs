@@ -320,6 +320,15 @@ impl Broker {
         &self.inner.store
     }
 
+    /// Sealing for records other modules keep (the outbound text queue).
+    pub fn crypto(&self) -> &Crypto {
+        &self.inner.crypto
+    }
+
+    pub fn now_ms(&self) -> Millis {
+        self.now()
+    }
+
     fn now(&self) -> Millis {
         self.inner.clock.now_ms()
     }

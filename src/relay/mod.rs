@@ -4,6 +4,7 @@
 //! credentials are not configured has no routes at all (404), so no operator can run one
 //! unauthenticated by mistake.
 
+pub mod outbound;
 pub mod plivo;
 pub mod telnyx;
 pub mod twilio;
