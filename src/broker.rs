@@ -1052,30 +1052,7 @@ impl Broker {
                 && r.open_until > now
                 && Mode::from_code(&r.mode).is_some_and(|m| m.allows(kind))
             {
-                let other = self.inner.crypto.open_number(&r.sealed_other)?;
-                let session_id = SessionId::from_key(pool_id, shard, &r.session_key)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default();
-                METRICS
-                    .routes
-                    .with_label_values(&[match kind {
-                        Kind::Voice => "connect",
-                        Kind::Sms => "relay",
-                    }])
-                    .inc();
-                let decision = match kind {
-                    Kind::Voice => Decision::Connect {
-                        session_id,
-                        caller_id: to.clone(),
-                        to: other,
-                    },
-                    Kind::Sms => Decision::Relay {
-                        session_id,
-                        from: to.clone(),
-                        to: other,
-                    },
-                };
-                return Ok(decision);
+                return self.decide(pool_id, shard, &r, to, kind);
             }
             if !fresh {
                 // A miss may come from a stale owner cache; check once against Redis.
@@ -1085,14 +1062,54 @@ impl Broker {
                     continue;
                 }
             }
-            let message = match self.inner.store.pool_by_id(pool_id).await? {
-                Some(row) => policy_of(&row).out_of_session_message,
-                None => PoolPolicy::DEFAULT_MESSAGE.to_string(),
-            };
-            METRICS.routes.with_label_values(&["announce"]).inc();
             tracing::debug!(from = ?from, to = %to, "no open route");
-            return Ok(Decision::Announce { message });
+            return self.announce(pool_id).await;
         }
+    }
+
+    /// The answer to a caller who holds an open route: the other party, behind the proxy.
+    fn decide(
+        &self,
+        pool_id: u32,
+        shard: u16,
+        r: &RouteRow,
+        proxy: &E164,
+        kind: Kind,
+    ) -> Result<Decision> {
+        let other = self.inner.crypto.open_number(&r.sealed_other)?;
+        let session_id = SessionId::from_key(pool_id, shard, &r.session_key)
+            .map(|s| s.to_string())
+            .ok_or(StoreError::Corrupt("session key in route record"))?;
+        let (action, decision) = match kind {
+            Kind::Voice => (
+                "connect",
+                Decision::Connect {
+                    session_id,
+                    caller_id: proxy.clone(),
+                    to: other,
+                },
+            ),
+            Kind::Sms => (
+                "relay",
+                Decision::Relay {
+                    session_id,
+                    from: proxy.clone(),
+                    to: other,
+                },
+            ),
+        };
+        METRICS.routes.with_label_values(&[action]).inc();
+        Ok(decision)
+    }
+
+    /// The answer to anyone else: the pool's out-of-session message.
+    async fn announce(&self, pool_id: u32) -> Result<Decision> {
+        let message = match self.inner.store.pool_by_id(pool_id).await? {
+            Some(row) => policy_of(&row).out_of_session_message,
+            None => PoolPolicy::DEFAULT_MESSAGE.to_string(),
+        };
+        METRICS.routes.with_label_values(&["announce"]).inc();
+        Ok(Decision::Announce { message })
     }
 
     // ---- relay
@@ -1151,31 +1168,8 @@ impl Broker {
                 replay,
             } => {
                 let r = RouteRow::parse(&record).ok_or(StoreError::Corrupt("route record"))?;
-                let other = self.inner.crypto.open_number(&r.sealed_other)?;
-                let session_id = SessionId::from_key(pool_id, shard, &r.session_key)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default();
-                let decision = match kind {
-                    Kind::Voice => Decision::Connect {
-                        session_id,
-                        caller_id: to.clone(),
-                        to: other,
-                    },
-                    Kind::Sms => Decision::Relay {
-                        session_id,
-                        from: to.clone(),
-                        to: other,
-                    },
-                };
-                METRICS
-                    .routes
-                    .with_label_values(&[match kind {
-                        Kind::Voice => "connect",
-                        Kind::Sms => "relay",
-                    }])
-                    .inc();
                 Ok(RelayOutcome {
-                    decision,
+                    decision: self.decide(pool_id, shard, &r, to, kind)?,
                     interaction: Some(interaction),
                     replay,
                 })
@@ -1184,13 +1178,8 @@ impl Broker {
                 // The number may have moved pools since it was cached: the message comes
                 // from its owner now.
                 let (pool_id, _) = self.owner(to, true).await?.unwrap_or((pool_id, shard));
-                let message = match self.inner.store.pool_by_id(pool_id).await? {
-                    Some(row) => policy_of(&row).out_of_session_message,
-                    None => PoolPolicy::DEFAULT_MESSAGE.to_string(),
-                };
-                METRICS.routes.with_label_values(&["announce"]).inc();
                 Ok(RelayOutcome {
-                    decision: Decision::Announce { message },
+                    decision: self.announce(pool_id).await?,
                     interaction: None,
                     replay: false,
                 })
