@@ -110,6 +110,60 @@ impl ShardKeys {
     }
 }
 
+/// The KEYS of each shard script, in the order the script reads them. Every list must hash
+/// to one slot (tested below), which is what lets the scripts run on Redis Cluster.
+impl ShardKeys {
+    pub fn number_script_keys(&self) -> [String; 1] {
+        [self.nums()]
+    }
+    pub fn create_script_keys(&self, idx_a: &str, idx_b: &str, session: &str) -> [String; 7] {
+        [
+            self.nums(),
+            self.transitions(),
+            self.routes(idx_a),
+            self.routes(idx_b),
+            self.sticky(idx_a),
+            self.sticky(idx_b),
+            self.session(session),
+        ]
+    }
+    /// An erased side has no index left; a throwaway key in the same slot stands in.
+    pub fn end_script_keys(&self, session: &str, idx_a: &str, idx_b: &str) -> [String; 5] {
+        let or_none = |idx: &str| {
+            if idx.is_empty() {
+                "-".to_string()
+            } else {
+                idx.to_string()
+            }
+        };
+        [
+            self.nums(),
+            self.transitions(),
+            self.session(session),
+            self.routes(&or_none(idx_a)),
+            self.routes(&or_none(idx_b)),
+        ]
+    }
+    pub fn forget_script_keys(&self, idx: &str) -> [String; 2] {
+        [self.sticky(idx), self.routes(idx)]
+    }
+    /// A withheld caller has no index; a throwaway key in the same slot stands in.
+    pub fn relay_script_keys(
+        &self,
+        idx: Option<&str>,
+        provider: &str,
+        reference: &str,
+    ) -> [String; 2] {
+        [
+            self.routes(idx.unwrap_or("-")),
+            self.provider_ref(provider, reference),
+        ]
+    }
+    pub fn interaction_script_keys(&self, provider: &str, reference: &str) -> [String; 1] {
+        [self.provider_ref(provider, reference)]
+    }
+}
+
 /// The Redis Cluster hash slot of a key (CRC16/XMODEM of the hash tag, mod 16384).
 pub fn hash_slot(key: &str) -> u16 {
     let bytes = key.as_bytes();
@@ -169,5 +223,27 @@ mod tests {
             assert_eq!(hash_slot(key), slot, "{key}");
         }
         assert_ne!(hash_slot(&k.shard(7, 4).nums()), slot);
+    }
+
+    #[test]
+    fn every_script_touches_one_slot() {
+        let s = Keys::new("p").shard(12, 5);
+        let lists: Vec<Vec<String>> = vec![
+            s.number_script_keys().to_vec(),
+            s.create_script_keys("AAAA", "BBBB", "sess").to_vec(),
+            s.end_script_keys("sess", "AAAA", "").to_vec(),
+            s.forget_script_keys("AAAA").to_vec(),
+            s.relay_script_keys(None, "twilio", "CA1").to_vec(),
+            s.relay_script_keys(Some("AAAA"), "plivo", "x-y").to_vec(),
+            s.interaction_script_keys("vonage", "u-1").to_vec(),
+        ];
+        for keys in lists {
+            let slot = hash_slot(&keys[0]);
+            for key in &keys {
+                assert_eq!(hash_slot(key), slot, "{key} leaves the slot of {}", keys[0]);
+                // Keys the scripts derive inside are built from the same tag.
+                assert!(key.starts_with(s.tag()), "{key}");
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! readers compare them with the clock; the reaper only frees memory and fixes counters.
 
 pub mod keys;
+pub mod outbox;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -432,7 +433,7 @@ impl Store {
         let added: i64 = self
             .scripts
             .number_add
-            .key(shard.nums())
+            .key(&shard.number_script_keys())
             .arg(shard.tag())
             .arg(number)
             .arg(caps)
@@ -451,7 +452,7 @@ impl Store {
         let r: i64 = self
             .scripts
             .number_state
-            .key(shard.nums())
+            .key(&shard.number_script_keys())
             .arg(shard.tag())
             .arg(number)
             .arg(state)
@@ -465,7 +466,7 @@ impl Store {
         let r: i64 = self
             .scripts
             .number_remove
-            .key(shard.nums())
+            .key(&shard.number_script_keys())
             .arg(shard.tag())
             .arg(number)
             .invoke_async(&mut self.c())
@@ -522,13 +523,7 @@ impl Store {
         let reply: Value = self
             .scripts
             .session_create
-            .key(s.nums())
-            .key(s.transitions())
-            .key(s.routes(a.idx_a))
-            .key(s.routes(a.idx_b))
-            .key(s.sticky(a.idx_a))
-            .key(s.sticky(a.idx_b))
-            .key(s.session(a.session_key))
+            .key(&s.create_script_keys(a.idx_a, a.idx_b, a.session_key))
             .arg(s.tag())
             .arg(a.now)
             .arg(a.expires)
@@ -585,17 +580,10 @@ impl Store {
             EndOp::Erase { side, blob } => ("erase", side.to_string(), blob),
             EndOp::Reap => ("reap", String::new(), ""),
         };
-        // An erased side has no index left; a throwaway key in the same slot stands in.
-        let ra = shard.routes(if idx_a.is_empty() { "-" } else { idx_a });
-        let rb = shard.routes(if idx_b.is_empty() { "-" } else { idx_b });
         let reply: Value = self
             .scripts
             .session_end
-            .key(shard.nums())
-            .key(shard.transitions())
-            .key(shard.session(key))
-            .key(ra)
-            .key(rb)
+            .key(&shard.end_script_keys(key, idx_a, idx_b))
             .arg(shard.tag())
             .arg(now)
             .arg(key)
@@ -649,8 +637,7 @@ impl Store {
         let _: i64 = self
             .scripts
             .participant_forget
-            .key(shard.sticky(idx))
-            .key(shard.routes(idx))
+            .key(&shard.forget_script_keys(idx))
             .arg(shard.tag())
             .arg(idx)
             .arg(now)
@@ -678,8 +665,7 @@ impl Store {
         let reply: Value = self
             .scripts
             .relay_claim
-            .key(shard.routes(idx.unwrap_or("-")))
-            .key(shard.provider_ref(provider, provider_ref))
+            .key(&shard.relay_script_keys(idx, provider, provider_ref))
             .arg(shard.tag())
             .arg(proxy)
             .arg(now)
@@ -718,7 +704,7 @@ impl Store {
         let changed: i64 = self
             .scripts
             .interaction_update
-            .key(shard.provider_ref(provider, provider_ref))
+            .key(&shard.interaction_script_keys(provider, provider_ref))
             .arg(shard.tag())
             .arg(status)
             .arg(now)
