@@ -1198,6 +1198,17 @@ impl Broker {
         duration_secs: Option<u32>,
         last: bool,
     ) -> Result<bool> {
+        // The status is stored in a `|`-separated record: only a plain word may go in.
+        if status.is_empty()
+            || status.len() > 32
+            || !status
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'-' || b == b'_')
+        {
+            return Err(BrokerError::Validation(
+                "a status is 1 to 32 lower-case letters, `-` or `_`".into(),
+            ));
+        }
         let Some((pool_id, shard)) = self.owner(proxy, false).await? else {
             return Ok(false);
         };

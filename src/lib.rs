@@ -30,7 +30,8 @@ pub fn build_broker(config: &Config) -> anyhow::Result<Broker> {
     Ok(Broker::new(store, crypto, Arc::new(domain::SystemClock)))
 }
 
-/// Serves the API on `listener` and runs the reaper until `shutdown` is cancelled.
+/// Serves the API on `listener` and runs the reaper (and the outbound text worker, when a
+/// provider sends texts through its API) until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -43,6 +44,14 @@ pub async fn run(
         Duration::from_millis(config.reaper_interval_ms),
         shutdown.clone(),
     ));
+    // Texts relayed through a provider's API go out from a queue any instance may work.
+    let outbound = relay::outbound::needed(&config.providers).then(|| {
+        tokio::spawn(relay::outbound::run_worker(
+            broker.clone(),
+            config.providers.clone(),
+            shutdown.clone(),
+        ))
+    });
     let app = api::router(api::AppState {
         broker,
         config: Arc::new(config.clone()),
@@ -53,6 +62,9 @@ pub async fn run(
         .await;
     shutdown.cancel();
     let _ = reaper.await;
+    if let Some(worker) = outbound {
+        let _ = worker.await;
+    }
     served.context("HTTP server failed")
 }
 

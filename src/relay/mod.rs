@@ -64,6 +64,38 @@ impl Webhook {
     }
 }
 
+/// Every hook takes its request as a [`Webhook`]: the body read whole (up to the API's body
+/// limit) and the URL as the provider called it, before anything is parsed.
+impl axum::extract::FromRequest<AppState> for Webhook {
+    type Rejection = crate::api::ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, crate::api::BODY_LIMIT)
+            .await
+            .map_err(|e| {
+                let mut cur: Option<&dyn std::error::Error> = Some(&e);
+                while let Some(err) = cur {
+                    if err.to_string().contains("length limit") {
+                        return crate::api::ApiError::PayloadTooLarge;
+                    }
+                    cur = err.source();
+                }
+                crate::api::ApiError::InvalidRequest("the body could not be read".into())
+            })?;
+        Ok(Webhook::new(
+            &state.config.public_url(),
+            parts.method,
+            &parts.uri,
+            parts.headers,
+            body,
+        ))
+    }
+}
+
 /// Decodes `a=1&b=2` pairs (`+` is a space, `%XX` a byte), keeping order and repeats.
 pub fn form_urlencoded(input: &[u8]) -> Vec<(String, String)> {
     fn decode(s: &[u8]) -> String {
@@ -121,7 +153,10 @@ pub struct Inbound {
     pub provider_ref: String,
 }
 
-/// Escapes text for XML content and attribute values, so any body comes out unchanged.
+/// Escapes text for XML content and attribute values so that what the provider's parser
+/// reads back is the original. XML 1.0 cannot carry most C0 controls at all, even as
+/// references, so they are dropped; a raw CR would be folded into LF by the parser, so it
+/// travels as a reference.
 pub fn xml_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
@@ -131,6 +166,9 @@ pub fn xml_escape(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            '\r' => out.push_str("&#13;"),
+            '\t' | '\n' => out.push(c),
+            c if c < ' ' || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
             c => out.push(c),
         }
     }

@@ -1,8 +1,26 @@
 //! Texts hush sends through a provider's API (Telnyx, Vonage), where the provider's webhook
 //! is answered at once and the relayed text goes out afterwards. Each text is recorded in
 //! Redis before the webhook is answered, so a hush restart neither loses nor doubles it.
+//!
+//! [`enqueue`] seals the text (numbers and body) and queues it once per [`OutboundSms::key`];
+//! [`deliver_once`] claims due texts with a lease, sends them and settles each one: done,
+//! retried after a bounded backoff ([`BACKOFF_MS`]), or failed. [`run_worker`] is the loop.
+//! A worker that dies between claim and settle leaves the text to be claimed again when its
+//! lease ends (at least once); a live worker always settles well before its lease ends, and
+//! only the lease holder may settle, so two instances never both send a text.
 
-use crate::domain::E164;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, BrokerError, PROVIDER_REF_TTL_MS};
+use crate::config::Providers;
+use crate::crypto::CryptoError;
+use crate::domain::{E164, Millis};
+use crate::store::outbox::{Leased, Settle};
 
 /// Which provider API sends the text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +38,7 @@ pub struct OutboundSms {
     pub text: String,
     pub media: Vec<String>,
     /// Unique per relayed text (provider + inbound message id): sending is idempotent on it.
+    /// Written `<provider>:<inbound message id>`, so the worker can mark the interaction.
     pub key: String,
 }
 
@@ -32,4 +51,331 @@ pub enum SendError {
     /// The provider refused the text for good (4xx other than 429).
     #[error("refused: {0}")]
     Permanent(String),
+}
+
+/// The wait before each retry: after the first failed attempt, then the second, ... A text
+/// whose attempt fails once more after the last wait is given up (six attempts in all).
+pub const BACKOFF_MS: [Millis; 5] = [1_000, 5_000, 30_000, 120_000, 600_000];
+
+/// How long a claim keeps other workers away from a text. Far longer than one attempt can
+/// take, so a live worker settles long before anyone else may claim the text.
+pub const LEASE_MS: Millis = 120_000;
+
+/// The longest one call to a provider's API takes unless its dialect says otherwise
+/// (Vonage's SMS API gets 30 s).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// An attempt starts only while this much of its lease is left (a worker that stalled after
+/// claiming hands the text back instead of racing whoever claims it next).
+/// It exceeds the longest provider call, so an attempt always ends within its lease.
+const LEASE_MARGIN_MS: Millis = 45_000;
+
+// A live worker settles long before its lease ends, whatever a provider's call takes.
+const _: () = assert!(SEND_TIMEOUT.as_secs() * 1000 * 2 < LEASE_MARGIN_MS as u64);
+const _: () = assert!(30_000 < LEASE_MARGIN_MS && LEASE_MARGIN_MS < LEASE_MS);
+
+/// How long a given-up text's record (state and reason, no text) stays in Redis.
+const FAILED_KEEP_MS: Millis = 7 * 24 * 3600 * 1000;
+
+/// Texts claimed per pass.
+const BATCH: usize = 32;
+
+/// How often an idle worker looks for due texts: the most a relayed text waits.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// The sealed form of a queued text.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    /// `t` Telnyx, `v` Vonage.
+    v: String,
+    f: String,
+    t: String,
+    x: String,
+    #[serde(default)]
+    m: Vec<String>,
+    k: String,
+}
+
+const PURPOSE: &str = "outbox";
+
+fn seal(broker: &Broker, msg: &OutboundSms) -> String {
+    let record = Record {
+        v: match msg.via {
+            Via::Telnyx => "t",
+            Via::Vonage => "v",
+        }
+        .into(),
+        f: msg.from.reveal().into(),
+        t: msg.to.reveal().into(),
+        x: msg.text.clone(),
+        m: msg.media.clone(),
+        k: msg.key.clone(),
+    };
+    let plain = serde_json::to_vec(&record).expect("a text record serialises");
+    broker.crypto().seal(PURPOSE, &plain)
+}
+
+fn open(broker: &Broker, sealed: &str) -> Result<OutboundSms, CryptoError> {
+    let plain = broker.crypto().open(PURPOSE, sealed)?;
+    let r: Record = serde_json::from_slice(&plain).map_err(|_| CryptoError::Corrupt)?;
+    let number = |s: &str| E164::parse_syntax(s).map_err(|_| CryptoError::Corrupt);
+    Ok(OutboundSms {
+        via: match r.v.as_str() {
+            "t" => Via::Telnyx,
+            "v" => Via::Vonage,
+            _ => return Err(CryptoError::Corrupt),
+        },
+        from: number(&r.f)?,
+        to: number(&r.t)?,
+        text: r.x,
+        media: r.m,
+        key: r.k,
+    })
+}
+
+/// Queues a text for sending, durably, before the provider's webhook is answered. The same
+/// `key` queues nothing new, whether its text is still waiting, was sent or was given up.
+pub async fn enqueue(broker: &Broker, msg: OutboundSms) -> Result<(), BrokerError> {
+    let id = broker.crypto().digest(PURPOSE, msg.key.as_bytes());
+    let fresh = broker
+        .store()
+        .outbox_put(&id, &seal(broker, &msg), broker.now_ms())
+        .await?;
+    if !fresh {
+        tracing::debug!(key = %msg.key, "outbound text already queued");
+    }
+    Ok(())
+}
+
+/// Applies a provider's delivery report about a text hush sent (`message_id` is the
+/// provider's id of the outbound text) to the interaction the text relayed. False when hush
+/// does not know the message (not sent by hush, or reported before the send was settled).
+pub async fn delivery_report(
+    broker: &Broker,
+    provider: &str,
+    message_id: &str,
+    proxy: &E164,
+    status: &str,
+    last: bool,
+) -> Result<bool, BrokerError> {
+    let Some(key) = broker.store().outbox_alias_of(provider, message_id).await? else {
+        return Ok(false);
+    };
+    let Some((provider, reference)) = key.split_once(':') else {
+        return Ok(false);
+    };
+    broker
+        .interaction_status(provider, reference, proxy, status, None, last)
+        .await
+}
+
+/// One pass: claims the texts due now, sends them side by side and settles each. Returns how
+/// many texts it handled (sent, rescheduled or given up).
+pub async fn deliver_once(
+    broker: &Broker,
+    http: &reqwest::Client,
+    providers: &Providers,
+) -> Result<usize, BrokerError> {
+    use base64::Engine as _;
+    let now = broker.now_ms();
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>());
+    let claimed = broker
+        .store()
+        .outbox_claim(now, LEASE_MS, BATCH, &token)
+        .await?;
+    let count = claimed.len();
+    if count == 0 {
+        return Ok(0);
+    }
+    let providers = Arc::new(providers.clone());
+    let mut attempts = JoinSet::new();
+    for item in claimed {
+        let (broker, http, providers) = (broker.clone(), http.clone(), providers.clone());
+        attempts.spawn(async move { deliver(&broker, &http, &providers, item, now).await });
+    }
+    while let Some(done) = attempts.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            // The lease runs out and the text is claimed again.
+            Ok(Err(e)) => tracing::warn!(error = %e, "settling an outbound text failed"),
+            Err(e) => tracing::error!(error = %e, "an outbound text attempt panicked"),
+        }
+    }
+    Ok(count)
+}
+
+/// The provider's answer to one attempt: its id for the message, when it gives one.
+async fn attempt(
+    http: &reqwest::Client,
+    providers: &Providers,
+    msg: &OutboundSms,
+) -> Result<Option<String>, SendError> {
+    match msg.via {
+        Via::Telnyx => super::telnyx::post_message(http, providers, msg).await,
+        Via::Vonage => super::vonage::send(http, providers, msg)
+            .await
+            .map(|()| None),
+    }
+}
+
+/// Sends one claimed text and settles it.
+async fn deliver(
+    broker: &Broker,
+    http: &reqwest::Client,
+    providers: &Providers,
+    item: Leased,
+    claimed_at: Millis,
+) -> Result<(), BrokerError> {
+    let store = broker.store();
+    let msg = match open(broker, &item.sealed) {
+        Ok(msg) => msg,
+        Err(e) => {
+            tracing::error!(error = %e, "a queued text cannot be opened; giving it up");
+            let failed = Settle::Failed {
+                keep_ms: FAILED_KEEP_MS,
+                reason: "unreadable",
+            };
+            store.outbox_settle(&item.id, &item.token, failed).await?;
+            return Ok(());
+        }
+    };
+    if broker.now_ms() > claimed_at + LEASE_MS - LEASE_MARGIN_MS {
+        let release = Settle::Release {
+            due: broker.now_ms(),
+        };
+        store.outbox_settle(&item.id, &item.token, release).await?;
+        return Ok(());
+    }
+    let result = attempt(http, providers, &msg).await;
+    let now = broker.now_ms();
+    let (settle, status) = match &result {
+        Ok(_) => (
+            Settle::Done {
+                keep_ms: PROVIDER_REF_TTL_MS,
+            },
+            Some(("sent", false)),
+        ),
+        Err(SendError::Retry(_)) if (item.claims as usize) <= BACKOFF_MS.len() => {
+            let wait = BACKOFF_MS[item.claims.max(1) as usize - 1];
+            let jitter = rand::random_range(0..=wait / 10);
+            (
+                Settle::Retry {
+                    due: now + wait + jitter,
+                },
+                None,
+            )
+        }
+        Err(e) => (
+            Settle::Failed {
+                keep_ms: FAILED_KEEP_MS,
+                reason: match e {
+                    SendError::Retry(_) => "retries exhausted",
+                    SendError::Permanent(_) => "refused",
+                },
+            },
+            Some(("failed", true)),
+        ),
+    };
+    settle_surely(broker, &item, settle).await?;
+    match &result {
+        Ok(_) => tracing::info!(key = %msg.key, attempt = item.claims, "outbound text sent"),
+        Err(e) => match settle {
+            Settle::Retry { due } => tracing::warn!(key = %msg.key, attempt = item.claims,
+                error = %e, retry_in_ms = due - now, "outbound text not sent; will retry"),
+            _ => tracing::warn!(key = %msg.key, attempt = item.claims, error = %e,
+                "outbound text given up"),
+        },
+    }
+    let Some((provider, reference)) = msg.key.split_once(':') else {
+        return Ok(());
+    };
+    if let Ok(Some(message_id)) = &result
+        && let Err(e) = store
+            .outbox_alias(provider, message_id, &msg.key, PROVIDER_REF_TTL_MS)
+            .await
+    {
+        tracing::warn!(error = %e, "delivery reports for a sent text will not be matched");
+    }
+    if let Some((status, last)) = status
+        && let Err(e) = broker
+            .interaction_status(provider, reference, &msg.from, status, None, last)
+            .await
+    {
+        tracing::warn!(error = %e, "interaction status not recorded");
+    }
+    Ok(())
+}
+
+/// Settles, trying again a few times over a short Redis outage: an unsettled text that was
+/// sent would be sent again once its lease runs out.
+async fn settle_surely(broker: &Broker, item: &Leased, how: Settle<'_>) -> Result<(), BrokerError> {
+    let mut tries = 0;
+    loop {
+        match broker
+            .store()
+            .outbox_settle(&item.id, &item.token, how)
+            .await
+        {
+            Ok(true) => return Ok(()),
+            Ok(false) => {
+                tracing::warn!("an outbound text's lease was lost before it was settled");
+                return Ok(());
+            }
+            Err(e) if tries >= 4 => return Err(e.into()),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(250 * tries)).await;
+            }
+        }
+    }
+}
+
+/// Whether this instance has any provider that sends texts through an API, so needs a worker.
+pub fn needed(p: &Providers) -> bool {
+    super::telnyx::enabled(p)
+        || super::vonage::enabled(p)
+        || p.telnyx_api_key.is_some()
+        || p.vonage_api_key.is_some()
+}
+
+/// Runs [`deliver_once`] until `shutdown`, at once again after a full batch, otherwise every
+/// [`IDLE_POLL`]. A pass in hand is finished (its texts sent and settled) before it returns.
+pub async fn run_worker(broker: Broker, providers: Providers, shutdown: CancellationToken) {
+    let http = match reqwest::Client::builder()
+        .timeout(SEND_TIMEOUT)
+        .connect_timeout(Duration::from_secs(3))
+        .build()
+    {
+        Ok(http) => http,
+        Err(e) => {
+            tracing::error!(error = %e, "no HTTP client: outbound texts stay queued");
+            return;
+        }
+    };
+    while !shutdown.is_cancelled() {
+        let pause = match deliver_once(&broker, &http, &providers).await {
+            Ok(n) if n >= BATCH => Duration::ZERO,
+            Ok(_) => IDLE_POLL,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbound text pass failed; retrying");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_increasing() {
+        assert!(BACKOFF_MS.windows(2).all(|w| w[0] < w[1]));
+        assert!(BACKOFF_MS.iter().sum::<Millis>() < 15 * 60 * 1000);
+    }
 }

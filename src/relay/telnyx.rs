@@ -1,14 +1,549 @@
-//! The telnyx dialect: verify, parse, render.
+//! The Telnyx dialect: TeXML for calls, JSON events for texts. Every webhook is signed with
+//! Ed25519 over `"{telnyx-timestamp}|{raw body}"` under the account's public key
+//! (<https://developers.telnyx.com/docs/messaging/messages/receiving-webhooks>); a timestamp
+//! more than five minutes from now is a replay. Calls are answered with TeXML, whose
+//! requests carry Twilio's form fields. Texts are answered 200 at once and relayed through
+//! `POST /v2/messages` by the outbound queue, so the provider never waits on a second API.
 
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde_json::{Value, json};
 
-use crate::api::AppState;
+use super::outbound::{self, OutboundSms, SendError, Via};
+use super::{forbidden, form_urlencoded, param, xml_escape};
+use crate::api::{ApiError, AppState};
+use crate::broker::{BrokerError, Decision};
 use crate::config::Providers;
+use crate::domain::E164;
+use crate::domain::session::Kind;
 
-pub fn enabled(_: &Providers) -> bool {
-    false
+/// The provider name interactions record.
+const PROVIDER: &str = "telnyx";
+
+/// How far a webhook's timestamp may be from now, either way, in seconds.
+pub const MAX_SKEW_SECS: i64 = 300;
+
+/// Telnyx is enabled when the public key that checks its webhooks is set.
+pub fn enabled(p: &Providers) -> bool {
+    p.telnyx_public_key
+        .as_ref()
+        .is_some_and(|k| !k.expose().trim().is_empty())
 }
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/hooks/telnyx/voice", post(voice))
+        .route("/hooks/telnyx/sms", post(sms))
+        .route("/hooks/telnyx/status", post(status))
+}
+
+/// Checks `signature_b64` over `"{timestamp}|{body}"` with the base64 Ed25519 public key.
+/// With `now_secs`, a timestamp more than [`MAX_SKEW_SECS`] away from it fails too.
+pub fn verify(
+    public_key_b64: &str,
+    timestamp: &str,
+    signature_b64: &str,
+    body: &[u8],
+    now_secs: Option<i64>,
+) -> bool {
+    let Ok(ts) = timestamp.trim().parse::<i64>() else {
+        return false;
+    };
+    if now_secs.is_some_and(|now| now.abs_diff(ts) > MAX_SKEW_SECS as u64) {
+        return false;
+    }
+    let key = B64
+        .decode(public_key_b64.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok());
+    let signature = B64
+        .decode(signature_b64.trim())
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .map(|b| Signature::from_bytes(&b));
+    let (Some(key), Some(signature)) = (key, signature) else {
+        return false;
+    };
+    let mut signed = Vec::with_capacity(timestamp.len() + 1 + body.len());
+    signed.extend_from_slice(timestamp.as_bytes());
+    signed.push(b'|');
+    signed.extend_from_slice(body);
+    key.verify_strict(&signed, &signature).is_ok()
+}
+
+/// The signature check every route runs before it reads anything else.
+fn verified(state: &AppState, headers: &HeaderMap, body: &[u8]) -> bool {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(key), Some(ts), Some(sig)) = (
+        state.config.providers.telnyx_public_key.as_ref(),
+        get("telnyx-timestamp"),
+        get("telnyx-signature-ed25519"),
+    ) else {
+        return false;
+    };
+    let ok = verify(
+        key.expose(),
+        ts,
+        sig,
+        body,
+        Some(state.broker.now_ms().div_euclid(1000)),
+    );
+    if !ok {
+        tracing::debug!("telnyx webhook with a bad or stale signature");
+    }
+    ok
+}
+
+// ---- voice (TeXML)
+
+const XML_HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
+
+/// The TeXML answer to a call.
+pub fn render_call(decision: Option<&Decision>) -> String {
+    let body = match decision {
+        Some(Decision::Connect { caller_id, to, .. }) => format!(
+            r#"<Dial callerId="{}"><Number>{}</Number></Dial>"#,
+            xml_escape(caller_id.reveal()),
+            xml_escape(to.reveal())
+        ),
+        Some(Decision::Announce { message }) => {
+            format!("<Say>{}</Say><Hangup/>", xml_escape(message))
+        }
+        // A number that is no pool's, or an answer that is not a call's.
+        Some(Decision::Relay { .. }) | None => "<Reject/>".into(),
+    };
+    format!("{XML_HEAD}<Response>{body}</Response>")
+}
+
+fn texml(doc: String) -> Response {
+    let mut resp = doc.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    resp
+}
+
+async fn voice(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !verified(&state, &headers, &body) {
+        return forbidden();
+    }
+    let form = form_urlencoded(&body);
+    let (Some(call), Some(to)) = (param(&form, "CallSid"), param(&form, "To")) else {
+        return ApiError::InvalidRequest("a TeXML call request needs CallSid and To".into())
+            .into_response();
+    };
+    let Ok(to) = E164::parse_syntax(to) else {
+        return texml(render_call(None));
+    };
+    // A withheld or unusable caller ID reaches nobody; the broker answers it.
+    let from = param(&form, "From").and_then(|f| E164::parse_syntax(f).ok());
+    match state
+        .broker
+        .relay(PROVIDER, call, from.as_ref(), &to, Kind::Voice)
+        .await
+    {
+        Ok(outcome) => texml(render_call(Some(&outcome.decision))),
+        Err(BrokerError::NumberNotFound(_)) => texml(render_call(None)),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+// ---- texts (JSON events)
+
+/// An inbound text, as read from a `message.received` event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundText {
+    pub id: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub text: String,
+    pub media: Vec<String>,
+}
+
+fn text_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str)
+}
+
+/// Reads a `message.received` event; `None` for any other event or a malformed one.
+pub fn parse_received(event: &Value) -> Option<InboundText> {
+    if text_at(event, "/data/event_type") != Some("message.received") {
+        return None;
+    }
+    let p = event.pointer("/data/payload")?;
+    Some(InboundText {
+        // The message's id; the event's id when a payload has none.
+        id: text_at(p, "/id")
+            .or_else(|| text_at(event, "/data/id"))?
+            .to_string(),
+        from: text_at(p, "/from/phone_number").map(str::to_string),
+        to: text_at(p, "/to/0/phone_number")?.to_string(),
+        text: text_at(p, "/text").unwrap_or_default().to_string(),
+        media: p
+            .get("media")
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|m| text_at(m, "/url").map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+fn accepted() -> Response {
+    StatusCode::OK.into_response()
+}
+
+async fn sms(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !verified(&state, &headers, &body) {
+        return forbidden();
+    }
+    let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+        return ApiError::InvalidRequest("the event is not JSON".into()).into_response();
+    };
+    let Some(msg) = parse_received(&event) else {
+        // A messaging profile has one webhook URL: delivery reports for the texts hush sent
+        // arrive here too.
+        return message_report(&state, &event).await;
+    };
+    let Ok(to) = E164::parse_syntax(&msg.to) else {
+        return accepted();
+    };
+    let from = msg.from.as_deref().and_then(|f| E164::parse_syntax(f).ok());
+    let outcome = match state
+        .broker
+        .relay(PROVIDER, &msg.id, from.as_ref(), &to, Kind::Sms)
+        .await
+    {
+        Ok(outcome) => outcome,
+        // Not a pool's number: nothing to relay and nobody to answer.
+        Err(BrokerError::NumberNotFound(_)) => return accepted(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    // One key per inbound message, whatever the answer: a retried webhook queues nothing new.
+    let key = format!("{PROVIDER}:{}", msg.id);
+    let text = match outcome.decision {
+        Decision::Relay { from, to, .. } => OutboundSms {
+            via: Via::Telnyx,
+            from,
+            to,
+            text: msg.text,
+            media: msg.media,
+            key,
+        },
+        Decision::Announce { message } => match from {
+            Some(sender) => OutboundSms {
+                via: Via::Telnyx,
+                from: to,
+                to: sender,
+                text: message,
+                media: Vec::new(),
+                key,
+            },
+            None => return accepted(),
+        },
+        Decision::Connect { .. } => return accepted(),
+    };
+    match outbound::enqueue(&state.broker, text).await {
+        Ok(()) => accepted(),
+        // Not recorded: fail the webhook so Telnyx sends it again.
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+// ---- status callbacks
+
+/// Call statuses after which nothing more happens to a call.
+fn call_is_over(status: &str) -> bool {
+    matches!(
+        status,
+        "completed" | "busy" | "no-answer" | "failed" | "canceled"
+    )
+}
+
+async fn status(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !verified(&state, &headers, &body) {
+        return forbidden();
+    }
+    if body.trim_ascii_start().starts_with(b"{") {
+        return match serde_json::from_slice::<Value>(&body) {
+            Ok(event) => message_report(&state, &event).await,
+            Err(_) => ApiError::InvalidRequest("the event is not JSON".into()).into_response(),
+        };
+    }
+    // A TeXML status callback: Twilio's form fields.
+    let form = form_urlencoded(&body);
+    let (Some(call), Some(status)) = (param(&form, "CallSid"), param(&form, "CallStatus")) else {
+        return ApiError::InvalidRequest("a call status needs CallSid and CallStatus".into())
+            .into_response();
+    };
+    let duration = param(&form, "CallDuration").and_then(|d| d.parse().ok());
+    let last = call_is_over(status);
+    // Status callbacks report on the inbound call, whose called number is the proxy.
+    let Some(proxy) = param(&form, "To").and_then(|n| E164::parse_syntax(n).ok()) else {
+        return accepted();
+    };
+    if let Err(e) = state
+        .broker
+        .interaction_status(PROVIDER, call, &proxy, status, duration, last)
+        .await
+    {
+        return ApiError::from(e).into_response();
+    }
+    accepted()
+}
+
+/// Applies a `message.sent` or `message.finalized` event about a text hush sent.
+async fn message_report(state: &AppState, event: &Value) -> Response {
+    let kind = text_at(event, "/data/event_type").unwrap_or_default();
+    let last = match kind {
+        "message.sent" => false,
+        "message.finalized" => true,
+        _ => return accepted(),
+    };
+    let p = event.pointer("/data/payload").unwrap_or(&Value::Null);
+    let (Some(id), Some(proxy), Some(status)) = (
+        text_at(p, "/id"),
+        text_at(p, "/from/phone_number").and_then(|n| E164::parse_syntax(n).ok()),
+        text_at(p, "/to/0/status"),
+    ) else {
+        return accepted();
+    };
+    match outbound::delivery_report(&state.broker, PROVIDER, id, &proxy, status, last).await {
+        Ok(_) => accepted(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+// ---- sending
+
+/// Sends a text through `POST {HUSH_TELNYX_API_BASE}/v2/messages`.
+pub async fn send(
+    http: &reqwest::Client,
+    providers: &Providers,
+    msg: &OutboundSms,
+) -> Result<(), SendError> {
+    post_message(http, providers, msg).await.map(|_| ())
+}
+
+/// As [`send`], returning Telnyx's id for the message (its delivery reports name it).
+/// 2xx is sent; 429, 5xx and transport failures are worth retrying; other answers refuse
+/// the text for good.
+pub async fn post_message(
+    http: &reqwest::Client,
+    providers: &Providers,
+    msg: &OutboundSms,
+) -> Result<Option<String>, SendError> {
+    let Some(key) = providers.telnyx_api_key.as_ref() else {
+        return Err(SendError::Permanent(
+            "HUSH_TELNYX_API_KEY is not set".into(),
+        ));
+    };
+    let mut body = json!({
+        "from": msg.from.reveal(),
+        "to": msg.to.reveal(),
+        "text": msg.text,
+    });
+    if !msg.media.is_empty() {
+        body["media_urls"] = json!(msg.media);
+        if msg.text.is_empty() {
+            // A picture without words: Telnyx takes an MMS without text, not with an empty one.
+            body.as_object_mut().map(|o| o.remove("text"));
+        }
+    }
+    let resp = http
+        .post(format!("{}/v2/messages", providers.telnyx_api_base))
+        .bearer_auth(key.expose())
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| {
+            SendError::Retry(if e.is_timeout() {
+                "the Telnyx API did not answer in time".into()
+            } else {
+                "the Telnyx API could not be reached".into()
+            })
+        })?;
+    let status = resp.status();
+    if status.is_success() {
+        let id = resp
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| text_at(&v, "/data/id").map(str::to_string));
+        return Ok(id);
+    }
+    // The error body is not kept: Telnyx may quote the numbers back.
+    let why = format!("the Telnyx API answered HTTP {}", status.as_u16());
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        Err(SendError::Retry(why))
+    } else {
+        Err(SendError::Permanent(why))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    /// Telnyx publishes no fixed vector; this one signs a `message.received` event with the
+    /// RFC 8032 section 7.1 TEST 1 key. Its timestamp is old: freshness is checked apart.
+    fn vector() -> Value {
+        json!({
+            "public_key_base64": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+            "timestamp": "1700000000",
+            "body": "{\"data\":{\"event_type\":\"message.received\",\"id\":\"0ccc7b54-4df3-4bca-a65a-3da1ecc777f0\",\"payload\":{\"text\":\"hi\"},\"record_type\":\"event\"}}",
+            "signature": "njOXZj9fT7eiCPS0HwnfY1JA+rQSGe9A89Wh6cmNScV3Kh6SPD8oBCd6g+1y0s7un5cpScI9EmSrDw8GUtq4BA=="
+        })
+    }
+
+    /// RFC 8032 section 7.1, TEST 1: the secret key behind the vector's public key.
+    fn rfc8032_key() -> SigningKey {
+        let hex = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+        let bytes: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        SigningKey::from_bytes(&bytes.try_into().unwrap())
+    }
+
+    fn sign(ts: &str, body: &str) -> String {
+        B64.encode(
+            rfc8032_key()
+                .sign(format!("{ts}|{body}").as_bytes())
+                .to_bytes(),
+        )
+    }
+
+    #[test]
+    fn the_published_vector_verifies() {
+        let v = vector();
+        let s = |k: &str| v[k].as_str().unwrap().to_string();
+        let (key, ts, body, sig) = (
+            s("public_key_base64"),
+            s("timestamp"),
+            s("body"),
+            s("signature"),
+        );
+        assert!(verify(&key, &ts, &sig, body.as_bytes(), None));
+        assert_eq!(
+            B64.encode(rfc8032_key().verifying_key().to_bytes()),
+            key,
+            "the vector's key is RFC 8032's"
+        );
+        assert_eq!(sign(&ts, &body), sig);
+        // One changed byte anywhere fails.
+        let tampered = body.replace("\"hi\"", "\"hI\"");
+        assert!(!verify(&key, &ts, &sig, tampered.as_bytes(), None));
+        assert!(!verify(&key, "1700000001", &sig, body.as_bytes(), None));
+        let mut other = B64.decode(&sig).unwrap();
+        other[0] ^= 1;
+        assert!(!verify(
+            &key,
+            &ts,
+            &B64.encode(other),
+            body.as_bytes(),
+            None
+        ));
+        // Another key, and keys or signatures that are not Ed25519 at all.
+        let wrong = B64.encode(SigningKey::from_bytes(&[7; 32]).verifying_key().to_bytes());
+        assert!(!verify(&wrong, &ts, &sig, body.as_bytes(), None));
+        assert!(!verify("not base64!", &ts, &sig, body.as_bytes(), None));
+        assert!(!verify(&key, &ts, "c2hvcnQ=", body.as_bytes(), None));
+        assert!(!verify(&key, "", &sig, body.as_bytes(), None));
+    }
+
+    #[test]
+    fn stale_and_future_timestamps_are_replays() {
+        let key = B64.encode(rfc8032_key().verifying_key().to_bytes());
+        let body = r#"{"data":{}}"#;
+        let now = 1_800_000_000i64;
+        for (age, ok) in [
+            (0, true),
+            (300, true),
+            (-300, true),
+            (301, false),
+            (-301, false),
+        ] {
+            let ts = (now - age).to_string();
+            assert_eq!(
+                verify(&key, &ts, &sign(&ts, body), body.as_bytes(), Some(now)),
+                ok,
+                "a timestamp {age} s old"
+            );
+        }
+        // The vector itself is years old.
+        let v = vector();
+        let s = |k: &str| v[k].as_str().unwrap().to_string();
+        assert!(!verify(
+            &s("public_key_base64"),
+            &s("timestamp"),
+            &s("signature"),
+            s("body").as_bytes(),
+            Some(now)
+        ));
+    }
+
+    #[test]
+    fn received_events_parse() {
+        let event = json!({ "data": {
+            "event_type": "message.received", "id": "evt-1",
+            "payload": {
+                "id": "msg-1", "direction": "inbound", "text": "a <b> & 😀",
+                "from": { "phone_number": "+14155550100" },
+                "to": [{ "phone_number": "+12015550100", "status": "webhook_delivered" }],
+                "media": [{ "url": "https://m.example/1.jpg", "content_type": "image/jpeg" },
+                          { "url": "https://m.example/2.png" }]
+            } } });
+        let m = parse_received(&event).unwrap();
+        assert_eq!(m.id, "msg-1");
+        assert_eq!(m.from.as_deref(), Some("+14155550100"));
+        assert_eq!(m.to, "+12015550100");
+        assert_eq!(m.text, "a <b> & 😀");
+        assert_eq!(m.media.len(), 2);
+        // No payload id: the event's; no text: empty.
+        let bare = json!({ "data": { "event_type": "message.received", "id": "evt-2",
+            "payload": { "to": [{ "phone_number": "+12015550100" }], "text": null } } });
+        let m = parse_received(&bare).unwrap();
+        assert_eq!(
+            (m.id.as_str(), m.text.as_str(), m.from),
+            ("evt-2", "", None)
+        );
+        let sent = json!({ "data": { "event_type": "message.sent", "payload": {} } });
+        assert!(parse_received(&sent).is_none());
+    }
+
+    #[test]
+    fn texml_answers_escape_what_they_carry() {
+        let n = |s: &str| E164::parse_syntax(s).unwrap();
+        let connect = Decision::Connect {
+            session_id: "s".into(),
+            caller_id: n("+12015550100"),
+            to: n("+14155550101"),
+        };
+        assert_eq!(
+            render_call(Some(&connect)),
+            format!(
+                "{XML_HEAD}<Response><Dial callerId=\"+12015550100\"><Number>+14155550101\
+                 </Number></Dial></Response>"
+            )
+        );
+        let say = Decision::Announce {
+            message: "Ended <now> & \"done\"".into(),
+        };
+        assert!(render_call(Some(&say)).ends_with(
+            "<Response><Say>Ended &lt;now&gt; &amp; &quot;done&quot;</Say><Hangup/></Response>"
+        ));
+        assert!(render_call(None).ends_with("<Response><Reject/></Response>"));
+    }
 }

@@ -1,14 +1,1016 @@
-//! The vonage dialect: verify, parse, render.
+//! The Vonage dialect. Voice webhooks (answer, event) carry a JWT signed HS256 with the
+//! account's signature secret and are answered with NCCO JSON; inbound SMS carry a `sig`
+//! parameter made with the account's signature method, are answered `204` at once, and the
+//! relayed text leaves later through Vonage's SMS API ([`send`], called by the outbound
+//! queue). Vonage writes numbers as digits without `+`, in both directions.
 
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use hmac::{Hmac, Mac};
+use md5::Md5;
+use serde_json::{Value, json};
+use sha1::Sha1;
+use sha2::{Digest, Sha256, Sha512};
 
-use crate::api::AppState;
+use super::outbound::{OutboundSms, SendError, Via};
+use super::{Webhook, forbidden, param, same};
+use crate::api::{ApiError, AppState, scrub};
+use crate::broker::{BrokerError, Decision};
 use crate::config::Providers;
+use crate::domain::E164;
+use crate::domain::session::Kind;
 
-pub fn enabled(_: &Providers) -> bool {
-    false
+/// How far a signed timestamp may be from our clock. Vonage signs the `timestamp` of an
+/// inbound SMS so a captured request cannot be replayed later; five minutes leaves room for
+/// clock skew and delivery delays.
+const MAX_SKEW_SECS: i64 = 300;
+
+/// A voice token signed longer ago than this is refused as a replay: Vonage signs each
+/// webhook as it sends it, and every callback of a call comes within hours of its start.
+const MAX_TOKEN_AGE_SECS: i64 = 24 * 3600;
+
+/// JWT segments are base64url; tolerate padding, which some signers leave in.
+const B64URL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Vonage is enabled when its signature secret is set: both kinds of webhook are signed
+/// with it, so without it nothing could be verified.
+pub fn enabled(p: &Providers) -> bool {
+    p.vonage_signature_secret
+        .as_ref()
+        .is_some_and(|s| !s.expose().is_empty())
 }
 
+/// `answer_url` and `event_url` of the Vonage application, and the account's inbound SMS
+/// webhook. Answer and SMS may be configured as GET or POST in Vonage's dashboard.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/hooks/vonage/answer", get(answer).post(answer))
+        .route("/hooks/vonage/event", post(event))
+        .route("/hooks/vonage/sms", get(sms).post(sms))
+}
+
+// ---- handlers
+
+/// An inbound call was answered by Vonage, which asks what to do with it.
+/// <https://developer.vonage.com/en/voice/voice-api/webhook-reference#answer-webhook>
+async fn answer(
+    State(s): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let w = match webhook(&s, method, &uri, headers, body) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(reason) = check_voice(&s, &w) {
+        tracing::debug!(?reason, "vonage answer webhook refused");
+        return forbidden();
+    }
+    let Some(p) = params(&w) else {
+        return ApiError::InvalidRequest("the webhook parameters could not be read".into())
+            .into_response();
+    };
+    // A `to` that is no number (a SIP or app endpoint) is no pool's number either.
+    let Some(to) = number(param(&p, "to")) else {
+        return ncco(reject());
+    };
+    // Withheld callers come as `Unknown`, `Restricted` or nothing: they hold no route and
+    // hear the out-of-session message.
+    let from = number(param(&p, "from"));
+    let uuid = param(&p, "uuid").unwrap_or_default();
+    match s
+        .broker
+        .relay("vonage", uuid, from.as_ref(), &to, Kind::Voice)
+        .await
+    {
+        Ok(outcome) => ncco(voice_ncco(&outcome.decision)),
+        Err(BrokerError::NumberNotFound(_)) => ncco(reject()),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Call progress. Only the inbound leg is the interaction hush recorded (its `uuid` is the
+/// one the answer webhook carried); the leg hush's `connect` placed has a uuid of its own.
+/// <https://developer.vonage.com/en/voice/voice-api/webhook-reference#event-webhook>
+async fn event(
+    State(s): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let w = match webhook(&s, method, &uri, headers, body) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(reason) = check_voice(&s, &w) {
+        tracing::debug!(?reason, "vonage event webhook refused");
+        return forbidden();
+    }
+    let Some(p) = params(&w) else {
+        return ApiError::InvalidRequest("the webhook parameters could not be read".into())
+            .into_response();
+    };
+    // Other events (recordings, input, transfers) carry no call status: nothing to update.
+    let (Some(uuid), Some(raw)) = (param(&p, "uuid"), param(&p, "status")) else {
+        return no_content();
+    };
+    if param(&p, "direction") == Some("outbound") || !is_provider_ref(uuid) {
+        return no_content();
+    }
+    let Some((status, last)) = call_status(raw) else {
+        return no_content();
+    };
+    let Some(proxy) = number(param(&p, "to")) else {
+        return no_content();
+    };
+    let duration = last
+        .then(|| param(&p, "duration").and_then(|d| d.trim().parse::<u32>().ok()))
+        .flatten();
+    match s
+        .broker
+        .interaction_status("vonage", uuid, &proxy, &status, duration, last)
+        .await
+    {
+        Ok(_) => no_content(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// An inbound text. Answered `204` as soon as the text to send is recorded; Vonage
+/// resends for 24 hours anything not answered 200/204, and a resent message has the same
+/// `messageId`, so it is relayed once.
+/// <https://developer.vonage.com/en/messaging/sms/guides/inbound-sms>
+///
+/// Long texts reach hush as several webhooks (`concat`, `concat-ref`, `concat-part`), each
+/// with its own `messageId`. Reassembling them would need state shared by every instance,
+/// which a dialect does not hold, so each part is relayed as it comes; phones show the
+/// parts as separate texts, in the order the network delivers them.
+async fn sms(
+    State(s): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let w = match webhook(&s, method, &uri, headers, body) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
+    // Parameters must be read to check their signature, but nothing in them is used first.
+    let Some(p) = params(&w) else {
+        return forbidden();
+    };
+    let providers = &s.config.providers;
+    let secret = providers
+        .vonage_signature_secret
+        .as_ref()
+        .map(|s| s.expose().as_bytes())
+        .unwrap_or_default();
+    let now = s.broker.now_ms().div_euclid(1000);
+    if let Err(reason) = verify_sms(&p, &providers.vonage_signature_method, secret, now) {
+        tracing::debug!(?reason, "vonage sms webhook refused");
+        return forbidden();
+    }
+    // Delivery receipts, if pointed here, and binary messages carry no `text`: not a text
+    // between participants.
+    let (Some(id), Some(text)) = (param(&p, "messageId"), param(&p, "text")) else {
+        return no_content();
+    };
+    if param(&p, "type") == Some("binary") {
+        return no_content();
+    }
+    let Some(to) = number(param(&p, "to")) else {
+        return no_content();
+    };
+    let from = number(param(&p, "msisdn"));
+    let outcome = match s
+        .broker
+        .relay("vonage", id, from.as_ref(), &to, Kind::Sms)
+        .await
+    {
+        Ok(o) => o,
+        Err(BrokerError::NumberNotFound(_)) => return no_content(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let outbound = |from: E164, to: E164, text: String| OutboundSms {
+        via: Via::Vonage,
+        from,
+        to,
+        text,
+        media: Vec::new(),
+        key: format!("vonage:{id}"),
+    };
+    let msg = match outcome.decision {
+        Decision::Relay { from, to, .. } => Some(outbound(from, to, text.to_string())),
+        // The pool's message goes back from the number the stranger texted.
+        Decision::Announce { message } => from.map(|sender| outbound(to, sender, message)),
+        Decision::Connect { .. } => None,
+    };
+    // Enqueued even when this is a resent webhook: if the first attempt failed after the
+    // broker recorded it, this is the text's only chance, and the queue keeps one text per
+    // key, so nothing goes out twice.
+    if let Some(msg) = msg
+        && let Err(e) = super::outbound::enqueue(&s.broker, msg).await
+    {
+        return ApiError::from(e).into_response();
+    }
+    no_content()
+}
+
+// ---- requests
+
+/// The request as signed, with the body read whole (up to the API's body limit).
+fn webhook(
+    s: &AppState,
+    method: Method,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Webhook, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::InvalidRequest("the body could not be read".into())
+        }
+    })?;
+    Ok(Webhook::new(
+        &s.config.public_url(),
+        method,
+        uri,
+        headers,
+        body,
+    ))
+}
+
+/// The parameters of a webhook, whichever way Vonage sent them: the query of a GET, the JSON
+/// object of a POST-JSON, or the form of a POST. `None` when a body does not parse.
+/// JSON scalars other than strings are taken as their JSON text (`1`, `true`).
+fn params(w: &Webhook) -> Option<Vec<(String, String)>> {
+    if w.method == Method::GET {
+        return Some(w.query());
+    }
+    let is_json = w
+        .header(header::CONTENT_TYPE.as_str())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Some(w.form());
+    }
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&w.body) else {
+        return None;
+    };
+    Some(
+        map.into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k, s)),
+                Value::Number(_) | Value::Bool(_) => Some((k, v.to_string())),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// A number as Vonage writes it (`14155550123`, sometimes with `+`) in E.164 form. Only the
+/// form is checked, as routing does: an unknown number simply matches nothing.
+fn number(raw: Option<&str>) -> Option<E164> {
+    let raw = raw?.trim();
+    let digits = raw.strip_prefix('+').unwrap_or(raw);
+    E164::parse_syntax(&format!("+{digits}")).ok()
+}
+
+/// The same shape the broker accepts for a provider reference: a call uuid is fine, a key
+/// fragment is not.
+fn is_provider_ref(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+// ---- NCCO
+
+fn ncco(actions: Value) -> Response {
+    axum::Json(actions).into_response()
+}
+
+/// A call to a number of no pool. An NCCO ends the call when its last action ends, so an
+/// NCCO without actions hangs up at once, without a word: hush does not announce itself
+/// to callers it has nothing for.
+/// <https://developer.vonage.com/en/voice/voice-api/ncco-reference>
+fn reject() -> Value {
+    json!([])
+}
+
+/// The NCCO of a routing decision. `connect` dials the other party showing the proxy number
+/// (`from`); `talk` speaks the pool's message, after which the NCCO ends and so does the call.
+fn voice_ncco(decision: &Decision) -> Value {
+    match decision {
+        Decision::Connect { caller_id, to, .. } => json!([{
+            "action": "connect",
+            "from": caller_id.reveal_digits(),
+            "endpoint": [{ "type": "phone", "number": to.reveal_digits() }],
+        }]),
+        Decision::Announce { message } => json!([{ "action": "talk", "text": message }]),
+        Decision::Relay { .. } => reject(),
+    }
+}
+
+/// A Vonage call status as an interaction status (the vocabulary the API documents, shared
+/// by every provider) and whether it is final. `None` for statuses that are not about the
+/// call's progress (answering-machine detection).
+/// <https://developer.vonage.com/en/voice/voice-api/guides/call-flow#event-objects>
+fn call_status(raw: &str) -> Option<(String, bool)> {
+    let raw = raw.trim().to_ascii_lowercase();
+    let (status, last) = match raw.as_str() {
+        "" | "machine" | "human" => return None,
+        "answered" => ("in-progress", false),
+        "timeout" | "unanswered" => ("no-answer", true),
+        "cancelled" => ("canceled", true),
+        "completed" | "busy" | "failed" | "rejected" => (raw.as_str(), true),
+        other => (other, false),
+    };
+    Some((status.replace(['_', ' '], "-"), last))
+}
+
+// ---- voice signatures
+
+/// Why a voice webhook's token was refused. Logged at debug level; the caller sees 403.
+#[derive(Debug, PartialEq, Eq)]
+enum TokenError {
+    Missing,
+    Malformed,
+    Algorithm,
+    Signature,
+    Expired,
+    NotYetValid,
+    PayloadHash,
+}
+
+/// Checks the `Authorization: Bearer` token of a voice webhook against the request.
+fn check_voice(s: &AppState, w: &Webhook) -> Result<(), TokenError> {
+    let secret = s
+        .config
+        .providers
+        .vonage_signature_secret
+        .as_ref()
+        .map(|s| s.expose().as_bytes())
+        .unwrap_or_default();
+    let token = w
+        .header(header::AUTHORIZATION.as_str())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        })
+        .ok_or(TokenError::Missing)?;
+    let now = s.broker.now_ms().div_euclid(1000);
+    if w.method == Method::GET {
+        // A GET has no body. Vonage's support notes say its `payload_hash`, when present,
+        // covers the query parameters as a compact JSON object, in the order sent:
+        // https://api.support.vonage.com/hc/en-us/articles/19033783342876
+        verify_token(token, secret, now, query_json(&w.query()).as_bytes(), false)
+    } else {
+        verify_token(token, secret, now, &w.body, !w.body.is_empty())
+    }
+}
+
+/// `{"k":"v",...}` with no whitespace, keys in the order given.
+fn query_json(params: &[(String, String)]) -> String {
+    let quote = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    let fields: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{}:{}", quote(k), quote(v)))
+        .collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+/// Verifies a Vonage webhook JWT: HS256 only (a token naming any other algorithm, `none`
+/// included, is refused before its signature is looked at), signature compared in constant
+/// time, `exp`/`nbf`/`iat` sane against `now` (unix seconds), and `payload_hash` equal to the
+/// SHA-256 hex of `payload`, required when `hash_required` and checked whenever present.
+/// <https://developer.vonage.com/en/getting-started/concepts/webhooks#decoding-signed-webhooks>
+fn verify_token(
+    token: &str,
+    secret: &[u8],
+    now: i64,
+    payload: &[u8],
+    hash_required: bool,
+) -> Result<(), TokenError> {
+    let mut parts = token.split('.');
+    let (Some(head), Some(body), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let object = |segment: &str| -> Result<serde_json::Map<String, Value>, TokenError> {
+        let bytes = B64URL.decode(segment).map_err(|_| TokenError::Malformed)?;
+        match serde_json::from_slice(&bytes) {
+            Ok(Value::Object(map)) => Ok(map),
+            _ => Err(TokenError::Malformed),
+        }
+    };
+    let header = object(head)?;
+    if header.get("alg").and_then(Value::as_str) != Some("HS256") {
+        return Err(TokenError::Algorithm);
+    }
+    let sig = B64URL.decode(sig).map_err(|_| TokenError::Malformed)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(head.as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    if !same(&mac.finalize().into_bytes(), &sig) {
+        return Err(TokenError::Signature);
+    }
+    let claims = object(body)?;
+    let time = |name: &str| -> Result<Option<i64>, TokenError> {
+        match claims.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .or_else(|| v.as_f64().map(|f| f as i64))
+                .map(Some)
+                .ok_or(TokenError::Malformed),
+        }
+    };
+    if let Some(exp) = time("exp")?
+        && exp + MAX_SKEW_SECS < now
+    {
+        return Err(TokenError::Expired);
+    }
+    if let Some(nbf) = time("nbf")?
+        && nbf - MAX_SKEW_SECS > now
+    {
+        return Err(TokenError::NotYetValid);
+    }
+    if let Some(iat) = time("iat")? {
+        if iat - MAX_SKEW_SECS > now {
+            return Err(TokenError::NotYetValid);
+        }
+        if iat + MAX_TOKEN_AGE_SECS < now {
+            return Err(TokenError::Expired);
+        }
+    }
+    match claims.get("payload_hash") {
+        None | Some(Value::Null) if !hash_required => Ok(()),
+        Some(Value::String(claimed)) => {
+            let actual = hex(&Sha256::digest(payload));
+            if same(claimed.to_ascii_lowercase().as_bytes(), actual.as_bytes()) {
+                Ok(())
+            } else {
+                Err(TokenError::PayloadHash)
+            }
+        }
+        _ => Err(TokenError::PayloadHash),
+    }
+}
+
+// ---- SMS signatures
+
+/// Why a signed SMS was refused. Logged at debug level; the caller sees 403.
+#[derive(Debug, PartialEq, Eq)]
+enum SmsSigError {
+    Missing,
+    Malformed,
+    Signature,
+    Stale,
+}
+
+/// Checks the `sig` of an inbound SMS, then its `timestamp` (unix seconds) against `now`.
+/// A parameter sent twice is refused: the signature covers one value per name, and which
+/// one a reader takes would be up to the reader.
+/// <https://developer.vonage.com/en/getting-started/concepts/signing-messages>
+fn verify_sms(
+    params: &[(String, String)],
+    method: &str,
+    secret: &[u8],
+    now: i64,
+) -> Result<(), SmsSigError> {
+    let mut names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err(SmsSigError::Malformed);
+    }
+    let sig = param(params, "sig").ok_or(SmsSigError::Missing)?;
+    let expected = sms_signature(method, secret, params).ok_or(SmsSigError::Malformed)?;
+    // Vonage's SDKs lower-case the received signature before comparing.
+    if !same(
+        sig.trim().to_ascii_lowercase().as_bytes(),
+        expected.as_bytes(),
+    ) {
+        return Err(SmsSigError::Signature);
+    }
+    let ts = param(params, "timestamp")
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .ok_or(SmsSigError::Stale)?;
+    if (now - ts).abs() > MAX_SKEW_SECS {
+        return Err(SmsSigError::Stale);
+    }
+    Ok(())
+}
+
+/// The signature Vonage computes over a request's parameters, as its SDKs do: every
+/// parameter but `sig`, sorted by name, written `&name=value` with `&` and `=` in values
+/// replaced by `_`; then `md5hash` is the MD5 of that text followed by the secret, and the
+/// other methods are an HMAC of the text keyed with the secret. Lower-case hex; `None` for
+/// an unknown method (the configuration refuses those at start-up).
+fn sms_signature(method: &str, secret: &[u8], params: &[(String, String)]) -> Option<String> {
+    let mut sorted: Vec<&(String, String)> = params.iter().filter(|(k, _)| k != "sig").collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut text = String::new();
+    for (k, v) in sorted {
+        text.push('&');
+        text.push_str(k);
+        text.push('=');
+        text.push_str(&v.replace(['&', '='], "_"));
+    }
+    let text = text.as_bytes();
+    let digest = match method {
+        "md5hash" => {
+            let mut h = Md5::new();
+            h.update(text);
+            h.update(secret);
+            h.finalize().to_vec()
+        }
+        "md5" => keyed::<Hmac<Md5>>(secret, text),
+        "sha1" => keyed::<Hmac<Sha1>>(secret, text),
+        "sha256" => keyed::<Hmac<Sha256>>(secret, text),
+        "sha512" => keyed::<Hmac<Sha512>>(secret, text),
+        _ => return None,
+    };
+    Some(hex(&digest))
+}
+
+fn keyed<M: Mac + hmac::digest::KeyInit>(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut mac =
+        <M as hmac::digest::KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---- sending
+
+/// Sends one text through Vonage's SMS API, from the proxy number to the other party.
+/// `type=unicode` keeps any character intact (Vonage would otherwise take the text as GSM-7
+/// and mangle emoji); Vonage splits a long text into parts itself.
+/// <https://developer.vonage.com/en/api/sms#send-an-sms>
+///
+/// Time limits are `http`'s own: the queue sets them to fit its leases.
+/// Timeouts, unreachable hosts, HTTP 429 and 5xx are worth retrying; so are the statuses
+/// Vonage documents as transient (throttled, internal error, too many binds). Anything else
+/// is refused for good, and so is a text Vonage accepted only some parts of: sending it again
+/// would repeat the parts already on their way.
+pub async fn send(
+    http: &reqwest::Client,
+    p: &Providers,
+    msg: &OutboundSms,
+) -> Result<(), SendError> {
+    let (Some(key), Some(secret)) = (&p.vonage_api_key, &p.vonage_api_secret) else {
+        return Err(SendError::Permanent(
+            "HUSH_VONAGE_API_KEY and HUSH_VONAGE_API_SECRET must be set to send texts".into(),
+        ));
+    };
+    let form = [
+        ("api_key", key.expose().as_str()),
+        ("api_secret", secret.expose().as_str()),
+        ("from", msg.from.reveal_digits()),
+        ("to", msg.to.reveal_digits()),
+        ("text", msg.text.as_str()),
+        ("type", "unicode"),
+    ];
+    let resp = http
+        .post(format!("{}/sms/json", p.vonage_api_base))
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| SendError::Retry(format!("Vonage SMS API: {}", e.without_url())))?;
+    let status = resp.status();
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        return Err(SendError::Retry(format!(
+            "Vonage SMS API answered HTTP {status}"
+        )));
+    }
+    if !status.is_success() {
+        return Err(SendError::Permanent(format!(
+            "Vonage SMS API answered HTTP {status}"
+        )));
+    }
+    // A 2xx without the documented body is not an acceptance, and most likely came from
+    // something in between rather than from Vonage.
+    let body: Value = resp.json().await.map_err(|e| {
+        SendError::Retry(format!(
+            "Vonage SMS API answer unreadable: {}",
+            e.without_url()
+        ))
+    })?;
+    outcome(&body)
+}
+
+/// Reads the `messages[].status` of an SMS API answer: `"0"` for each part is success.
+/// <https://developer.vonage.com/en/messaging/sms/guides/troubleshooting-sms>
+fn outcome(body: &Value) -> Result<(), SendError> {
+    let Some(parts) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
+        return Err(SendError::Retry(
+            "Vonage SMS API answer holds no message status".into(),
+        ));
+    };
+    let code = |m: &Value| match &m["status"] {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    let accepted = parts.iter().filter(|m| code(m) == "0").count();
+    let Some(failed) = parts.iter().find(|m| code(m) != "0") else {
+        return Ok(());
+    };
+    // Error texts are Vonage's words, but scrubbed in case one quotes a number.
+    let why = format!(
+        "Vonage SMS status {}: {}",
+        code(failed),
+        scrub(failed["error-text"].as_str().unwrap_or("no error text"))
+    );
+    if accepted > 0 {
+        return Err(SendError::Permanent(format!(
+            "{why} ({accepted} of {} parts accepted)",
+            parts.len()
+        )));
+    }
+    let transient = |m: &Value| matches!(code(m).as_str(), "1" | "5" | "10");
+    if parts.iter().all(transient) {
+        Err(SendError::Retry(why))
+    } else {
+        Err(SendError::Permanent(why))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    // The published vector (vonage-python-sdk's signature tests): secret `secret`,
+    // parameters a=1, b=2, timestamp=1461605396, one expected `sig` per method.
+    const VECTOR_SECRET: &[u8] = b"secret";
+    const VECTOR_TS: i64 = 1_461_605_396;
+    const VECTORS: &[(&str, &str)] = &[
+        ("md5hash", "6af838ef94998832dbfc29020b564830"),
+        ("md5", "c15c21ced558c93a226c305f58f902f2"),
+        ("sha1", "3e19a4e6880fdc2c1426bfd0587c98b9532f0210"),
+        (
+            "sha256",
+            "a321e824b9b816be7c3f28859a31749a098713d39f613c80d455bbaffae1cd24",
+        ),
+        (
+            "sha512",
+            "812a18f76680fa0fe1b8bd9ee1625466ceb1bd96242e4d050d2cfd9a7b40166c63ed26ec9702168781b6edcf1633db8ff95af9341701004eec3fcf9550572ee8",
+        ),
+    ];
+
+    fn vector_params() -> Vec<(String, String)> {
+        // Out of order on purpose: signing sorts.
+        pairs(&[("timestamp", "1461605396"), ("b", "2"), ("a", "1")])
+    }
+
+    #[test]
+    fn sms_signatures_match_the_published_vectors() {
+        for (method, expected) in VECTORS {
+            assert_eq!(
+                sms_signature(method, VECTOR_SECRET, &vector_params()).as_deref(),
+                Some(*expected),
+                "method {method}"
+            );
+        }
+        assert_eq!(
+            sms_signature("crc32", VECTOR_SECRET, &vector_params()),
+            None
+        );
+    }
+
+    #[test]
+    fn sms_verification_accepts_every_vector_in_any_case() {
+        for (method, sig) in VECTORS {
+            let mut p = vector_params();
+            p.push(("sig".into(), sig.to_string()));
+            assert_eq!(
+                verify_sms(&p, method, VECTOR_SECRET, VECTOR_TS + 10),
+                Ok(())
+            );
+            let mut upper = vector_params();
+            upper.push(("sig".into(), sig.to_ascii_uppercase()));
+            assert_eq!(verify_sms(&upper, method, VECTOR_SECRET, VECTOR_TS), Ok(()));
+        }
+    }
+
+    #[test]
+    fn sms_verification_refuses_what_it_must() {
+        let (method, sig) = VECTORS[3];
+        let signed = |extra: &[(&str, &str)]| {
+            let mut p = vector_params();
+            p.extend(pairs(extra));
+            p
+        };
+        let now = VECTOR_TS;
+        assert_eq!(
+            verify_sms(&vector_params(), method, VECTOR_SECRET, now),
+            Err(SmsSigError::Missing)
+        );
+        assert_eq!(
+            verify_sms(&signed(&[("sig", sig)]), method, b"other", now),
+            Err(SmsSigError::Signature)
+        );
+        assert_eq!(
+            verify_sms(&signed(&[("sig", sig)]), "sha1", VECTOR_SECRET, now),
+            Err(SmsSigError::Signature)
+        );
+        assert_eq!(
+            verify_sms(
+                &signed(&[("sig", sig), ("c", "3")]),
+                method,
+                VECTOR_SECRET,
+                now
+            ),
+            Err(SmsSigError::Signature)
+        );
+        assert_eq!(
+            verify_sms(
+                &signed(&[("sig", sig), ("a", "1")]),
+                method,
+                VECTOR_SECRET,
+                now
+            ),
+            Err(SmsSigError::Malformed)
+        );
+        for late in [VECTOR_TS + MAX_SKEW_SECS + 1, VECTOR_TS - MAX_SKEW_SECS - 1] {
+            assert_eq!(
+                verify_sms(&signed(&[("sig", sig)]), method, VECTOR_SECRET, late),
+                Err(SmsSigError::Stale)
+            );
+        }
+    }
+
+    #[test]
+    fn sms_values_have_their_separators_replaced() {
+        // `&` and `=` in a value are signed as `_`, so these two sign alike.
+        let a = pairs(&[("text", "a&b=c"), ("timestamp", "1")]);
+        let b = pairs(&[("text", "a_b_c"), ("timestamp", "1")]);
+        assert_eq!(
+            sms_signature("sha256", b"k", &a),
+            sms_signature("sha256", b"k", &b)
+        );
+    }
+
+    fn token(secret: &[u8], header: &Value, claims: &Value) -> String {
+        let head = B64URL.encode(header.to_string());
+        let body = B64URL.encode(claims.to_string());
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(format!("{head}.{body}").as_bytes());
+        let sig = B64URL.encode(mac.finalize().into_bytes());
+        format!("{head}.{body}.{sig}")
+    }
+
+    const NOW: i64 = 1_750_000_000;
+    const BODY: &[u8] = br#"{"from":"14155550100","to":"12015550100","uuid":"u-1"}"#;
+
+    fn hs256() -> Value {
+        json!({ "alg": "HS256", "typ": "JWT" })
+    }
+
+    fn claims(payload: &[u8]) -> Value {
+        json!({
+            "iat": NOW - 2,
+            "jti": "2c6d3b8e-0f1a-4d5e-9b7c-1a2b3c4d5e6f",
+            "iss": "Vonage",
+            "payload_hash": hex(&Sha256::digest(payload)),
+            "api_key": "abcd1234",
+            "application_id": "aaaaaaaa-bbbb-cccc-dddd-0123456789ab",
+        })
+    }
+
+    #[test]
+    fn a_valid_token_verifies() {
+        let t = token(b"s3cret", &hs256(), &claims(BODY));
+        assert_eq!(verify_token(&t, b"s3cret", NOW, BODY, true), Ok(()));
+        // Upper-case hex in the claim is the same hash.
+        let mut c = claims(BODY);
+        c["payload_hash"] = json!(c["payload_hash"].as_str().unwrap().to_ascii_uppercase());
+        let t = token(b"s3cret", &hs256(), &c);
+        assert_eq!(verify_token(&t, b"s3cret", NOW, BODY, true), Ok(()));
+    }
+
+    #[test]
+    fn a_token_under_another_secret_is_refused() {
+        let t = token(b"not-ours", &hs256(), &claims(BODY));
+        assert_eq!(
+            verify_token(&t, b"s3cret", NOW, BODY, true),
+            Err(TokenError::Signature)
+        );
+    }
+
+    #[test]
+    fn a_tampered_body_or_claim_is_refused() {
+        let t = token(b"s3cret", &hs256(), &claims(BODY));
+        let tampered = br#"{"from":"14155550199","to":"12015550100","uuid":"u-1"}"#;
+        assert_eq!(
+            verify_token(&t, b"s3cret", NOW, tampered, true),
+            Err(TokenError::PayloadHash)
+        );
+        // Swapping in claims with the tampered body's hash breaks the signature instead.
+        let (head, _, sig) = {
+            let mut it = t.split('.');
+            (it.next().unwrap(), it.next(), it.next().unwrap())
+        };
+        let forged = format!(
+            "{head}.{}.{sig}",
+            B64URL.encode(claims(tampered).to_string())
+        );
+        assert_eq!(
+            verify_token(&forged, b"s3cret", NOW, tampered, true),
+            Err(TokenError::Signature)
+        );
+        // A body with no hash to hold it to is refused.
+        let mut c = claims(BODY);
+        c.as_object_mut().unwrap().remove("payload_hash");
+        let t = token(b"s3cret", &hs256(), &c);
+        assert_eq!(
+            verify_token(&t, b"s3cret", NOW, BODY, true),
+            Err(TokenError::PayloadHash)
+        );
+        assert_eq!(verify_token(&t, b"s3cret", NOW, b"", false), Ok(()));
+    }
+
+    #[test]
+    fn only_hs256_is_accepted() {
+        let c = claims(BODY);
+        let unsigned = format!(
+            "{}.{}.",
+            B64URL.encode(json!({ "alg": "none" }).to_string()),
+            B64URL.encode(c.to_string())
+        );
+        assert_eq!(
+            verify_token(&unsigned, b"s3cret", NOW, BODY, true),
+            Err(TokenError::Algorithm)
+        );
+        for alg in ["HS512", "RS256", "hs256"] {
+            let t = token(b"s3cret", &json!({ "alg": alg }), &c);
+            assert_eq!(
+                verify_token(&t, b"s3cret", NOW, BODY, true),
+                Err(TokenError::Algorithm),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_times_are_checked() {
+        let with = |name: &str, value: i64| {
+            let mut c = claims(BODY);
+            c[name] = json!(value);
+            token(b"s3cret", &hs256(), &c)
+        };
+        let check = |t: String| verify_token(&t, b"s3cret", NOW, BODY, true);
+        assert_eq!(
+            check(with("exp", NOW - MAX_SKEW_SECS - 1)),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(check(with("exp", NOW + 60)), Ok(()));
+        assert_eq!(
+            check(with("nbf", NOW + MAX_SKEW_SECS + 1)),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            check(with("iat", NOW + MAX_SKEW_SECS + 1)),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            check(with("iat", NOW - MAX_TOKEN_AGE_SECS - 1)),
+            Err(TokenError::Expired)
+        );
+        let mut c = claims(BODY);
+        c["iat"] = json!("yesterday");
+        assert_eq!(
+            check(token(b"s3cret", &hs256(), &c)),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused() {
+        for t in ["", "a.b", "a.b.c.d", "!!.??.**", "e30.e30.e30"] {
+            assert!(
+                verify_token(t, b"s3cret", NOW, BODY, true).is_err(),
+                "{t:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_json_is_compact_and_ordered() {
+        let p = pairs(&[("to", "12015550100"), ("from", "1415\"55")]);
+        assert_eq!(query_json(&p), r#"{"to":"12015550100","from":"1415\"55"}"#);
+        assert_eq!(query_json(&[]), "{}");
+    }
+
+    #[test]
+    fn numbers_arrive_as_digits() {
+        let n = number(Some("14155550100")).unwrap();
+        assert_eq!(n.reveal(), "+14155550100");
+        assert_eq!(number(Some("+14155550100")), Some(n));
+        for bad in [
+            "",
+            "Unknown",
+            "Restricted",
+            "sip:alice@example.com",
+            "0123456789",
+        ] {
+            assert_eq!(number(Some(bad)), None, "{bad:?}");
+        }
+        assert_eq!(number(None), None);
+    }
+
+    #[test]
+    fn decisions_render_as_ncco() {
+        let proxy = E164::parse_syntax("+12015550100").unwrap();
+        let other = E164::parse_syntax("+14155550101").unwrap();
+        let connect = Decision::Connect {
+            session_id: "ses_x".into(),
+            caller_id: proxy,
+            to: other,
+        };
+        assert_eq!(
+            voice_ncco(&connect),
+            json!([{
+                "action": "connect",
+                "from": "12015550100",
+                "endpoint": [{ "type": "phone", "number": "14155550101" }],
+            }])
+        );
+        let announce = Decision::Announce {
+            message: "Ended <&> 😀".into(),
+        };
+        assert_eq!(
+            voice_ncco(&announce),
+            json!([{ "action": "talk", "text": "Ended <&> 😀" }])
+        );
+    }
+
+    #[test]
+    fn call_statuses_are_normalised() {
+        assert_eq!(call_status("ringing"), Some(("ringing".into(), false)));
+        assert_eq!(call_status("answered"), Some(("in-progress".into(), false)));
+        assert_eq!(call_status("completed"), Some(("completed".into(), true)));
+        assert_eq!(call_status("unanswered"), Some(("no-answer".into(), true)));
+        assert_eq!(call_status("timeout"), Some(("no-answer".into(), true)));
+        assert_eq!(call_status("cancelled"), Some(("canceled".into(), true)));
+        assert_eq!(call_status("BUSY"), Some(("busy".into(), true)));
+        assert_eq!(call_status("machine"), None);
+    }
+
+    #[test]
+    fn sms_api_answers_are_read() {
+        let ok =
+            json!({ "message-count": "2", "messages": [{ "status": "0" }, { "status": "0" }] });
+        assert!(outcome(&ok).is_ok());
+        let throttled = json!({ "messages": [{ "status": "1", "error-text": "Throttled" }] });
+        assert!(matches!(outcome(&throttled), Err(SendError::Retry(_))));
+        let internal = json!({ "messages": [{ "status": 5 }] });
+        assert!(matches!(outcome(&internal), Err(SendError::Retry(_))));
+        let refused = json!({ "messages": [{ "status": "4", "error-text": "Bad Credentials" }] });
+        assert!(matches!(outcome(&refused), Err(SendError::Permanent(_))));
+        let partly = json!({ "messages": [{ "status": "0" }, { "status": "1" }] });
+        assert!(matches!(outcome(&partly), Err(SendError::Permanent(_))));
+        assert!(matches!(outcome(&json!({})), Err(SendError::Retry(_))));
+        let quoting = json!({ "messages": [{ "status": "6", "error-text": "bad 14155550100" }] });
+        let Err(SendError::Permanent(text)) = outcome(&quoting) else {
+            panic!("status 6 is permanent");
+        };
+        assert!(!text.contains("14155550100"), "{text}");
+    }
 }

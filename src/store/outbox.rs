@@ -1,0 +1,215 @@
+//! The outbound text queue: texts hush must still send through a provider's API.
+//!
+//! Keys, all under the hash tag `{ox}` so each script touches one slot:
+//! - `<prefix>:{ox}:q` ZSET text id → time it may next be claimed (due time, or the end of
+//!   the lease of the worker holding it);
+//! - `<prefix>:{ox}:m:<id>` HASH: `b` the sealed text, `s` state (`q` queued, `d` done,
+//!   `f` failed), `n` claims so far, `l` the current lease token, `r` why it failed;
+//! - `<prefix>:{ox}:r:<provider>:<provider's message id>` STRING: the inbound reference a
+//!   sent text belongs to, so the provider's delivery reports find its interaction.
+//!
+//! Ids are keyed digests of the relayed text's key, so putting the same text twice is a
+//! no-op, and a done or failed record is kept (without its text) long enough to absorb a
+//! provider's webhook retries. A claim moves the text's score to the end of its lease and
+//! sets a fresh token: nobody else can claim it until the lease runs out, and only the token
+//! holder can settle it. A worker that dies holding a lease leaves the text to be claimed
+//! again when the lease ends: at least once, never lost.
+
+use std::sync::LazyLock;
+
+use redis::{Script, Value};
+
+use super::{Result, Store, StoreError, script, strings};
+
+struct Scripts {
+    put: Script,
+    claim: Script,
+    settle: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    put: script(include_str!("lua/outbox_put.lua")),
+    claim: script(include_str!("lua/outbox_claim.lua")),
+    settle: script(include_str!("lua/outbox_settle.lua")),
+});
+
+/// A text claimed by one worker until `lease_until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leased {
+    pub id: String,
+    /// Proves the lease; settling with another token does nothing.
+    pub token: String,
+    pub sealed: String,
+    /// How many times the text has been claimed, this claim included.
+    pub claims: u32,
+}
+
+/// How a claimed text leaves the worker's hands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle<'a> {
+    /// Sent: forget the text, keep the id for `keep_ms` so a retried webhook adds nothing.
+    Done { keep_ms: i64 },
+    /// Try again at `due` (ms).
+    Retry { due: i64 },
+    /// Not tried (the worker is stopping): due at once, and this claim does not count.
+    Release { due: i64 },
+    /// Given up: forget the text, keep the failure (`reason`) visible for `keep_ms`.
+    Failed { keep_ms: i64, reason: &'a str },
+}
+
+/// The common start of every outbox key; scripts derive their keys from it.
+fn tag(prefix: &str) -> String {
+    format!("{prefix}:{{ox}}:")
+}
+
+impl Store {
+    fn outbox_tag(&self) -> String {
+        tag(self.keys.prefix())
+    }
+
+    fn outbox_queue(&self) -> String {
+        format!("{}q", self.outbox_tag())
+    }
+
+    /// Queues a sealed text under `id`, due at `due`. False when the id was queued before
+    /// (whether it is still waiting, sent or failed).
+    pub async fn outbox_put(&self, id: &str, sealed: &str, due: i64) -> Result<bool> {
+        let added: i64 = SCRIPTS
+            .put
+            .key(self.outbox_queue())
+            .arg(self.outbox_tag())
+            .arg(id)
+            .arg(sealed)
+            .arg(due)
+            .invoke_async(&mut self.c())
+            .await?;
+        Ok(added == 1)
+    }
+
+    /// Claims up to `limit` texts due at `now` for `lease_ms`. Each gets a token made of
+    /// `token` and its position, so `token` must be unique per call.
+    pub async fn outbox_claim(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+        token: &str,
+    ) -> Result<Vec<Leased>> {
+        let reply: Value = SCRIPTS
+            .claim
+            .key(self.outbox_queue())
+            .arg(self.outbox_tag())
+            .arg(now)
+            .arg(lease_ms)
+            .arg(limit)
+            .arg(token)
+            .invoke_async(&mut self.c())
+            .await?;
+        let flat = strings(reply)?;
+        if flat.len() % 4 != 0 {
+            return Err(StoreError::Corrupt("outbox_claim reply"));
+        }
+        flat.chunks(4)
+            .map(|c| {
+                Ok(Leased {
+                    id: c[0].clone(),
+                    token: c[1].clone(),
+                    sealed: c[2].clone(),
+                    claims: c[3]
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt("outbox claim count"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Settles a claimed text. False when the lease was lost (another worker holds it now).
+    pub async fn outbox_settle(&self, id: &str, token: &str, how: Settle<'_>) -> Result<bool> {
+        let (op, at, reason) = match how {
+            Settle::Done { keep_ms } => ("done", keep_ms, ""),
+            Settle::Retry { due } => ("retry", due, ""),
+            Settle::Release { due } => ("release", due, ""),
+            Settle::Failed { keep_ms, reason } => ("failed", keep_ms, reason),
+        };
+        let changed: i64 = SCRIPTS
+            .settle
+            .key(self.outbox_queue())
+            .arg(self.outbox_tag())
+            .arg(id)
+            .arg(token)
+            .arg(op)
+            .arg(at)
+            .arg(reason)
+            .invoke_async(&mut self.c())
+            .await?;
+        Ok(changed == 1)
+    }
+
+    /// Remembers which inbound reference a provider's outbound message id belongs to.
+    pub async fn outbox_alias(
+        &self,
+        provider: &str,
+        message_id: &str,
+        reference: &str,
+        keep_ms: i64,
+    ) -> Result<()> {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}r:{provider}:{message_id}", self.outbox_tag()))
+            .arg(reference)
+            .arg("PX")
+            .arg(keep_ms)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(())
+    }
+
+    /// The inbound reference of a provider's outbound message id, if hush sent it.
+    pub async fn outbox_alias_of(
+        &self,
+        provider: &str,
+        message_id: &str,
+    ) -> Result<Option<String>> {
+        Ok(redis::cmd("GET")
+            .arg(format!("{}r:{provider}:{message_id}", self.outbox_tag()))
+            .query_async(&mut self.c())
+            .await?)
+    }
+
+    /// How many texts wait to be sent (due or leased).
+    pub async fn outbox_pending(&self) -> Result<u64> {
+        Ok(redis::cmd("ZCARD")
+            .arg(self.outbox_queue())
+            .query_async(&mut self.c())
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::keys::hash_slot;
+    use super::tag;
+
+    #[test]
+    fn outbox_keys_share_a_slot_and_scripts_derive_keys_from_the_tag() {
+        let tag = tag("hush");
+        assert!(tag.starts_with("hush:"));
+        let slot = hash_slot(&format!("{tag}q"));
+        for k in ["m:abc", "r:telnyx:40"] {
+            assert_eq!(hash_slot(&format!("{tag}{k}")), slot);
+        }
+        for body in [
+            include_str!("lua/outbox_put.lua"),
+            include_str!("lua/outbox_claim.lua"),
+            include_str!("lua/outbox_settle.lua"),
+        ] {
+            for (i, _) in body.match_indices("redis.call(") {
+                let call = &body[i..body[i..].find(')').map(|e| i + e).unwrap_or(body.len())];
+                let key_arg = call.split(',').nth(1).unwrap_or("").trim();
+                assert!(
+                    key_arg.starts_with("KEYS[") || key_arg == "m" || key_arg == "q",
+                    "script builds a key outside the outbox tag: {call}"
+                );
+            }
+        }
+    }
+}
