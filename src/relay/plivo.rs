@@ -6,10 +6,8 @@
 use std::collections::BTreeMap;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
@@ -151,53 +149,11 @@ fn verify(auth_token: &str, hook: &Webhook, params: &[(String, String)]) -> bool
     ok
 }
 
-/// Why a webhook is turned away before any of it is read.
-enum Refused {
-    /// The body is over the API's limit, so it cannot be verified.
-    TooLarge,
-    Unreadable,
-    Signature,
-}
-
-impl IntoResponse for Refused {
-    fn into_response(self) -> Response {
-        match self {
-            Refused::TooLarge => ApiError::PayloadTooLarge.into_response(),
-            Refused::Unreadable => {
-                ApiError::InvalidRequest("the body could not be read".into()).into_response()
-            }
-            Refused::Signature => forbidden(),
-        }
-    }
-}
-
-/// Reads the body and checks the signature before anything else looks at the request.
-fn accept(
-    s: &AppState,
-    method: Method,
-    uri: &Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(Webhook, Vec<(String, String)>), Refused> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Refused::TooLarge
-        } else {
-            Refused::Unreadable
-        }
-    })?;
-    let token = s
-        .config
-        .providers
-        .plivo_auth_token
-        .as_ref()
-        .ok_or(Refused::Signature)?;
-    let hook = Webhook::new(&s.config.public_url(), method, uri, headers, body);
+/// The form parameters of a webhook whose signature verifies; `None` for any other.
+fn accept(s: &AppState, hook: &Webhook) -> Option<Vec<(String, String)>> {
+    let token = s.config.providers.plivo_auth_token.as_ref()?;
     let params = hook.form();
-    if !verify(token.expose(), &hook, &params) {
-        return Err(Refused::Signature);
-    }
-    Ok((hook, params))
+    verify(token.expose(), hook, &params).then_some(params)
 }
 
 // ---- parsing
@@ -346,37 +302,17 @@ fn query_escape(text: &str) -> String {
 
 // ---- handlers
 
-async fn voice(
-    State(s): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    inbound(s, Kind::Voice, method, uri, headers, body).await
+async fn voice(State(s): State<AppState>, hook: Webhook) -> Response {
+    inbound(s, Kind::Voice, hook).await
 }
 
-async fn sms(
-    State(s): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    inbound(s, Kind::Sms, method, uri, headers, body).await
+async fn sms(State(s): State<AppState>, hook: Webhook) -> Response {
+    inbound(s, Kind::Sms, hook).await
 }
 
-async fn inbound(
-    s: AppState,
-    kind: Kind,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let params = match accept(&s, method, &uri, headers, body) {
-        Ok((_, params)) => params,
-        Err(refused) => return refused.into_response(),
+async fn inbound(s: AppState, kind: Kind, hook: Webhook) -> Response {
+    let Some(params) = accept(&s, &hook) else {
+        return forbidden();
     };
     let inbound = match parse(kind, &params) {
         Ok(Some(inbound)) => inbound,
@@ -502,16 +438,9 @@ fn is_final(status: &str) -> bool {
     )
 }
 
-async fn status(
-    State(s): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let (hook, params) = match accept(&s, method, &uri, headers, body) {
-        Ok(accepted) => accepted,
-        Err(refused) => return refused.into_response(),
+async fn status(State(s): State<AppState>, hook: Webhook) -> Response {
+    let Some(params) = accept(&s, &hook) else {
+        return forbidden();
     };
     let update = match parse_status(&params, &hook.query()) {
         Ok(Some(update)) => update,
@@ -540,6 +469,8 @@ async fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, Uri};
 
     // plivo-go utils_test.go TestValidateSignatureV3Pass1..4, the same logic as
     // plivo-python's signature_v3.py.

@@ -6,7 +6,6 @@
 //! `POST /v2/messages` by the outbound queue, so the provider never waits on a second API.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +16,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::{Value, json};
 
 use super::outbound::{self, OutboundSms, SendError, Via};
-use super::{forbidden, form_urlencoded, param, xml_escape};
+use super::{Webhook, forbidden, form_urlencoded, param, xml_escape};
 use crate::api::{ApiError, AppState};
 use crate::broker::{BrokerError, Decision};
 use crate::config::Providers;
@@ -132,7 +131,8 @@ fn texml(doc: String) -> Response {
     resp
 }
 
-async fn voice(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn voice(State(state): State<AppState>, hook: Webhook) -> Response {
+    let (headers, body) = (hook.headers, hook.body);
     if !verified(&state, &headers, &body) {
         return forbidden();
     }
@@ -204,7 +204,8 @@ fn accepted() -> Response {
     StatusCode::OK.into_response()
 }
 
-async fn sms(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn sms(State(state): State<AppState>, hook: Webhook) -> Response {
+    let (headers, body) = (hook.headers, hook.body);
     if !verified(&state, &headers, &body) {
         return forbidden();
     }
@@ -271,7 +272,8 @@ fn call_is_over(status: &str) -> bool {
     )
 }
 
-async fn status(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn status(State(state): State<AppState>, hook: Webhook) -> Response {
+    let (headers, body) = (hook.headers, hook.body);
     if !verified(&state, &headers, &body) {
         return forbidden();
     }

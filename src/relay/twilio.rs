@@ -4,9 +4,8 @@
 //! pool's message when nothing is open. Status callbacks close the interaction they report on.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
@@ -42,37 +41,17 @@ pub fn routes() -> Router<AppState> {
         .route(STATUS_PATH, post(status))
 }
 
-async fn voice(
-    State(s): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    inbound(&s, Kind::Voice, method, &uri, headers, body).await
+async fn voice(State(s): State<AppState>, hook: Webhook) -> Response {
+    inbound(&s, Kind::Voice, hook).await
 }
 
-async fn sms(
-    State(s): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    inbound(&s, Kind::Sms, method, &uri, headers, body).await
+async fn sms(State(s): State<AppState>, hook: Webhook) -> Response {
+    inbound(&s, Kind::Sms, hook).await
 }
 
 /// Verify, parse, ask the broker, render: the whole answer to a call or a text.
-async fn inbound(
-    s: &AppState,
-    kind: Kind,
-    method: Method,
-    uri: &Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn inbound(s: &AppState, kind: Kind, hook: Webhook) -> Response {
     let public_url = s.config.public_url();
-    let hook = Webhook::new(&public_url, method, uri, headers, body);
     if !verify(&s.config.providers, &hook) {
         return forbidden();
     }
@@ -234,14 +213,7 @@ const FINAL_MESSAGE: &[&str] = &["delivered", "undelivered", "failed", "canceled
 /// Unknown references change nothing and are answered like the others, so Twilio does not
 /// log errors for calls that reached nobody. The answer is an empty TwiML document because a
 /// `<Message action>` response may be read as the next instructions.
-async fn status(
-    State(s): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let hook = Webhook::new(&s.config.public_url(), method, &uri, headers, body);
+async fn status(State(s): State<AppState>, hook: Webhook) -> Response {
     if !verify(&s.config.providers, &hook) {
         return forbidden();
     }
@@ -517,6 +489,7 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::config::Secret;
+    use axum::http::{HeaderMap, Method};
 
     // Twilio's published request-validation vectors (twilio-python
     // tests/unit/test_request_validator.py; the same values are in twilio-node).

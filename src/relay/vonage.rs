@@ -5,10 +5,8 @@
 //! queue). Vonage writes numbers as digits without `+`, in both directions.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -63,17 +61,7 @@ pub fn routes() -> Router<AppState> {
 
 /// An inbound call was answered by Vonage, which asks what to do with it.
 /// <https://developer.vonage.com/en/voice/voice-api/webhook-reference#answer-webhook>
-async fn answer(
-    State(s): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let w = match webhook(&s, method, &uri, headers, body) {
-        Ok(w) => w,
-        Err(e) => return e.into_response(),
-    };
+async fn answer(State(s): State<AppState>, w: Webhook) -> Response {
     if let Err(reason) = check_voice(&s, &w) {
         tracing::debug!(?reason, "vonage answer webhook refused");
         return forbidden();
@@ -104,17 +92,7 @@ async fn answer(
 /// Call progress. Only the inbound leg is the interaction hush recorded (its `uuid` is the
 /// one the answer webhook carried); the leg hush's `connect` placed has a uuid of its own.
 /// <https://developer.vonage.com/en/voice/voice-api/webhook-reference#event-webhook>
-async fn event(
-    State(s): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let w = match webhook(&s, method, &uri, headers, body) {
-        Ok(w) => w,
-        Err(e) => return e.into_response(),
-    };
+async fn event(State(s): State<AppState>, w: Webhook) -> Response {
     if let Err(reason) = check_voice(&s, &w) {
         tracing::debug!(?reason, "vonage event webhook refused");
         return forbidden();
@@ -158,17 +136,7 @@ async fn event(
 /// with its own `messageId`. Reassembling them would need state shared by every instance,
 /// which a dialect does not hold, so each part is relayed as it comes; phones show the
 /// parts as separate texts, in the order the network delivers them.
-async fn sms(
-    State(s): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let w = match webhook(&s, method, &uri, headers, body) {
-        Ok(w) => w,
-        Err(e) => return e.into_response(),
-    };
+async fn sms(State(s): State<AppState>, w: Webhook) -> Response {
     // Parameters must be read to check their signature, but nothing in them is used first.
     let Some(p) = params(&w) else {
         return forbidden();
@@ -231,30 +199,6 @@ async fn sms(
 }
 
 // ---- requests
-
-/// The request as signed, with the body read whole (up to the API's body limit).
-fn webhook(
-    s: &AppState,
-    method: Method,
-    uri: &Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Webhook, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::InvalidRequest("the body could not be read".into())
-        }
-    })?;
-    Ok(Webhook::new(
-        &s.config.public_url(),
-        method,
-        uri,
-        headers,
-        body,
-    ))
-}
 
 /// The parameters of a webhook, whichever way Vonage sent them: the query of a GET, the JSON
 /// object of a POST-JSON, or the form of a POST. `None` when a body does not parse.
