@@ -355,6 +355,41 @@ impl Config {
         Ok(())
     }
 
+    /// Settings that work but leave part of a provider idle, each as a sentence for the log.
+    pub fn warnings(&self) -> Vec<String> {
+        let p = &self.providers;
+        let mut out = Vec::new();
+        if p.telnyx_public_key.is_some() && p.telnyx_api_key.is_none() {
+            out.push(
+                "HUSH_TELNYX_PUBLIC_KEY is set without HUSH_TELNYX_API_KEY: Telnyx calls relay, \
+                 but texts cannot be sent on"
+                    .into(),
+            );
+        }
+        if p.vonage_signature_secret.is_some()
+            && (p.vonage_api_key.is_none() || p.vonage_api_secret.is_none())
+        {
+            out.push(
+                "HUSH_VONAGE_SIGNATURE_SECRET is set without HUSH_VONAGE_API_KEY and \
+                 HUSH_VONAGE_API_SECRET: Vonage calls relay, but texts cannot be sent on"
+                    .into(),
+            );
+        }
+        if self.public_url.is_none()
+            && (p.twilio_auth_token.is_some()
+                || !p.twilio_shared_keys.is_empty()
+                || p.plivo_auth_token.is_some()
+                || p.vonage_signature_secret.is_some())
+        {
+            out.push(
+                "HUSH_PUBLIC_URL is not set: provider signatures are checked against \
+                 http://<listen>, which is rarely the URL a provider calls"
+                    .into(),
+            );
+        }
+        out
+    }
+
     /// The URL providers are configured to call.
     pub fn public_url(&self) -> String {
         self.public_url

@@ -38,6 +38,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let broker = build_broker(&config)?;
     let reaper = tokio::spawn(broker::run_reaper(
         broker.clone(),
