@@ -10,11 +10,12 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::{Crypto, CryptoError};
 use crate::domain::{
-    Capabilities, Clock, CloseReason, E164, GeoMatch, Millis, Mode, NumberError, NumberState,
-    PoolName, PoolPolicy, SessionId, rfc3339, session::Kind,
+    Capabilities, Clock, CloseReason, E164, GeoMatch, InterceptFallback, Millis, Mode, NumberError,
+    NumberState, PoolName, PoolPolicy, SessionId, rfc3339, session::Kind,
 };
 use crate::store::{
-    CreateArgs, Created, EndOp, Ended, IdemBegin, PoolRow, RouteRow, ShardKeys, Store, StoreError,
+    CreateArgs, Created, EndEvents, EndOp, Ended, EventDraft, IdemBegin, PoolRow, RouteRow,
+    ShardKeys, Store, StoreError,
 };
 use crate::telemetry::METRICS;
 
@@ -49,6 +50,8 @@ pub enum BrokerError {
     NumberInUse(String),
     #[error("the session has ended")]
     SessionClosed,
+    #[error("event not found, or not redeliverable")]
+    EventNotFound,
     #[error("this Idempotency-Key was used with another request body")]
     IdempotencyConflict,
     #[error("a request with this Idempotency-Key is still in progress")]
@@ -156,6 +159,11 @@ pub struct PoolView {
     pub cooloff_secs: u32,
     pub geo_match: GeoMatch,
     pub out_of_session_message: String,
+    pub callback_url: Option<String>,
+    pub callback_include_numbers: bool,
+    pub intercept_url: Option<String>,
+    pub intercept_timeout_ms: u32,
+    pub intercept_fallback: InterceptFallback,
     pub numbers: NumberCounts,
     pub open_sessions: i64,
 }
@@ -224,6 +232,115 @@ pub struct InteractionView {
     pub provider_ref: String,
 }
 
+/// What the relay asks the app's intercept, and what it does without an answer.
+#[derive(Clone, Debug)]
+pub struct InterceptPlan {
+    pub url: String,
+    pub timeout_ms: u32,
+    pub fallback: InterceptFallback,
+    pub secrets: Vec<String>,
+    /// The `webhook-id` of the question.
+    pub id: String,
+    pub body: String,
+    /// The pool's out-of-session message, for a block without a message of its own.
+    pub message: String,
+}
+
+/// An event as the API lists it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct EventView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub pool: String,
+    /// `pending` (waiting or being retried), `delivered` or `failed`.
+    pub status: String,
+    pub created_at: String,
+    pub attempts: Vec<AttemptView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AttemptView {
+    pub at: String,
+    /// The HTTP status the app answered, or 0 when there was no answer.
+    pub status: u16,
+    pub latency_ms: u64,
+}
+
+impl EventView {
+    fn from_record(
+        key: &str,
+        pool: &str,
+        pool_id: u32,
+        shard: u16,
+        rec: &HashMap<String, String>,
+    ) -> EventView {
+        let attempts = rec
+            .get("a")
+            .map(|log| {
+                log.split(';')
+                    .filter_map(|a| {
+                        let mut f = a.split(',');
+                        Some(AttemptView {
+                            at: rfc3339(f.next()?.parse().ok()?),
+                            status: f.next()?.parse().ok()?,
+                            latency_ms: f.next()?.parse().ok()?,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        EventView {
+            id: EventId {
+                pool_id,
+                shard,
+                key: key.to_string(),
+            }
+            .to_string(),
+            kind: rec.get("t").cloned().unwrap_or_default(),
+            pool: pool.to_string(),
+            status: match rec.get("s").map(String::as_str) {
+                Some("d") => "delivered",
+                Some("f") => "failed",
+                _ => "pending",
+            }
+            .into(),
+            created_at: rfc3339(rec.get("c").and_then(|v| v.parse().ok()).unwrap_or(0)),
+            attempts,
+            failure: rec.get("r").cloned(),
+        }
+    }
+}
+
+/// An event's id as the app sees it (`webhook-id`): the shard's session-id prefix with
+/// `evt_` in place of `ses_`, then the event's key in that shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventId {
+    pub pool_id: u32,
+    pub shard: u16,
+    pub key: String,
+}
+
+impl EventId {
+    pub fn parse(text: &str) -> Option<EventId> {
+        let session = SessionId::parse(&text.replacen("evt_", "ses_", 1))?;
+        text.starts_with("evt_").then(|| EventId {
+            pool_id: session.pool_id,
+            shard: session.shard,
+            key: session.key(),
+        })
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let prefix = SessionId::shard_prefix(self.pool_id, self.shard);
+        write!(f, "evt_{}{}", &prefix["ses_".len()..], self.key)
+    }
+}
+
 /// How long a provider's call or message id is remembered: longer than any provider retries
 /// a webhook or sends status callbacks for a call.
 pub const PROVIDER_REF_TTL_MS: i64 = 48 * 3600 * 1000;
@@ -257,9 +374,17 @@ struct Inner {
     owners: RwLock<HashMap<String, (u32, u16)>>,
     /// pool id → name; ids are never reused for another name.
     names: RwLock<HashMap<u32, String>>,
+    /// pool id → (row, fetched at): policy lookups on hot paths (events, intercept).
+    pools: RwLock<HashMap<u32, (PoolRow, Millis)>>,
     /// API key digest → (principal, fetched at), so authentication is not a round trip.
     principals: RwLock<HashMap<String, (Principal, Millis)>>,
 }
+
+/// How long a rotated-out signing secret keeps signing beside the new one.
+pub const SECRET_OVERLAP_MS: Millis = 24 * 3600 * 1000;
+
+/// How long a pool's policy is trusted before it is read again on hot paths.
+const POOL_CACHE_MS: Millis = 2_000;
 
 /// How long a looked-up API key is trusted before it is read again (revocation delay).
 const PRINCIPAL_CACHE_MS: Millis = 5_000;
@@ -286,6 +411,24 @@ fn policy_of(row: &PoolRow) -> PoolPolicy {
             .and_then(|v| GeoMatch::parse(v))
             .unwrap_or(d.geo_match),
         out_of_session_message: f.get("msg").cloned().unwrap_or(d.out_of_session_message),
+        callback_url: f.get("cb").filter(|v| !v.is_empty()).cloned(),
+        callback_include_numbers: f.get("cbn").is_some_and(|v| v == "1"),
+        intercept_url: f.get("iu").filter(|v| !v.is_empty()).cloned(),
+        intercept_timeout_ms: f
+            .get("it")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.intercept_timeout_ms),
+        intercept_fallback: match f.get("if").map(String::as_str) {
+            Some("block") => InterceptFallback::Block,
+            _ => InterceptFallback::Allow,
+        },
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Voice => "voice",
+        Kind::Sms => "sms",
     }
 }
 
@@ -311,6 +454,7 @@ impl Broker {
                 clock,
                 owners: RwLock::new(HashMap::new()),
                 names: RwLock::new(HashMap::new()),
+                pools: RwLock::new(HashMap::new()),
                 principals: RwLock::new(HashMap::new()),
             }),
         }
@@ -464,14 +608,306 @@ impl Broker {
         Ok(row.name)
     }
 
+    /// A pool's row, at most [`POOL_CACHE_MS`] old.
+    async fn pool_cached(&self, id: u32) -> Result<Option<PoolRow>> {
+        let now = self.now();
+        if let Some((row, at)) = self.inner.pools.read().expect("lock poisoned").get(&id)
+            && now - at < POOL_CACHE_MS
+        {
+            return Ok(Some(row.clone()));
+        }
+        let row = self.inner.store.pool_by_id(id).await?;
+        if let Some(row) = &row {
+            self.inner
+                .pools
+                .write()
+                .expect("lock poisoned")
+                .insert(id, (row.clone(), now));
+        }
+        Ok(row)
+    }
+
+    /// The policy of a pool that wants events, or `None`.
+    async fn events_policy(&self, pool_id: u32) -> Result<Option<(String, PoolPolicy)>> {
+        Ok(self.pool_cached(pool_id).await?.and_then(|row| {
+            let policy = policy_of(&row);
+            policy.callback_url.is_some().then_some((row.name, policy))
+        }))
+    }
+
+    /// An event's id and body. Placeholders (`"__NAME__"`) are filled in by the script that
+    /// records the event, with values only Redis knows at that moment.
+    fn draft(
+        &self,
+        kind: &str,
+        data: serde_json::Value,
+        numbers: Option<[Option<String>; 2]>,
+    ) -> EventDraft {
+        let body =
+            serde_json::json!({ "type": kind, "timestamp": rfc3339(self.now()), "data": data })
+                .to_string()
+                .replace("\"__SIDE__\"", "__SIDE__")
+                .replace("\"__DURATION__\"", "__DURATION__");
+        EventDraft {
+            // The key within its shard; the app sees it as an [`EventId`].
+            id: SessionId::new(0, 0).key(),
+            body,
+            numbers: numbers
+                .map(|n| {
+                    self.inner.crypto.seal(
+                        "event-numbers",
+                        serde_json::to_string(&n)
+                            .expect("numbers serialise")
+                            .as_bytes(),
+                    )
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The session.closed event of a stored session, when its pool wants events.
+    async fn closed_event(
+        &self,
+        id: &SessionId,
+        rec: &HashMap<String, String>,
+        reason: CloseReason,
+        at: Millis,
+    ) -> Result<Option<EventDraft>> {
+        let Some((pool, policy)) = self.events_policy(id.pool_id).await? else {
+            return Ok(None);
+        };
+        let blob: Blob = serde_json::from_slice(
+            &self
+                .inner
+                .crypto
+                .open("session", rec.get("z").map(String::as_str).unwrap_or(""))?,
+        )
+        .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
+        let numbers = (policy.callback_include_numbers && reason != CloseReason::Erased)
+            .then(|| [blob.p[0].n.clone(), blob.p[1].n.clone()]);
+        Ok(Some(self.draft(
+            "session.closed",
+            serde_json::json!({
+                "session_id": id.to_string(),
+                "pool": pool,
+                "proxy_number": rec.get("n"),
+                "reason": reason.as_str(),
+                "closed_at": rfc3339(at),
+                "participants": [{ "label": blob.p[0].l }, { "label": blob.p[1].l }],
+            }),
+            numbers,
+        )))
+    }
+
+    /// Both session.closed events a change may record: the expiry it may notice, and its own.
+    async fn end_events(
+        &self,
+        id: &SessionId,
+        rec: &HashMap<String, String>,
+        own: Option<CloseReason>,
+    ) -> Result<EndEvents> {
+        let expires = rec.get("e").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let now = self.now();
+        Ok(EndEvents {
+            expired: self
+                .closed_event(id, rec, CloseReason::Expired, expires.min(now))
+                .await?,
+            own: match own {
+                Some(reason) => self.closed_event(id, rec, reason, now).await?,
+                None => None,
+            },
+        })
+    }
+
+    /// The pool's current callback signing secret (`whsec_…`).
+    pub async fn callback_secret(&self, name: &PoolName) -> Result<String> {
+        let row = self.pool_row(name).await?;
+        Ok(self
+            .signing_secrets(&row)?
+            .into_iter()
+            .next()
+            .unwrap_or_default())
+    }
+
+    /// Makes a new signing secret; the previous one keeps signing beside it for
+    /// [`SECRET_OVERLAP_MS`], so apps can switch without missing an event.
+    pub async fn rotate_callback_secret(&self, name: &PoolName) -> Result<String> {
+        let row = self.pool_row(name).await?;
+        let current = self.signing_secrets(&row)?.into_iter().next();
+        let fresh = crate::events::signing::SigningSecret::generate().to_text();
+        let seal = |t: &str| self.inner.crypto.seal("callback-secret", t.as_bytes());
+        let mut fields = vec![("sec", seal(&fresh))];
+        if let Some(old) = current {
+            fields.push(("sec_old", seal(&old)));
+            fields.push((
+                "sec_old_until",
+                (self.now() + SECRET_OVERLAP_MS).to_string(),
+            ));
+        }
+        self.inner.store.pool_fields_set(row.id, &fields).await?;
+        self.inner
+            .pools
+            .write()
+            .expect("lock poisoned")
+            .remove(&row.id);
+        Ok(fresh)
+    }
+
+    /// The secrets events are signed with now: the current one, then the previous one while
+    /// its overlap lasts.
+    fn signing_secrets(&self, row: &PoolRow) -> Result<Vec<String>> {
+        let open = |field: &str| -> Result<Option<String>> {
+            match row.fields.get(field) {
+                None => Ok(None),
+                Some(sealed) => {
+                    let plain = self.inner.crypto.open("callback-secret", sealed)?;
+                    Ok(Some(
+                        String::from_utf8(plain).map_err(|_| CryptoError::Corrupt)?,
+                    ))
+                }
+            }
+        };
+        let mut out: Vec<String> = open("sec")?.into_iter().collect();
+        let until: Millis = row
+            .fields
+            .get("sec_old_until")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if until > self.now()
+            && let Some(old) = open("sec_old")?
+        {
+            out.push(old);
+        }
+        Ok(out)
+    }
+
+    /// Where and how to deliver a pool's events: its URL and signing secrets.
+    pub async fn delivery_target(
+        &self,
+        pool_id: u32,
+    ) -> Result<Option<(String, String, Vec<String>)>> {
+        let Some(row) = self.pool_cached(pool_id).await? else {
+            return Ok(None);
+        };
+        let policy = policy_of(&row);
+        let Some(url) = policy.callback_url else {
+            return Ok(None);
+        };
+        Ok(Some((row.name.clone(), url, self.signing_secrets(&row)?)))
+    }
+
+    /// Opens the numbers sealed beside an event, for pools that send them.
+    pub fn event_numbers(&self, sealed: &str) -> Result<Vec<Option<String>>> {
+        let plain = self.inner.crypto.open("event-numbers", sealed)?;
+        serde_json::from_slice(&plain).map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))
+    }
+
+    /// Events of one pool or all, newest first, optionally of one status.
+    pub async fn list_events(
+        &self,
+        pool: Option<&PoolName>,
+        status: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EventView>> {
+        let rows = match pool {
+            Some(p) => vec![self.pool_row(p).await?],
+            None => self.inner.store.pool_list().await?,
+        };
+        let mut out = Vec::new();
+        for row in rows {
+            for sh in 0..row.shards {
+                let shard = self.shard(row.id, sh);
+                for (id, rec) in self.inner.store.events(&shard, limit).await? {
+                    let view = EventView::from_record(&id, &row.name, row.id, sh, &rec);
+                    if status.is_none_or(|s| s == view.status) {
+                        out.push(view);
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Queues a delivered or failed event again.
+    pub async fn redeliver_event(&self, id: &str) -> Result<EventView> {
+        let parsed = EventId::parse(id).ok_or(BrokerError::EventNotFound)?;
+        let shard = self.shard(parsed.pool_id, parsed.shard);
+        if !self
+            .inner
+            .store
+            .event_redeliver(&shard, &parsed.key, self.now())
+            .await?
+        {
+            // Unknown, still queued, or without its body any more.
+            let known = self.find_event(&parsed).await?;
+            return match known {
+                Some(v) if v.status == "pending" => Ok(v),
+                Some(_) | None => Err(BrokerError::EventNotFound),
+            };
+        }
+        self.find_event(&parsed)
+            .await?
+            .ok_or(BrokerError::EventNotFound)
+    }
+
+    async fn find_event(&self, id: &EventId) -> Result<Option<EventView>> {
+        let shard = self.shard(id.pool_id, id.shard);
+        let rec = self.inner.store.event(&shard, &id.key).await?;
+        if rec.is_empty() {
+            return Ok(None);
+        }
+        let pool = self.pool_name(id.pool_id).await?;
+        Ok(Some(EventView::from_record(
+            &id.key, &pool, id.pool_id, id.shard, &rec,
+        )))
+    }
+
     pub async fn put_pool(&self, name: &PoolName, policy: &PoolPolicy) -> Result<(PoolView, bool)> {
         let fields = [
             ("ttl", policy.default_ttl_secs.to_string()),
             ("cooloff", policy.cooloff_secs.to_string()),
             ("geo", policy.geo_match.as_str().to_string()),
             ("msg", policy.out_of_session_message.clone()),
+            ("cb", policy.callback_url.clone().unwrap_or_default()),
+            (
+                "cbn",
+                if policy.callback_include_numbers {
+                    "1"
+                } else {
+                    "0"
+                }
+                .into(),
+            ),
+            ("iu", policy.intercept_url.clone().unwrap_or_default()),
+            ("it", policy.intercept_timeout_ms.to_string()),
+            (
+                "if",
+                match policy.intercept_fallback {
+                    InterceptFallback::Allow => "allow",
+                    InterceptFallback::Block => "block",
+                }
+                .into(),
+            ),
         ];
         let (row, created) = self.inner.store.pool_put(name.as_str(), &fields, 1).await?;
+        // Every pool has a signing secret from the start, so callbacks can be turned on
+        // later without a separate step.
+        let secret = crate::events::signing::SigningSecret::generate().to_text();
+        self.inner
+            .store
+            .pool_field_init(
+                row.id,
+                "sec",
+                &self.inner.crypto.seal("callback-secret", secret.as_bytes()),
+            )
+            .await?;
+        self.inner
+            .pools
+            .write()
+            .expect("lock poisoned")
+            .remove(&row.id);
         Ok((self.pool_view(&row).await?, created))
     }
 
@@ -500,6 +936,11 @@ impl Broker {
             cooloff_secs: policy.cooloff_secs,
             geo_match: policy.geo_match,
             out_of_session_message: policy.out_of_session_message,
+            callback_url: policy.callback_url,
+            callback_include_numbers: policy.callback_include_numbers,
+            intercept_url: policy.intercept_url,
+            intercept_timeout_ms: policy.intercept_timeout_ms,
+            intercept_fallback: policy.intercept_fallback,
             numbers: counts,
             open_sessions: open,
         })
@@ -755,6 +1196,26 @@ impl Broker {
             let shard = self.shard(row.id, (start + i) % row.shards);
             let id = SessionId::new(row.id, shard.shard);
             let key = id.key();
+            let event = policy.callback_url.is_some().then(|| {
+                self.draft(
+                    "session.created",
+                    serde_json::json!({
+                        "session_id": id.to_string(),
+                        "pool": row.name,
+                        "proxy_number": "__PROXY__",
+                        "mode": req.mode.as_str(),
+                        "participants": [{ "label": a.label }, { "label": b.label }],
+                        "expires_at": rfc3339(expires),
+                        "metadata": req.metadata,
+                    }),
+                    policy.callback_include_numbers.then(|| {
+                        [
+                            Some(a.number.reveal().to_string()),
+                            Some(b.number.reveal().to_string()),
+                        ]
+                    }),
+                )
+            });
             let outcome = self
                 .inner
                 .store
@@ -774,6 +1235,7 @@ impl Broker {
                     sticky_window_ms: STICKY_WINDOW_MS,
                     area_tag: &area_tag,
                     country_tag: &country_tag,
+                    event: event.as_ref(),
                 })
                 .await?;
             let due = match &outcome {
@@ -826,6 +1288,17 @@ impl Broker {
             .with_label_values(&[row.name.as_str(), "exhausted"])
             .inc();
         tracing::warn!(pool = %row.name, "pool exhausted");
+        if policy.callback_url.is_some() {
+            let event = self.draft(
+                "pool.exhausted",
+                serde_json::json!({ "pool": row.name, "mode": req.mode.as_str() }),
+                None,
+            );
+            self.inner
+                .store
+                .event_put(&self.shard(row.id, start), "pool.exhausted", &event, now)
+                .await?;
+        }
         Err(BrokerError::PoolExhausted(row.name))
     }
 
@@ -922,6 +1395,7 @@ impl Broker {
                 EndOp::Extend {
                     expires: now + ttl_secs as i64 * 1000,
                 },
+                &EndEvents::default(),
             )
             .await?
         {
@@ -936,10 +1410,19 @@ impl Broker {
         let (shard, rec) = self.record(id).await?;
         let now = self.now();
         let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
+        let events = self.end_events(id, &rec, Some(CloseReason::Closed)).await?;
         let ended = self
             .inner
             .store
-            .session_end(&shard, &id.key(), g("a"), g("b"), now, EndOp::Close)
+            .session_end(
+                &shard,
+                &id.key(),
+                g("a"),
+                g("b"),
+                now,
+                EndOp::Close,
+                &events,
+            )
             .await?;
         match ended {
             Ended::Ok => {
@@ -1143,6 +1626,21 @@ impl Broker {
         };
         let keys = self.shard(pool_id, shard);
         let interaction = format!("int_{}", SessionId::new(0, 0).key());
+        let event = self.events_policy(pool_id).await?.map(|(pool, _)| {
+            self.draft(
+                "interaction.started",
+                serde_json::json!({
+                    "session_id": format!("{}__SKEY__", SessionId::shard_prefix(pool_id, shard)),
+                    "interaction_id": interaction,
+                    "kind": kind_name(kind),
+                    "from_participant": "__SIDE__",
+                    "pool": pool,
+                    "proxy_number": to.reveal(),
+                    "provider": provider,
+                }),
+                None,
+            )
+        });
         let claimed = self
             .inner
             .store
@@ -1159,6 +1657,7 @@ impl Broker {
                 provider_ref,
                 &interaction,
                 PROVIDER_REF_TTL_MS,
+                event.as_ref(),
             )
             .await?;
         match claimed {
@@ -1212,6 +1711,24 @@ impl Broker {
         let Some((pool_id, shard)) = self.owner(proxy, false).await? else {
             return Ok(false);
         };
+        let event = match self.events_policy(pool_id).await? {
+            Some((pool, _)) if last => Some(self.draft(
+                "interaction.completed",
+                serde_json::json!({
+                    "session_id": format!("{}__SKEY__", SessionId::shard_prefix(pool_id, shard)),
+                    "interaction_id": "__IID__",
+                    "kind": "__KIND__",
+                    "from_participant": "__SIDE__",
+                    "status": status,
+                    "duration_secs": "__DURATION__",
+                    "pool": pool,
+                    "proxy_number": proxy.reveal(),
+                    "provider": provider,
+                }),
+                None,
+            )),
+            _ => None,
+        };
         Ok(self
             .inner
             .store
@@ -1223,8 +1740,80 @@ impl Broker {
                 self.now(),
                 duration_secs,
                 last,
+                event.as_ref(),
             )
             .await?)
+    }
+
+    /// What to ask the app before an interaction connects, when its pool has an intercept.
+    pub async fn intercept_plan(
+        &self,
+        session_id: &str,
+        interaction: &str,
+    ) -> Result<Option<InterceptPlan>> {
+        let id = SessionId::parse(session_id).ok_or(BrokerError::SessionNotFound)?;
+        let Some(row) = self.pool_cached(id.pool_id).await? else {
+            return Ok(None);
+        };
+        let policy = policy_of(&row);
+        let Some(url) = policy.intercept_url.clone() else {
+            return Ok(None);
+        };
+        let (_, rec) = self.record(&id).await?;
+        let blob: Blob = serde_json::from_slice(
+            &self
+                .inner
+                .crypto
+                .open("session", rec.get("z").map(String::as_str).unwrap_or(""))?,
+        )
+        .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
+        let found = self
+            .interactions(&id)
+            .await?
+            .into_iter()
+            .find(|i| i.id == interaction);
+        let draft = self.draft(
+            "interaction.pending",
+            serde_json::json!({
+                "session_id": session_id,
+                "interaction_id": interaction,
+                "kind": found.as_ref().map(|i| i.kind),
+                "from_participant": found.as_ref().map(|i| i.from_participant),
+                "participants": [{ "label": blob.p[0].l }, { "label": blob.p[1].l }],
+                "pool": row.name,
+                "proxy_number": rec.get("n"),
+            }),
+            None,
+        );
+        Ok(Some(InterceptPlan {
+            url,
+            timeout_ms: policy.intercept_timeout_ms,
+            fallback: policy.intercept_fallback,
+            secrets: self.signing_secrets(&row)?,
+            id: EventId {
+                pool_id: id.pool_id,
+                shard: id.shard,
+                key: draft.id,
+            }
+            .to_string(),
+            body: draft.body,
+            message: policy.out_of_session_message,
+        }))
+    }
+
+    /// The current status of one interaction.
+    pub async fn interaction_status_of(
+        &self,
+        session_id: &str,
+        interaction: &str,
+    ) -> Result<Option<String>> {
+        let id = SessionId::parse(session_id).ok_or(BrokerError::SessionNotFound)?;
+        Ok(self
+            .interactions(&id)
+            .await?
+            .into_iter()
+            .find(|i| i.id == interaction)
+            .map(|i| i.status))
     }
 
     /// The interactions of a readable session, oldest first.
@@ -1299,6 +1888,15 @@ impl Broker {
                         &serde_json::to_vec(&blob).expect("blob serialises"),
                     );
                     let was_open = g("t") == "o" && g("e").parse::<Millis>().unwrap_or(0) > now;
+                    // The events describe the scrubbed session: no trace of the erased side.
+                    let mut scrubbed = rec.clone();
+                    scrubbed.insert("z".into(), sealed.clone());
+                    let mut events = self
+                        .end_events(&id, &scrubbed, Some(CloseReason::Erased))
+                        .await?;
+                    if let Some(e) = events.expired.as_mut() {
+                        e.numbers.clear();
+                    }
                     self.inner
                         .store
                         .session_end(
@@ -1311,6 +1909,7 @@ impl Broker {
                                 side,
                                 blob: &sealed,
                             },
+                            &events,
                         )
                         .await?;
                     if was_open {
@@ -1341,10 +1940,14 @@ impl Broker {
             let rec = self.inner.store.session(shard, &key).await?;
             let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
             let expiring = g("t") == "o";
+            let events = match SessionId::from_key(shard.pool_id, shard.shard, &key) {
+                Some(id) if expiring && !rec.is_empty() => self.end_events(&id, &rec, None).await?,
+                _ => EndEvents::default(),
+            };
             let ended = self
                 .inner
                 .store
-                .session_end(shard, &key, g("a"), g("b"), now, EndOp::Reap)
+                .session_end(shard, &key, g("a"), g("b"), now, EndOp::Reap, &events)
                 .await?;
             if expiring && g("e").parse::<Millis>().unwrap_or(i64::MAX) <= now {
                 done.expired += 1;

@@ -89,7 +89,18 @@ pub struct Config {
     pub reaper_interval_ms: u64,
     /// Telephony providers' credentials; a provider without them answers 404 on its hooks.
     pub providers: Providers,
+    /// `HUSH_CALLBACK_ALLOW_PRIVATE`: let callback and intercept URLs be plain http and reach
+    /// private, loopback and link-local addresses. For development and tests only.
+    pub callback_allow_private: bool,
+    /// `HUSH_EVENT_RETRY_SCHEDULE`: comma-separated seconds between delivery attempts of an
+    /// event (default 5,30,120,600,1800,3600,10800,21600,43200,86400); after the last one the
+    /// event is marked failed. Fractions are allowed (`0.2`).
+    pub event_retry_schedule_ms: Vec<u64>,
 }
+
+/// The default delay before each retry of an event delivery.
+pub const EVENT_RETRY_SCHEDULE_SECS: [u64; 10] =
+    [5, 30, 120, 600, 1800, 3600, 10800, 21600, 43200, 86400];
 
 /// Credentials of each telephony provider. Every field is optional; a provider is enabled
 /// when its signature secret is set, so no provider ever runs unauthenticated.
@@ -131,6 +142,8 @@ impl Default for Config {
             log: "info".into(),
             log_format: LogFormat::Text,
             reaper_interval_ms: 1000,
+            callback_allow_private: false,
+            event_retry_schedule_ms: EVENT_RETRY_SCHEDULE_SECS.iter().map(|s| s * 1000).collect(),
             providers: Providers {
                 telnyx_api_base: "https://api.telnyx.com".into(),
                 vonage_signature_method: "md5hash".into(),
@@ -165,6 +178,8 @@ struct FileConfig {
     vonage_api_key: Option<String>,
     vonage_api_secret: Option<String>,
     vonage_api_base: Option<String>,
+    callback_allow_private: Option<String>,
+    event_retry_schedule: Option<String>,
 }
 
 impl Config {
@@ -221,6 +236,11 @@ impl Config {
         over(&mut raw.vonage_api_key, "HUSH_VONAGE_API_KEY");
         over(&mut raw.vonage_api_secret, "HUSH_VONAGE_API_SECRET");
         over(&mut raw.vonage_api_base, "HUSH_VONAGE_API_BASE");
+        over(
+            &mut raw.callback_allow_private,
+            "HUSH_CALLBACK_ALLOW_PRIVATE",
+        );
+        over(&mut raw.event_retry_schedule, "HUSH_EVENT_RETRY_SCHEDULE");
         if let Some(v) = env("HUSH_REAPER_INTERVAL_MS").filter(|v| !v.is_empty()) {
             raw.reaper_interval_ms = Some(v.parse().map_err(|_| ConfigError::Invalid {
                 key: "HUSH_REAPER_INTERVAL_MS",
@@ -300,9 +320,39 @@ impl Config {
             p.vonage_signature_method = v;
         }
         p.vonage_api_key = raw.vonage_api_key.map(Secret::new);
+
         p.vonage_api_secret = raw.vonage_api_secret.map(Secret::new);
         if let Some(v) = raw.vonage_api_base {
             p.vonage_api_base = v.trim_end_matches('/').to_string();
+        }
+        if let Some(v) = raw.callback_allow_private {
+            config.callback_allow_private = match v.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "HUSH_CALLBACK_ALLOW_PRIVATE",
+                        reason: "use true or false".into(),
+                    });
+                }
+            };
+        }
+        if let Some(v) = raw.event_retry_schedule {
+            let steps: Option<Vec<u64>> = v
+                .split(',')
+                .map(|s| s.trim().parse::<f64>().ok())
+                .map(|s| {
+                    s.filter(|s| *s >= 0.0 && *s <= 7.0 * 86400.0)
+                        .map(|s| (s * 1000.0) as u64)
+                })
+                .collect();
+            config.event_retry_schedule_ms =
+                steps
+                    .filter(|s| !s.is_empty())
+                    .ok_or(ConfigError::Invalid {
+                        key: "HUSH_EVENT_RETRY_SCHEDULE",
+                        reason: "expected comma-separated seconds, each at most 7 days".into(),
+                    })?;
         }
         config.validate()?;
         Ok(config)

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod events;
 pub mod relay;
 pub mod store;
 pub mod telemetry;
@@ -42,6 +43,15 @@ pub async fn run(
         tracing::warn!("{warning}");
     }
     let broker = build_broker(&config)?;
+    let delivery = tokio::spawn(events::delivery::run(
+        broker.clone(),
+        events::delivery::Delivery::new(
+            config.callback_allow_private,
+            config.event_retry_schedule_ms.clone(),
+        ),
+        Duration::from_millis(200),
+        shutdown.clone(),
+    ));
     let reaper = tokio::spawn(broker::run_reaper(
         broker.clone(),
         Duration::from_millis(config.reaper_interval_ms),
@@ -58,6 +68,10 @@ pub async fn run(
     let app = api::router(api::AppState {
         broker,
         config: Arc::new(config.clone()),
+        http: events::ssrf::client(
+            config.callback_allow_private,
+            Duration::from_millis(domain::PoolPolicy::INTERCEPT_TIMEOUT_MAX_MS as u64),
+        ),
     });
     tracing::info!(addr = %listener.local_addr()?, "hush listening");
     let served = axum::serve(listener, app)
@@ -65,6 +79,7 @@ pub async fn run(
         .await;
     shutdown.cancel();
     let _ = reaper.await;
+    let _ = delivery.await;
     if let Some(worker) = outbound {
         let _ = worker.await;
     }

@@ -222,6 +222,7 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
                 geo_match: GeoMatch::parse(&geo_match)
                     .context("--geo-match must be area_code, country or any")?,
                 out_of_session_message,
+                ..PoolPolicy::default()
             };
             if !PoolPolicy::TTL_RANGE.contains(&policy.default_ttl_secs) {
                 bail!("--default-ttl-secs must be between 60 and 2592000");

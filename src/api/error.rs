@@ -152,6 +152,12 @@ impl ApiError {
                     "Number in use",
                     e.to_string(),
                 ),
+                B::EventNotFound => (
+                    StatusCode::NOT_FOUND,
+                    "event_not_found",
+                    "Event not found",
+                    e.to_string(),
+                ),
                 B::SessionClosed => (
                     StatusCode::CONFLICT,
                     "session_closed",

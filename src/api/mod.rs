@@ -3,6 +3,7 @@
 //! (paths can hold a participant's number).
 
 mod error;
+mod events;
 mod ops;
 mod pools;
 mod sessions;
@@ -30,6 +31,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct AppState {
     pub broker: Broker,
     pub config: std::sync::Arc<crate::config::Config>,
+    /// Behind the SSRF guard: for asking the app's intercept.
+    pub http: reqwest::Client,
 }
 
 /// Every route the server answers, as `(method, path template)`; a test holds
@@ -52,6 +55,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/sessions/{id}"),
     ("DELETE", "/v1/sessions/{id}"),
     ("GET", "/v1/sessions/{id}/interactions"),
+    ("GET", "/v1/pools/{name}/callback-secret"),
+    ("POST", "/v1/pools/{name}/callback-secret/rotate"),
+    ("GET", "/v1/events"),
+    ("POST", "/v1/events/{id}/redeliver"),
     ("POST", "/v1/route"),
     ("DELETE", "/v1/participants/{number}"),
 ];
@@ -84,6 +91,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/sessions/{id}/interactions",
             get(sessions::interactions),
         )
+        .route(
+            "/v1/pools/{name}/callback-secret",
+            get(pools::callback_secret),
+        )
+        .route(
+            "/v1/pools/{name}/callback-secret/rotate",
+            post(pools::rotate_callback_secret),
+        )
+        .route("/v1/events", get(events::list))
+        .route("/v1/events/{id}/redeliver", post(events::redeliver))
         .route("/v1/route", post(sessions::route))
         .route("/v1/participants/{number}", delete(sessions::erase))
         .merge(hooks)

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{ApiError, AppState, Auth, JsonBody, ok};
 use crate::broker::Scope;
-use crate::domain::{E164, GeoMatch, NumberState, PoolName, PoolPolicy};
+use crate::domain::{E164, GeoMatch, InterceptFallback, NumberState, PoolName, PoolPolicy};
 
 /// Largest bulk import in one request.
 const MAX_NUMBERS: usize = 1000;
@@ -32,6 +32,25 @@ pub struct PoolBody {
     cooloff_secs: Option<u32>,
     geo_match: Option<String>,
     out_of_session_message: Option<String>,
+    callback_url: Option<String>,
+    callback_include_numbers: Option<bool>,
+    intercept_url: Option<String>,
+    intercept_timeout_ms: Option<u32>,
+    intercept_fallback: Option<String>,
+}
+
+/// A callback or intercept URL: https, and a public host unless private targets are allowed.
+fn target_url(
+    field: &str,
+    raw: Option<String>,
+    allow_private: bool,
+) -> Result<Option<String>, ApiError> {
+    match raw.filter(|u| !u.is_empty()) {
+        None => Ok(None),
+        Some(u) => crate::events::ssrf::check_url(&u, allow_private)
+            .map(|url| Some(url.to_string()))
+            .map_err(|e| ApiError::Validation(format!("{field}: {e}"))),
+    }
 }
 
 pub async fn put(
@@ -59,7 +78,33 @@ pub async fn put(
             })?,
         },
         out_of_session_message: b.out_of_session_message.unwrap_or(d.out_of_session_message),
+        callback_url: target_url(
+            "callback_url",
+            b.callback_url,
+            s.config.callback_allow_private,
+        )?,
+        callback_include_numbers: b.callback_include_numbers.unwrap_or(false),
+        intercept_url: target_url(
+            "intercept_url",
+            b.intercept_url,
+            s.config.callback_allow_private,
+        )?,
+        intercept_timeout_ms: b.intercept_timeout_ms.unwrap_or(d.intercept_timeout_ms),
+        intercept_fallback: match b.intercept_fallback.as_deref() {
+            None | Some("allow") => InterceptFallback::Allow,
+            Some("block") => InterceptFallback::Block,
+            Some(_) => {
+                return Err(ApiError::Validation(
+                    "intercept_fallback must be allow or block".into(),
+                ));
+            }
+        },
     };
+    if !(1..=PoolPolicy::INTERCEPT_TIMEOUT_MAX_MS).contains(&policy.intercept_timeout_ms) {
+        return Err(ApiError::Validation(
+            "intercept_timeout_ms must be between 1 and 5000".into(),
+        ));
+    }
     if !PoolPolicy::TTL_RANGE.contains(&policy.default_ttl_secs) {
         return Err(ApiError::Validation(
             "default_ttl_secs must be between 60 and 2592000".into(),
@@ -176,4 +221,24 @@ pub async fn delete_number(
     let number = proxy_number(&number)?;
     s.broker.remove_number(&name, &number).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn callback_secret(
+    auth: Auth,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    auth.require(Scope::Admin)?;
+    let secret = s.broker.callback_secret(&pool_name(&name)?).await?;
+    Ok(ok(serde_json::json!({ "secret": secret })))
+}
+
+pub async fn rotate_callback_secret(
+    auth: Auth,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    auth.require(Scope::Admin)?;
+    let secret = s.broker.rotate_callback_secret(&pool_name(&name)?).await?;
+    Ok(ok(serde_json::json!({ "secret": secret })))
 }

@@ -64,7 +64,9 @@ fn decode32(s: &str) -> Option<Vec<u8>> {
     (acc & ((1 << bits) - 1) == 0).then_some(out)
 }
 
-/// `ses_` + base32 of pool id (4 bytes), shard (2 bytes) and 10 random bytes.
+/// `ses_` + base32 of pool id (4 bytes) and shard (2 bytes), then base32 of 10 random bytes.
+/// The two parts are encoded apart so the random part — the key stored in Redis — is a
+/// suffix of the id, which scripts can join to a shard's prefix.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct SessionId {
     pub pool_id: u32,
@@ -87,15 +89,16 @@ impl SessionId {
         if body.len() != 26 {
             return None;
         }
-        let bytes = decode32(body)?;
-        if bytes.len() != 16 {
+        let (place, key) = (body.get(..10)?, body.get(10..)?);
+        let place = decode32(place)?;
+        if place.len() != 6 {
             return None;
         }
-        Some(SessionId {
-            pool_id: u32::from_be_bytes(bytes[0..4].try_into().ok()?),
-            shard: u16::from_be_bytes(bytes[4..6].try_into().ok()?),
-            random: bytes[6..16].try_into().ok()?,
-        })
+        SessionId::from_key(
+            u32::from_be_bytes(place[0..4].try_into().ok()?),
+            u16::from_be_bytes(place[4..6].try_into().ok()?),
+            key,
+        )
     }
 
     /// Rebuilds an id from its shard and the short key stored inside that shard.
@@ -112,15 +115,24 @@ impl SessionId {
     pub fn key(&self) -> String {
         encode32(&self.random)
     }
+
+    /// What every session id of a shard starts with: the id is this plus [`SessionId::key`].
+    pub fn shard_prefix(pool_id: u32, shard: u16) -> String {
+        let mut place = Vec::with_capacity(6);
+        place.extend_from_slice(&pool_id.to_be_bytes());
+        place.extend_from_slice(&shard.to_be_bytes());
+        format!("ses_{}", encode32(&place))
+    }
 }
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut bytes = Vec::with_capacity(16);
-        bytes.extend_from_slice(&self.pool_id.to_be_bytes());
-        bytes.extend_from_slice(&self.shard.to_be_bytes());
-        bytes.extend_from_slice(&self.random);
-        write!(f, "ses_{}", encode32(&bytes))
+        write!(
+            f,
+            "{}{}",
+            SessionId::shard_prefix(self.pool_id, self.shard),
+            self.key()
+        )
     }
 }
 
@@ -145,7 +157,8 @@ mod tests {
             let text = id.to_string();
             prop_assert_eq!(text.len(), 30);
             prop_assert_eq!(SessionId::parse(&text), Some(id.clone()));
-            prop_assert_eq!(SessionId::from_key(pool, shard, &id.key()), Some(id));
+            prop_assert_eq!(SessionId::from_key(pool, shard, &id.key()), Some(id.clone()));
+            prop_assert_eq!(text, format!("{}{}", SessionId::shard_prefix(pool, shard), id.key()));
         }
 
         #[test]

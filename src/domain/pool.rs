@@ -53,13 +53,29 @@ impl NumberState {
     }
 }
 
-/// What a pool promises its sessions.
+/// What an interaction does when the app's intercept does not answer in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterceptFallback {
+    Allow,
+    Block,
+}
+
+/// What a pool promises its sessions, and where it tells the app about them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolPolicy {
     pub default_ttl_secs: u32,
     pub cooloff_secs: u32,
     pub geo_match: GeoMatch,
     pub out_of_session_message: String,
+    /// Where events are delivered; none means the pool records no events.
+    pub callback_url: Option<String>,
+    /// Whether events carry the participants' real numbers (off by default).
+    pub callback_include_numbers: bool,
+    /// Asked before a call or text connects, when set.
+    pub intercept_url: Option<String>,
+    pub intercept_timeout_ms: u32,
+    pub intercept_fallback: InterceptFallback,
 }
 
 impl PoolPolicy {
@@ -67,6 +83,7 @@ impl PoolPolicy {
     pub const COOLOFF_RANGE: std::ops::RangeInclusive<u32> = 0..=604_800;
     pub const MESSAGE_MAX: usize = 1000;
     pub const DEFAULT_MESSAGE: &'static str = "This number is no longer in service for you.";
+    pub const INTERCEPT_TIMEOUT_MAX_MS: u32 = 5000;
 }
 
 impl Default for PoolPolicy {
@@ -76,6 +93,11 @@ impl Default for PoolPolicy {
             cooloff_secs: 3600,
             geo_match: GeoMatch::Country,
             out_of_session_message: PoolPolicy::DEFAULT_MESSAGE.into(),
+            callback_url: None,
+            callback_include_numbers: false,
+            intercept_url: None,
+            intercept_timeout_ms: 1500,
+            intercept_fallback: InterceptFallback::Allow,
         }
     }
 }

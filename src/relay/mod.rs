@@ -16,8 +16,11 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 
 use crate::api::{AppState, problem};
+use crate::broker::{BrokerError, Decision, RelayOutcome};
 use crate::domain::E164;
+use crate::domain::InterceptFallback;
 use crate::domain::session::Kind;
+use crate::events::intercept;
 
 /// A webhook request as the provider sent it, with the URL it called as the provider sees
 /// it (`HUSH_PUBLIC_URL` + path + query), which is what signatures cover.
@@ -189,6 +192,81 @@ pub fn forbidden() -> Response {
         "Invalid signature",
         "the webhook signature is missing or does not verify".into(),
     )
+}
+
+impl AppState {
+    /// The provider-neutral answer to an inbound call or text: the broker's decision, then
+    /// the app's say when the pool has an intercept. A retried webhook is not asked again:
+    /// it gets what the first one got.
+    pub async fn relay(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        from: Option<&E164>,
+        to: &E164,
+        kind: Kind,
+    ) -> Result<RelayOutcome, BrokerError> {
+        let mut outcome = self
+            .broker
+            .relay(provider, provider_ref, from, to, kind)
+            .await?;
+        let session = match &outcome.decision {
+            Decision::Connect { session_id, .. } | Decision::Relay { session_id, .. } => {
+                session_id.clone()
+            }
+            Decision::Announce { .. } => return Ok(outcome),
+        };
+        let Some(interaction) = outcome.interaction.clone() else {
+            return Ok(outcome);
+        };
+        let Some(plan) = self.broker.intercept_plan(&session, &interaction).await? else {
+            return Ok(outcome);
+        };
+        let blocked = if outcome.replay {
+            let status = self
+                .broker
+                .interaction_status_of(&session, &interaction)
+                .await?;
+            (status.as_deref() == Some("blocked")).then_some(None)
+        } else {
+            let verdict = intercept::ask(
+                &self.http,
+                self.broker.now_ms() / 1000,
+                intercept::Question {
+                    url: &plan.url,
+                    id: &plan.id,
+                    body: &plan.body,
+                    secrets: &plan.secrets,
+                    timeout: std::time::Duration::from_millis(plan.timeout_ms as u64),
+                    allow_private: self.config.callback_allow_private,
+                },
+            )
+            .await;
+            let verdict = match (verdict, plan.fallback) {
+                (intercept::Verdict::NoAnswer, InterceptFallback::Allow) => {
+                    intercept::Verdict::Allow
+                }
+                (intercept::Verdict::NoAnswer, InterceptFallback::Block) => {
+                    intercept::Verdict::Block(None)
+                }
+                (v, _) => v,
+            };
+            let (status, last, blocked) = match verdict {
+                intercept::Verdict::Block(message) => ("blocked", true, Some(message)),
+                _ => ("allowed", false, None),
+            };
+            self.broker
+                .interaction_status(provider, provider_ref, to, status, None, last)
+                .await?;
+            blocked
+        };
+        if let Some(message) = blocked {
+            outcome.decision = Decision::Announce {
+                message: message.unwrap_or(plan.message),
+            };
+        }
+        Ok(outcome)
+    }
 }
 
 /// The routes of every provider whose credentials are configured.

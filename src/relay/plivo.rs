@@ -320,7 +320,6 @@ async fn inbound(s: AppState, kind: Kind, hook: Webhook) -> Response {
         Err(e) => return e.into_response(),
     };
     let outcome = match s
-        .broker
         .relay(
             PROVIDER,
             &inbound.provider_ref,

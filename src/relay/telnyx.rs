@@ -147,7 +147,6 @@ async fn voice(State(state): State<AppState>, hook: Webhook) -> Response {
     // A withheld or unusable caller ID reaches nobody; the broker answers it.
     let from = param(&form, "From").and_then(|f| E164::parse_syntax(f).ok());
     match state
-        .broker
         .relay(PROVIDER, call, from.as_ref(), &to, Kind::Voice)
         .await
     {
@@ -222,7 +221,6 @@ async fn sms(State(state): State<AppState>, hook: Webhook) -> Response {
     };
     let from = msg.from.as_deref().and_then(|f| E164::parse_syntax(f).ok());
     let outcome = match state
-        .broker
         .relay(PROVIDER, &msg.id, from.as_ref(), &to, Kind::Sms)
         .await
     {

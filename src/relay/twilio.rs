@@ -60,7 +60,6 @@ async fn inbound(s: &AppState, kind: Kind, hook: Webhook) -> Response {
         Err(e) => return e.into_response(),
     };
     let outcome = s
-        .broker
         .relay(
             PROVIDER,
             &inbound.provider_ref,

@@ -79,7 +79,6 @@ async fn answer(State(s): State<AppState>, w: Webhook) -> Response {
     let from = number(param(&p, "from"));
     let uuid = param(&p, "uuid").unwrap_or_default();
     match s
-        .broker
         .relay("vonage", uuid, from.as_ref(), &to, Kind::Voice)
         .await
     {
@@ -164,11 +163,7 @@ async fn sms(State(s): State<AppState>, w: Webhook) -> Response {
         return no_content();
     };
     let from = number(param(&p, "msisdn"));
-    let outcome = match s
-        .broker
-        .relay("vonage", id, from.as_ref(), &to, Kind::Sms)
-        .await
-    {
+    let outcome = match s.relay("vonage", id, from.as_ref(), &to, Kind::Sms).await {
         Ok(o) => o,
         Err(BrokerError::NumberNotFound(_)) => return no_content(),
         Err(e) => return ApiError::from(e).into_response(),

@@ -103,6 +103,11 @@ impl ShardKeys {
     pub fn provider_ref(&self, provider: &str, reference: &str) -> String {
         format!("{}ref:{provider}:{reference}", self.tag)
     }
+    /// The start of the shard's event queue keys: `q` (ZSET id → when it may next be
+    /// claimed), `all` (ZSET id → created), `m:<id>` (HASH the event record).
+    pub fn events_tag(&self) -> String {
+        format!("{}ev:", self.tag)
+    }
     /// ZSET number → holding count, for active numbers of a class (`v`, `s`, `b`) at a
     /// geo level (`*`, `c1`, `a1415`).
     pub fn load(&self, class: &str, geo: &str) -> String {

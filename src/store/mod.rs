@@ -71,6 +71,8 @@ struct Scripts {
     idempotency_begin: Script,
     relay_claim: Script,
     interaction_update: Script,
+    event_put: Script,
+    event_redeliver: Script,
 }
 
 impl Scripts {
@@ -85,6 +87,8 @@ impl Scripts {
             idempotency_begin: script(include_str!("lua/idempotency_begin.lua")),
             relay_claim: script(include_str!("lua/relay_claim.lua")),
             interaction_update: script(include_str!("lua/interaction_update.lua")),
+            event_put: script(include_str!("lua/event_put.lua")),
+            event_redeliver: script(include_str!("lua/event_redeliver.lua")),
         }
     }
 }
@@ -155,6 +159,26 @@ pub struct CreateArgs<'a> {
     pub sticky_window_ms: i64,
     pub area_tag: &'a str,
     pub country_tag: &'a str,
+    /// The session.created event, recorded in the same step (`__PROXY__` in its body
+    /// stands for the number chosen).
+    pub event: Option<&'a EventDraft>,
+}
+
+/// An event to record with a change: its id and the JSON the app will receive (which
+/// holds no participant number; `numbers` carries them, sealed, for pools that send them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventDraft {
+    pub id: String,
+    pub body: String,
+    pub numbers: String,
+}
+
+/// The session.closed events a session change may record: one for an expiry the change
+/// notices, one for the ending the change itself makes (close, erase).
+#[derive(Clone, Debug, Default)]
+pub struct EndEvents {
+    pub expired: Option<EventDraft>,
+    pub own: Option<EventDraft>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -365,6 +389,27 @@ impl Store {
         Ok((row, created))
     }
 
+    /// Sets a pool field only if it has no value yet.
+    pub async fn pool_field_init(&self, id: u32, field: &str, value: &str) -> Result<bool> {
+        Ok(redis::cmd("HSETNX")
+            .arg(self.keys.pool(id))
+            .arg(field)
+            .arg(value)
+            .query_async(&mut self.c())
+            .await?)
+    }
+
+    /// Sets pool fields (secret rotation).
+    pub async fn pool_fields_set(&self, id: u32, fields: &[(&str, String)]) -> Result<()> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.keys.pool(id));
+        for (k, v) in fields {
+            cmd.arg(*k).arg(v);
+        }
+        let _: i64 = cmd.query_async(&mut self.c()).await?;
+        Ok(())
+    }
+
     pub async fn pool_list(&self) -> Result<Vec<PoolRow>> {
         let ids: HashMap<String, u32> = redis::cmd("HGETALL")
             .arg(self.keys.pools())
@@ -540,6 +585,9 @@ impl Store {
             .arg(a.sticky_window_ms)
             .arg(a.area_tag)
             .arg(a.country_tag)
+            .arg(a.event.map(|e| e.id.as_str()).unwrap_or(""))
+            .arg(a.event.map(|e| e.body.as_str()).unwrap_or(""))
+            .arg(a.event.map(|e| e.numbers.as_str()).unwrap_or(""))
             .invoke_async(&mut self.c())
             .await?;
         let v = strings(reply)?;
@@ -565,6 +613,7 @@ impl Store {
 
     /// Runs one change on a session. `idx_a`/`idx_b` are the participants' blind indexes as
     /// stored in the record (empty when that side was erased).
+    #[allow(clippy::too_many_arguments)]
     pub async fn session_end(
         &self,
         shard: &ShardKeys,
@@ -573,7 +622,11 @@ impl Store {
         idx_b: &str,
         now: i64,
         op: EndOp<'_>,
+        events: &EndEvents,
     ) -> Result<Ended> {
+        let expired = events.expired.as_ref();
+        let own = events.own.as_ref();
+        let numbers = expired.or(own).map(|e| e.numbers.as_str()).unwrap_or("");
         let (name, arg, blob) = match op {
             EndOp::Close => ("close", "closed".to_string(), ""),
             EndOp::Extend { expires } => ("extend", expires.to_string(), ""),
@@ -590,6 +643,11 @@ impl Store {
             .arg(name)
             .arg(arg)
             .arg(blob)
+            .arg(expired.map(|e| e.id.as_str()).unwrap_or(""))
+            .arg(expired.map(|e| e.body.as_str()).unwrap_or(""))
+            .arg(own.map(|e| e.id.as_str()).unwrap_or(""))
+            .arg(own.map(|e| e.body.as_str()).unwrap_or(""))
+            .arg(numbers)
             .invoke_async(&mut self.c())
             .await?;
         let v = strings(reply)?;
@@ -661,6 +719,7 @@ impl Store {
         provider_ref: &str,
         new_interaction: &str,
         ref_ttl_ms: i64,
+        event: Option<&EventDraft>,
     ) -> Result<Claimed> {
         let reply: Value = self
             .scripts
@@ -675,6 +734,8 @@ impl Store {
             .arg(new_interaction)
             .arg(ref_ttl_ms)
             .arg(idx.unwrap_or(""))
+            .arg(event.map(|e| e.id.as_str()).unwrap_or(""))
+            .arg(event.map(|e| e.body.as_str()).unwrap_or(""))
             .invoke_async(&mut self.c())
             .await?;
         let v = strings(reply)?;
@@ -700,6 +761,7 @@ impl Store {
         now: i64,
         duration_secs: Option<u32>,
         last: bool,
+        event: Option<&EventDraft>,
     ) -> Result<bool> {
         let changed: i64 = self
             .scripts
@@ -710,6 +772,8 @@ impl Store {
             .arg(now)
             .arg(duration_secs.map(|d| d.to_string()).unwrap_or_default())
             .arg(if last { "1" } else { "0" })
+            .arg(event.map(|e| e.id.as_str()).unwrap_or(""))
+            .arg(event.map(|e| e.body.as_str()).unwrap_or(""))
             .invoke_async(&mut self.c())
             .await?;
         Ok(changed == 1)
@@ -724,6 +788,92 @@ impl Store {
             .arg(shard.interactions(session_key))
             .query_async(&mut self.c())
             .await?)
+    }
+
+    // ---- events
+
+    /// Records an event that goes with no other change.
+    pub async fn event_put(
+        &self,
+        shard: &ShardKeys,
+        kind: &str,
+        e: &EventDraft,
+        now: i64,
+    ) -> Result<()> {
+        let _: i64 = self
+            .scripts
+            .event_put
+            .key(format!("{}q", shard.events_tag()))
+            .arg(shard.tag())
+            .arg(&e.id)
+            .arg(kind)
+            .arg(&e.body)
+            .arg(&e.numbers)
+            .arg(now)
+            .invoke_async(&mut self.c())
+            .await?;
+        Ok(())
+    }
+
+    /// The newest events of a shard (up to `limit`), each as its stored fields.
+    pub async fn events(
+        &self,
+        shard: &ShardKeys,
+        limit: usize,
+    ) -> Result<Vec<(String, HashMap<String, String>)>> {
+        let tag = shard.events_tag();
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(format!("{tag}all"))
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(&mut self.c())
+            .await?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(format!("{tag}m:{id}"));
+        }
+        let records: Vec<HashMap<String, String>> = pipe.query_async(&mut self.c()).await?;
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (id, rec) in ids.into_iter().zip(records) {
+            if rec.is_empty() {
+                gone.push(id);
+            } else {
+                out.push((id, rec));
+            }
+        }
+        if !gone.is_empty() {
+            // Records expire on their own; their index entries go when next seen.
+            let _: i64 = redis::cmd("ZREM")
+                .arg(format!("{tag}all"))
+                .arg(&gone)
+                .query_async(&mut self.c())
+                .await?;
+        }
+        Ok(out)
+    }
+
+    /// One event's stored fields (empty when unknown).
+    pub async fn event(&self, shard: &ShardKeys, key: &str) -> Result<HashMap<String, String>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(format!("{}m:{key}", shard.events_tag()))
+            .query_async(&mut self.c())
+            .await?)
+    }
+
+    /// Puts a delivered or failed event back in the queue. False when it is unknown, still
+    /// queued, or its body is gone.
+    pub async fn event_redeliver(&self, shard: &ShardKeys, id: &str, now: i64) -> Result<bool> {
+        let r: i64 = self
+            .scripts
+            .event_redeliver
+            .key(format!("{}q", shard.events_tag()))
+            .arg(shard.events_tag())
+            .arg(id)
+            .arg(now)
+            .invoke_async(&mut self.c())
+            .await?;
+        Ok(r == 1)
     }
 
     // ---- API keys
@@ -924,12 +1074,19 @@ mod tests {
             include_str!("lua/idempotency_begin.lua"),
             include_str!("lua/relay_claim.lua"),
             include_str!("lua/interaction_update.lua"),
+            include_str!("lua/event_put.lua"),
+            include_str!("lua/event_redeliver.lua"),
+            include_str!("lua/outbox_put.lua"),
+            include_str!("lua/outbox_claim.lua"),
+            include_str!("lua/outbox_settle.lua"),
         ] {
             for (i, _) in body.match_indices("redis.call(") {
                 let call = &body[i..body[i..].find(')').map(|e| i + e).unwrap_or(body.len())];
                 let key_arg = call.split(',').nth(1).unwrap_or("").trim();
                 let ok = key_arg.is_empty()
                     || key_arg.starts_with("TAG ..")
+                    // EV is TAG .. 'ev:' (common.lua): the shard's event queue.
+                    || key_arg.starts_with("EV ..")
                     || key_arg.starts_with("KEYS[")
                     || key_arg
                         .chars()

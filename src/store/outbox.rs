@@ -95,10 +95,30 @@ impl Store {
         limit: usize,
         token: &str,
     ) -> Result<Vec<Leased>> {
+        self.queue_claim(&self.outbox_tag(), now, lease_ms, limit, token)
+            .await
+    }
+
+    /// Settles a claimed text. False when the lease was lost (another worker holds it now).
+    pub async fn outbox_settle(&self, id: &str, token: &str, how: Settle<'_>) -> Result<bool> {
+        self.queue_settle(&self.outbox_tag(), id, token, how, false, "")
+            .await
+    }
+
+    /// Claims due items of the leased queue under `tag` (the outbound texts, or one shard's
+    /// events): the same scripts serve every queue.
+    pub(crate) async fn queue_claim(
+        &self,
+        tag: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+        token: &str,
+    ) -> Result<Vec<Leased>> {
         let reply: Value = SCRIPTS
             .claim
-            .key(self.outbox_queue())
-            .arg(self.outbox_tag())
+            .key(format!("{tag}q"))
+            .arg(tag)
             .arg(now)
             .arg(lease_ms)
             .arg(limit)
@@ -107,7 +127,7 @@ impl Store {
             .await?;
         let flat = strings(reply)?;
         if flat.len() % 4 != 0 {
-            return Err(StoreError::Corrupt("outbox_claim reply"));
+            return Err(StoreError::Corrupt("queue claim reply"));
         }
         flat.chunks(4)
             .map(|c| {
@@ -117,14 +137,22 @@ impl Store {
                     sealed: c[2].clone(),
                     claims: c[3]
                         .parse()
-                        .map_err(|_| StoreError::Corrupt("outbox claim count"))?,
+                        .map_err(|_| StoreError::Corrupt("queue claim count"))?,
                 })
             })
             .collect()
     }
 
-    /// Settles a claimed text. False when the lease was lost (another worker holds it now).
-    pub async fn outbox_settle(&self, id: &str, token: &str, how: Settle<'_>) -> Result<bool> {
+    /// Settles a claimed item of the queue under `tag`, appending `attempt` to its log.
+    pub(crate) async fn queue_settle(
+        &self,
+        tag: &str,
+        id: &str,
+        token: &str,
+        how: Settle<'_>,
+        keep_body: bool,
+        attempt: &str,
+    ) -> Result<bool> {
         let (op, at, reason) = match how {
             Settle::Done { keep_ms } => ("done", keep_ms, ""),
             Settle::Retry { due } => ("retry", due, ""),
@@ -133,13 +161,15 @@ impl Store {
         };
         let changed: i64 = SCRIPTS
             .settle
-            .key(self.outbox_queue())
-            .arg(self.outbox_tag())
+            .key(format!("{tag}q"))
+            .arg(tag)
             .arg(id)
             .arg(token)
             .arg(op)
             .arg(at)
             .arg(reason)
+            .arg(if keep_body { "1" } else { "0" })
+            .arg(attempt)
             .invoke_async(&mut self.c())
             .await?;
         Ok(changed == 1)

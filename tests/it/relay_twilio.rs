@@ -13,8 +13,8 @@ use sha2::Digest as _;
 
 use crate::harness::*;
 
-const PUBLIC: &str = "https://hush.example.test";
-const TOKEN: &str = "twilio-test-auth-token";
+pub const PUBLIC: &str = "https://hush.example.test";
+pub const TOKEN: &str = "twilio-test-auth-token";
 const SHARED_KEY_ID: &str = "wk_hush";
 const SHARED_SECRET: &str = "twilio-test-shared-key";
 const ENDED: &str = "This ride has ended. <Call> support & \"ask\" for 'Sam'.";
@@ -75,12 +75,12 @@ fn form(params: &[(&str, &str)]) -> String {
 }
 
 /// A fresh Twilio sid (`CA…`, `SM…`).
-fn sid(prefix: &str) -> String {
+pub fn sid(prefix: &str) -> String {
     format!("{prefix}{:032x}", rand::random::<u128>())
 }
 
-struct Twilio<'a> {
-    app: &'a TestApp,
+pub struct Twilio<'a> {
+    pub app: &'a TestApp,
 }
 
 impl Twilio<'_> {
@@ -106,12 +106,12 @@ impl Twilio<'_> {
         self.app.send(req).await
     }
 
-    async fn call(&self, from: &str, to: &str, call_sid: &str) -> Resp {
+    pub async fn call(&self, from: &str, to: &str, call_sid: &str) -> Resp {
         self.post("/hooks/twilio/voice", &call_params(from, to, call_sid))
             .await
     }
 
-    async fn text(&self, from: &str, to: &str, message_sid: &str, body: &str) -> Resp {
+    pub async fn text(&self, from: &str, to: &str, message_sid: &str, body: &str) -> Resp {
         self.post(
             "/hooks/twilio/sms",
             &text_params(from, to, message_sid, body),

@@ -63,3 +63,22 @@ local function add_load(nums, number, delta)
     end
   end
 end
+
+-- Events live in the shard's own queue, so a script records the event of a change in the same
+-- step as the change (written or not at all, together). `body` is the JSON the app receives
+-- (no numbers); `numbers` the participants' numbers, sealed, for pools that send them.
+local EV = TAG .. 'ev:'
+local function put_event(id, etype, body, numbers, now)
+  if id == nil or id == '' then return end
+  local m = EV .. 'm:' .. id
+  redis.call('HSET', m, 'b', body, 's', 'q', 'n', 0, 't', etype, 'c', now)
+  if numbers and numbers ~= '' then redis.call('HSET', m, 'z', numbers) end
+  redis.call('ZADD', EV .. 'q', now, id)
+  redis.call('ZADD', EV .. 'all', now, id)
+end
+
+-- Fills a `__NAME__` placeholder of an event body with a value of ours (ids, numbers of the
+-- pool, statuses): none holds a `%`, which gsub would read as a pattern item.
+local function fill(body, name, value)
+  return (string.gsub(body, '__' .. name .. '__', tostring(value)))
+end

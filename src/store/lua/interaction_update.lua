@@ -1,5 +1,7 @@
 -- Moves an interaction to a new status (from a provider's status callback).
--- KEYS: 1 ref key. ARGV: 1 tag, 2 status, 3 now ms, 4 duration secs or '', 5 final (1|0)
+-- KEYS: 1 ref key. ARGV: 1 tag, 2 status, 3 now ms, 4 duration secs or '', 5 final (1|0),
+--       6 interaction.completed event id or '', 7 its body (`__SKEY__`, `__IID__`, `__KIND__`,
+--       `__SIDE__`, `__DURATION__` are filled in here)
 -- Returns 1 when an interaction changed, 0 when the reference is unknown.
 local seen = redis.call('GET', KEYS[1])
 if not seen then return 0 end
@@ -19,4 +21,13 @@ if ARGV[5] == '1' then
   if ARGV[4] ~= '' then duration = ARGV[4] end
 end
 redis.call('HSET', ikey, iid, table.concat({ kind, side, status, started, ended, duration, rest }, '|'))
+if ARGV[5] == '1' then
+  local body = ARGV[7] or ''
+  body = fill(body, 'SKEY', sid)
+  body = fill(body, 'IID', iid)
+  body = fill(body, 'KIND', kind == 'v' and 'voice' or 'sms')
+  body = fill(body, 'SIDE', side)
+  body = fill(body, 'DURATION', duration ~= '' and duration or 'null')
+  put_event(ARGV[6], 'interaction.completed', body, '', tonumber(ARGV[3]))
+end
 return 1

@@ -2,7 +2,9 @@
 -- reference: a retried webhook gets the same answer and no second interaction.
 -- KEYS: 1 u:<caller idx> (a throwaway key when the caller ID is withheld), 2 ref key
 -- ARGV: 1 tag, 2 proxy number, 3 now ms, 4 kind (v|s), 5 provider, 6 provider ref,
---       7 new interaction id, 8 ref ttl ms, 9 caller idx or ''
+--       7 new interaction id, 8 ref ttl ms, 9 caller idx or '', 10 interaction.started
+--       event id or '', 11 its body (`__SKEY__`, `__SIDE__` stand for the session key and
+--       the caller's side)
 -- Returns {'connect', route record, interaction id, replay 0|1} or {'announce'}.
 local u, ref = KEYS[1], KEYS[2]
 local proxy, now, kind = ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -34,4 +36,6 @@ redis.call('HSET', ikey, iid,
   kind .. '|' .. side .. '|started|' .. now .. '|||' .. provider .. '|' .. provider_ref)
 push_expiry(ikey, r.held_until + 86400000)
 redis.call('SET', ref, 'c|' .. r.sid .. '|' .. iid, 'PX', ttl)
+put_event(ARGV[10], 'interaction.started',
+  fill(fill(ARGV[11] or '', 'SKEY', r.sid), 'SIDE', side), '', now)
 return { 'connect', rec, iid, 0 }

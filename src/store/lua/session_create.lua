@@ -4,7 +4,9 @@
 -- ARGV: 1 tag, 2 now ms, 3 expires ms, 4 cool-off ms, 5 mode class (v|s|b), 6 idx A,
 --       7 idx B, 8 geo levels to try in order ('a1415,c1,*'), 9 random, 10 session key,
 --       11 sealed A, 12 sealed B, 13 sealed session blob, 14 sticky window ms,
---       15 A's area tag or '', 16 A's country tag
+--       15 A's area tag or '', 16 A's country tag, 17 session.created event id or '',
+--       18 its body (`__PROXY__` stands for the number chosen), 19 sealed numbers or ''
+
 -- Returns {0, due} when no number is free, {1, number, level, due} on success.
 local nums, x, ua, ub, ka, kb, s = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local now = tonumber(ARGV[2])
@@ -109,4 +111,5 @@ redis.call('ZADD', x, expires, skey)
 add_load(nums, chosen, 1)
 redis.call('HINCRBY', nums, chosen .. ':o', 1)
 redis.call('HINCRBY', nums, '#open', 1)
+put_event(ARGV[17], 'session.created', fill(ARGV[18] or '', 'PROXY', chosen), ARGV[19], now)
 return { 1, chosen, level, due }

@@ -1,6 +1,9 @@
 -- Ends, extends or advances one session; the only script that changes a live session.
 -- KEYS: 1 nums, 2 x, 3 s:<session>, 4 u:A, 5 u:B
--- ARGV: 1 tag, 2 now ms, 3 session key, 4 op, 5 op argument, 6 sealed blob or ''
+-- ARGV: 1 tag, 2 now ms, 3 session key, 4 op, 5 op argument, 6 sealed blob or '',
+--       7 event id for an expiry noticed now, 8 its body, 9 event id for the op's own
+--       ending (close, erase), 10 its body, 11 sealed numbers for both or ''
+-- Each ending records its session.closed event in this same step, so it is sent once.
 --   op 'close'  : arg = reason ('closed'); routes stay held for the cool-off.
 --   op 'erase'  : routes and load are released now; the record stays readable, scrubbed
 --                 (ARGV[6] is the new blob, arg is the erased side 'a' or 'b').
@@ -68,6 +71,7 @@ if t == 'o' and not open then
   redis.call('HSET', s, 't', 'c', 'r', 'expired')
   stop_open(e)
   t = 'c'
+  put_event(ARGV[7], 'session.closed', ARGV[8] or '', ARGV[11], now)
 end
 
 if op == 'close' then
@@ -79,6 +83,7 @@ if op == 'close' then
   end)
   redis.call('HSET', s, 't', 'c', 'r', arg, 'e', now, 'h', h)
   stop_open(now)
+  put_event(ARGV[9], 'session.closed', ARGV[10] or '', ARGV[11], now)
   if h <= now then release(false) else redis.call('ZADD', x, h, skey) end
   return { 'ok', 'c' }
 end
@@ -89,6 +94,7 @@ if op == 'erase' then
   if open then
     redis.call('HSET', s, 'r', 'erased', 'e', now)
     stop_open(now)
+    put_event(ARGV[9], 'session.closed', ARGV[10] or '', '', now)
   end
   if t ~= 'r' then release(true) else redis.call('ZADD', x, h, skey) end
   return { 'ok', open and 'erased' or t }

@@ -1,0 +1,56 @@
+//! Events as the app's operators see them (scope `pools`): what was sent, what failed, and
+//! sending again.
+
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::{ApiError, AppState, Auth, ok};
+use crate::broker::{BrokerError, Scope};
+use crate::domain::PoolName;
+
+const LIST_MAX: usize = 500;
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    pool: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    auth: Auth,
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    auth.require(Scope::Pools)?;
+    let pool = match q.pool {
+        None => None,
+        Some(p) => Some(
+            PoolName::parse(&p)
+                .ok_or_else(|| ApiError::Broker(BrokerError::PoolNotFound(super::scrub(&p))))?,
+        ),
+    };
+    if let Some(st) = q.status.as_deref()
+        && !matches!(st, "pending" | "delivered" | "failed")
+    {
+        return Err(ApiError::Validation(
+            "status must be pending, delivered or failed".into(),
+        ));
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, LIST_MAX);
+    let events = s
+        .broker
+        .list_events(pool.as_ref(), q.status.as_deref(), limit)
+        .await?;
+    Ok(ok(serde_json::json!({ "events": events })))
+}
+
+pub async fn redeliver(
+    auth: Auth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    auth.require(Scope::Pools)?;
+    Ok(ok(s.broker.redeliver_event(&id).await?))
+}

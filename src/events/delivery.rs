@@ -1,0 +1,303 @@
+//! Delivering events: a step that claims due events from every shard's queue and posts each
+//! to its pool's callback URL, signed as Standard Webhooks, and a loop around it.
+//!
+//! A claim is a lease (see `store::outbox`): a hush instance that dies mid-delivery leaves
+//! the event to be claimed again when the lease ends, so every event is delivered at least
+//! once, or ends visibly failed. Order is not promised.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::signing::{self, SigningSecret};
+use super::ssrf;
+use crate::broker::{Broker, BrokerError, EventId};
+use crate::store::ShardKeys;
+use crate::store::outbox::{Leased, Settle};
+
+/// A delivery attempt gives up waiting for the app after this long.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a claimed event is ours: longer than any attempt, so no other instance sends
+/// it while this one still might.
+const LEASE_MS: i64 = 60_000;
+/// Delivered events (and their attempts) stay listed this long.
+const KEEP_DELIVERED_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Failed events stay listed, and redeliverable, this long.
+const KEEP_FAILED_MS: i64 = 30 * 24 * 3600 * 1000;
+/// The longest `Retry-After` hush honours.
+const MAX_RETRY_AFTER_MS: i64 = 24 * 3600 * 1000;
+const BATCH: usize = 50;
+
+/// What one attempt came to.
+enum Outcome {
+    Delivered(u16),
+    /// The app answered 410: it wants no more of these.
+    Gone,
+    /// 429 or 503 with a `Retry-After` (ms from now).
+    Later(u16, Option<i64>),
+    Failed(u16),
+    /// The URL may not be called (SSRF guard) or no longer exists.
+    Refused(String),
+}
+
+/// The delivery worker's settings.
+#[derive(Clone)]
+pub struct Delivery {
+    pub http: reqwest::Client,
+    pub allow_private: bool,
+    pub schedule_ms: Vec<u64>,
+}
+
+impl Delivery {
+    pub fn new(allow_private: bool, schedule_ms: Vec<u64>) -> Delivery {
+        Delivery {
+            http: ssrf::client(allow_private, ATTEMPT_TIMEOUT),
+            allow_private,
+            schedule_ms,
+        }
+    }
+
+    /// One pass: claims what is due in every shard and delivers it. Returns how many
+    /// attempts it made.
+    pub async fn deliver_once(&self, broker: &Broker) -> Result<usize, BrokerError> {
+        let now = broker.now_ms();
+        let token = format!("{}", rand::random::<u64>());
+        let mut tasks = JoinSet::new();
+        for row in broker.store().pool_list().await? {
+            for sh in 0..row.shards {
+                let shard = broker.store().keys().shard(row.id, sh);
+                let tag = shard.events_tag();
+                for item in broker
+                    .store()
+                    .queue_claim(
+                        &tag,
+                        now,
+                        LEASE_MS,
+                        BATCH,
+                        &format!("{token}.{}.{sh}", row.id),
+                    )
+                    .await?
+                {
+                    let (me, broker, shard) = (self.clone(), broker.clone(), shard.clone());
+                    tasks.spawn(async move { me.attempt(&broker, &shard, item).await });
+                }
+            }
+        }
+        let mut attempts = 0;
+        while let Some(done) = tasks.join_next().await {
+            attempts += 1;
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "settling an event delivery failed"),
+                Err(e) => tracing::error!(error = %e, "an event delivery panicked"),
+            }
+        }
+        Ok(attempts)
+    }
+
+    async fn attempt(
+        &self,
+        broker: &Broker,
+        shard: &ShardKeys,
+        item: Leased,
+    ) -> Result<(), BrokerError> {
+        let id = EventId {
+            pool_id: shard.pool_id,
+            shard: shard.shard,
+            key: item.id.clone(),
+        }
+        .to_string();
+        let started = Instant::now();
+        let at = broker.now_ms();
+        let outcome = match self.send(broker, shard, &id, &item).await {
+            Ok(o) => o,
+            Err(e) => Outcome::Refused(e),
+        };
+        let latency = started.elapsed().as_millis() as u64;
+        let (status, settle) = self.settle(&outcome, item.claims, at);
+        let log = format!("{at},{status},{latency}");
+        match &outcome {
+            Outcome::Delivered(_) => tracing::debug!(event = %id, "event delivered"),
+            Outcome::Refused(why) => {
+                tracing::warn!(event = %id, reason = %why, "event not sent: its URL is refused")
+            }
+            _ => tracing::info!(event = %id, status, attempt = item.claims, "event not delivered"),
+        }
+        broker
+            .store()
+            .queue_settle(
+                &shard.events_tag(),
+                &item.id,
+                &item.token,
+                settle,
+                true,
+                &log,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The HTTP side of one attempt.
+    async fn send(
+        &self,
+        broker: &Broker,
+        shard: &ShardKeys,
+        id: &str,
+        item: &Leased,
+    ) -> Result<Outcome, String> {
+        let Some((_, url, secrets)) = broker
+            .delivery_target(shard.pool_id)
+            .await
+            .map_err(|e| format!("pool unreadable: {e}"))?
+        else {
+            return Ok(Outcome::Refused("the pool has no callback_url".into()));
+        };
+        let url = ssrf::check_url(&url, self.allow_private).map_err(|e| e.to_string())?;
+        let body = self.body(broker, shard, item).await?;
+        let secrets: Vec<SigningSecret> = secrets
+            .iter()
+            .filter_map(|s| SigningSecret::parse(s).ok())
+            .collect();
+        let refs: Vec<&SigningSecret> = secrets.iter().collect();
+        let timestamp = broker.now_ms() / 1000;
+        let signature = signing::sign(&refs, id, timestamp, body.as_bytes());
+        let response = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(refusal) = ssrf::refusal(&e) {
+                    return Ok(Outcome::Refused(refusal.to_string()));
+                }
+                return Ok(Outcome::Failed(0));
+            }
+        };
+        let status = response.status().as_u16();
+        Ok(match status {
+            200..=299 => Outcome::Delivered(status),
+            410 => Outcome::Gone,
+            429 | 503 => {
+                let after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+                    .map(|secs| (secs.max(0) * 1000).min(MAX_RETRY_AFTER_MS));
+                Outcome::Later(status, after)
+            }
+            _ => Outcome::Failed(status),
+        })
+    }
+
+    /// The body as stored, with the participants' numbers put in for pools that send them.
+    async fn body(
+        &self,
+        broker: &Broker,
+        shard: &ShardKeys,
+        item: &Leased,
+    ) -> Result<String, String> {
+        let rec = broker
+            .store()
+            .event(shard, &item.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(sealed) = rec.get("z").filter(|z| !z.is_empty()) else {
+            return Ok(item.sealed.clone());
+        };
+        let numbers = broker.event_numbers(sealed).map_err(|e| e.to_string())?;
+        let mut body: serde_json::Value = serde_json::from_str(&item.sealed)
+            .map_err(|_| "stored event is not JSON".to_string())?;
+        if let Some(list) = body
+            .pointer_mut("/data/participants")
+            .and_then(|p| p.as_array_mut())
+        {
+            for (p, n) in list.iter_mut().zip(numbers) {
+                if let Some(obj) = p.as_object_mut() {
+                    obj.insert("number".into(), n.into());
+                }
+            }
+        }
+        Ok(body.to_string())
+    }
+
+    /// The status to log and what becomes of the event.
+    fn settle(&self, outcome: &Outcome, claims: u32, now: i64) -> (u16, Settle<'static>) {
+        let next = |status: u16| -> (u16, Settle<'static>) {
+            match self.schedule_ms.get(claims.saturating_sub(1) as usize) {
+                Some(&delay) => {
+                    // Jitter spreads the retries of many events that failed together.
+                    let jitter = rand::rng().random_range(0..=delay / 10 + 1);
+                    (
+                        status,
+                        Settle::Retry {
+                            due: now + delay as i64 + jitter as i64,
+                        },
+                    )
+                }
+                None => (
+                    status,
+                    Settle::Failed {
+                        keep_ms: KEEP_FAILED_MS,
+                        reason: "no delivery succeeded before the retry schedule ran out",
+                    },
+                ),
+            }
+        };
+        match outcome {
+            Outcome::Delivered(status) => (
+                *status,
+                Settle::Done {
+                    keep_ms: KEEP_DELIVERED_MS,
+                },
+            ),
+            Outcome::Gone => (
+                410,
+                Settle::Failed {
+                    keep_ms: KEEP_FAILED_MS,
+                    reason: "the app answered 410 Gone",
+                },
+            ),
+            Outcome::Later(status, Some(after)) if claims as usize <= self.schedule_ms.len() => {
+                (*status, Settle::Retry { due: now + after })
+            }
+            Outcome::Later(status, _) | Outcome::Failed(status) => next(*status),
+            Outcome::Refused(_) => (
+                0,
+                Settle::Failed {
+                    keep_ms: KEEP_FAILED_MS,
+                    reason: "the callback URL may not be called (private, loopback or unparsable)",
+                },
+            ),
+        }
+    }
+}
+
+/// Runs [`Delivery::deliver_once`] every `interval` until `shutdown`.
+pub async fn run(
+    broker: Broker,
+    delivery: Delivery,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = delivery.deliver_once(&broker).await {
+            tracing::warn!(error = %e, "event delivery pass failed; retrying next tick");
+        }
+    }
+}
