@@ -164,6 +164,7 @@ pub struct PoolView {
     pub intercept_url: Option<String>,
     pub intercept_timeout_ms: u32,
     pub intercept_fallback: InterceptFallback,
+    pub low_threshold_pct: u8,
     pub numbers: NumberCounts,
     pub open_sessions: i64,
 }
@@ -256,6 +257,8 @@ pub struct EventView {
     /// `pending` (waiting or being retried), `delivered` or `failed`.
     pub status: String,
     pub created_at: String,
+    #[serde(skip)]
+    pub created_ms: Millis,
     pub attempts: Vec<AttemptView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
@@ -308,6 +311,7 @@ impl EventView {
             }
             .into(),
             created_at: rfc3339(rec.get("c").and_then(|v| v.parse().ok()).unwrap_or(0)),
+            created_ms: rec.get("c").and_then(|v| v.parse().ok()).unwrap_or(0),
             attempts,
             failure: rec.get("r").cloned(),
         }
@@ -380,6 +384,9 @@ struct Inner {
     principals: RwLock<HashMap<String, (Principal, Millis)>>,
 }
 
+/// How many of a shard's newest events a status-filtered listing looks through.
+const EVENT_SCAN_WINDOW: usize = 5000;
+
 /// How long a rotated-out signing secret keeps signing beside the new one.
 pub const SECRET_OVERLAP_MS: Millis = 24 * 3600 * 1000;
 
@@ -422,6 +429,10 @@ fn policy_of(row: &PoolRow) -> PoolPolicy {
             Some("block") => InterceptFallback::Block,
             _ => InterceptFallback::Allow,
         },
+        low_threshold_pct: f
+            .get("low")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.low_threshold_pct),
     }
 }
 
@@ -647,7 +658,9 @@ impl Broker {
             serde_json::json!({ "type": kind, "timestamp": rfc3339(self.now()), "data": data })
                 .to_string()
                 .replace("\"__SIDE__\"", "__SIDE__")
-                .replace("\"__DURATION__\"", "__DURATION__");
+                .replace("\"__DURATION__\"", "__DURATION__")
+                .replace("\"__BUSY__\"", "__BUSY__")
+                .replace("\"__TOTAL__\"", "__TOTAL__");
         EventDraft {
             // The key within its shard; the app sees it as an [`EventId`].
             id: SessionId::new(0, 0).key(),
@@ -717,6 +730,16 @@ impl Broker {
                 None => None,
             },
         })
+    }
+
+    /// A pool's policy, if the pool exists.
+    pub async fn pool_policy(&self, name: &PoolName) -> Result<Option<PoolPolicy>> {
+        Ok(self
+            .inner
+            .store
+            .pool(name.as_str())
+            .await?
+            .map(|row| policy_of(&row)))
     }
 
     /// The pool's current callback signing secret (`whsec_…`).
@@ -813,11 +836,18 @@ impl Broker {
             Some(p) => vec![self.pool_row(p).await?],
             None => self.inner.store.pool_list().await?,
         };
+        // A status filter looks further back than the page it fills, so older failed events
+        // are found behind newer delivered ones.
+        let window = if status.is_some() {
+            EVENT_SCAN_WINDOW.max(limit)
+        } else {
+            limit
+        };
         let mut out = Vec::new();
         for row in rows {
             for sh in 0..row.shards {
                 let shard = self.shard(row.id, sh);
-                for (id, rec) in self.inner.store.events(&shard, limit).await? {
+                for (id, rec) in self.inner.store.events(&shard, window).await? {
                     let view = EventView::from_record(&id, &row.name, row.id, sh, &rec);
                     if status.is_none_or(|s| s == view.status) {
                         out.push(view);
@@ -825,7 +855,7 @@ impl Broker {
                 }
             }
         }
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
         out.truncate(limit);
         Ok(out)
     }
@@ -841,11 +871,7 @@ impl Broker {
             .await?
         {
             // Unknown, still queued, or without its body any more.
-            let known = self.find_event(&parsed).await?;
-            return match known {
-                Some(v) if v.status == "pending" => Ok(v),
-                Some(_) | None => Err(BrokerError::EventNotFound),
-            };
+            return Err(BrokerError::EventNotFound);
         }
         self.find_event(&parsed)
             .await?
@@ -882,6 +908,7 @@ impl Broker {
             ),
             ("iu", policy.intercept_url.clone().unwrap_or_default()),
             ("it", policy.intercept_timeout_ms.to_string()),
+            ("low", policy.low_threshold_pct.to_string()),
             (
                 "if",
                 match policy.intercept_fallback {
@@ -941,6 +968,7 @@ impl Broker {
             intercept_url: policy.intercept_url,
             intercept_timeout_ms: policy.intercept_timeout_ms,
             intercept_fallback: policy.intercept_fallback,
+            low_threshold_pct: policy.low_threshold_pct,
             numbers: counts,
             open_sessions: open,
         })
@@ -1216,6 +1244,18 @@ impl Broker {
                     }),
                 )
             });
+            let low = policy.callback_url.is_some().then(|| {
+                self.draft(
+                    "pool.low",
+                    serde_json::json!({
+                        "pool": row.name,
+                        "busy_numbers": "__BUSY__",
+                        "total_numbers": "__TOTAL__",
+                        "threshold_pct": policy.low_threshold_pct,
+                    }),
+                    None,
+                )
+            });
             let outcome = self
                 .inner
                 .store
@@ -1236,6 +1276,7 @@ impl Broker {
                     area_tag: &area_tag,
                     country_tag: &country_tag,
                     event: event.as_ref(),
+                    low: low.as_ref().map(|e| (e, policy.low_threshold_pct)),
                 })
                 .await?;
             let due = match &outcome {

@@ -66,18 +66,21 @@ enum KeysCmd {
 
 #[derive(Subcommand)]
 enum PoolsCmd {
-    /// Create or replace a pool's policy.
+    /// Create a pool, or change the settings given of an existing one (the others keep
+    /// their current values; a new pool starts from the defaults).
     Put {
         name: String,
-        #[arg(long, default_value_t = 3600)]
-        default_ttl_secs: u32,
-        #[arg(long, default_value_t = 3600)]
-        cooloff_secs: u32,
-        /// area_code, country or any.
-        #[arg(long, default_value = "country")]
-        geo_match: String,
-        #[arg(long, default_value = PoolPolicy::DEFAULT_MESSAGE)]
-        out_of_session_message: String,
+        /// Default session length (60 to 2592000; default 3600).
+        #[arg(long)]
+        default_ttl_secs: Option<u32>,
+        /// Cool-off after a session ends (0 to 604800; default 3600).
+        #[arg(long)]
+        cooloff_secs: Option<u32>,
+        /// area_code, country or any (default country).
+        #[arg(long)]
+        geo_match: Option<String>,
+        #[arg(long)]
+        out_of_session_message: Option<String>,
     },
     List,
     Show {
@@ -216,21 +219,30 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
             geo_match,
             out_of_session_message,
         } => {
-            let policy = PoolPolicy {
-                default_ttl_secs,
-                cooloff_secs,
-                geo_match: GeoMatch::parse(&geo_match)
-                    .context("--geo-match must be area_code, country or any")?,
-                out_of_session_message,
-                ..PoolPolicy::default()
-            };
+            let pool = pool_name(&name)?;
+            // Settings not given keep their values, so a change of TTL from the command
+            // line does not switch off the pool's callbacks.
+            let mut policy = broker.pool_policy(&pool).await?.unwrap_or_default();
+            if let Some(v) = default_ttl_secs {
+                policy.default_ttl_secs = v;
+            }
+            if let Some(v) = cooloff_secs {
+                policy.cooloff_secs = v;
+            }
+            if let Some(v) = geo_match {
+                policy.geo_match =
+                    GeoMatch::parse(&v).context("--geo-match must be area_code, country or any")?;
+            }
+            if let Some(v) = out_of_session_message {
+                policy.out_of_session_message = v;
+            }
             if !PoolPolicy::TTL_RANGE.contains(&policy.default_ttl_secs) {
                 bail!("--default-ttl-secs must be between 60 and 2592000");
             }
             if !PoolPolicy::COOLOFF_RANGE.contains(&policy.cooloff_secs) {
                 bail!("--cooloff-secs must be between 0 and 604800");
             }
-            let (view, created) = broker.put_pool(&pool_name(&name)?, &policy).await?;
+            let (view, created) = broker.put_pool(&pool, &policy).await?;
             eprintln!(
                 "{} pool `{name}`",
                 if created { "created" } else { "updated" }

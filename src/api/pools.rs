@@ -37,6 +37,7 @@ pub struct PoolBody {
     intercept_url: Option<String>,
     intercept_timeout_ms: Option<u32>,
     intercept_fallback: Option<String>,
+    low_threshold_pct: Option<u8>,
 }
 
 /// A callback or intercept URL: https, and a public host unless private targets are allowed.
@@ -99,7 +100,13 @@ pub async fn put(
                 ));
             }
         },
+        low_threshold_pct: b.low_threshold_pct.unwrap_or(d.low_threshold_pct),
     };
+    if !(1..=100).contains(&policy.low_threshold_pct) {
+        return Err(ApiError::Validation(
+            "low_threshold_pct must be between 1 and 100".into(),
+        ));
+    }
     if !(1..=PoolPolicy::INTERCEPT_TIMEOUT_MAX_MS).contains(&policy.intercept_timeout_ms) {
         return Err(ApiError::Validation(
             "intercept_timeout_ms must be between 1 and 5000".into(),

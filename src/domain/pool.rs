@@ -76,6 +76,8 @@ pub struct PoolPolicy {
     pub intercept_url: Option<String>,
     pub intercept_timeout_ms: u32,
     pub intercept_fallback: InterceptFallback,
+    /// pool.low fires when this percentage of the numbers carries an open session.
+    pub low_threshold_pct: u8,
 }
 
 impl PoolPolicy {
@@ -98,6 +100,7 @@ impl Default for PoolPolicy {
             intercept_url: None,
             intercept_timeout_ms: 1500,
             intercept_fallback: InterceptFallback::Allow,
+            low_threshold_pct: 80,
         }
     }
 }

@@ -29,6 +29,8 @@ const KEEP_FAILED_MS: i64 = 30 * 24 * 3600 * 1000;
 /// The longest `Retry-After` hush honours.
 const MAX_RETRY_AFTER_MS: i64 = 24 * 3600 * 1000;
 const BATCH: usize = 50;
+/// Attempts one instance keeps under way at once.
+const MAX_IN_FLIGHT: usize = 256;
 
 /// What one attempt came to.
 enum Outcome {
@@ -40,6 +42,8 @@ enum Outcome {
     Failed(u16),
     /// The URL may not be called (SSRF guard) or no longer exists.
     Refused(String),
+    /// hush could not prepare the attempt (Redis or the pool briefly unreadable): try again.
+    NotTried(String),
 }
 
 /// The delivery worker's settings.
@@ -62,11 +66,32 @@ impl Delivery {
     /// One pass: claims what is due in every shard and delivers it. Returns how many
     /// attempts it made.
     pub async fn deliver_once(&self, broker: &Broker) -> Result<usize, BrokerError> {
+        let mut tasks = JoinSet::new();
+        self.claim(broker, &mut tasks, BATCH).await?;
+        let mut attempts = 0;
+        while let Some(done) = tasks.join_next().await {
+            attempts += 1;
+            report(done);
+        }
+        Ok(attempts)
+    }
+
+    /// Claims up to `room` due events across every shard and starts an attempt for each
+    /// in `tasks`, without waiting for any.
+    async fn claim(
+        &self,
+        broker: &Broker,
+        tasks: &mut JoinSet<Result<(), BrokerError>>,
+        room: usize,
+    ) -> Result<(), BrokerError> {
         let now = broker.now_ms();
         let token = format!("{}", rand::random::<u64>());
-        let mut tasks = JoinSet::new();
         for row in broker.store().pool_list().await? {
             for sh in 0..row.shards {
+                let room = room.saturating_sub(tasks.len());
+                if room == 0 {
+                    return Ok(());
+                }
                 let shard = broker.store().keys().shard(row.id, sh);
                 let tag = shard.events_tag();
                 for item in broker
@@ -75,7 +100,7 @@ impl Delivery {
                         &tag,
                         now,
                         LEASE_MS,
-                        BATCH,
+                        room.min(BATCH),
                         &format!("{token}.{}.{sh}", row.id),
                     )
                     .await?
@@ -85,16 +110,7 @@ impl Delivery {
                 }
             }
         }
-        let mut attempts = 0;
-        while let Some(done) = tasks.join_next().await {
-            attempts += 1;
-            match done {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "settling an event delivery failed"),
-                Err(e) => tracing::error!(error = %e, "an event delivery panicked"),
-            }
-        }
-        Ok(attempts)
+        Ok(())
     }
 
     async fn attempt(
@@ -111,10 +127,7 @@ impl Delivery {
         .to_string();
         let started = Instant::now();
         let at = broker.now_ms();
-        let outcome = match self.send(broker, shard, &id, &item).await {
-            Ok(o) => o,
-            Err(e) => Outcome::Refused(e),
-        };
+        let outcome = self.send(broker, shard, &id, &item).await;
         let latency = started.elapsed().as_millis() as u64;
         let (status, settle) = self.settle(&outcome, item.claims, at);
         let log = format!("{at},{status},{latency}");
@@ -122,6 +135,9 @@ impl Delivery {
             Outcome::Delivered(_) => tracing::debug!(event = %id, "event delivered"),
             Outcome::Refused(why) => {
                 tracing::warn!(event = %id, reason = %why, "event not sent: its URL is refused")
+            }
+            Outcome::NotTried(why) => {
+                tracing::warn!(event = %id, reason = %why, "event not sent this time; retrying")
             }
             _ => tracing::info!(event = %id, status, attempt = item.claims, "event not delivered"),
         }
@@ -140,22 +156,20 @@ impl Delivery {
     }
 
     /// The HTTP side of one attempt.
-    async fn send(
-        &self,
-        broker: &Broker,
-        shard: &ShardKeys,
-        id: &str,
-        item: &Leased,
-    ) -> Result<Outcome, String> {
-        let Some((_, url, secrets)) = broker
-            .delivery_target(shard.pool_id)
-            .await
-            .map_err(|e| format!("pool unreadable: {e}"))?
-        else {
-            return Ok(Outcome::Refused("the pool has no callback_url".into()));
+    async fn send(&self, broker: &Broker, shard: &ShardKeys, id: &str, item: &Leased) -> Outcome {
+        let (_, url, secrets) = match broker.delivery_target(shard.pool_id).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return Outcome::Refused("the pool has no callback_url".into()),
+            Err(e) => return Outcome::NotTried(format!("pool unreadable: {e}")),
         };
-        let url = ssrf::check_url(&url, self.allow_private).map_err(|e| e.to_string())?;
-        let body = self.body(broker, shard, item).await?;
+        let url = match ssrf::check_url(&url, self.allow_private) {
+            Ok(u) => u,
+            Err(e) => return Outcome::Refused(e.to_string()),
+        };
+        let body = match self.body(broker, shard, item).await {
+            Ok(b) => b,
+            Err(e) => return Outcome::NotTried(e),
+        };
         let secrets: Vec<SigningSecret> = secrets
             .iter()
             .filter_map(|s| SigningSecret::parse(s).ok())
@@ -177,13 +191,13 @@ impl Delivery {
             Ok(r) => r,
             Err(e) => {
                 if let Some(refusal) = ssrf::refusal(&e) {
-                    return Ok(Outcome::Refused(refusal.to_string()));
+                    return Outcome::Refused(refusal.to_string());
                 }
-                return Ok(Outcome::Failed(0));
+                return Outcome::Failed(0);
             }
         };
         let status = response.status().as_u16();
-        Ok(match status {
+        match status {
             200..=299 => Outcome::Delivered(status),
             410 => Outcome::Gone,
             429 | 503 => {
@@ -196,7 +210,7 @@ impl Delivery {
                 Outcome::Later(status, after)
             }
             _ => Outcome::Failed(status),
-        })
+        }
     }
 
     /// The body as stored, with the participants' numbers put in for pools that send them.
@@ -271,6 +285,7 @@ impl Delivery {
                 (*status, Settle::Retry { due: now + after })
             }
             Outcome::Later(status, _) | Outcome::Failed(status) => next(*status),
+            Outcome::NotTried(_) => next(0),
             Outcome::Refused(_) => (
                 0,
                 Settle::Failed {
@@ -289,15 +304,34 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
+    // Attempts run side by side across ticks, so one slow app (up to the attempt timeout)
+    // holds up nobody else's events.
+    let mut tasks = JoinSet::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Err(e) = delivery.deliver_once(&broker).await {
+        while let Some(done) = tasks.try_join_next() {
+            report(done);
+        }
+        if let Err(e) = delivery.claim(&broker, &mut tasks, MAX_IN_FLIGHT).await {
             tracing::warn!(error = %e, "event delivery pass failed; retrying next tick");
         }
+    }
+    // Attempts in hand finish (each within its timeout); their leases would otherwise hold
+    // the events back for a minute.
+    while let Some(done) = tasks.join_next().await {
+        report(done);
+    }
+}
+
+fn report(done: Result<Result<(), BrokerError>, tokio::task::JoinError>) {
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "settling an event delivery failed"),
+        Err(e) => tracing::error!(error = %e, "an event delivery panicked"),
     }
 }

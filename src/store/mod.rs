@@ -162,6 +162,9 @@ pub struct CreateArgs<'a> {
     /// The session.created event, recorded in the same step (`__PROXY__` in its body
     /// stands for the number chosen).
     pub event: Option<&'a EventDraft>,
+    /// The pool.low event to record if this session takes the pool over its threshold
+    /// (percent of numbers carrying an open session).
+    pub low: Option<(&'a EventDraft, u8)>,
 }
 
 /// An event to record with a change: its id and the JSON the app will receive (which
@@ -588,6 +591,9 @@ impl Store {
             .arg(a.event.map(|e| e.id.as_str()).unwrap_or(""))
             .arg(a.event.map(|e| e.body.as_str()).unwrap_or(""))
             .arg(a.event.map(|e| e.numbers.as_str()).unwrap_or(""))
+            .arg(a.low.map(|(e, _)| e.id.as_str()).unwrap_or(""))
+            .arg(a.low.map(|(_, t)| t).unwrap_or(100))
+            .arg(a.low.map(|(e, _)| e.body.as_str()).unwrap_or(""))
             .invoke_async(&mut self.c())
             .await?;
         let v = strings(reply)?;

@@ -5,7 +5,9 @@
 --       7 idx B, 8 geo levels to try in order ('a1415,c1,*'), 9 random, 10 session key,
 --       11 sealed A, 12 sealed B, 13 sealed session blob, 14 sticky window ms,
 --       15 A's area tag or '', 16 A's country tag, 17 session.created event id or '',
---       18 its body (`__PROXY__` stands for the number chosen), 19 sealed numbers or ''
+--       18 its body (`__PROXY__` stands for the number chosen), 19 sealed numbers or '',
+--       20 pool.low event id or '', 21 the pool's low threshold (percent), 22 its body
+--       (`__BUSY__`, `__TOTAL__` stand for the shard's busy and total numbers)
 
 -- Returns {0, due} when no number is free, {1, number, level, due} on success.
 local nums, x, ua, ub, ka, kb, s = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -109,7 +111,23 @@ redis.call('PEXPIREAT', s, held_until + 86400000)
 redis.call('ZADD', x, expires, skey)
 
 add_load(nums, chosen, 1)
-redis.call('HINCRBY', nums, chosen .. ':o', 1)
+if redis.call('HINCRBY', nums, chosen .. ':o', 1) == 1 then
+  redis.call('HINCRBY', nums, '#busy', 1)
+end
 redis.call('HINCRBY', nums, '#open', 1)
+-- pool.low fires once each time the share of numbers carrying an open session crosses the
+-- threshold upwards; `#low` remembers that it fired until the share is below again.
+if ARGV[20] and ARGV[20] ~= '' then
+  local total = tonumber(redis.call('HGET', nums, '#total') or '0')
+  local busy = tonumber(redis.call('HGET', nums, '#busy') or '0')
+  local low = total > 0 and busy * 100 >= tonumber(ARGV[21]) * total
+  local flagged = redis.call('HGET', nums, '#low') == '1'
+  if low and not flagged then
+    redis.call('HSET', nums, '#low', '1')
+    put_event(ARGV[20], 'pool.low', fill(fill(ARGV[22], 'BUSY', busy), 'TOTAL', total), '', now)
+  elseif not low and flagged then
+    redis.call('HSET', nums, '#low', '0')
+  end
+end
 put_event(ARGV[17], 'session.created', fill(ARGV[18] or '', 'PROXY', chosen), ARGV[19], now)
 return { 1, chosen, level, due }

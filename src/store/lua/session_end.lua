@@ -31,7 +31,9 @@ local function each_route(fn)
 end
 
 local function stop_open(at)
-  redis.call('HINCRBY', nums, number .. ':o', -1)
+  if redis.call('HINCRBY', nums, number .. ':o', -1) == 0 then
+    redis.call('HINCRBY', nums, '#busy', -1)
+  end
   redis.call('HINCRBY', nums, '#open', -1)
   redis.call('HSET', s, 'x', at)
 end
