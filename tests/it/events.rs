@@ -6,17 +6,14 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use hush::config::Secret;
 use serde_json::{Value, json};
 
 use crate::harness::*;
 use crate::receiver::{Delivery, Receiver};
+use crate::relay_twilio::{PUBLIC, TOKEN as TWILIO_TOKEN};
 
 /// The public URL hush believes it is served at; Twilio signs webhooks for it.
-const PUBLIC: &str = "https://hush.example.test";
-const TWILIO_TOKEN: &str = "twilio-events-auth-token";
 /// The longest any single delivery may take to show up in these tests.
 const WAIT: Duration = Duration::from_secs(10);
 /// A short retry schedule, so retried deliveries come within a second or two.
@@ -181,45 +178,10 @@ fn closed_with(receiver: &Receiver, reason: &str) -> Delivery {
     found[0].clone()
 }
 
-// ---------------------------------------------------------------------------------------------
-// A signing Twilio (the algorithm is checked against Twilio's vectors in `relay_twilio`)
-// ---------------------------------------------------------------------------------------------
-
-/// Posts a Twilio webhook form to `path`, signed with the auth token over the public URL.
+/// Posts a Twilio webhook form to `path`, signed as Twilio signs it (the signing client of
+/// `relay_twilio`, checked there against Twilio's published vectors).
 async fn twilio(app: &TestApp, path: &str, params: &[(&str, &str)]) -> Resp {
-    let mut sorted = params.to_vec();
-    sorted.sort();
-    let mut data = format!("{PUBLIC}{path}");
-    for (k, v) in &sorted {
-        data.push_str(k);
-        data.push_str(v);
-    }
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(TWILIO_TOKEN.as_bytes()).unwrap();
-    mac.update(data.as_bytes());
-    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    let body = params
-        .iter()
-        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let req = app
-        .client
-        .post(app.url(path))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-twilio-signature", signature)
-        .body(body);
-    app.send(req).await
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    crate::relay_twilio::Twilio { app }.post(path, params).await
 }
 
 // ---------------------------------------------------------------------------------------------

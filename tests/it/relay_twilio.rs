@@ -86,7 +86,7 @@ pub struct Twilio<'a> {
 impl Twilio<'_> {
     /// Posts `params` to `path` (which may carry a query), signed with the auth token over
     /// the public URL.
-    async fn post(&self, path: &str, params: &[(&str, &str)]) -> Resp {
+    pub async fn post(&self, path: &str, params: &[(&str, &str)]) -> Resp {
         let sig = signature(Algo::Sha1, TOKEN, &format!("{PUBLIC}{path}"), params);
         self.send(path, &form(params), &[("x-twilio-signature", &sig)])
             .await
