@@ -443,6 +443,18 @@ fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
+/// A session record's sealed blob: whole in `z`, or in the chunks `z1`, `z2`, ... that keep
+/// the record's hash in Redis's compact encoding.
+fn blob_text(rec: &HashMap<String, String>) -> String {
+    if let Some(whole) = rec.get("z") {
+        return whole.clone();
+    }
+    (1..)
+        .map_while(|i| rec.get(&format!("z{i}")))
+        .map(String::as_str)
+        .collect()
+}
+
 /// Which shard of a pool a number lives in: stable for a given shard count.
 fn shard_of(number: &str, shards: u16) -> u16 {
     let h = Sha256::digest(number.as_bytes());
@@ -689,13 +701,9 @@ impl Broker {
         let Some((pool, policy)) = self.events_policy(id.pool_id).await? else {
             return Ok(None);
         };
-        let blob: Blob = serde_json::from_slice(
-            &self
-                .inner
-                .crypto
-                .open("session", rec.get("z").map(String::as_str).unwrap_or(""))?,
-        )
-        .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
+        let blob: Blob =
+            serde_json::from_slice(&self.inner.crypto.open("session", &blob_text(rec))?)
+                .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
         let numbers = (policy.callback_include_numbers && reason != CloseReason::Erased)
             .then(|| [blob.p[0].n.clone(), blob.p[1].n.clone()]);
         Ok(Some(self.draft(
@@ -1363,8 +1371,9 @@ impl Broker {
         let get = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
         let num = |k: &str| get(k).parse::<Millis>().unwrap_or(0);
         let now = self.now();
-        let blob: Blob = serde_json::from_slice(&self.inner.crypto.open("session", get("z"))?)
-            .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
+        let blob: Blob =
+            serde_json::from_slice(&self.inner.crypto.open("session", &blob_text(rec))?)
+                .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
         let expires = num("e");
         let open = get("t") == "o" && expires > now && closing.is_none();
         let (closed_at, reason) = if open {
@@ -1801,13 +1810,9 @@ impl Broker {
             return Ok(None);
         };
         let (_, rec) = self.record(&id).await?;
-        let blob: Blob = serde_json::from_slice(
-            &self
-                .inner
-                .crypto
-                .open("session", rec.get("z").map(String::as_str).unwrap_or(""))?,
-        )
-        .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
+        let blob: Blob =
+            serde_json::from_slice(&self.inner.crypto.open("session", &blob_text(&rec))?)
+                .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
         let found = self
             .interactions(&id)
             .await?
@@ -1918,9 +1923,10 @@ impl Broker {
                     } else {
                         continue;
                     };
-                    let mut blob: Blob =
-                        serde_json::from_slice(&self.inner.crypto.open("session", g("z"))?)
-                            .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
+                    let mut blob: Blob = serde_json::from_slice(
+                        &self.inner.crypto.open("session", &blob_text(&rec))?,
+                    )
+                    .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
                     let erased = &mut blob.p[if side == "a" { 0 } else { 1 }];
                     erased.n = None;
                     erased.l = None;

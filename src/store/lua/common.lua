@@ -64,6 +64,20 @@ local function add_load(nums, number, delta)
   end
 end
 
+-- A session's sealed blob is kept in fields of at most 60 bytes (`z1`, `z2`, ...): Redis
+-- keeps a hash whose values are all under 64 bytes in its compact listpack encoding, which
+-- roughly halves the session record's memory.
+local function put_blob(s, blob)
+  local n = 1
+  while redis.call('HDEL', s, 'z' .. n) == 1 do n = n + 1 end
+  redis.call('HDEL', s, 'z')
+  n = 1
+  for i = 1, #blob, 60 do
+    redis.call('HSET', s, 'z' .. n, string.sub(blob, i, i + 59))
+    n = n + 1
+  end
+end
+
 -- Events live in the shard's own queue, so a script records the event of a change in the same
 -- step as the change (written or not at all, together). `body` is the JSON the app receives
 -- (no numbers); `numbers` the participants' numbers, sealed, for pools that send them.
@@ -75,6 +89,9 @@ local function put_event(id, etype, body, numbers, now)
   if numbers and numbers ~= '' then redis.call('HSET', m, 'z', numbers) end
   redis.call('ZADD', EV .. 'q', now, id)
   redis.call('ZADD', EV .. 'all', now, id)
+  -- The listing index forgets what is older than any record can be (failed events are kept
+  -- 30 days), so it does not grow without bound when nobody lists events.
+  redis.call('ZREMRANGEBYSCORE', EV .. 'all', '-inf', now - 31 * 86400000)
 end
 
 -- Fills a `__NAME__` placeholder of an event body with a value of ours (ids, numbers of the

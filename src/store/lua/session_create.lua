@@ -105,7 +105,8 @@ redis.call('PEXPIREAT', ka, now + sticky_window)
 redis.call('PEXPIREAT', kb, now + sticky_window)
 
 redis.call('HSET', s, 't', 'o', 'n', chosen, 'm', class, 'c', now, 'e', expires,
-  'h', held_until, 'co', cooloff, 'a', idx_a, 'b', idx_b, 'g', level, 'z', blob)
+  'h', held_until, 'co', cooloff, 'a', idx_a, 'b', idx_b, 'g', level)
+put_blob(s, blob)
 -- The record outlives its cool-off by a day only as a safety net; reads stop at 'h'.
 redis.call('PEXPIREAT', s, held_until + 86400000)
 redis.call('ZADD', x, expires, skey)

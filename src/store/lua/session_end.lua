@@ -92,7 +92,8 @@ end
 
 if op == 'erase' then
   h = now + co
-  redis.call('HSET', s, 'z', ARGV[6], arg, '', 'h', h)
+  redis.call('HSET', s, arg, '', 'h', h)
+  put_blob(s, ARGV[6])
   if open then
     redis.call('HSET', s, 'r', 'erased', 'e', now)
     stop_open(now)
