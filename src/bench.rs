@@ -11,6 +11,10 @@
 //!   a pool of 100, also in turns. Every session gets two participants never seen before, so
 //!   no pool runs out.
 //! - Memory: Redis `used_memory` growth per open session.
+//! - Event delivery: how fast hush's delivery worker (in this process, as hush serves it)
+//!   gets `session.created` events to a local receiver, against the same number of POSTs,
+//!   alike in size and headers, sent straight to that receiver at the same concurrency. A
+//!   figure without a target.
 //!
 //! A missed target is reported, not fatal: this is a measurement.
 
@@ -33,9 +37,10 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use hush::broker::{Broker, NewSession, Participant};
+use hush::broker::{Broker, EventId, NewSession, Participant};
 use hush::config::{Config, Secret};
-use hush::domain::{E164, Mode, PoolName, PoolPolicy};
+use hush::domain::{E164, Mode, PoolName, PoolPolicy, SessionId};
+use hush::events::signing::{self, SigningSecret};
 
 /// Routing throughput must reach this share of raw Redis GET throughput.
 const ROUTE_TARGET: f64 = 0.5;
@@ -52,6 +57,12 @@ const ROUTE_SESSIONS: usize = 200;
 const SMALL_POOL: usize = 100;
 const LARGE_POOL: usize = 10_000;
 const MEMORY_SESSIONS: u64 = 20_000;
+/// Events the delivery measurement sends, each way.
+const EVENTS: u64 = 3_000;
+/// The longest the delivery measurement waits for its events to arrive.
+const EVENTS_WAIT: Duration = Duration::from_secs(60);
+/// How the local receiver tells a `session.created` event from other events (`pool.low`).
+const CREATED_MARK: &[u8] = br#""type":"session.created""#;
 /// Each measurement is split into this many slices, taken in turns with the measurement it
 /// is compared with.
 const ROUNDS: u32 = 3;
@@ -126,6 +137,13 @@ async fn measure(args: &BenchArgs, redis: &PrivateRedis) -> anyhow::Result<Repor
     let memory = memory(redis, c).await?;
     redis.flush().await?;
 
+    progress(
+        args,
+        &format!("event delivery: {EVENTS} events, direct POSTs and hush's delivery worker"),
+    );
+    let events = events(&redis.url, c).await?;
+    redis.flush().await?;
+
     Ok(Report {
         raw,
         minimal,
@@ -133,6 +151,7 @@ async fn measure(args: &BenchArgs, redis: &PrivateRedis) -> anyhow::Result<Repor
         small,
         large,
         memory,
+        events,
     })
 }
 
@@ -607,8 +626,17 @@ fn proxy_numbers(count: usize) -> Vec<String> {
 
 /// Creates pool `bench` with `size` numbers, added in chunks of 1000 side by side.
 async fn bench_pool(broker: &Broker, size: usize) -> anyhow::Result<PoolName> {
+    bench_pool_with(broker, size, &PoolPolicy::default()).await
+}
+
+/// [`bench_pool`] with a policy of its own.
+async fn bench_pool_with(
+    broker: &Broker,
+    size: usize,
+    policy: &PoolPolicy,
+) -> anyhow::Result<PoolName> {
     let pool = PoolName::parse("bench").context("pool name")?;
-    broker.put_pool(&pool, &PoolPolicy::default()).await?;
+    broker.put_pool(&pool, policy).await?;
     let numbers = proxy_numbers(size);
     if numbers.len() < size {
         bail!(
@@ -770,6 +798,278 @@ async fn create_sessions(
     Ok(())
 }
 
+// ---- event delivery
+
+/// What the local receiver has been sent.
+#[derive(Default)]
+struct Received {
+    /// Every POST, `pool.low` events included.
+    posts: AtomicU64,
+    /// `session.created` events, and their bodies' bytes.
+    created: AtomicU64,
+    created_bytes: AtomicU64,
+}
+
+impl Received {
+    fn created(&self) -> (u64, u64) {
+        // `created` is counted last, so the bytes of every event counted are in.
+        let n = self.created.load(Ordering::SeqCst);
+        (n, self.created_bytes.load(Ordering::SeqCst))
+    }
+}
+
+/// The local receiver: a 200 for every POST, and a count.
+async fn receive(State(counts): State<Arc<Received>>, body: Bytes) -> StatusCode {
+    counts.posts.fetch_add(1, Ordering::SeqCst);
+    if body.windows(CREATED_MARK.len()).any(|w| w == CREATED_MARK) {
+        counts
+            .created_bytes
+            .fetch_add(body.len() as u64, Ordering::SeqCst);
+        counts.created.fetch_add(1, Ordering::SeqCst);
+    }
+    StatusCode::OK
+}
+
+/// One way of getting [`EVENTS`] events to the receiver.
+#[derive(Clone, Copy)]
+struct Delivered {
+    /// `session.created` events that arrived (within [`EVENTS_WAIT`]).
+    arrived: u64,
+    /// POSTs that got no 200 (direct POSTs only; hush retries on its schedule).
+    failed: u64,
+    secs: f64,
+    body_bytes: u64,
+    timed_out: bool,
+}
+
+impl Delivered {
+    fn per_sec(&self) -> f64 {
+        self.arrived as f64 / self.secs
+    }
+    fn mean_body(&self) -> f64 {
+        self.body_bytes as f64 / self.arrived.max(1) as f64
+    }
+}
+
+struct Events {
+    direct: Delivered,
+    hush: Delivered,
+    /// Seconds the sessions took to create; part of `hush.secs`.
+    create_secs: f64,
+}
+
+/// Direct POSTs, then hush's delivery worker, to one local receiver.
+async fn events(url: &str, concurrency: usize) -> anyhow::Result<Events> {
+    let counts = Arc::new(Received::default());
+    let app = axum::Router::new()
+        .route("/events", axum::routing::post(receive))
+        .with_state(counts.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let target = format!("http://{}/events", listener.local_addr()?);
+    let token = CancellationToken::new();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+    let receiver = tokio::spawn(async move { serve.await });
+
+    let measured = async {
+        let direct = direct_posts(&target, &counts, concurrency).await?;
+        // hush stops before the receiver does, so its last attempts find it answering.
+        let (hush, create_secs) =
+            hush_delivery(url, &target, &counts, concurrency, token.child_token()).await?;
+        Ok(Events {
+            direct,
+            hush,
+            create_secs,
+        })
+    }
+    .await;
+
+    token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), receiver).await;
+    measured
+}
+
+/// [`EVENTS`] POSTs straight to the receiver from `concurrency` callers sharing one client
+/// built as hush's delivery client is, each with a body like a `session.created` event and
+/// freshly signed Standard Webhooks headers.
+async fn direct_posts(
+    target: &str,
+    counts: &Received,
+    concurrency: usize,
+) -> anyhow::Result<Delivered> {
+    let client = hush::events::ssrf::client(true, hush::events::delivery::ATTEMPT_TIMEOUT);
+    let secret = Arc::new(SigningSecret::generate());
+    // One untimed POST first: the bench must time deliveries, not refusals.
+    let status = signed_post(&client, target, &secret)
+        .await
+        .with_context(|| format!("cannot POST to the local receiver at {target}"))?;
+    if status != 200 {
+        bail!("the local receiver answered {status}");
+    }
+    let (base, base_bytes) = counts.created();
+    let left = Arc::new(AtomicU64::new(EVENTS));
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, secret, left, target) = (
+            client.clone(),
+            secret.clone(),
+            left.clone(),
+            target.to_string(),
+        );
+        workers.spawn(async move {
+            let mut failed = 0u64;
+            while left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                if !matches!(signed_post(&client, &target, &secret).await, Ok(200)) {
+                    failed += 1;
+                }
+            }
+            failed
+        });
+    }
+    let mut failed = 0;
+    while let Some(done) = workers.join_next().await {
+        failed += done.context("bench worker panicked")?;
+    }
+    // Every answer is in, and the receiver counts before it answers.
+    let secs = start.elapsed().as_secs_f64();
+    let (n, bytes) = counts.created();
+    Ok(Delivered {
+        arrived: n - base,
+        failed,
+        secs,
+        body_bytes: bytes - base_bytes,
+        timed_out: false,
+    })
+}
+
+/// One POST the way hush's delivery worker sends one: JSON body, `webhook-id`,
+/// `webhook-timestamp` and `webhook-signature`.
+async fn signed_post(
+    client: &reqwest::Client,
+    target: &str,
+    secret: &SigningSecret,
+) -> reqwest::Result<u16> {
+    let session = SessionId::new(1, 0);
+    let id = EventId {
+        pool_id: 1,
+        shard: 0,
+        key: SessionId::new(1, 0).key(),
+    }
+    .to_string();
+    let body = serde_json::json!({
+        "type": "session.created",
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "data": {
+            "session_id": session.to_string(),
+            "pool": "bench",
+            "proxy_number": "+12122000000",
+            "mode": "voice",
+            "participants": [{ "label": null }, { "label": null }],
+            "expires_at": "2026-01-01T01:00:00.000Z",
+            "metadata": {},
+        },
+    })
+    .to_string();
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let signature = signing::sign(&[secret], &id, timestamp, body.as_bytes());
+    let response = client
+        .post(target)
+        .header("content-type", "application/json")
+        .header(signing::ID_HEADER, id)
+        .header(signing::TIMESTAMP_HEADER, timestamp.to_string())
+        .header(signing::SIGNATURE_HEADER, signature)
+        .body(body)
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
+}
+
+/// hush, in this process as it serves, with a pool whose `callback_url` is the receiver:
+/// [`EVENTS`] sessions are created as fast as `concurrency` callers can, and the clock runs
+/// from the first creation until the receiver holds all their `session.created` events.
+/// Returns the delivery and the seconds the creations took.
+async fn hush_delivery(
+    url: &str,
+    target: &str,
+    counts: &Received,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Delivered, f64)> {
+    let mut config = bench_config(url, "events");
+    config.callback_allow_private = true;
+    let broker = hush::build_broker(&config)?;
+    let policy = PoolPolicy {
+        callback_url: Some(target.to_string()),
+        ..Default::default()
+    };
+    let pool = bench_pool_with(&broker, SMALL_POOL, &policy).await?;
+    let people = Arc::new(Participants::default());
+    let (base, base_bytes) = counts.created();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let mut server = tokio::spawn(hush::run(config, listener, shutdown.clone()));
+
+    let measured = async {
+        let start = Instant::now();
+        create_sessions(&broker, &pool, &people, EVENTS, concurrency)
+            .await
+            .context("creating the sessions")?;
+        let create_secs = start.elapsed().as_secs_f64();
+        let arrived_all = tokio::select! {
+            all = arrival(counts, base + EVENTS, start + EVENTS_WAIT) => all,
+            ended = &mut server => bail!(
+                "hush stopped before its events were delivered: {}",
+                match ended {
+                    Ok(Ok(())) => "without an error".to_string(),
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(e) => e.to_string(),
+                }
+            ),
+        };
+        let secs = start.elapsed().as_secs_f64();
+        let (n, bytes) = counts.created();
+        Ok((
+            Delivered {
+                arrived: n - base,
+                failed: 0,
+                secs,
+                body_bytes: bytes - base_bytes,
+                timed_out: !arrived_all,
+            },
+            create_secs,
+        ))
+    }
+    .await;
+
+    shutdown.cancel();
+    if !server.is_finished() {
+        match tokio::time::timeout(Duration::from_secs(15), server).await {
+            Ok(Ok(Err(e))) => return Err(e.context("hush server failed")),
+            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("hush server panicked")),
+            _ => {}
+        }
+    }
+    measured
+}
+
+/// Waits until the receiver holds `want` `session.created` events (true), or until
+/// `deadline` (false).
+async fn arrival(counts: &Received, want: u64, deadline: Instant) -> bool {
+    loop {
+        if counts.created.load(Ordering::SeqCst) >= want {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 // ---- the report
 
 struct Report {
@@ -779,6 +1079,7 @@ struct Report {
     small: Rate,
     large: Rate,
     memory: Memory,
+    events: Events,
 }
 
 impl Report {
@@ -796,6 +1097,9 @@ impl Report {
     }
     fn memory_met(&self) -> bool {
         self.memory.bytes_per_session < MEMORY_LIMIT
+    }
+    fn events_ratio(&self) -> f64 {
+        self.events.hush.per_sec() / self.events.direct.per_sec()
     }
 
     fn print(&self, args: &BenchArgs, version: &str) {
@@ -851,19 +1155,48 @@ impl Report {
             "  per open session         {:>10.0} B    {:.1} keys; naive layout about {MEMORY_NAIVE:.0} B",
             self.memory.bytes_per_session, self.memory.keys_per_session
         );
+        let (direct, hush) = (&self.events.direct, &self.events.hush);
+        println!(
+            "event delivery ({EVENTS} session.created events to a local receiver, signed, same concurrency)"
+        );
+        println!(
+            "  direct reqwest POSTs     {:>10.0} /s   {:.0} B bodies{}",
+            direct.per_sec(),
+            direct.mean_body(),
+            if direct.failed > 0 {
+                format!("   ({} failed)", direct.failed)
+            } else {
+                String::new()
+            }
+        );
+        if hush.timed_out {
+            println!(
+                "  hush delivery worker     timed out: {} of {EVENTS} events arrived in {:.0} s",
+                hush.arrived, hush.secs
+            );
+        } else {
+            println!(
+                "  hush delivery worker     {:>10.0} /s   {:.4}x direct   {:.0} B bodies; {:.2} s to create the sessions, {:.2} s in all",
+                hush.per_sec(),
+                self.events_ratio(),
+                hush.mean_body(),
+                self.events.create_secs,
+                hush.secs
+            );
+        }
         println!();
         println!(
-            "routing     {:<7} route/raw GET {:.2} (target >= {ROUTE_TARGET:.2})",
+            "routing     {:<8} route/raw GET {:.2} (target >= {ROUTE_TARGET:.2})",
             verdict(self.routing_met()),
             self.route_ratio()
         );
         println!(
-            "allocation  {:<7} {LARGE_POOL}/{SMALL_POOL} numbers {:.2} (target >= {ALLOC_TARGET:.2})",
+            "allocation  {:<8} {LARGE_POOL}/{SMALL_POOL} numbers {:.2} (target >= {ALLOC_TARGET:.2})",
             verdict(self.allocation_met()),
             self.alloc_ratio()
         );
         println!(
-            "memory      {:<7} {:.0} B per open session (target < {MEMORY_LIMIT:.0} B; aim {MEMORY_AIM:.0} B {})",
+            "memory      {:<8} {:.0} B per open session (target < {MEMORY_LIMIT:.0} B; aim {MEMORY_AIM:.0} B {})",
             verdict(self.memory_met()),
             self.memory.bytes_per_session,
             if self.memory.bytes_per_session <= MEMORY_AIM {
@@ -872,6 +1205,19 @@ impl Report {
                 "not reached"
             }
         );
+        if hush.timed_out {
+            println!(
+                "events      {:<8} {} of {EVENTS} events delivered in {:.0} s",
+                "TIMEOUT", hush.arrived, hush.secs
+            );
+        } else {
+            println!(
+                "events      {:<8} hush/direct {:.4} ({:.0} events/s; no target)",
+                "measured",
+                self.events_ratio(),
+                hush.per_sec()
+            );
+        }
     }
 
     fn json(&self, args: &BenchArgs) -> serde_json::Value {
@@ -905,6 +1251,26 @@ impl Report {
                 "aim_bytes": MEMORY_AIM,
                 "met": self.memory_met(),
                 "aim_met": self.memory.bytes_per_session <= MEMORY_AIM,
+            },
+            "events": {
+                "events": EVENTS,
+                "direct": {
+                    "per_sec": self.events.direct.per_sec(),
+                    "failed": self.events.direct.failed,
+                    "secs": self.events.direct.secs,
+                    "mean_body_bytes": self.events.direct.mean_body(),
+                },
+                "hush": {
+                    "per_sec": self.events.hush.per_sec(),
+                    "delivered": self.events.hush.arrived,
+                    "secs": self.events.hush.secs,
+                    "create_secs": self.events.create_secs,
+                    "mean_body_bytes": self.events.hush.mean_body(),
+                    "timed_out": self.events.hush.timed_out,
+                },
+                "hush_vs_direct": self.events_ratio(),
+                "target": null,
+                "verdict": if self.events.hush.timed_out { "timeout" } else { "measured" },
             },
         })
     }

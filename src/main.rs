@@ -41,8 +41,8 @@ enum Command {
     /// Sessions.
     #[command(subcommand)]
     Sessions(SessionsCmd),
-    /// Measure the performance targets (routing, allocation, memory) as ratios against baselines taken in
-    /// the same run, on a private redis-server started for the purpose.
+    /// Measure routing, allocation, memory and event delivery as ratios against baselines
+    /// taken in the same run, on a private redis-server started for the purpose.
     Bench(bench::BenchArgs),
 }
 

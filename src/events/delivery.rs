@@ -28,6 +28,7 @@ const KEEP_DELIVERED_MS: i64 = 7 * 24 * 3600 * 1000;
 const KEEP_FAILED_MS: i64 = 30 * 24 * 3600 * 1000;
 /// The longest `Retry-After` hush honours.
 const MAX_RETRY_AFTER_MS: i64 = 24 * 3600 * 1000;
+/// How many events one [`Delivery::deliver_once`] step claims at most.
 const BATCH: usize = 50;
 /// Attempts one instance keeps under way at once.
 const MAX_IN_FLIGHT: usize = 256;
@@ -100,7 +101,7 @@ impl Delivery {
                         &tag,
                         now,
                         LEASE_MS,
-                        room.min(BATCH),
+                        room,
                         &format!("{token}.{}.{sh}", row.id),
                     )
                     .await?
