@@ -461,11 +461,16 @@ fn shard_of(number: &str, shards: u16) -> u16 {
     (u16::from_be_bytes([h[0], h[1]])) % shards.max(1)
 }
 
+/// Lower-case hex SHA-256; on the path of every authenticated request, so no allocation
+/// per byte.
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in Sha256::digest(data) {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+    out
 }
 
 impl Broker {

@@ -133,22 +133,17 @@ async fn method_not_allowed() -> ApiError {
 /// Metrics and one log line per request, labelled by route template.
 async fn observe(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
     let secs = start.elapsed().as_secs_f64();
-    METRICS
-        .http_requests
-        .with_label_values(&[&method, &route, &status])
-        .inc();
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let status = resp.status();
+    let labels = [method.as_str(), route, status.as_str()];
+    METRICS.http_requests.with_label_values(&labels).inc();
     METRICS
         .http_latency
-        .with_label_values(&[&method, &route, &status])
+        .with_label_values(&labels)
         .observe(secs);
     tracing::debug!(%method, %route, %status, ms = secs * 1000.0, "request");
     resp
