@@ -381,7 +381,7 @@ struct Inner {
     /// pool id → (row, fetched at): policy lookups on hot paths (events, intercept).
     pools: RwLock<HashMap<u32, (PoolRow, Millis)>>,
     /// API key digest → (principal, fetched at), so authentication is not a round trip.
-    principals: RwLock<HashMap<String, (Principal, Millis)>>,
+    principals: RwLock<HashMap<String, (Arc<Principal>, Millis)>>,
 }
 
 /// How many of a shard's newest events a status-filtered listing looks through.
@@ -580,7 +580,7 @@ impl Broker {
     }
 
     /// The principal behind a bearer key, or `None` for an unknown key.
-    pub async fn authenticate(&self, key: &str) -> Result<Option<Principal>> {
+    pub async fn authenticate(&self, key: &str) -> Result<Option<Arc<Principal>>> {
         let digest = sha256_hex(key.as_bytes());
         let now = self.now();
         if let Some((p, at)) = self
@@ -596,10 +596,10 @@ impl Broker {
         let Some((name, scopes)) = self.inner.store.api_key(&digest).await? else {
             return Ok(None);
         };
-        let p = Principal {
+        let p = Arc::new(Principal {
             name,
             scopes: scopes.split(',').filter_map(Scope::parse).collect(),
-        };
+        });
         let mut cache = self.inner.principals.write().expect("lock poisoned");
         if cache.len() > 10_000 {
             cache.clear();

@@ -150,7 +150,7 @@ async fn observe(req: Request, next: Next) -> Response {
 }
 
 /// The caller, authenticated by its bearer key.
-pub struct Auth(pub Principal);
+pub struct Auth(pub std::sync::Arc<Principal>);
 
 impl Auth {
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
