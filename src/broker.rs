@@ -1916,55 +1916,7 @@ impl Broker {
                     let Some(id) = SessionId::from_key(row.id, s, &key) else {
                         continue;
                     };
-                    let rec = self.inner.store.session(&shard, &key).await?;
-                    if rec.is_empty() {
-                        continue;
-                    }
-                    let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
-                    let side = if g("a") == idx {
-                        "a"
-                    } else if g("b") == idx {
-                        "b"
-                    } else {
-                        continue;
-                    };
-                    let mut blob: Blob = serde_json::from_slice(
-                        &self.inner.crypto.open("session", &blob_text(&rec))?,
-                    )
-                    .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
-                    let erased = &mut blob.p[if side == "a" { 0 } else { 1 }];
-                    erased.n = None;
-                    erased.l = None;
-                    let sealed = self.inner.crypto.seal(
-                        "session",
-                        &serde_json::to_vec(&blob).expect("blob serialises"),
-                    );
-                    let was_open = g("t") == "o" && g("e").parse::<Millis>().unwrap_or(0) > now;
-                    // The events describe the scrubbed session: no trace of the erased side.
-                    let mut scrubbed = rec.clone();
-                    scrubbed.insert("z".into(), sealed.clone());
-                    let mut events = self
-                        .end_events(&id, &scrubbed, Some(CloseReason::Erased))
-                        .await?;
-                    if let Some(e) = events.expired.as_mut() {
-                        e.numbers.clear();
-                    }
-                    self.inner
-                        .store
-                        .session_end(
-                            &shard,
-                            &key,
-                            g("a"),
-                            g("b"),
-                            now,
-                            EndOp::Erase {
-                                side,
-                                blob: &sealed,
-                            },
-                            &events,
-                        )
-                        .await?;
-                    if was_open {
+                    if self.erase_from(&shard, &id, &idx).await? {
                         closed += 1;
                         METRICS
                             .sessions_closed
@@ -1983,6 +1935,71 @@ impl Broker {
         Ok(closed)
     }
 
+    /// Erases one side of one session; true when the session was open. Retried when the
+    /// record changes under it (the other side being erased at the same moment).
+    async fn erase_from(&self, shard: &ShardKeys, id: &SessionId, idx: &str) -> Result<bool> {
+        let key = id.key();
+        for _ in 0..5 {
+            let rec = self.inner.store.session(shard, &key).await?;
+            if rec.is_empty() {
+                return Ok(false);
+            }
+            let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
+            let side = if g("a") == idx {
+                "a"
+            } else if g("b") == idx {
+                "b"
+            } else {
+                return Ok(false);
+            };
+            let mut blob: Blob =
+                serde_json::from_slice(&self.inner.crypto.open("session", &blob_text(&rec))?)
+                    .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
+            let erased = &mut blob.p[if side == "a" { 0 } else { 1 }];
+            erased.n = None;
+            erased.l = None;
+            let sealed = self.inner.crypto.seal(
+                "session",
+                &serde_json::to_vec(&blob).expect("blob serialises"),
+            );
+            let now = self.now();
+            let was_open = g("t") == "o" && g("e").parse::<Millis>().unwrap_or(0) > now;
+            // The events describe the scrubbed session: no trace of the erased side.
+            let mut scrubbed = rec.clone();
+            scrubbed.insert("z".into(), sealed.clone());
+            let mut events = self
+                .end_events(id, &scrubbed, Some(CloseReason::Erased))
+                .await?;
+            if let Some(e) = events.expired.as_mut() {
+                e.numbers.clear();
+            }
+            let read = format!("{}|{}", g("a"), g("b"));
+            let ended = self
+                .inner
+                .store
+                .session_end(
+                    shard,
+                    &key,
+                    g("a"),
+                    g("b"),
+                    now,
+                    EndOp::Erase {
+                        side,
+                        blob: &sealed,
+                        read: &read,
+                    },
+                    &events,
+                )
+                .await?;
+            if ended != Ended::Retry {
+                return Ok(was_open);
+            }
+        }
+        Err(BrokerError::Store(StoreError::Corrupt(
+            "a session kept changing while it was erased",
+        )))
+    }
+
     // ---- reaping
 
     /// Advances due sessions of one shard: expiry, end of cool-off, end of readability.
@@ -1992,8 +2009,19 @@ impl Broker {
             let rec = self.inner.store.session(shard, &key).await?;
             let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
             let expiring = g("t") == "o";
+            // A record whose events cannot be built (a blob sealed under a key no longer
+            // configured) still expires and frees its number: one bad record must not stop
+            // the reaper.
             let events = match SessionId::from_key(shard.pool_id, shard.shard, &key) {
-                Some(id) if expiring && !rec.is_empty() => self.end_events(&id, &rec, None).await?,
+                Some(id) if expiring && !rec.is_empty() => {
+                    match self.end_events(&id, &rec, None).await {
+                        Ok(events) => events,
+                        Err(e) => {
+                            tracing::warn!(session = %id, error = %e, "expiry event not built");
+                            EndEvents::default()
+                        }
+                    }
+                }
                 _ => EndEvents::default(),
             };
             let ended = self
@@ -2023,7 +2051,14 @@ impl Broker {
             for s in 0..row.shards {
                 let shard = self.shard(row.id, s);
                 loop {
-                    let r = self.reap_shard(&shard, now, 500).await?;
+                    let r = match self.reap_shard(&shard, now, 500).await {
+                        Ok(r) => r,
+                        // Other shards still get their pass.
+                        Err(e) => {
+                            tracing::warn!(pool = %row.name, error = %e, "reaping a shard failed");
+                            break;
+                        }
+                    };
                     total.expired += r.expired;
                     total.released += r.released;
                     if r.expired + r.released < 500 {

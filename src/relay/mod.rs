@@ -227,7 +227,13 @@ impl AppState {
                 .broker
                 .interaction_status_of(&session, &interaction)
                 .await?;
-            (status.as_deref() == Some("blocked")).then_some(None)
+            match status.as_deref() {
+                Some("blocked") => Some(None),
+                // The first request is still waiting for the app: this retry gets what
+                // silence gets.
+                Some("started") if plan.fallback == InterceptFallback::Block => Some(None),
+                _ => None,
+            }
         } else {
             let verdict = intercept::ask(
                 &self.http,

@@ -200,8 +200,16 @@ pub enum Created {
 #[derive(Clone, Debug)]
 pub enum EndOp<'a> {
     Close,
-    Extend { expires: i64 },
-    Erase { side: &'a str, blob: &'a str },
+    Extend {
+        expires: i64,
+    },
+    /// `read` is the record's `a|b` as the caller read them; the erase is refused
+    /// ([`Ended::Retry`]) if they changed since.
+    Erase {
+        side: &'a str,
+        blob: &'a str,
+        read: &'a str,
+    },
     Reap,
 }
 
@@ -211,6 +219,8 @@ pub enum Ended {
     Missing,
     AlreadyClosed,
     NotDue,
+    /// The record changed since the caller read it: read again and retry.
+    Retry,
 }
 
 /// What the relay script answered for an inbound call or text.
@@ -633,11 +643,11 @@ impl Store {
         let expired = events.expired.as_ref();
         let own = events.own.as_ref();
         let numbers = expired.or(own).map(|e| e.numbers.as_str()).unwrap_or("");
-        let (name, arg, blob) = match op {
-            EndOp::Close => ("close", "closed".to_string(), ""),
-            EndOp::Extend { expires } => ("extend", expires.to_string(), ""),
-            EndOp::Erase { side, blob } => ("erase", side.to_string(), blob),
-            EndOp::Reap => ("reap", String::new(), ""),
+        let (name, arg, blob, read) = match op {
+            EndOp::Close => ("close", "closed".to_string(), "", ""),
+            EndOp::Extend { expires } => ("extend", expires.to_string(), "", ""),
+            EndOp::Erase { side, blob, read } => ("erase", side.to_string(), blob, read),
+            EndOp::Reap => ("reap", String::new(), "", ""),
         };
         let reply: Value = self
             .scripts
@@ -654,6 +664,7 @@ impl Store {
             .arg(own.map(|e| e.id.as_str()).unwrap_or(""))
             .arg(own.map(|e| e.body.as_str()).unwrap_or(""))
             .arg(numbers)
+            .arg(read)
             .invoke_async(&mut self.c())
             .await?;
         let v = strings(reply)?;
@@ -662,6 +673,7 @@ impl Store {
             Some("missing") => Ended::Missing,
             Some("closed") => Ended::AlreadyClosed,
             Some("not_due") => Ended::NotDue,
+            Some("retry") => Ended::Retry,
             _ => return Err(StoreError::Corrupt("session_end reply")),
         })
     }
@@ -1003,9 +1015,10 @@ impl Store {
         ttl_ms: i64,
         participants: &[String],
     ) -> Result<()> {
+        // Not MULTI: the record and its index live in different hash slots. A crash between
+        // them can only leave a record erasure misses, and it expires in 24 hours.
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
+        pipe.cmd("SET")
             .arg(self.keys.idempotency(digest))
             .arg(format!("d|{fingerprint}|{sealed}"))
             .arg("PX")

@@ -795,6 +795,8 @@ pub struct RouteRecord {
     pub mode: String,
     pub open_until_ms: i64,
     pub held_until_ms: i64,
+    /// The other party's number, sealed (empty once that party was erased).
+    pub sealed_other: String,
 }
 
 /// Every route record under the app's prefix (`<prefix>:{...}:u:<index>` hashes,
@@ -822,6 +824,7 @@ pub async fn route_records(app: &TestApp) -> Vec<RouteRecord> {
                 mode: parts[1].to_string(),
                 open_until_ms: parts[2].parse().expect("open-until is unix ms"),
                 held_until_ms: parts[3].parse().expect("held-until is unix ms"),
+                sealed_other: parts[4].to_string(),
             });
         }
     }

@@ -448,3 +448,50 @@ async fn a_caller_without_a_usable_number_hears_the_announcement() {
         }
     }
 }
+
+/// Erasing one side frees that side's route at once, but the other side keeps its cool-off
+/// (so a late call from it reaches nobody new) without keeping the erased number; erasing
+/// the other side afterwards still finds the session.
+#[tokio::test]
+async fn erasure_keeps_the_other_sides_cooloff_and_forgets_the_erased_side() {
+    let app = TestApp::start().await;
+    app.pool("halves", json!({ "cooloff_secs": 3600 }), &proxies(1))
+        .await;
+    let (a, b, c, d) = (
+        participant(150),
+        participant(151),
+        participant(152),
+        participant(153),
+    );
+    let s = app.open_session("halves", &a, &b, None).await;
+    let id = s["id"].as_str().unwrap().to_string();
+    app.delete(&format!("/v1/participants/{}", path_number(&a)))
+        .await
+        .expect(200);
+
+    // B still holds the only number while cooling off: B with someone new cannot have it.
+    app.create_session("halves", &b, &c, None)
+        .await
+        .expect_problem(409, "pool_exhausted");
+    // A's route went at once: A can start afresh on the same number.
+    app.open_session("halves", &a, &d, None).await;
+    app.assert_announces(&b, &proxy(0)).await;
+
+    // Nothing about A is left in B's route record.
+    let sealed_a_gone = route_records(&app)
+        .await
+        .into_iter()
+        .filter(|r| r.session_id.ends_with(&id[id.len() - 16..]))
+        .all(|r| r.sealed_other.is_empty());
+    assert!(sealed_a_gone, "B's route still carries A's sealed number");
+
+    // Erasing B later still finds the session and leaves no number in it.
+    app.delete(&format!("/v1/participants/{}", path_number(&b)))
+        .await
+        .expect(200);
+    let got = app.get_session(&id).await.expect(200);
+    for p in got["participants"].as_array().unwrap() {
+        assert!(p["number"].is_null(), "{got}");
+        assert!(p["label"].is_null(), "{got}");
+    }
+}

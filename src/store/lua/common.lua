@@ -2,6 +2,12 @@
 -- shard tag it was given (ARGV[1]), so it lives in the same hash slot as the declared keys.
 local TAG = ARGV[1]
 
+-- Redis's own clock, in ms: the one clock every instance's scripts agree on.
+local function clock_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
 -- A route record: session key | mode | open until ms | held until ms | sealed other party.
 local function parse_route(rec)
   local sid, mode, open_until, held_until, other =

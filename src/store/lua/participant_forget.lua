@@ -2,7 +2,7 @@
 -- memory on both sides and route records that no live session owns any more.
 -- KEYS: 1 k:<idx>, 2 u:<idx>. ARGV: 1 tag, 2 idx, 3 now ms.
 local k, u = KEYS[1], KEYS[2]
-local idx, now = ARGV[2], tonumber(ARGV[3])
+local idx, now = ARGV[2], clock_ms()
 local partners = redis.call('HKEYS', k)
 for _, other in ipairs(partners) do
   redis.call('HDEL', TAG .. 'k:' .. other, idx)

@@ -7,7 +7,10 @@
 --       the caller's side)
 -- Returns {'connect', route record, interaction id, replay 0|1} or {'announce'}.
 local u, ref = KEYS[1], KEYS[2]
-local proxy, now, kind = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local proxy, now, kind = ARGV[2], clock_ms(), ARGV[4]
+-- A retried webhook gets its first answer only while the session is just ended at most:
+-- providers retry within seconds, and an ended session must not connect for long.
+local REPLAY_GRACE_MS = 120000
 local provider, provider_ref, iid, ttl, idx = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 
 local seen = redis.call('GET', ref)
@@ -18,14 +21,16 @@ if seen then
     -- once its routes are gone (released or erased).
     local rec = redis.call('HGET', u, proxy)
     local r = rec and parse_route(rec)
-    if r and r.sid == sid then return { 'connect', rec, old, 1 } end
+    if r and r.sid == sid and r.other ~= '' and r.open_until > now - REPLAY_GRACE_MS then
+      return { 'connect', rec, old, 1 }
+    end
   end
   return { 'announce' }
 end
 
 local rec = idx ~= '' and redis.call('HGET', u, proxy) or false
 local r = rec and parse_route(rec)
-if not (r and r.open_until > now and (r.mode == 'b' or r.mode == kind)) then
+if not (r and r.open_until > now and r.other ~= '' and (r.mode == 'b' or r.mode == kind)) then
   redis.call('SET', ref, 'a||', 'PX', ttl)
   return { 'announce' }
 end
@@ -34,7 +39,6 @@ local side = (redis.call('HGET', TAG .. 's:' .. r.sid, 'a') == idx) and 0 or 1
 local ikey = TAG .. 'i:' .. r.sid
 redis.call('HSET', ikey, iid,
   kind .. '|' .. side .. '|started|' .. now .. '|||' .. provider .. '|' .. provider_ref)
-push_expiry(ikey, r.held_until + 86400000)
 redis.call('SET', ref, 'c|' .. r.sid .. '|' .. iid, 'PX', ttl)
 put_event(ARGV[10], 'interaction.started',
   fill(fill(ARGV[11] or '', 'SKEY', r.sid), 'SIDE', side), '', now)

@@ -1,8 +1,8 @@
 -- Claims a proxy number for a new session: both routes, the number's load and the session
 -- record, in one step, or nothing (invariants 1 and 4).
 -- KEYS: 1 nums, 2 x (transitions), 3 u:A, 4 u:B, 5 k:A, 6 k:B, 7 s:<session>
--- ARGV: 1 tag, 2 now ms, 3 expires ms, 4 cool-off ms, 5 mode class (v|s|b), 6 idx A,
---       7 idx B, 8 geo levels to try in order ('a1415,c1,*'), 9 random, 10 session key,
+-- ARGV: 1 tag, 2 created ms (as the caller reports it; checks use Redis's clock),
+--       3 expires ms, 4 cool-off ms, 5 mode class (v|s|b), 6 idx A, 7 idx B, 8 geo levels to try in order ('a1415,c1,*'), 9 random, 10 session key,
 --       11 sealed A, 12 sealed B, 13 sealed session blob, 14 sticky window ms,
 --       15 A's area tag or '', 16 A's country tag, 17 session.created event id or '',
 --       18 its body (`__PROXY__` stands for the number chosen), 19 sealed numbers or '',
@@ -11,7 +11,8 @@
 
 -- Returns {0, due} when no number is free, {1, number, level, due} on success.
 local nums, x, ua, ub, ka, kb, s = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local now = tonumber(ARGV[2])
+-- Redis's clock, not the caller's: a request delayed on its way still sees time as it is.
+local now = clock_ms()
 local expires = tonumber(ARGV[3])
 local cooloff = tonumber(ARGV[4])
 local class = ARGV[5]
@@ -104,11 +105,9 @@ redis.call('HSET', kb, idx_a, stamp)
 redis.call('PEXPIREAT', ka, now + sticky_window)
 redis.call('PEXPIREAT', kb, now + sticky_window)
 
-redis.call('HSET', s, 't', 'o', 'n', chosen, 'm', class, 'c', now, 'e', expires,
+redis.call('HSET', s, 't', 'o', 'n', chosen, 'm', class, 'c', tonumber(ARGV[2]), 'e', expires,
   'h', held_until, 'co', cooloff, 'a', idx_a, 'b', idx_b, 'g', level)
 put_blob(s, blob)
--- The record outlives its cool-off by a day only as a safety net; reads stop at 'h'.
-redis.call('PEXPIREAT', s, held_until + 86400000)
 redis.call('ZADD', x, expires, skey)
 
 add_load(nums, chosen, 1)
