@@ -2,7 +2,8 @@
 -- record, in one step, or nothing (invariants 1 and 4).
 -- KEYS: 1 nums, 2 x (transitions), 3 u:A, 4 u:B, 5 k:A, 6 k:B, 7 s:<session>
 -- ARGV: 1 tag, 2 created ms (as the caller reports it; checks use Redis's clock),
---       3 expires ms, 4 cool-off ms, 5 mode class (v|s|b), 6 idx A, 7 idx B, 8 geo levels to try in order ('a1415,c1,*'), 9 random, 10 session key,
+--       3 expires ms, 4 cool-off ms, 5 mode class (v|s|b), 6 idx A, 7 idx B,
+--       8 geo levels to try in order ('a1415,c1,*'), 9 random, 10 session key,
 --       11 sealed A, 12 sealed B, 13 sealed session blob, 14 sticky window ms,
 --       15 A's area tag or '', 16 A's country tag, 17 session.created event id or '',
 --       18 its body (`__PROXY__` stands for the number chosen), 19 sealed numbers or '',
