@@ -902,3 +902,38 @@ async fn a_callback_name_resolving_to_loopback_is_refused_at_delivery() {
     );
     assert!(receiver.deliveries().is_empty());
 }
+
+/// An event still waiting for delivery when one of its participants is erased goes out
+/// without numbers: erasure reaches the event queue too.
+#[tokio::test]
+async fn erasure_strips_numbers_from_events_still_waiting() {
+    let receiver = Receiver::start().await;
+    let app = events_app(&[300, 300, 300, 300, 300, 300, 300, 300]).await;
+    hooked_pool(
+        &app,
+        &receiver,
+        "vipq",
+        json!({ "callback_include_numbers": true }),
+        &proxies(2),
+    )
+    .await;
+    let (a, b) = (participant(70), participant(71));
+    receiver.stop().await;
+    app.create_session_with(&json!({
+        "pool": "vipq",
+        "participants": [{ "number": a, "label": "rider:7" }, { "number": b }],
+    }))
+    .await
+    .expect(201);
+    app.delete(&format!("/v1/participants/{}", path_number(&a)))
+        .await
+        .expect(200);
+    receiver.restart().await;
+    let created = receiver
+        .wait_for_type("session.created", 1, WAIT)
+        .await
+        .remove(0);
+    assert_signed(&created, "session.created");
+    assert_no_digits("the queued session.created", &created.raw, &[&a]);
+    assert_redis_clean(&app, &[&a]).await;
+}

@@ -88,11 +88,22 @@ end
 -- step as the change (written or not at all, together). `body` is the JSON the app receives
 -- (no numbers); `numbers` the participants' numbers, sealed, for pools that send them.
 local EV = TAG .. 'ev:'
-local function put_event(id, etype, body, numbers, now)
+-- `owners` (blind indexes) are the participants whose numbers `numbers` holds: each keeps a
+-- set of such events, so erasing the participant can strip the numbers from them.
+local function put_event(id, etype, body, numbers, now, owners)
   if id == nil or id == '' then return end
   local m = EV .. 'm:' .. id
   redis.call('HSET', m, 'b', body, 's', 'q', 'n', 0, 't', etype, 'c', now)
-  if numbers and numbers ~= '' then redis.call('HSET', m, 'z', numbers) end
+  if numbers and numbers ~= '' then
+    redis.call('HSET', m, 'z', numbers)
+    for _, idx in ipairs(owners or {}) do
+      if idx and idx ~= '' then
+        local set = EV .. 'p:' .. idx
+        redis.call('SADD', set, id)
+        push_expiry(set, now + 31 * 86400000)
+      end
+    end
+  end
   redis.call('ZADD', EV .. 'q', now, id)
   redis.call('ZADD', EV .. 'all', now, id)
   -- The listing index forgets what is older than any record can be (failed events are kept

@@ -8,6 +8,12 @@ for _, other in ipairs(partners) do
   redis.call('HDEL', TAG .. 'k:' .. other, idx)
 end
 redis.call('DEL', k)
+-- Events that carry the participant's number (pools that send numbers) lose their numbers.
+local events = TAG .. 'ev:p:' .. idx
+for _, id in ipairs(redis.call('SMEMBERS', events)) do
+  redis.call('HDEL', TAG .. 'ev:m:' .. id, 'z')
+end
+redis.call('DEL', events)
 local all = redis.call('HGETALL', u)
 for i = 1, #all, 2 do
   local r = parse_route(all[i + 1])

@@ -130,5 +130,6 @@ if ARGV[20] and ARGV[20] ~= '' then
     redis.call('HSET', nums, '#low', '0')
   end
 end
-put_event(ARGV[17], 'session.created', fill(ARGV[18] or '', 'PROXY', chosen), ARGV[19], now)
+put_event(ARGV[17], 'session.created', fill(ARGV[18] or '', 'PROXY', chosen), ARGV[19], now,
+  { idx_a, idx_b })
 return { 1, chosen, level, due }

@@ -77,7 +77,7 @@ if t == 'o' and not open then
   redis.call('HSET', s, 't', 'c', 'r', 'expired')
   stop_open(e)
   t = 'c'
-  put_event(ARGV[7], 'session.closed', ARGV[8] or '', ARGV[11], now)
+  put_event(ARGV[7], 'session.closed', ARGV[8] or '', ARGV[11], now, { f[6], f[7] })
 end
 
 if op == 'close' then
@@ -89,7 +89,7 @@ if op == 'close' then
   end)
   redis.call('HSET', s, 't', 'c', 'r', arg, 'e', now, 'h', h)
   stop_open(now)
-  put_event(ARGV[9], 'session.closed', ARGV[10] or '', ARGV[11], now)
+  put_event(ARGV[9], 'session.closed', ARGV[10] or '', ARGV[11], now, { f[6], f[7] })
   if h <= now then release() else redis.call('ZADD', x, h, skey) end
   return { 'ok', 'c' }
 end
