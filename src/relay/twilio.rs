@@ -144,9 +144,9 @@ fn render(decision: &Decision, inbound: &Inbound, public_url: &str) -> String {
         Decision::Connect { caller_id, to, .. } => format!(
             "<Response><Dial callerId=\"{}\" answerOnBridge=\"true\">\
              <Number statusCallback=\"{}\">{}</Number></Dial></Response>",
-            text(caller_id.reveal()),
-            text(&status_url),
-            text(to.reveal()),
+            xml_escape(caller_id.reveal()),
+            xml_escape(&status_url),
+            xml_escape(to.reveal()),
         ),
         // The relayed text is a new message with its own sid; `action` is where Twilio sends
         // its status callbacks (https://www.twilio.com/docs/messaging/twiml/message), and the
@@ -156,31 +156,33 @@ fn render(decision: &Decision, inbound: &Inbound, public_url: &str) -> String {
         Decision::Relay { from, to, .. } => {
             let mut doc = format!(
                 "<Response><Message to=\"{}\" from=\"{}\" action=\"{}\">",
-                text(to.reveal()),
-                text(from.reveal()),
-                text(&format!("{status_url}?ref={}", inbound.provider_ref)),
+                xml_escape(to.reveal()),
+                xml_escape(from.reveal()),
+                xml_escape(&format!("{status_url}?ref={}", inbound.provider_ref)),
             );
             let body = inbound.body.as_deref().unwrap_or_default();
             if !body.is_empty() || inbound.media.is_empty() {
-                doc.push_str(&format!("<Body>{}</Body>", text(body)));
+                doc.push_str(&format!("<Body>{}</Body>", xml_escape(body)));
             }
             for url in &inbound.media {
-                doc.push_str(&format!("<Media>{}</Media>", text(url)));
+                doc.push_str(&format!("<Media>{}</Media>", xml_escape(url)));
             }
             doc.push_str("</Message></Response>");
             doc
         }
         Decision::Announce { message } => match inbound.kind {
-            Kind::Voice => format!("<Response><Say>{}</Say><Hangup/></Response>", text(message)),
+            Kind::Voice => format!(
+                "<Response><Say>{}</Say><Hangup/></Response>",
+                xml_escape(message)
+            ),
             // Without `to` and `from`, `<Message>` replies to the sender from the number it
             // wrote to: the proxy number.
-            Kind::Sms => format!("<Response><Message>{}</Message></Response>", text(message)),
+            Kind::Sms => format!(
+                "<Response><Message>{}</Message></Response>",
+                xml_escape(message)
+            ),
         },
     }
-}
-
-fn text(s: &str) -> String {
-    xml_escape(s)
 }
 
 fn twiml(doc: String) -> Response {
@@ -893,8 +895,8 @@ mod tests {
 
     #[test]
     fn rendered_text_survives_xml_parsing() {
-        assert_eq!(text("a\r\nb\u{1}<&>"), "a&#13;\nb&lt;&amp;&gt;");
-        assert_eq!(text("😀\t'\""), "😀\t&apos;&quot;");
+        assert_eq!(xml_escape("a\r\nb\u{1}<&>"), "a&#13;\nb&lt;&amp;&gt;");
+        assert_eq!(xml_escape("😀\t'\""), "😀\t&apos;&quot;");
     }
 
     #[test]

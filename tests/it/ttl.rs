@@ -67,19 +67,7 @@ async fn session_routes_until_expiry_then_announces() {
             .await
             .expect_problem(409, "pool_exhausted");
     }
-    let at = eventually(
-        Duration::from_secs(6),
-        "a new session for a after cool-off",
-        || async {
-            let r = app.create_session("short", &a, &c, None).await;
-            match r.status {
-                201 => Some(now_ms()),
-                409 => None,
-                _ => panic!("unexpected {} {}", r.status, r.text),
-            }
-        },
-    )
-    .await;
+    let at = number_back_at(&app, "short", &a, &c).await;
     assert!(
         at >= expires + 2000 - 100,
         "the number came back {} ms after expiry, before the 2 s cool-off ended",
@@ -129,19 +117,7 @@ async fn cooloff_keeps_the_number_from_that_participant_until_it_ends() {
     let got = app.get_session(id).await.expect(200);
     assert_eq!(got["status"], "closed");
 
-    let at = eventually(
-        Duration::from_secs(6),
-        "a new session for a after cool-off",
-        || async {
-            let r = app.create_session("cool", &a, &e, None).await;
-            match r.status {
-                201 => Some(now_ms()),
-                409 => None,
-                _ => panic!("unexpected {} {}", r.status, r.text),
-            }
-        },
-    )
-    .await;
+    let at = number_back_at(&app, "cool", &a, &e).await;
     assert!(
         at >= before_close + 2000 - 50,
         "the number came back {} ms after close, before the 2 s cool-off ended",
@@ -290,4 +266,22 @@ async fn the_reaper_frees_everything_once_cooloff_ends() {
             .await
             .expect_problem(404, "session_not_found");
     }
+}
+
+/// When `a` can first have a new session (with `other`) in `pool`, polling until then: the
+/// moment its cool-off ended, as seen from outside.
+async fn number_back_at(app: &TestApp, pool: &str, a: &str, other: &str) -> i64 {
+    eventually(
+        Duration::from_secs(6),
+        "a new session for a after cool-off",
+        || async {
+            let r = app.create_session(pool, a, other, None).await;
+            match r.status {
+                201 => Some(now_ms()),
+                409 => None,
+                _ => panic!("unexpected {} {}", r.status, r.text),
+            }
+        },
+    )
+    .await
 }
