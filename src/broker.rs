@@ -1,7 +1,7 @@
 //! The use-cases: pools, numbers, sessions, routing, erasure and reaping, over the store.
 //! The broker knows nothing of HTTP; it takes typed values and returns views or errors.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
@@ -93,16 +93,97 @@ impl Scope {
     }
 }
 
-/// Who is calling: an API key's name and scopes.
+/// Who is calling: an API key's name, scopes and the pools it may see.
 #[derive(Clone, Debug)]
 pub struct Principal {
     pub name: String,
     pub scopes: Vec<Scope>,
+    pub pools: PoolLimit,
 }
 
 impl Principal {
     pub fn allows(&self, scope: Scope) -> bool {
         self.scopes.contains(&Scope::Admin) || self.scopes.contains(&scope)
+    }
+}
+
+/// The pools an API key may see: all of them, or a named few. Data of any other pool
+/// answers as if it did not exist, so one app cannot even learn what another app holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PoolLimit {
+    /// Every pool: keys made without `--pools`, and keys stored before limits existed.
+    #[default]
+    All,
+    /// Only these pools (never empty).
+    Only(BTreeSet<PoolName>),
+}
+
+impl PoolLimit {
+    /// The limit a list of pool names asks for, as given on a command line (empty entries,
+    /// as `a,,b` leaves, are skipped).
+    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<PoolLimit> {
+        let mut set = BTreeSet::new();
+        for name in names
+            .iter()
+            .map(|n| n.as_ref().trim())
+            .filter(|n| !n.is_empty())
+        {
+            if name == "*" {
+                return Err(BrokerError::Validation(
+                    "`*` is not a pool name; leave the pools out for a key that sees every pool"
+                        .into(),
+                ));
+            }
+            set.insert(PoolName::parse(name).ok_or_else(|| {
+                BrokerError::Validation(format!(
+                    "`{name}` is not a pool name (lower-case letters, digits, - and _)"
+                ))
+            })?);
+        }
+        if set.is_empty() {
+            return Err(BrokerError::Validation(
+                "name at least one pool, or leave the pools out for a key that sees every pool"
+                    .into(),
+            ));
+        }
+        Ok(PoolLimit::Only(set))
+    }
+
+    /// Whether data of the pool named `pool` is visible.
+    pub fn sees(&self, pool: &str) -> bool {
+        match self {
+            PoolLimit::All => true,
+            PoolLimit::Only(set) => set.iter().any(|p| p.as_str() == pool),
+        }
+    }
+
+    /// The stored form: comma-separated names, or `None` for every pool.
+    fn to_stored(&self) -> Option<String> {
+        match self {
+            PoolLimit::All => None,
+            PoolLimit::Only(set) => Some(
+                set.iter()
+                    .map(PoolName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        }
+    }
+
+    /// Reads the stored form. A record without the field (older keys) sees every pool; a
+    /// field that names no valid pool sees none rather than all.
+    fn from_stored(text: Option<&str>) -> PoolLimit {
+        match text {
+            None => PoolLimit::All,
+            Some(t) => PoolLimit::Only(t.split(',').filter_map(PoolName::parse).collect()),
+        }
+    }
+}
+
+impl std::fmt::Display for PoolLimit {
+    /// `*` for every pool, else the names separated by commas.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.to_stored().as_deref().unwrap_or("*"))
     }
 }
 
@@ -519,7 +600,19 @@ impl Broker {
 
     // ---- API keys
 
+    /// A new key that sees every pool.
     pub async fn create_api_key(&self, name: &str, scopes: &[Scope]) -> Result<String> {
+        self.create_api_key_limited(name, scopes, &PoolLimit::All)
+            .await
+    }
+
+    /// A new key that sees only the pools in `pools`; the key is returned, stored hashed.
+    pub async fn create_api_key_limited(
+        &self,
+        name: &str,
+        scopes: &[Scope],
+        pools: &PoolLimit,
+    ) -> Result<String> {
         if name.is_empty()
             || name.len() > 64
             || !name
@@ -535,6 +628,11 @@ impl Broker {
                 "a key needs at least one scope".into(),
             ));
         }
+        if matches!(pools, PoolLimit::Only(set) if set.is_empty()) {
+            return Err(BrokerError::Validation(
+                "a key limited to pools needs at least one pool name".into(),
+            ));
+        }
         let raw: [u8; 32] = rand::random();
         let key = format!(
             "hush_{}",
@@ -548,7 +646,13 @@ impl Broker {
         let fresh = self
             .inner
             .store
-            .api_key_put(name, &sha256_hex(key.as_bytes()), &scopes_text, self.now())
+            .api_key_put(
+                name,
+                &sha256_hex(key.as_bytes()),
+                &scopes_text,
+                pools.to_stored().as_deref(),
+                self.now(),
+            )
             .await?;
         if !fresh {
             return Err(BrokerError::Validation(format!(
@@ -558,14 +662,15 @@ impl Broker {
         Ok(key)
     }
 
-    pub async fn list_api_keys(&self) -> Result<Vec<(String, String, String)>> {
+    /// `(name, scopes, pools, created at)` of every key, by name.
+    pub async fn list_api_keys(&self) -> Result<Vec<(String, String, PoolLimit, String)>> {
         Ok(self
             .inner
             .store
             .api_keys()
             .await?
             .into_iter()
-            .map(|(n, s, c)| (n, s, rfc3339(c)))
+            .map(|(n, s, p, c)| (n, s, PoolLimit::from_stored(p.as_deref()), rfc3339(c)))
             .collect())
     }
 
@@ -593,12 +698,13 @@ impl Broker {
         {
             return Ok(Some(p.clone()));
         }
-        let Some((name, scopes)) = self.inner.store.api_key(&digest).await? else {
+        let Some((name, scopes, pools)) = self.inner.store.api_key(&digest).await? else {
             return Ok(None);
         };
         let p = Arc::new(Principal {
             name,
             scopes: scopes.split(',').filter_map(Scope::parse).collect(),
+            pools: PoolLimit::from_stored(pools.as_deref()),
         });
         let mut cache = self.inner.principals.write().expect("lock poisoned");
         if cache.len() > 10_000 {
@@ -634,6 +740,34 @@ impl Broker {
             .expect("lock poisoned")
             .insert(id, row.name.clone());
         Ok(row.name)
+    }
+
+    /// Whether data of pool `pool_id` (from a session or event id) is visible `within` a
+    /// key's pools. Pool names are cached, so a limited key pays no round trip once the pool
+    /// is known, and an unlimited key pays nothing.
+    pub async fn sees_pool_id(&self, within: &PoolLimit, pool_id: u32) -> Result<bool> {
+        if *within == PoolLimit::All {
+            return Ok(true);
+        }
+        match self.pool_name(pool_id).await {
+            Ok(name) => Ok(within.sees(&name)),
+            Err(BrokerError::SessionNotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The pools a listing covers: `pool` alone (not found when missing or outside
+    /// `within`), or every pool `within` a key's pools.
+    async fn pool_rows(&self, pool: Option<&PoolName>, within: &PoolLimit) -> Result<Vec<PoolRow>> {
+        match pool {
+            Some(p) if !within.sees(p.as_str()) => Err(BrokerError::PoolNotFound(p.to_string())),
+            Some(p) => Ok(vec![self.pool_row(p).await?]),
+            None => {
+                let mut rows = self.inner.store.pool_list().await?;
+                rows.retain(|r| within.sees(&r.name));
+                Ok(rows)
+            }
+        }
     }
 
     /// A pool's row, at most [`POOL_CACHE_MS`] old.
@@ -838,17 +972,16 @@ impl Broker {
         serde_json::from_slice(&plain).map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))
     }
 
-    /// Events of one pool or all, newest first, optionally of one status.
+    /// Events of one pool or all `within` a key's pools, newest first, optionally of one
+    /// status.
     pub async fn list_events(
         &self,
         pool: Option<&PoolName>,
         status: Option<&str>,
         limit: usize,
+        within: &PoolLimit,
     ) -> Result<Vec<EventView>> {
-        let rows = match pool {
-            Some(p) => vec![self.pool_row(p).await?],
-            None => self.inner.store.pool_list().await?,
-        };
+        let rows = self.pool_rows(pool, within).await?;
         // A status filter looks further back than the page it fills, so older failed events
         // are found behind newer delivered ones.
         let window = if status.is_some() {
@@ -992,9 +1125,10 @@ impl Broker {
         self.pool_view(&row).await
     }
 
-    pub async fn list_pools(&self) -> Result<Vec<PoolView>> {
+    /// Every pool `within` a key's pools, by name.
+    pub async fn list_pools(&self, within: &PoolLimit) -> Result<Vec<PoolView>> {
         let mut out = Vec::new();
-        for row in self.inner.store.pool_list().await? {
+        for row in self.pool_rows(None, within).await? {
             out.push(self.pool_view(&row).await?);
         }
         Ok(out)
@@ -1500,16 +1634,14 @@ impl Broker {
         }
     }
 
-    /// Open sessions of a participant, in one pool or all.
+    /// Open sessions of a participant, in one pool or all `within` a key's pools.
     pub async fn sessions_of(
         &self,
         participant: &E164,
         pool: Option<&PoolName>,
+        within: &PoolLimit,
     ) -> Result<Vec<SessionView>> {
-        let rows = match pool {
-            Some(p) => vec![self.pool_row(p).await?],
-            None => self.inner.store.pool_list().await?,
-        };
+        let rows = self.pool_rows(pool, within).await?;
         let idx = self.idx(participant);
         let now = self.now();
         let mut out = Vec::new();
@@ -1569,12 +1701,31 @@ impl Broker {
 
     /// Decides what an inbound call or text from `from` to the proxy number `to` reaches.
     /// On the hot path this is one Redis round trip.
-    /// `from` is `None` for a withheld or unusable caller ID, which reaches nobody.
-    pub async fn route(&self, from: Option<&E164>, to: &E164, kind: Kind) -> Result<Decision> {
+    /// `from` is `None` for a withheld or unusable caller ID, which reaches nobody. A number
+    /// of a pool outside `within` answers as a number of no pool.
+    pub async fn route(
+        &self,
+        from: Option<&E164>,
+        to: &E164,
+        kind: Kind,
+        within: &PoolLimit,
+    ) -> Result<Decision> {
         let idx = from.map(|f| self.idx(f));
         let mut fresh = false;
         loop {
-            let Some((pool_id, shard)) = self.owner(to, fresh).await? else {
+            let owner = match self.owner(to, fresh).await? {
+                Some((pool_id, _)) if !self.sees_pool_id(within, pool_id).await? => {
+                    if !fresh {
+                        // The cached owner may be stale: a number that moved into a visible
+                        // pool must not be refused.
+                        fresh = true;
+                        continue;
+                    }
+                    None
+                }
+                owner => owner,
+            };
+            let Some((pool_id, shard)) = owner else {
                 // `to` may be anyone's number: the detail shows it redacted.
                 return Err(BrokerError::NumberNotFound(format!(
                     "{to} is not a number of any pool"
@@ -1895,13 +2046,15 @@ impl Broker {
 
     // ---- erasure
 
-    /// Closes every session of a number in every pool, releases its routes without cool-off
-    /// and removes what hush holds about it. Returns how many open sessions it closed.
-    pub async fn erase_participant(&self, number: &E164) -> Result<usize> {
+    /// Closes every session of a number in every pool `within` a key's pools, releases its
+    /// routes there without cool-off and removes what hush holds about it there. Returns how
+    /// many open sessions it closed. Stored replays of idempotent requests that hold the
+    /// number go whichever key made them: they are copies of the number, not sessions.
+    pub async fn erase_participant(&self, number: &E164, within: &PoolLimit) -> Result<usize> {
         let idx = self.idx(number);
         let now = self.now();
         let mut closed = 0;
-        for row in self.inner.store.pool_list().await? {
+        for row in self.pool_rows(None, within).await? {
             for s in 0..row.shards {
                 let shard = self.shard(row.id, s);
                 let keys: HashSet<String> = self

@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Scope};
+use crate::broker::{Broker, PoolLimit, Scope};
 use crate::config::Config;
 
 /// The broker over the configured Redis and keys.
@@ -92,9 +92,25 @@ pub async fn create_api_key(
     name: &str,
     scopes: &[&str],
 ) -> anyhow::Result<String> {
+    create_api_key_limited(config, name, scopes, None).await
+}
+
+/// As [`create_api_key`]; with `pools`, the key sees only those pools' data.
+pub async fn create_api_key_limited(
+    config: &Config,
+    name: &str,
+    scopes: &[&str],
+    pools: Option<&[&str]>,
+) -> anyhow::Result<String> {
     let scopes = scopes
         .iter()
         .map(|s| Scope::parse(s).with_context(|| format!("unknown scope `{s}`")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(build_broker(config)?.create_api_key(name, &scopes).await?)
+    let pools = match pools {
+        None => PoolLimit::All,
+        Some(names) => PoolLimit::parse(names)?,
+    };
+    Ok(build_broker(config)?
+        .create_api_key_limited(name, &scopes, &pools)
+        .await?)
 }

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use hush::broker::{Broker, Scope};
+use hush::broker::{Broker, PoolLimit, Scope};
 use hush::config::Config;
 use hush::domain::{E164, GeoMatch, NumberState, PoolName, PoolPolicy, SessionId};
 
@@ -57,8 +57,12 @@ enum KeysCmd {
         /// Comma-separated: sessions, pools, relay, admin.
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
+        /// Comma-separated pool names: the key sees only these pools' sessions, events and
+        /// numbers. Without it the key sees every pool.
+        #[arg(long, value_delimiter = ',')]
+        pools: Option<Vec<String>>,
     },
-    /// List API keys (names and scopes; keys are stored hashed).
+    /// List API keys (names, scopes and pools, `*` for every pool; keys are stored hashed).
     List,
     /// Revoke an API key by name.
     Revoke { name: String },
@@ -186,18 +190,36 @@ fn pool_name(s: &str) -> anyhow::Result<PoolName> {
 async fn keys(broker: &Broker, cmd: KeysCmd) -> anyhow::Result<()> {
     match cmd {
         KeysCmd::GenSecrets => unreachable!("handled before the config is loaded"),
-        KeysCmd::Create { name, scopes } => {
+        KeysCmd::Create {
+            name,
+            scopes,
+            pools,
+        } => {
             let scopes = scopes
                 .iter()
                 .map(|s| Scope::parse(s).with_context(|| format!("unknown scope `{s}`")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let key = broker.create_api_key(&name, &scopes).await?;
+            let pools = match pools {
+                None => PoolLimit::All,
+                Some(names) => PoolLimit::parse(&names).context("--pools")?,
+            };
+            let key = broker
+                .create_api_key_limited(&name, &scopes, &pools)
+                .await?;
+            if let PoolLimit::Only(names) = &pools {
+                // A typo would make a key that sees nothing; a pool made later is fine.
+                for pool in names {
+                    if broker.pool_policy(pool).await?.is_none() {
+                        eprintln!("note: pool `{pool}` does not exist yet");
+                    }
+                }
+            }
             eprintln!("created key `{name}`; it is shown once:");
             println!("{key}");
         }
         KeysCmd::List => {
-            for (name, scopes, created) in broker.list_api_keys().await? {
-                println!("{name}\t{scopes}\t{created}");
+            for (name, scopes, pools, created) in broker.list_api_keys().await? {
+                println!("{name}\t{scopes}\tpools={pools}\t{created}");
             }
         }
         KeysCmd::Revoke { name } => {
@@ -250,7 +272,7 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
             print_json(&view)
         }
         PoolsCmd::List => {
-            for p in broker.list_pools().await? {
+            for p in broker.list_pools(&PoolLimit::All).await? {
                 println!(
                     "{}\tnumbers={} active={} draining={}\topen_sessions={}",
                     p.name, p.numbers.total, p.numbers.active, p.numbers.draining, p.open_sessions

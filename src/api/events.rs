@@ -41,7 +41,7 @@ pub async fn list(
     let limit = q.limit.unwrap_or(100).clamp(1, LIST_MAX);
     let events = s
         .broker
-        .list_events(pool.as_ref(), q.status.as_deref(), limit)
+        .list_events(pool.as_ref(), q.status.as_deref(), limit, auth.pools())
         .await?;
     Ok(ok(serde_json::json!({ "events": events })))
 }
@@ -52,5 +52,6 @@ pub async fn redeliver(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Pools)?;
+    auth.event_visible(&s.broker, &id).await?;
     Ok(ok(s.broker.redeliver_event(&id).await?))
 }

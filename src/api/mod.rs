@@ -21,7 +21,8 @@ use serde::de::DeserializeOwned;
 
 pub use error::{ApiError, problem, scrub};
 
-use crate::broker::{Broker, Principal, Scope};
+use crate::broker::{Broker, BrokerError, EventId, PoolLimit, Principal, Scope};
+use crate::domain::{PoolName, SessionId};
 use crate::telemetry::METRICS;
 
 /// Largest request body hush reads.
@@ -158,6 +159,43 @@ impl Auth {
             Ok(())
         } else {
             Err(ApiError::Forbidden(scope))
+        }
+    }
+
+    /// The pools this key sees, for listings and lookups the broker does.
+    pub fn pools(&self) -> &PoolLimit {
+        &self.0.pools
+    }
+
+    // A pool-limited key gets the very answer a missing pool, session or event gets, never a
+    // 403: another app's data must not even be known to exist.
+
+    /// Refuses a pool outside the key's pools as `404 pool_not_found`.
+    pub fn pool_visible(&self, pool: &PoolName) -> Result<(), ApiError> {
+        if self.0.pools.sees(pool.as_str()) {
+            Ok(())
+        } else {
+            Err(BrokerError::PoolNotFound(pool.to_string()).into())
+        }
+    }
+
+    /// Refuses a session of a pool outside the key's pools as `404 session_not_found`.
+    pub async fn session_visible(&self, broker: &Broker, id: &SessionId) -> Result<(), ApiError> {
+        if broker.sees_pool_id(&self.0.pools, id.pool_id).await? {
+            Ok(())
+        } else {
+            Err(BrokerError::SessionNotFound.into())
+        }
+    }
+
+    /// Refuses an event of a pool outside the key's pools as `404 event_not_found`; an id
+    /// that does not parse is left to the broker, which finds nothing.
+    pub async fn event_visible(&self, broker: &Broker, id: &str) -> Result<(), ApiError> {
+        match EventId::parse(id) {
+            Some(e) if !broker.sees_pool_id(&self.0.pools, e.pool_id).await? => {
+                Err(BrokerError::EventNotFound.into())
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -67,6 +67,7 @@ pub async fn put(
                 .into(),
         )
     })?;
+    auth.pool_visible(&name)?;
     let b = body.value;
     let d = PoolPolicy::default();
     let policy = PoolPolicy {
@@ -141,7 +142,7 @@ pub async fn put(
 pub async fn list(auth: Auth, State(s): State<AppState>) -> Result<Response, ApiError> {
     auth.require(Scope::Pools)?;
     Ok(ok(
-        serde_json::json!({ "pools": s.broker.list_pools().await? }),
+        serde_json::json!({ "pools": s.broker.list_pools(auth.pools()).await? }),
     ))
 }
 
@@ -151,7 +152,9 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Pools)?;
-    Ok(ok(s.broker.get_pool(&pool_name(&name)?).await?))
+    let name = pool_name(&name)?;
+    auth.pool_visible(&name)?;
+    Ok(ok(s.broker.get_pool(&name).await?))
 }
 
 #[derive(Deserialize)]
@@ -175,6 +178,7 @@ pub async fn add_numbers(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Pools)?;
     let name = pool_name(&name)?;
+    auth.pool_visible(&name)?;
     let list = body.value.numbers;
     if list.is_empty() || list.len() > MAX_NUMBERS {
         return Err(ApiError::Validation(format!(
@@ -194,7 +198,9 @@ pub async fn list_numbers(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Pools)?;
-    let numbers = s.broker.list_numbers(&pool_name(&name)?).await?;
+    let name = pool_name(&name)?;
+    auth.pool_visible(&name)?;
+    let numbers = s.broker.list_numbers(&name).await?;
     Ok(ok(serde_json::json!({ "numbers": numbers })))
 }
 
@@ -212,6 +218,7 @@ pub async fn patch_number(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Pools)?;
     let name = pool_name(&name)?;
+    auth.pool_visible(&name)?;
     let number = proxy_number(&number)?;
     let state = NumberState::parse(&body.value.state)
         .ok_or_else(|| ApiError::Validation("state must be active or draining".into()))?;
@@ -225,6 +232,7 @@ pub async fn delete_number(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Pools)?;
     let name = pool_name(&name)?;
+    auth.pool_visible(&name)?;
     let number = proxy_number(&number)?;
     s.broker.remove_number(&name, &number).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -236,7 +244,9 @@ pub async fn callback_secret(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Admin)?;
-    let secret = s.broker.callback_secret(&pool_name(&name)?).await?;
+    let name = pool_name(&name)?;
+    auth.pool_visible(&name)?;
+    let secret = s.broker.callback_secret(&name).await?;
     Ok(ok(serde_json::json!({ "secret": secret })))
 }
 
@@ -246,6 +256,8 @@ pub async fn rotate_callback_secret(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Admin)?;
-    let secret = s.broker.rotate_callback_secret(&pool_name(&name)?).await?;
+    let name = pool_name(&name)?;
+    auth.pool_visible(&name)?;
+    let secret = s.broker.rotate_callback_secret(&name).await?;
     Ok(ok(serde_json::json!({ "secret": secret })))
 }

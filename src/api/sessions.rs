@@ -122,6 +122,7 @@ pub async fn create(
         }
     };
     let req = parse_create(body.value)?;
+    auth.pool_visible(&req.pool)?;
     let created = |text: String| {
         (
             StatusCode::CREATED,
@@ -166,7 +167,9 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Sessions)?;
-    Ok(ok(s.broker.get_session(&session_id(&id)?).await?))
+    let id = session_id(&id)?;
+    auth.session_visible(&s.broker, &id).await?;
+    Ok(ok(s.broker.get_session(&id).await?))
 }
 
 #[derive(Deserialize)]
@@ -183,6 +186,7 @@ pub async fn extend(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Sessions)?;
     let id = session_id(&id)?;
+    auth.session_visible(&s.broker, &id).await?;
     Ok(ok(s
         .broker
         .extend_session(&id, body.value.ttl_secs)
@@ -195,7 +199,9 @@ pub async fn interactions(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Sessions)?;
-    let list = s.broker.interactions(&session_id(&id)?).await?;
+    let id = session_id(&id)?;
+    auth.session_visible(&s.broker, &id).await?;
+    let list = s.broker.interactions(&id).await?;
     Ok(ok(serde_json::json!({ "interactions": list })))
 }
 
@@ -205,7 +211,9 @@ pub async fn close(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Sessions)?;
-    Ok(ok(s.broker.close_session(&session_id(&id)?).await?))
+    let id = session_id(&id)?;
+    auth.session_visible(&s.broker, &id).await?;
+    Ok(ok(s.broker.close_session(&id).await?))
 }
 
 #[derive(Deserialize)]
@@ -236,7 +244,10 @@ pub async fn list(
                 .ok_or_else(|| ApiError::Broker(BrokerError::PoolNotFound(super::scrub(&p))))?,
         ),
     };
-    let sessions = s.broker.sessions_of(&participant, pool.as_ref()).await?;
+    let sessions = s
+        .broker
+        .sessions_of(&participant, pool.as_ref(), auth.pools())
+        .await?;
     Ok(ok(serde_json::json!({ "sessions": sessions })))
 }
 
@@ -293,7 +304,10 @@ pub async fn route(
     // Providers send withheld caller IDs as `anonymous`, `restricted` and the like: such a
     // caller holds no route and hears the out-of-session answer, like any stranger.
     let from = E164::parse_syntax(&b.from).ok();
-    let decision = s.broker.route(from.as_ref(), &to, kind).await?;
+    let decision = s
+        .broker
+        .route(from.as_ref(), &to, kind, auth.pools())
+        .await?;
     let answer = match &decision {
         Decision::Connect {
             session_id,
@@ -325,6 +339,6 @@ pub async fn erase(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Admin)?;
     let n = number("number", &raw)?;
-    let closed = s.broker.erase_participant(&n).await?;
+    let closed = s.broker.erase_participant(&n, auth.pools()).await?;
     Ok(ok(serde_json::json!({ "closed_sessions": closed })))
 }

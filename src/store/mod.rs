@@ -901,6 +901,7 @@ impl Store {
         name: &str,
         digest: &str,
         scopes: &str,
+        pools: Option<&str>,
         now: i64,
     ) -> Result<bool> {
         let fresh: bool = redis::cmd("HSETNX")
@@ -912,47 +913,54 @@ impl Store {
         if !fresh {
             return Ok(false);
         }
-        let _: i64 = redis::cmd("HSET")
-            .arg(self.keys.api_key(digest))
+        let mut put = redis::cmd("HSET");
+        put.arg(self.keys.api_key(digest))
             .arg("name")
             .arg(name)
             .arg("scopes")
             .arg(scopes)
             .arg("created")
-            .arg(now)
-            .query_async(&mut self.c())
-            .await?;
+            .arg(now);
+        // No field at all means every pool, which is how keys made before limits read.
+        if let Some(pools) = pools {
+            put.arg("pools").arg(pools);
+        }
+        let _: i64 = put.query_async(&mut self.c()).await?;
         Ok(true)
     }
 
-    pub async fn api_key(&self, digest: &str) -> Result<Option<(String, String)>> {
-        let v: (Option<String>, Option<String>) = redis::cmd("HMGET")
+    /// `(name, scopes, pools)` of the key with this digest; `pools` is absent for a key
+    /// that sees every pool.
+    pub async fn api_key(&self, digest: &str) -> Result<Option<(String, String, Option<String>)>> {
+        let v: (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(self.keys.api_key(digest))
             .arg("name")
             .arg("scopes")
+            .arg("pools")
             .query_async(&mut self.c())
             .await?;
         Ok(match v {
-            (Some(n), Some(s)) => Some((n, s)),
+            (Some(n), Some(s), p) => Some((n, s, p)),
             _ => None,
         })
     }
 
-    /// `(name, scopes, created ms)` of every key.
-    pub async fn api_keys(&self) -> Result<Vec<(String, String, i64)>> {
+    /// `(name, scopes, pools, created ms)` of every key.
+    pub async fn api_keys(&self) -> Result<Vec<(String, String, Option<String>, i64)>> {
         let all: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.keys.api_keys())
             .query_async(&mut self.c())
             .await?;
         let mut out = Vec::new();
         for (name, digest) in all {
-            let v: (Option<String>, Option<i64>) = redis::cmd("HMGET")
+            let v: (Option<String>, Option<String>, Option<i64>) = redis::cmd("HMGET")
                 .arg(self.keys.api_key(&digest))
                 .arg("scopes")
+                .arg("pools")
                 .arg("created")
                 .query_async(&mut self.c())
                 .await?;
-            out.push((name, v.0.unwrap_or_default(), v.1.unwrap_or(0)));
+            out.push((name, v.0.unwrap_or_default(), v.1, v.2.unwrap_or(0)));
         }
         out.sort();
         Ok(out)
