@@ -14,8 +14,8 @@ use crate::domain::{
     NumberState, PoolName, PoolPolicy, SessionId, rfc3339, session::Kind,
 };
 use crate::store::{
-    CreateArgs, Created, EndEvents, EndOp, Ended, EventDraft, IdemBegin, PoolRow, RouteRow,
-    ShardKeys, Store, StoreError,
+    CreateArgs, Created, EndEvents, EndOp, Ended, EventDraft, IdemBegin, IdemMark, Lease, PoolRow,
+    RouteRow, ShardKeys, Store, StoreError,
 };
 use crate::telemetry::METRICS;
 
@@ -23,8 +23,9 @@ use crate::telemetry::METRICS;
 pub const STICKY_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
 /// How long an idempotent response is replayed.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
-/// How long a first request holds its idempotency key before a retry may run again.
-pub const IDEMPOTENCY_PENDING_MS: i64 = 60 * 1000;
+/// How long a running request holds its idempotency key without renewing it: a request
+/// that died (crash, lost connection) blocks its retries for no longer than this.
+pub const IDEMPOTENCY_LEASE_MS: i64 = 3000;
 /// Longest session a client may ask for (30 days).
 pub const MAX_TTL_SECS: u32 = 2_592_000;
 
@@ -224,6 +225,43 @@ pub struct SessionView {
     pub closed_at: Option<String>,
     pub close_reason: Option<String>,
     pub metadata: BTreeMap<String, String>,
+}
+
+/// An idempotent request whose key this instance holds (see [`Broker::idem_begin`]).
+#[derive(Clone, Debug)]
+pub struct IdemTicket {
+    digest: String,
+    fingerprint: String,
+    /// Who holds the lease: only its holder renews, frees or lapses it.
+    token: String,
+    /// Taken over from a request that stopped: that one may have made the session already.
+    pub takeover: bool,
+}
+
+/// What starting an idempotent request gave.
+#[derive(Debug)]
+pub enum IdemStart {
+    /// Go ahead, holding the key.
+    Run(IdemTicket),
+    /// The stored response.
+    Replay(String),
+}
+
+/// The answer of an idempotent create: the response body, and whether it repeats an earlier
+/// request's answer rather than being this request's own.
+#[derive(Debug)]
+pub struct IdemAnswer {
+    pub body: String,
+    pub replayed: bool,
+}
+
+/// What an idempotent create did.
+#[derive(Debug)]
+pub enum Once {
+    /// It made the session.
+    Created(SessionView),
+    /// An earlier attempt with the same key had made it.
+    Found(SessionView),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -1312,6 +1350,41 @@ impl Broker {
     // ---- sessions
 
     pub async fn create_session(&self, req: NewSession) -> Result<SessionView> {
+        match self.create_in(req, None).await? {
+            Once::Created(view) | Once::Found(view) => Ok(view),
+        }
+    }
+
+    /// Creates the session of the idempotent request `ticket` holds, unless an earlier
+    /// attempt with the same key made it already; then that one is answered.
+    pub async fn create_session_once(&self, req: NewSession, ticket: &IdemTicket) -> Result<Once> {
+        self.create_in(req, Some(ticket)).await
+    }
+
+    /// The session an earlier attempt of `ticket`'s request made in `shard`.
+    async fn made_before(
+        &self,
+        shard: &ShardKeys,
+        session_key: &str,
+        fingerprint: &str,
+        ticket: &IdemTicket,
+    ) -> Result<Once> {
+        if fingerprint != ticket.fingerprint {
+            return Err(BrokerError::IdempotencyConflict);
+        }
+        let id = SessionId::from_key(shard.pool_id, shard.shard, session_key)
+            .ok_or(StoreError::Corrupt("idempotency marker"))?;
+        // Read as it is now, ended or not: a retry must not make a second session because
+        // the first one has since been closed.
+        let rec = self.inner.store.session(shard, session_key).await?;
+        if rec.is_empty() {
+            return Err(BrokerError::SessionNotFound);
+        }
+        tracing::info!(session = %id, "idempotent create found the session an earlier attempt made");
+        Ok(Once::Found(self.view(&id, &rec, None).await?))
+    }
+
+    async fn create_in(&self, req: NewSession, idem: Option<&IdemTicket>) -> Result<Once> {
         let [a, b] = &req.participants;
         if a.number == b.number {
             return Err(BrokerError::Validation(
@@ -1361,6 +1434,22 @@ impl Broker {
         }
         levels.push("*".to_string());
         let levels = levels.join(",");
+
+        // A request taken over may have made its session in any shard; each shard's script
+        // only sees its own marker, so look in all of them before making one.
+        if let Some(ticket) = idem.filter(|t| t.takeover && row.shards > 1) {
+            let shards: Vec<ShardKeys> = (0..row.shards).map(|s| self.shard(row.id, s)).collect();
+            let markers = self
+                .inner
+                .store
+                .idem_markers(&shards, &ticket.digest)
+                .await?;
+            for (shard, marker) in shards.iter().zip(markers) {
+                if let Some((key, fp)) = marker {
+                    return self.made_before(shard, &key, &fp, ticket).await;
+                }
+            }
+        }
 
         // A pair of participants tries shards in an order of its own, so sticky memory
         // (kept per shard) is found again.
@@ -1424,10 +1513,17 @@ impl Broker {
                     country_tag: &country_tag,
                     event: event.as_ref(),
                     low: low.as_ref().map(|e| (e, policy.low_threshold_pct)),
+                    idempotency: idem.map(|t| IdemMark {
+                        digest: &t.digest,
+                        fingerprint: &t.fingerprint,
+                        ttl_ms: IDEMPOTENCY_TTL_MS,
+                    }),
                 })
                 .await?;
             let due = match &outcome {
-                Created::Ok { reap_due, .. } | Created::Exhausted { reap_due } => *reap_due,
+                Created::Ok { reap_due, .. }
+                | Created::Exhausted { reap_due }
+                | Created::Existing { reap_due, .. } => *reap_due,
             };
             if due {
                 let broker = self.clone();
@@ -1437,6 +1533,19 @@ impl Broker {
                         tracing::warn!(error = %e, "lazy reap failed");
                     }
                 });
+            }
+            if let (
+                Created::Existing {
+                    session_key,
+                    fingerprint,
+                    ..
+                },
+                Some(ticket),
+            ) = (&outcome, idem)
+            {
+                return self
+                    .made_before(&shard, session_key, fingerprint, ticket)
+                    .await;
             }
             if let Created::Ok { number, level, .. } = outcome {
                 METRICS
@@ -1448,7 +1557,7 @@ impl Broker {
                     .with_label_values(&[row.name.as_str()])
                     .inc();
                 tracing::info!(session = %id, pool = %row.name, proxy = %number, geo = %level, "session created");
-                return Ok(SessionView {
+                return Ok(Once::Created(SessionView {
                     id: id.to_string(),
                     pool: row.name.clone(),
                     status: "open".into(),
@@ -1468,7 +1577,7 @@ impl Broker {
                     closed_at: None,
                     close_reason: None,
                     metadata: req.metadata,
-                });
+                }));
             }
         }
         METRICS
@@ -2225,47 +2334,55 @@ impl Broker {
 
     // ---- idempotency
 
-    fn idem_digest(&self, principal: &str, key: &str) -> String {
-        self.inner
-            .crypto
-            .digest("idempotency", format!("{principal}\n{key}").as_bytes())
-    }
-
-    /// Starts an idempotent request. `Ok(Some(body))` is a stored response to replay.
-    pub async fn idem_begin(
-        &self,
-        principal: &str,
-        key: &str,
-        body: &[u8],
-    ) -> Result<Option<String>> {
-        let fp = sha256_hex(body);
-        match self
+    /// Starts an idempotent request: either a stored response to replay, or a ticket that
+    /// holds the key for this request (fresh, or taken over from one that stopped).
+    pub async fn idem_begin(&self, principal: &str, key: &str, body: &[u8]) -> Result<IdemStart> {
+        let crypto = &self.inner.crypto;
+        let ticket = IdemTicket {
+            digest: crypto.digest("idempotency", format!("{principal}\n{key}").as_bytes()),
+            // Keyed, like every other digest hush stores: the body holds participants'
+            // numbers, which a plain hash would let anyone holding the data guess.
+            fingerprint: crypto.digest("idempotency-body", body),
+            token: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(rand::random::<[u8; 12]>()),
+            takeover: false,
+        };
+        let begun = self
             .inner
             .store
             .idem_begin(
-                &self.idem_digest(principal, key),
-                &fp,
-                IDEMPOTENCY_PENDING_MS,
+                &ticket.digest,
+                &ticket.fingerprint,
+                &ticket.token,
+                IDEMPOTENCY_LEASE_MS,
+                IDEMPOTENCY_TTL_MS,
             )
-            .await?
-        {
-            IdemBegin::Fresh => Ok(None),
-            IdemBegin::Running => Err(BrokerError::IdempotencyRunning),
+            .await?;
+        match begun {
+            IdemBegin::Fresh => Ok(IdemStart::Run(ticket)),
+            IdemBegin::Takeover => {
+                tracing::info!("idempotent request taken over from one that stopped");
+                Ok(IdemStart::Run(IdemTicket {
+                    takeover: true,
+                    ..ticket
+                }))
+            }
+            IdemBegin::Running(_) => Err(BrokerError::IdempotencyRunning),
             IdemBegin::Conflict => Err(BrokerError::IdempotencyConflict),
             IdemBegin::Done(sealed) => {
-                let plain = self.inner.crypto.open("idempotency", &sealed)?;
-                Ok(Some(
+                let plain = crypto.open("idempotency", &sealed)?;
+                Ok(IdemStart::Replay(
                     String::from_utf8(plain).map_err(|_| CryptoError::Corrupt)?,
                 ))
             }
         }
     }
 
+    /// Stores the response of the request `ticket` holds, indexed under each participant it
+    /// names so erasure finds it.
     pub async fn idem_finish(
         &self,
-        principal: &str,
-        key: &str,
-        body: &[u8],
+        ticket: &IdemTicket,
         response: &str,
         participants: &[&E164],
     ) -> Result<()> {
@@ -2275,8 +2392,8 @@ impl Broker {
             .inner
             .store
             .idem_finish(
-                &self.idem_digest(principal, key),
-                &sha256_hex(body),
+                &ticket.digest,
+                &ticket.fingerprint,
                 &sealed,
                 IDEMPOTENCY_TTL_MS,
                 &idxs,
@@ -2284,12 +2401,92 @@ impl Broker {
             .await?)
     }
 
-    pub async fn idem_abort(&self, principal: &str, key: &str) -> Result<()> {
-        Ok(self
-            .inner
+    /// Gives up the key after `failure`: freed when the failure created nothing, handed to
+    /// the next retry at once when that cannot be known (Redis may have run the step and
+    /// lost the answer), so the retry looks for what was made before making anything.
+    pub async fn idem_release(&self, ticket: &IdemTicket, failure: &BrokerError) -> Result<()> {
+        let lease = match failure {
+            BrokerError::Store(_) => Lease::Lapse,
+            _ => Lease::Drop,
+        };
+        self.inner
             .store
-            .idem_abort(&self.idem_digest(principal, key))
-            .await?)
+            .idem_lease(&ticket.digest, &ticket.token, lease)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `work` while keeping the lease of `ticket` alive, so a slow request is not taken
+    /// over while a dead one frees its key within [`IDEMPOTENCY_LEASE_MS`].
+    pub async fn idem_leased<T>(
+        &self,
+        ticket: &IdemTicket,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let every = std::time::Duration::from_millis(IDEMPOTENCY_LEASE_MS as u64 / 3);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = tick.tick() => {
+                    let renew = Lease::Renew(IDEMPOTENCY_LEASE_MS);
+                    let renewed = self.inner.store.idem_lease(&ticket.digest, &ticket.token, renew);
+                    if let Err(e) = renewed.await {
+                        tracing::warn!(error = %e, "idempotency lease not renewed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates a session under an `Idempotency-Key`: at most one session per key and body,
+    /// whatever fails where. A retry gets the stored response, or the session that a request
+    /// which died before answering made, rebuilt from its record.
+    pub async fn create_session_idempotent(
+        &self,
+        principal: &str,
+        key: &str,
+        body: &[u8],
+        req: NewSession,
+    ) -> Result<IdemAnswer> {
+        let ticket = match self.idem_begin(principal, key, body).await? {
+            IdemStart::Replay(body) => {
+                return Ok(IdemAnswer {
+                    body,
+                    replayed: true,
+                });
+            }
+            IdemStart::Run(ticket) => ticket,
+        };
+        let numbers = [
+            req.participants[0].number.clone(),
+            req.participants[1].number.clone(),
+        ];
+        let outcome = self
+            .idem_leased(&ticket, self.create_session_once(req, &ticket))
+            .await;
+        match outcome {
+            Ok(once) => {
+                let (view, replayed) = match once {
+                    Once::Created(v) => (v, false),
+                    Once::Found(v) => (v, true),
+                };
+                let text = serde_json::to_string(&view).expect("session view serialises");
+                self.idem_finish(&ticket, &text, &[&numbers[0], &numbers[1]])
+                    .await?;
+                Ok(IdemAnswer {
+                    body: text,
+                    replayed,
+                })
+            }
+            Err(e) => {
+                if let Err(release) = self.idem_release(&ticket, &e).await {
+                    tracing::warn!(error = %release, "idempotency key not released");
+                }
+                Err(e)
+            }
+        }
     }
 }
 

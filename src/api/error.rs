@@ -227,7 +227,14 @@ impl IntoResponse for ApiError {
                 _ => {}
             }
         }
-        problem(status, code, title, detail)
+        let mut resp = problem(status, code, title, detail);
+        // The request holding the key is alive (it renews its lease), or its lease runs out
+        // within seconds: a retry a second later gets its answer or goes ahead.
+        if matches!(self, ApiError::Broker(BrokerError::IdempotencyRunning)) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 

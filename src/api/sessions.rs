@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -16,6 +16,9 @@ const LABEL_MAX: usize = 128;
 const METADATA_KEYS_MAX: usize = 16;
 const METADATA_BYTES_MAX: usize = 2048;
 const IDEMPOTENCY_KEY_MAX: usize = 255;
+/// Marks an answer that repeats an earlier request's (same `Idempotency-Key` and body), so a
+/// client can tell a retry that went through before from its own.
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 fn number(field: &str, raw: &str) -> Result<E164, ApiError> {
     E164::parse(raw).map_err(|reason| {
@@ -123,42 +126,25 @@ pub async fn create(
     };
     let req = parse_create(body.value)?;
     auth.pool_visible(&req.pool)?;
-    let created = |text: String| {
-        (
-            StatusCode::CREATED,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            text,
-        )
-            .into_response()
-    };
     let Some(key) = idem else {
         let view = s.broker.create_session(req).await?;
         return Ok((StatusCode::CREATED, axum::Json(view)).into_response());
     };
-    let who = auth.0.name.clone();
-    if let Some(replay) = s.broker.idem_begin(&who, &key, &body.raw).await? {
-        return Ok(created(replay));
+    let answer = s
+        .broker
+        .create_session_idempotent(&auth.0.name, &key, &body.raw, req)
+        .await?;
+    let mut resp = (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        answer.body,
+    )
+        .into_response();
+    if answer.replayed {
+        resp.headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
-    let numbers = [
-        req.participants[0].number.clone(),
-        req.participants[1].number.clone(),
-    ];
-    match s.broker.create_session(req).await {
-        Ok(view) => {
-            let text = serde_json::to_string(&view).expect("session view serialises");
-            s.broker
-                .idem_finish(&who, &key, &body.raw, &text, &[&numbers[0], &numbers[1]])
-                .await?;
-            Ok(created(text))
-        }
-        Err(e) => {
-            // A failed attempt does not pin the key: the client may retry it.
-            if let Err(abort) = s.broker.idem_abort(&who, &key).await {
-                tracing::warn!(error = %abort, "idempotency key not released");
-            }
-            Err(e.into())
-        }
-    }
+    Ok(resp)
 }
 
 pub async fn show(

@@ -94,6 +94,11 @@ impl ShardKeys {
     pub fn session(&self, key: &str) -> String {
         format!("{}s:{key}", self.tag)
     }
+    /// STRING `<session key>|<request fingerprint>`: the session an idempotent create made
+    /// in this shard (24 h), so a retry of a create whose answer was lost finds it.
+    pub fn idem_marker(&self, digest: &str) -> String {
+        format!("{}ik:{digest}", self.tag)
+    }
     /// HASH interaction id → interaction record, one per session.
     pub fn interactions(&self, session_key: &str) -> String {
         format!("{}i:{session_key}", self.tag)
@@ -220,6 +225,7 @@ mod tests {
             s.load("b", "a1415"),
             s.interactions("xyz"),
             s.provider_ref("twilio", "CA123"),
+            s.idem_marker("digest"),
             format!("{}l:v:*", s.tag()),
         ];
         let slot = hash_slot(&all[0]);

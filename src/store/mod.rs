@@ -69,6 +69,7 @@ struct Scripts {
     session_end: Script,
     participant_forget: Script,
     idempotency_begin: Script,
+    idempotency_lease: Script,
     relay_claim: Script,
     interaction_update: Script,
     event_put: Script,
@@ -85,6 +86,7 @@ impl Scripts {
             session_end: script(include_str!("lua/session_end.lua")),
             participant_forget: script(include_str!("lua/participant_forget.lua")),
             idempotency_begin: script(include_str!("lua/idempotency_begin.lua")),
+            idempotency_lease: script(include_str!("lua/idempotency_lease.lua")),
             relay_claim: script(include_str!("lua/relay_claim.lua")),
             interaction_update: script(include_str!("lua/interaction_update.lua")),
             event_put: script(include_str!("lua/event_put.lua")),
@@ -165,6 +167,18 @@ pub struct CreateArgs<'a> {
     /// The pool.low event to record if this session takes the pool over its threshold
     /// (percent of numbers carrying an open session).
     pub low: Option<(&'a EventDraft, u8)>,
+    /// For an idempotent create: the script refuses to make a second session for a request
+    /// its shard already holds one for, and marks the one it makes.
+    pub idempotency: Option<IdemMark<'a>>,
+}
+
+/// The marker an idempotent create leaves in its shard.
+#[derive(Clone, Copy, Debug)]
+pub struct IdemMark<'a> {
+    pub digest: &'a str,
+    pub fingerprint: &'a str,
+    /// As long as the idempotency record.
+    pub ttl_ms: i64,
 }
 
 /// An event to record with a change: its id and the JSON the app will receive (which
@@ -192,6 +206,12 @@ pub enum Created {
         reap_due: bool,
     },
     Exhausted {
+        reap_due: bool,
+    },
+    /// The shard already holds the session of this idempotent request.
+    Existing {
+        session_key: String,
+        fingerprint: String,
         reap_due: bool,
     },
 }
@@ -234,11 +254,29 @@ pub enum Claimed {
     Announce,
 }
 
+/// What starting an idempotent request found.
 pub enum IdemBegin {
+    /// No record: the caller holds the key now.
     Fresh,
-    Running,
+    /// A request held the key and stopped renewing its lease: the caller holds it now.
+    Takeover,
+    /// Another request holds the lease for this many more ms.
+    Running(i64),
+    /// The key was used with another body.
     Conflict,
+    /// The sealed response to replay.
     Done(String),
+}
+
+/// What the holder of an idempotency lease does with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// Still working: extend the lease by this many ms.
+    Renew(i64),
+    /// Created nothing: free the key.
+    Drop,
+    /// Cannot tell what happened: let the next retry take over at once.
+    Lapse,
 }
 
 /// The typed facade over Redis.
@@ -604,6 +642,9 @@ impl Store {
             .arg(a.low.map(|(e, _)| e.id.as_str()).unwrap_or(""))
             .arg(a.low.map(|(_, t)| t).unwrap_or(100))
             .arg(a.low.map(|(e, _)| e.body.as_str()).unwrap_or(""))
+            .arg(a.idempotency.map(|m| m.digest).unwrap_or(""))
+            .arg(a.idempotency.map(|m| m.fingerprint).unwrap_or(""))
+            .arg(a.idempotency.map(|m| m.ttl_ms).unwrap_or(0))
             .invoke_async(&mut self.c())
             .await?;
         let v = strings(reply)?;
@@ -611,6 +652,11 @@ impl Store {
             Some("1") if v.len() == 4 => Ok(Created::Ok {
                 number: v[1].clone(),
                 level: v[2].clone(),
+                reap_due: v[3] == "1",
+            }),
+            Some("2") if v.len() == 4 => Ok(Created::Existing {
+                session_key: v[1].clone(),
+                fingerprint: v[2].clone(),
                 reap_due: v[3] == "1",
             }),
             Some("0") => Ok(Created::Exhausted {
@@ -989,11 +1035,14 @@ impl Store {
 
     // ---- idempotency
 
+    /// Starts an idempotent request under `token`, or says who holds it or what it answered.
     pub async fn idem_begin(
         &self,
         digest: &str,
         fingerprint: &str,
-        pending_ms: i64,
+        token: &str,
+        lease_ms: i64,
+        ttl_ms: i64,
     ) -> Result<IdemBegin> {
         let reply: Value = self
             .scripts
@@ -1001,17 +1050,65 @@ impl Store {
             .key(self.keys.idempotency(digest))
             .arg("")
             .arg(fingerprint)
-            .arg(pending_ms)
+            .arg(lease_ms)
+            .arg(ttl_ms)
+            .arg(token)
             .invoke_async(&mut self.c())
             .await?;
         let v = strings(reply)?;
         Ok(match v.first().map(String::as_str) {
             Some("fresh") => IdemBegin::Fresh,
-            Some("running") => IdemBegin::Running,
+            Some("takeover") => IdemBegin::Takeover,
+            Some("running") => {
+                IdemBegin::Running(v.get(1).and_then(|ms| ms.parse().ok()).unwrap_or(0))
+            }
             Some("conflict") => IdemBegin::Conflict,
             Some("done") => IdemBegin::Done(v.get(1).cloned().unwrap_or_default()),
             _ => return Err(StoreError::Corrupt("idempotency reply")),
         })
+    }
+
+    /// Renews, drops or lapses the lease `token` holds; false when it no longer holds it.
+    pub async fn idem_lease(&self, digest: &str, token: &str, lease: Lease) -> Result<bool> {
+        let (op, ms) = match lease {
+            Lease::Renew(ms) => ("renew", ms),
+            Lease::Drop => ("drop", 0),
+            Lease::Lapse => ("lapse", 0),
+        };
+        let held: i64 = self
+            .scripts
+            .idempotency_lease
+            .key(self.keys.idempotency(digest))
+            .arg("")
+            .arg(token)
+            .arg(op)
+            .arg(ms)
+            .invoke_async(&mut self.c())
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// The markers idempotent creates left for `digest` in these shards: `(session key,
+    /// fingerprint)` where one is found.
+    pub async fn idem_markers(
+        &self,
+        shards: &[ShardKeys],
+        digest: &str,
+    ) -> Result<Vec<Option<(String, String)>>> {
+        let mut pipe = redis::pipe();
+        for shard in shards {
+            pipe.cmd("GET").arg(shard.idem_marker(digest));
+        }
+        let found: Vec<Option<String>> = pipe.query_async(&mut self.c()).await?;
+        Ok(found
+            .into_iter()
+            .map(|m| {
+                m.and_then(|m| {
+                    m.split_once('|')
+                        .map(|(k, fp)| (k.to_string(), fp.to_string()))
+                })
+            })
+            .collect())
     }
 
     /// Stores the response and indexes it under each participant it names.
@@ -1056,14 +1153,6 @@ impl Store {
         let _: () = pipe.query_async(&mut self.c()).await?;
         Ok(())
     }
-
-    pub async fn idem_abort(&self, digest: &str) -> Result<()> {
-        let _: i64 = redis::cmd("DEL")
-            .arg(self.keys.idempotency(digest))
-            .query_async(&mut self.c())
-            .await?;
-        Ok(())
-    }
 }
 
 fn parse_owner(s: &str) -> Option<(u32, u16)> {
@@ -1099,6 +1188,7 @@ mod tests {
             include_str!("lua/session_end.lua"),
             include_str!("lua/participant_forget.lua"),
             include_str!("lua/idempotency_begin.lua"),
+            include_str!("lua/idempotency_lease.lua"),
             include_str!("lua/relay_claim.lua"),
             include_str!("lua/interaction_update.lua"),
             include_str!("lua/event_put.lua"),

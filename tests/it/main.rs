@@ -10,6 +10,7 @@ mod dev;
 mod errors;
 mod events;
 mod harness;
+mod idempotency;
 mod intercept;
 mod openapi;
 mod ops;

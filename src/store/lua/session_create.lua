@@ -8,9 +8,12 @@
 --       15 A's area tag or '', 16 A's country tag, 17 session.created event id or '',
 --       18 its body (`__PROXY__` stands for the number chosen), 19 sealed numbers or '',
 --       20 pool.low event id or '', 21 the pool's low threshold (percent), 22 its body
---       (`__BUSY__`, `__TOTAL__` stand for the shard's busy and total numbers)
+--       (`__BUSY__`, `__TOTAL__` stand for the shard's busy and total numbers),
+--       23 idempotency digest or '', 24 request fingerprint, 25 marker ttl ms
 
--- Returns {0, due} when no number is free, {1, number, level, due} on success.
+-- Returns {0, due} when no number is free, {1, number, level, due} on success, and
+-- {2, session key, fingerprint, due} when this shard already holds the session of the
+-- idempotent request (a retry of a create whose answer was lost).
 local nums, x, ua, ub, ka, kb, s = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 -- Redis's clock, not the caller's: a request delayed on its way still sees time as it is.
 local now = clock_ms()
@@ -25,6 +28,19 @@ local sticky_window = tonumber(ARGV[14])
 local area_tag, country_tag = ARGV[15], ARGV[16]
 
 local due = redis.call('ZCOUNT', x, '-inf', now) > 0 and 1 or 0
+
+-- The marker `ik:<digest>` is written with the session, in this same step: a request that
+-- ran here and never heard back left it, and its retry finds the session instead of
+-- making a second one.
+local idem = ARGV[23] or ''
+local marker = TAG .. 'ik:' .. idem
+if idem ~= '' then
+  local found = redis.call('GET', marker)
+  if found then
+    local key, fp = string.match(found, '^([^|]*)|(.*)$')
+    return { 2, key, fp, due }
+  end
+end
 
 -- Numbers either participant holds: open or cooling off. Records past their hold time are
 -- free whatever the reaper's lag.
@@ -110,6 +126,11 @@ redis.call('HSET', s, 't', 'o', 'n', chosen, 'm', class, 'c', tonumber(ARGV[2]),
   'h', held_until, 'co', cooloff, 'a', idx_a, 'b', idx_b, 'g', level)
 put_blob(s, blob)
 redis.call('ZADD', x, expires, skey)
+if idem ~= '' then
+  -- The record names its marker so erasing a participant removes it too.
+  redis.call('HSET', s, 'i', idem)
+  redis.call('SET', marker, skey .. '|' .. ARGV[24], 'PX', ARGV[25])
+end
 
 add_load(nums, chosen, 1)
 if redis.call('HINCRBY', nums, chosen .. ':o', 1) == 1 then

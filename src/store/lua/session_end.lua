@@ -96,6 +96,13 @@ end
 
 if op == 'erase' then
   if (f[6] or '') .. '|' .. (f[7] or '') ~= ARGV[12] then return { 'retry', t } end
+  -- The marker of the idempotent create that made this session would lead a retry back to
+  -- the erased participant's session: it goes with them.
+  local idem = redis.call('HGET', s, 'i')
+  if idem then
+    redis.call('DEL', TAG .. 'ik:' .. idem)
+    redis.call('HDEL', s, 'i')
+  end
   if t ~= 'o' and h <= now then
     release()
     return { 'ok', 'gone' }
