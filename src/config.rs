@@ -96,6 +96,24 @@ pub struct Config {
     /// event (default 5,30,120,600,1800,3600,10800,21600,43200,86400); after the last one the
     /// event is marked failed. Fractions are allowed (`0.2`).
     pub event_retry_schedule_ms: Vec<u64>,
+    /// `HUSH_HEADER_READ_TIMEOUT_MS`: how long a client has, from its first byte (or from
+    /// connecting), to send a whole request head; then the connection is closed (default
+    /// 10000).
+    pub header_read_timeout_ms: u64,
+    /// `HUSH_BODY_READ_TIMEOUT_MS`: how long a client has, once its request head is in, to send
+    /// the whole body; then it is answered `408 request_timeout` (default 15000).
+    pub body_read_timeout_ms: u64,
+    /// `HUSH_KEEPALIVE_IDLE_MS`: how long a connection may sit idle between requests before
+    /// hush closes it (default 75000, longer than the 60 s idle timeout of common load
+    /// balancers so that they, not hush, close idle connections). `0` turns keep-alive off.
+    pub keepalive_idle_ms: u64,
+    /// `HUSH_MAX_CONNECTIONS`: connections served at once; further ones wait in the listen
+    /// backlog until one closes. Default: three quarters of the open-file limit, at most
+    /// 10000.
+    pub max_connections: Option<usize>,
+    /// `HUSH_READINESS_TIMEOUT_MS`: how long `/readyz` waits for Redis before answering 503
+    /// (default 1000). Keep it under the probe's own timeout.
+    pub readiness_timeout_ms: u64,
 }
 
 /// The default delay before each retry of an event delivery.
@@ -144,6 +162,11 @@ impl Default for Config {
             reaper_interval_ms: 1000,
             callback_allow_private: false,
             event_retry_schedule_ms: EVENT_RETRY_SCHEDULE_SECS.iter().map(|s| s * 1000).collect(),
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 15_000,
+            keepalive_idle_ms: 75_000,
+            max_connections: None,
+            readiness_timeout_ms: 1000,
             providers: Providers {
                 telnyx_api_base: "https://api.telnyx.com".into(),
                 vonage_signature_method: "md5hash".into(),
@@ -180,6 +203,11 @@ struct FileConfig {
     vonage_api_base: Option<String>,
     callback_allow_private: Option<String>,
     event_retry_schedule: Option<String>,
+    header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    keepalive_idle_ms: Option<u64>,
+    max_connections: Option<u64>,
+    readiness_timeout_ms: Option<u64>,
 }
 
 impl Config {
@@ -246,6 +274,24 @@ impl Config {
                 key: "HUSH_REAPER_INTERVAL_MS",
                 reason: "expected a whole number of milliseconds".into(),
             })?);
+        }
+
+        for (slot, key) in [
+            (
+                &mut raw.header_read_timeout_ms,
+                "HUSH_HEADER_READ_TIMEOUT_MS",
+            ),
+            (&mut raw.body_read_timeout_ms, "HUSH_BODY_READ_TIMEOUT_MS"),
+            (&mut raw.keepalive_idle_ms, "HUSH_KEEPALIVE_IDLE_MS"),
+            (&mut raw.max_connections, "HUSH_MAX_CONNECTIONS"),
+            (&mut raw.readiness_timeout_ms, "HUSH_READINESS_TIMEOUT_MS"),
+        ] {
+            if let Some(v) = env(key).filter(|v| !v.is_empty()) {
+                *slot = Some(v.trim().parse().map_err(|_| ConfigError::Invalid {
+                    key,
+                    reason: "expected a whole number".into(),
+                })?);
+            }
         }
 
         let mut config = Config::default();
@@ -354,6 +400,21 @@ impl Config {
                         reason: "expected comma-separated seconds, each at most 7 days".into(),
                     })?;
         }
+        if let Some(v) = raw.header_read_timeout_ms {
+            config.header_read_timeout_ms = v;
+        }
+        if let Some(v) = raw.body_read_timeout_ms {
+            config.body_read_timeout_ms = v;
+        }
+        if let Some(v) = raw.keepalive_idle_ms {
+            config.keepalive_idle_ms = v;
+        }
+        if let Some(v) = raw.max_connections {
+            config.max_connections = Some(usize::try_from(v).unwrap_or(usize::MAX));
+        }
+        if let Some(v) = raw.readiness_timeout_ms {
+            config.readiness_timeout_ms = v;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -375,6 +436,33 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "HUSH_REAPER_INTERVAL_MS",
                 reason: "must be at least 1".into(),
+            });
+        }
+        const HOUR_MS: u64 = 3_600_000;
+        for (value, key) in [
+            (self.header_read_timeout_ms, "HUSH_HEADER_READ_TIMEOUT_MS"),
+            (self.body_read_timeout_ms, "HUSH_BODY_READ_TIMEOUT_MS"),
+            (self.readiness_timeout_ms, "HUSH_READINESS_TIMEOUT_MS"),
+        ] {
+            if value == 0 || value > HOUR_MS {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be between 1 and 3600000 milliseconds".into(),
+                });
+            }
+        }
+        if self.keepalive_idle_ms > HOUR_MS {
+            return Err(ConfigError::Invalid {
+                key: "HUSH_KEEPALIVE_IDLE_MS",
+                reason: "must be at most 3600000 milliseconds (0 turns keep-alive off)".into(),
+            });
+        }
+        if let Some(n) = self.max_connections
+            && !(1..=1_000_000).contains(&n)
+        {
+            return Err(ConfigError::Invalid {
+                key: "HUSH_MAX_CONNECTIONS",
+                reason: "must be between 1 and 1000000".into(),
             });
         }
         if let Some(url) = &self.public_url
@@ -517,6 +605,48 @@ mod tests {
         assert!(bad.to_string().contains("32 bytes"));
         let missing = Config::load_from(None, env(&[])).unwrap().require_keys();
         assert!(missing.unwrap_err().to_string().contains("gen-secrets"));
+    }
+
+    #[test]
+    fn edge_settings_layer_and_impossible_ones_are_refused() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("HUSH_HEADER_READ_TIMEOUT_MS", "2500"),
+                ("HUSH_BODY_READ_TIMEOUT_MS", "4000"),
+                ("HUSH_KEEPALIVE_IDLE_MS", "0"),
+                ("HUSH_MAX_CONNECTIONS", "300"),
+                ("HUSH_READINESS_TIMEOUT_MS", "700"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.header_read_timeout_ms, 2500);
+        assert_eq!(c.body_read_timeout_ms, 4000);
+        assert_eq!(c.keepalive_idle_ms, 0);
+        assert_eq!(c.max_connections, Some(300));
+        assert_eq!(c.readiness_timeout_ms, 700);
+        for (key, value) in [
+            ("HUSH_HEADER_READ_TIMEOUT_MS", "0"),
+            ("HUSH_BODY_READ_TIMEOUT_MS", "soon"),
+            ("HUSH_MAX_CONNECTIONS", "0"),
+            ("HUSH_READINESS_TIMEOUT_MS", "0"),
+            ("HUSH_KEEPALIVE_IDLE_MS", "99999999"),
+        ] {
+            let e = Config::load_from(None, env(&[(key, value)])).unwrap_err();
+            assert!(e.to_string().contains(key), "{key}={value}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hush.toml");
+        std::fs::write(
+            &path,
+            "max_connections = 50\nheader_read_timeout_ms = 800\n",
+        )
+        .unwrap();
+        let c = Config::load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(
+            (c.max_connections, c.header_read_timeout_ms),
+            (Some(50), 800)
+        );
     }
 
     #[test]

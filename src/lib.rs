@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod domain;
 pub mod events;
 pub mod relay;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 
@@ -39,6 +40,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let limits = server::ServeLimits::resolve(&config, server::raise_nofile_limit())?;
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -74,9 +76,7 @@ pub async fn run(
         ),
     });
     tracing::info!(addr = %listener.local_addr()?, "hush listening");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let served = server::serve(listener, app, limits, shutdown.clone()).await;
     shutdown.cancel();
     let _ = reaper.await;
     let _ = delivery.await;

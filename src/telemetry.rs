@@ -1,5 +1,7 @@
 //! Logging set-up and the Prometheus metrics hush exports. Metric labels carry pool names,
-//! routes and outcomes, never a participant's number.
+//! routes and outcomes, never a participant's number. Every label value comes from a set
+//! clients cannot grow: standard method names or `other`, route templates or `unmatched`,
+//! status codes, names of pools an operator created, and fixed outcome words.
 
 use std::sync::LazyLock;
 
@@ -21,6 +23,10 @@ pub struct Metrics {
     pub pool_numbers: IntGaugeVec,
     pub pool_open_sessions: IntGaugeVec,
     pub pool_utilisation: prometheus::GaugeVec,
+    /// Connections being served; the cap keeps it at or under `HUSH_MAX_CONNECTIONS`.
+    pub http_connections: prometheus::IntGauge,
+    /// Connections closed by the edge: `header_timeout`, `idle_timeout`.
+    pub http_connections_closed: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -73,6 +79,17 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["pool"],
     )?;
+    let http_connections =
+        prometheus::IntGauge::new("hush_http_connections", "HTTP connections being served")?;
+    let http_connections_closed = IntCounterVec::new(
+        Opts::new(
+            "hush_http_connections_closed_total",
+            "HTTP connections closed by hush for a slow or idle client, by reason",
+        ),
+        &["reason"],
+    )?;
+    registry.register(Box::new(http_connections.clone()))?;
+    registry.register(Box::new(http_connections_closed.clone()))?;
     registry.register(Box::new(http_requests.clone()))?;
     registry.register(Box::new(http_latency.clone()))?;
     registry.register(Box::new(sessions_created.clone()))?;
@@ -93,7 +110,27 @@ fn build() -> Result<Metrics, prometheus::Error> {
         pool_numbers,
         pool_open_sessions,
         pool_utilisation,
+        http_connections,
+        http_connections_closed,
     })
+}
+
+/// The `method` label of a request: a standard method's name, else `other`, so that clients
+/// cannot create series by inventing methods.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// The process-wide metrics. Several hush servers in one process (tests) share them.

@@ -2,6 +2,7 @@
 //! errors, and per-request metrics and logs that name the route template, never the path
 //! (paths can hold a participant's number).
 
+pub mod edge;
 mod error;
 mod events;
 mod ops;
@@ -108,6 +109,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            edge::Limits::from_config(&state.config),
+            edge::guard,
+        ))
         .layer(axum::middleware::from_fn(observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
@@ -134,13 +139,13 @@ async fn method_not_allowed() -> ApiError {
 /// Metrics and one log line per request, labelled by route template.
 async fn observe(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().clone();
+    let method = crate::telemetry::method_label(req.method());
     let route = req.extensions().get::<MatchedPath>().cloned();
     let resp = next.run(req).await;
     let secs = start.elapsed().as_secs_f64();
     let route = route.as_ref().map_or("unmatched", |p| p.as_str());
     let status = resp.status();
-    let labels = [method.as_str(), route, status.as_str()];
+    let labels = [method, route, status.as_str()];
     METRICS.http_requests.with_label_values(&labels).inc();
     METRICS
         .http_latency

@@ -10,10 +10,13 @@ pub async fn healthz() -> Response {
     ([(header::CONTENT_TYPE, "text/plain")], "ok").into_response()
 }
 
+/// Ready when Redis answers a PING within `HUSH_READINESS_TIMEOUT_MS`: a probe must get its
+/// answer before its own timeout, not when the store's longer response timeout fires.
 pub async fn readyz(State(s): State<AppState>) -> Response {
-    match s.broker.ping().await {
-        Ok(()) => ([(header::CONTENT_TYPE, "text/plain")], "ok").into_response(),
-        Err(_) => problem(
+    let timeout = std::time::Duration::from_millis(s.config.readiness_timeout_ms);
+    match tokio::time::timeout(timeout, s.broker.ping()).await {
+        Ok(Ok(())) => ([(header::CONTENT_TYPE, "text/plain")], "ok").into_response(),
+        Ok(Err(_)) | Err(_) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
             "Store unavailable",

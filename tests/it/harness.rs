@@ -194,6 +194,27 @@ impl RedisServer {
         ))
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a server frozen by [`RedisServer::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.lock().unwrap().as_ref().map(|c| c.id());
+        let pid = pid.expect("redis-server is running");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     /// Kills the server (SIGKILL) and reaps it: an outage, not a clean shutdown.
     pub fn kill(&self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {
@@ -1106,4 +1127,94 @@ pub async fn call_at(
         text,
         json,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP/1.1, for what a well-behaved client library never sends
+// ---------------------------------------------------------------------------------------------
+
+impl TestApp {
+    /// The `host:port` the server listens on.
+    pub fn addr(&self) -> String {
+        self.base_url.trim_start_matches("http://").to_string()
+    }
+
+    /// A fresh TCP connection to the server.
+    pub async fn connect(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(self.addr()).await.unwrap()
+    }
+
+    /// Sends `request` as is on a fresh connection and reads one response. The request is
+    /// written from its own task, so a server that answers before reading it all is seen
+    /// answering.
+    pub async fn raw(&self, request: Vec<u8>) -> Resp {
+        use tokio::io::AsyncWriteExt as _;
+        let (mut rd, mut wr) = self.connect().await.into_split();
+        let writer = tokio::spawn(async move {
+            // The server may close before reading everything; that is its right.
+            let _ = wr.write_all(&request).await;
+            wr
+        });
+        let resp = read_response(&mut rd)
+            .await
+            .expect("the server closed without an answer");
+        writer.abort();
+        resp
+    }
+}
+
+/// Reads one HTTP/1.1 response (its body framed by `content-length`, else up to EOF), or
+/// `None` when the connection closes or fails before a status line arrives. Fails the test
+/// after [`HTTP_TIMEOUT`].
+pub async fn read_response(rd: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<Resp> {
+    tokio::time::timeout(HTTP_TIMEOUT, read_response_inner(rd))
+        .await
+        .expect("no response within the HTTP timeout")
+}
+
+async fn read_response_inner(rd: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<Resp> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let mut headers = HeaderMap::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':')?;
+        headers.append(
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).ok()?,
+            value.trim().parse().ok()?,
+        );
+    }
+    let mut body = buf[head_end..].to_vec();
+    let length = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    loop {
+        if length.is_some_and(|n| body.len() >= n) {
+            break;
+        }
+        let mut chunk = [0u8; 4096];
+        match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    Some(Resp {
+        status,
+        headers,
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    })
 }

@@ -128,3 +128,36 @@ async fn metrics_count_sessions_allocations_and_requests() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_answers_within_its_timeout_while_redis_is_frozen() {
+    // A private Redis: this test freezes it.
+    let redis = RedisServer::start(false);
+    let mut config = fresh_config(&redis.url());
+    config.readiness_timeout_ms = 300;
+    let app = TestApp::start_on(config).await;
+    app.get("/readyz").await.expect(200);
+
+    redis.pause();
+    let started = std::time::Instant::now();
+    let r = app.get("/readyz").await;
+    let took = started.elapsed();
+    redis.resume();
+    r.expect_problem(503, "store_unavailable");
+    assert!(
+        r.header("retry-after").is_some(),
+        "no Retry-After: {}",
+        r.text
+    );
+    // The store's own response timeout is 3 s; the probe must not wait for it.
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "/readyz took {took:?} with Redis frozen"
+    );
+    eventually(
+        std::time::Duration::from_secs(15),
+        "/readyz back to 200",
+        || async { (app.get("/readyz").await.status == 200).then_some(()) },
+    )
+    .await;
+}
