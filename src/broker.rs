@@ -215,6 +215,17 @@ pub struct RelayOutcome {
     pub interaction: Option<String>,
     /// True when the provider sent this call or message id before.
     pub replay: bool,
+    /// True while the pool's intercept has not decided this interaction: the first request
+    /// asks the app, a retry meanwhile gets the pool's fallback.
+    pub pending: bool,
+}
+
+/// What the app's intercept decided for an interaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InterceptVerdict {
+    Allowed,
+    /// Blocked, answered with this message or, for `None`, the pool's message.
+    Blocked(Option<String>),
 }
 
 /// One relayed call or text. Holds no numbers and no message body.
@@ -1681,6 +1692,10 @@ impl Broker {
         };
         let keys = self.shard(pool_id, shard);
         let interaction = format!("int_{}", SessionId::new(0, 0).key());
+        let intercept = self
+            .pool_cached(pool_id)
+            .await?
+            .is_some_and(|row| policy_of(&row).intercept_url.is_some());
         let event = self.events_policy(pool_id).await?.map(|(pool, _)| {
             self.draft(
                 "interaction.started",
@@ -1713,6 +1728,7 @@ impl Broker {
                 &interaction,
                 PROVIDER_REF_TTL_MS,
                 event.as_ref(),
+                intercept,
             )
             .await?;
         match claimed {
@@ -1720,12 +1736,35 @@ impl Broker {
                 record,
                 interaction,
                 replay,
+                pending,
             } => {
                 let r = RouteRow::parse(&record).ok_or(StoreError::Corrupt("route record"))?;
                 Ok(RelayOutcome {
                     decision: self.decide(pool_id, shard, &r, to, kind)?,
                     interaction: Some(interaction),
                     replay,
+                    pending,
+                })
+            }
+            crate::store::Claimed::Block {
+                sealed_message,
+                interaction,
+            } => {
+                let decision = if sealed_message.is_empty() {
+                    self.announce(pool_id).await?
+                } else {
+                    let message = self.inner.crypto.open("block", &sealed_message)?;
+                    METRICS.routes.with_label_values(&["announce"]).inc();
+                    Decision::Announce {
+                        message: String::from_utf8(message)
+                            .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?,
+                    }
+                };
+                Ok(RelayOutcome {
+                    decision,
+                    interaction: Some(interaction),
+                    replay: true,
+                    pending: false,
                 })
             }
             crate::store::Claimed::Announce => {
@@ -1736,9 +1775,34 @@ impl Broker {
                     decision: self.announce(pool_id).await?,
                     interaction: None,
                     replay: false,
+                    pending: false,
                 })
             }
         }
+    }
+
+    /// Accepts a provider's single-use webhook token (`token_id`, its JWT `jti`) for one
+    /// request (`request`, the bytes that identify it) and that same request again, for
+    /// `ttl_ms`. False when the token already came with another request. Both are kept only
+    /// as keyed digests.
+    pub async fn token_once(
+        &self,
+        provider: &str,
+        token_id: &str,
+        request: &[u8],
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        let crypto = &self.inner.crypto;
+        let key = self
+            .inner
+            .store
+            .keys()
+            .token(provider, &crypto.digest("token", token_id.as_bytes()));
+        Ok(self
+            .inner
+            .store
+            .token_once(&key, &crypto.digest("request", request), ttl_ms)
+            .await?)
     }
 
     /// Applies a provider's status callback to the interaction it reported on. `proxy` is
@@ -1751,6 +1815,63 @@ impl Broker {
         status: &str,
         duration_secs: Option<u32>,
         last: bool,
+    ) -> Result<bool> {
+        self.update_interaction(
+            provider,
+            provider_ref,
+            proxy,
+            status,
+            duration_secs,
+            last,
+            None,
+        )
+        .await
+    }
+
+    /// Records the intercept's verdict on an interaction: its status (`allowed`, or
+    /// `blocked`, which is final), and the answer every retry of the request gets from now
+    /// on. Only the first verdict is kept.
+    pub async fn intercept_verdict(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        proxy: &E164,
+        verdict: &InterceptVerdict,
+    ) -> Result<bool> {
+        let (status, last, code, sealed) = match verdict {
+            InterceptVerdict::Allowed => ("allowed", false, "c", String::new()),
+            InterceptVerdict::Blocked(message) => (
+                "blocked",
+                true,
+                "b",
+                message
+                    .as_deref()
+                    .map(|m| self.inner.crypto.seal("block", m.as_bytes()))
+                    .unwrap_or_default(),
+            ),
+        };
+        self.update_interaction(
+            provider,
+            provider_ref,
+            proxy,
+            status,
+            None,
+            last,
+            Some((code, &sealed)),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn update_interaction(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        proxy: &E164,
+        status: &str,
+        duration_secs: Option<u32>,
+        last: bool,
+        verdict: Option<(&str, &str)>,
     ) -> Result<bool> {
         // The status is stored in a `|`-separated record: only a plain word may go in.
         if status.is_empty()
@@ -1796,6 +1917,7 @@ impl Broker {
                 duration_secs,
                 last,
                 event.as_ref(),
+                verdict,
             )
             .await?)
     }
