@@ -360,6 +360,11 @@ impl std::fmt::Display for EventId {
 /// a webhook or sends status callbacks for a call.
 pub const PROVIDER_REF_TTL_MS: i64 = 48 * 3600 * 1000;
 
+/// How long the answer to a request that named no reference of its own (`POST /v1/route`
+/// without `reference`) is remembered: nothing can retry it, so only long enough for the
+/// app's intercept to give its verdict.
+pub const UNNAMED_REF_TTL_MS: i64 = 60 * 1000;
+
 /// What a reaper pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reaped {
@@ -1674,6 +1679,20 @@ impl Broker {
         to: &E164,
         kind: Kind,
     ) -> Result<RelayOutcome> {
+        self.relay_remembered(provider, provider_ref, PROVIDER_REF_TTL_MS, from, to, kind)
+            .await
+    }
+
+    /// [`Broker::relay`], remembering the answer for `ref_ttl_ms`.
+    pub async fn relay_remembered(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        ref_ttl_ms: i64,
+        from: Option<&E164>,
+        to: &E164,
+        kind: Kind,
+    ) -> Result<RelayOutcome> {
         if provider_ref.is_empty()
             || provider_ref.len() > 128
             || !provider_ref
@@ -1685,19 +1704,21 @@ impl Broker {
             ));
         }
         let idx = from.map(|f| self.idx(f));
-        let Some((pool_id, shard)) = self.owner(to, false).await? else {
-            return Err(BrokerError::NumberNotFound(format!(
-                "{to} is not a number of any pool"
-            )));
-        };
-        let keys = self.shard(pool_id, shard);
-        let interaction = format!("int_{}", SessionId::new(0, 0).key());
-        let intercept = self
-            .pool_cached(pool_id)
-            .await?
-            .is_some_and(|row| policy_of(&row).intercept_url.is_some());
-        let event = self.events_policy(pool_id).await?.map(|(pool, _)| {
-            self.draft(
+        let mut fresh = false;
+        loop {
+            let Some((pool_id, shard)) = self.owner(to, fresh).await? else {
+                return Err(BrokerError::NumberNotFound(format!(
+                    "{to} is not a number of any pool"
+                )));
+            };
+            let keys = self.shard(pool_id, shard);
+            let interaction = format!("int_{}", SessionId::new(0, 0).key());
+            let intercept = self
+                .pool_cached(pool_id)
+                .await?
+                .is_some_and(|row| policy_of(&row).intercept_url.is_some());
+            let event = self.events_policy(pool_id).await?.map(|(pool, _)| {
+                self.draft(
                 "interaction.started",
                 serde_json::json!({
                     "session_id": format!("{}__SKEY__", SessionId::shard_prefix(pool_id, shard)),
@@ -1710,74 +1731,80 @@ impl Broker {
                 }),
                 None,
             )
-        });
-        let claimed = self
-            .inner
-            .store
-            .relay_claim(
-                &keys,
-                idx.as_deref(),
-                to.reveal(),
-                self.now(),
-                match kind {
-                    Kind::Voice => "v",
-                    Kind::Sms => "s",
-                },
-                provider,
-                provider_ref,
-                &interaction,
-                PROVIDER_REF_TTL_MS,
-                event.as_ref(),
-                intercept,
-            )
-            .await?;
-        match claimed {
-            crate::store::Claimed::Connect {
-                record,
-                interaction,
-                replay,
-                pending,
-            } => {
-                let r = RouteRow::parse(&record).ok_or(StoreError::Corrupt("route record"))?;
-                Ok(RelayOutcome {
-                    decision: self.decide(pool_id, shard, &r, to, kind)?,
-                    interaction: Some(interaction),
+            });
+            let claimed = self
+                .inner
+                .store
+                .relay_claim(
+                    &keys,
+                    idx.as_deref(),
+                    to.reveal(),
+                    self.now(),
+                    match kind {
+                        Kind::Voice => "v",
+                        Kind::Sms => "s",
+                    },
+                    provider,
+                    provider_ref,
+                    &interaction,
+                    ref_ttl_ms,
+                    event.as_ref(),
+                    intercept,
+                )
+                .await?;
+            return match claimed {
+                crate::store::Claimed::Connect {
+                    record,
+                    interaction,
                     replay,
                     pending,
-                })
-            }
-            crate::store::Claimed::Block {
-                sealed_message,
-                interaction,
-            } => {
-                let decision = if sealed_message.is_empty() {
-                    self.announce(pool_id).await?
-                } else {
-                    let message = self.inner.crypto.open("block", &sealed_message)?;
-                    METRICS.routes.with_label_values(&["announce"]).inc();
-                    Decision::Announce {
-                        message: String::from_utf8(message)
-                            .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?,
+                } => {
+                    let r = RouteRow::parse(&record).ok_or(StoreError::Corrupt("route record"))?;
+                    Ok(RelayOutcome {
+                        decision: self.decide(pool_id, shard, &r, to, kind)?,
+                        interaction: Some(interaction),
+                        replay,
+                        pending,
+                    })
+                }
+                crate::store::Claimed::Block {
+                    sealed_message,
+                    interaction,
+                } => {
+                    let decision = if sealed_message.is_empty() {
+                        self.announce(pool_id).await?
+                    } else {
+                        let message = self.inner.crypto.open("block", &sealed_message)?;
+                        METRICS.routes.with_label_values(&["announce"]).inc();
+                        Decision::Announce {
+                            message: String::from_utf8(message)
+                                .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?,
+                        }
+                    };
+                    Ok(RelayOutcome {
+                        decision,
+                        interaction: Some(interaction),
+                        replay: true,
+                        pending: false,
+                    })
+                }
+                crate::store::Claimed::Announce => {
+                    // The number may have moved since its owner was cached: then the call is
+                    // for its shard now, asked once.
+                    if !fresh {
+                        fresh = true;
+                        if self.owner(to, true).await? != Some((pool_id, shard)) {
+                            continue;
+                        }
                     }
-                };
-                Ok(RelayOutcome {
-                    decision,
-                    interaction: Some(interaction),
-                    replay: true,
-                    pending: false,
-                })
-            }
-            crate::store::Claimed::Announce => {
-                // The number may have moved pools since it was cached: the message comes
-                // from its owner now.
-                let (pool_id, _) = self.owner(to, true).await?.unwrap_or((pool_id, shard));
-                Ok(RelayOutcome {
-                    decision: self.announce(pool_id).await?,
-                    interaction: None,
-                    replay: false,
-                    pending: false,
-                })
-            }
+                    Ok(RelayOutcome {
+                        decision: self.announce(pool_id).await?,
+                        interaction: None,
+                        replay: false,
+                        pending: false,
+                    })
+                }
+            };
         }
     }
 

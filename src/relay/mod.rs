@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 
 use crate::api::{AppState, problem};
-use crate::broker::{BrokerError, Decision, InterceptVerdict, RelayOutcome};
+use crate::broker::{BrokerError, Decision, InterceptVerdict, PROVIDER_REF_TTL_MS, RelayOutcome};
 use crate::domain::E164;
 use crate::domain::InterceptFallback;
 use crate::domain::session::Kind;
@@ -207,9 +207,23 @@ impl AppState {
         to: &E164,
         kind: Kind,
     ) -> Result<RelayOutcome, BrokerError> {
+        self.relay_remembered(provider, provider_ref, PROVIDER_REF_TTL_MS, from, to, kind)
+            .await
+    }
+
+    /// [`AppState::relay`], remembering the answer for `ref_ttl_ms`.
+    pub async fn relay_remembered(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        ref_ttl_ms: i64,
+        from: Option<&E164>,
+        to: &E164,
+        kind: Kind,
+    ) -> Result<RelayOutcome, BrokerError> {
         let mut outcome = self
             .broker
-            .relay(provider, provider_ref, from, to, kind)
+            .relay_remembered(provider, provider_ref, ref_ttl_ms, from, to, kind)
             .await?;
         if !outcome.pending {
             return Ok(outcome);

@@ -338,3 +338,94 @@ async fn a_retry_while_the_app_is_still_deciding_gets_the_fallback_then_the_verd
     assert!(dials(&later), "{}", later.text);
     assert_eq!(s.receiver.of_type("interaction.pending").len(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// POST /v1/route takes the same path
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_route_api_records_interactions_sends_events_and_asks_the_intercept() {
+    let app = TestApp::start_with(|c| c.callback_allow_private = true).await;
+    let receiver = Receiver::start().await;
+    app.pool(
+        "api",
+        json!({
+            "out_of_session_message": "This trip is over.",
+            "callback_url": receiver.url("/events"),
+            "intercept_url": receiver.intercept_url(),
+        }),
+        &proxies(1),
+    )
+    .await;
+    let secret = app.get("/v1/pools/api/callback-secret").await.expect(200)["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    receiver.set_secrets(vec![secret]);
+    let (a, b) = (participant(70), participant(71));
+    let s = app.open_session("api", &a, &b, None).await;
+    let (session, proxy) = (
+        s["id"].as_str().unwrap(),
+        s["proxy_number"].as_str().unwrap(),
+    );
+    let app = &app;
+    let route = |body: Value| async move { app.post("/v1/route", &body).await };
+
+    // Allowed: connects, asked once, one interaction and its event.
+    receiver.intercept_answer(200, Some(json!({ "action": "allow" })));
+    let call = json!({ "from": a, "to": proxy, "kind": "voice", "reference": "call-1" });
+    let r = route(call.clone()).await.expect(200);
+    assert_eq!(r["action"], "connect", "{r}");
+    assert_eq!(r["to"], json!(b));
+    assert_eq!(receiver.of_type("interaction.pending").len(), 1);
+    let started = receiver
+        .wait_for_type("interaction.started", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(started[0].body["data"]["provider"], "api");
+    assert_eq!(started[0].body["data"]["session_id"], json!(session));
+
+    // Blocked with the app's message, and a retry of it gets that message again.
+    receiver.intercept_answer(200, Some(json!({ "action": "block", "message": BLOCKED })));
+    let text = json!({ "from": b, "to": proxy, "kind": "sms", "reference": "msg-1" });
+    let r = route(text.clone()).await.expect(200);
+    assert_eq!(r, json!({ "action": "announce", "message": BLOCKED }));
+    receiver.intercept_answer(200, Some(json!({ "action": "allow" })));
+    assert_eq!(route(text).await.expect(200), r);
+    assert_eq!(route(call).await.expect(200)["action"], "connect");
+    assert_eq!(receiver.of_type("interaction.pending").len(), 2);
+
+    // Without a reference each request is an interaction of its own.
+    let unnamed = json!({ "from": a, "to": proxy, "kind": "voice" });
+    assert_eq!(
+        route(unnamed.clone()).await.expect(200)["action"],
+        "connect"
+    );
+    assert_eq!(route(unnamed).await.expect(200)["action"], "connect");
+
+    let list = app
+        .get(&format!("/v1/sessions/{session}/interactions"))
+        .await
+        .expect(200);
+    let list = list["interactions"].as_array().unwrap();
+    let statuses: Vec<(&str, &str)> = list
+        .iter()
+        .map(|i| {
+            (
+                i["provider_ref"].as_str().unwrap(),
+                i["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(list.len(), 4, "{list:?}");
+    assert!(statuses.contains(&("call-1", "allowed")), "{statuses:?}");
+    assert!(statuses.contains(&("msg-1", "blocked")), "{statuses:?}");
+    assert!(list.iter().all(|i| i["provider"] == "api"), "{list:?}");
+
+    // A reference must be one a retry can name again.
+    app.post(
+        "/v1/route",
+        &json!({ "from": a, "to": proxy, "kind": "voice", "reference": "no spaces" }),
+    )
+    .await
+    .expect_problem(422, "validation_failed");
+}
