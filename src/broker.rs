@@ -334,6 +334,17 @@ pub struct RelayOutcome {
     pub interaction: Option<String>,
     /// True when the provider sent this call or message id before.
     pub replay: bool,
+    /// True while the pool's intercept has not decided this interaction: the first request
+    /// asks the app, a retry meanwhile gets the pool's fallback.
+    pub pending: bool,
+}
+
+/// What the app's intercept decided for an interaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InterceptVerdict {
+    Allowed,
+    /// Blocked, answered with this message or, for `None`, the pool's message.
+    Blocked(Option<String>),
 }
 
 /// One relayed call or text. Holds no numbers and no message body.
@@ -467,6 +478,11 @@ impl std::fmt::Display for EventId {
 /// How long a provider's call or message id is remembered: longer than any provider retries
 /// a webhook or sends status callbacks for a call.
 pub const PROVIDER_REF_TTL_MS: i64 = 48 * 3600 * 1000;
+
+/// How long the answer to a request that named no reference of its own (`POST /v1/route`
+/// without `reference`) is remembered: nothing can retry it, so only long enough for the
+/// app's intercept to give its verdict.
+pub const UNNAMED_REF_TTL_MS: i64 = 60 * 1000;
 
 /// What a reaper pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1808,61 +1824,21 @@ impl Broker {
         Ok(o)
     }
 
-    /// Decides what an inbound call or text from `from` to the proxy number `to` reaches.
-    /// On the hot path this is one Redis round trip.
-    /// `from` is `None` for a withheld or unusable caller ID, which reaches nobody. A number
-    /// of a pool outside `within` answers as a number of no pool.
-    pub async fn route(
-        &self,
-        from: Option<&E164>,
-        to: &E164,
-        kind: Kind,
-        within: &PoolLimit,
-    ) -> Result<Decision> {
-        let idx = from.map(|f| self.idx(f));
-        let mut fresh = false;
-        loop {
-            let owner = match self.owner(to, fresh).await? {
-                Some((pool_id, _)) if !self.sees_pool_id(within, pool_id).await? => {
-                    if !fresh {
-                        // The cached owner may be stale: a number that moved into a visible
-                        // pool must not be refused.
-                        fresh = true;
-                        continue;
-                    }
-                    None
-                }
-                owner => owner,
-            };
-            let Some((pool_id, shard)) = owner else {
-                // `to` may be anyone's number: the detail shows it redacted.
-                return Err(BrokerError::NumberNotFound(format!(
-                    "{to} is not a number of any pool"
-                )));
-            };
-            let keys = self.shard(pool_id, shard);
-            let now = self.now();
-            let rec = match &idx {
-                Some(idx) => self.inner.store.route(&keys, idx, to.reveal()).await?,
-                None => None,
-            };
-            if let Some(r) = rec.as_deref().and_then(RouteRow::parse)
-                && r.open_until > now
-                && Mode::from_code(&r.mode).is_some_and(|m| m.allows(kind))
-            {
-                return self.decide(pool_id, shard, &r, to, kind);
-            }
-            if !fresh {
-                // A miss may come from a stale owner cache; check once against Redis.
-                let cached = self.owner(to, false).await?;
-                fresh = true;
-                if self.owner(to, true).await? != cached {
-                    continue;
-                }
-            }
-            tracing::debug!(from = ?from, to = %to, "no open route");
-            return self.announce(pool_id).await;
+    /// Whether `number` belongs to a pool `within` a key's pools. A cached owner outside them
+    /// is checked once more against Redis, so a number that moved into a visible pool is not
+    /// refused.
+    pub async fn number_visible(&self, within: &PoolLimit, number: &E164) -> Result<bool> {
+        if *within == PoolLimit::All {
+            return Ok(true);
         }
+        for fresh in [false, true] {
+            if let Some((pool_id, _)) = self.owner(number, fresh).await?
+                && self.sees_pool_id(within, pool_id).await?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The answer to a caller who holds an open route: the other party, behind the proxy.
@@ -1923,6 +1899,20 @@ impl Broker {
         to: &E164,
         kind: Kind,
     ) -> Result<RelayOutcome> {
+        self.relay_remembered(provider, provider_ref, PROVIDER_REF_TTL_MS, from, to, kind)
+            .await
+    }
+
+    /// [`Broker::relay`], remembering the answer for `ref_ttl_ms`.
+    pub async fn relay_remembered(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        ref_ttl_ms: i64,
+        from: Option<&E164>,
+        to: &E164,
+        kind: Kind,
+    ) -> Result<RelayOutcome> {
         if provider_ref.is_empty()
             || provider_ref.len() > 128
             || !provider_ref
@@ -1934,15 +1924,21 @@ impl Broker {
             ));
         }
         let idx = from.map(|f| self.idx(f));
-        let Some((pool_id, shard)) = self.owner(to, false).await? else {
-            return Err(BrokerError::NumberNotFound(format!(
-                "{to} is not a number of any pool"
-            )));
-        };
-        let keys = self.shard(pool_id, shard);
-        let interaction = format!("int_{}", SessionId::new(0, 0).key());
-        let event = self.events_policy(pool_id).await?.map(|(pool, _)| {
-            self.draft(
+        let mut fresh = false;
+        loop {
+            let Some((pool_id, shard)) = self.owner(to, fresh).await? else {
+                return Err(BrokerError::NumberNotFound(format!(
+                    "{to} is not a number of any pool"
+                )));
+            };
+            let keys = self.shard(pool_id, shard);
+            let interaction = format!("int_{}", SessionId::new(0, 0).key());
+            let intercept = self
+                .pool_cached(pool_id)
+                .await?
+                .is_some_and(|row| policy_of(&row).intercept_url.is_some());
+            let event = self.events_policy(pool_id).await?.map(|(pool, _)| {
+                self.draft(
                 "interaction.started",
                 serde_json::json!({
                     "session_id": format!("{}__SKEY__", SessionId::shard_prefix(pool_id, shard)),
@@ -1955,50 +1951,105 @@ impl Broker {
                 }),
                 None,
             )
-        });
-        let claimed = self
+            });
+            let claimed = self
+                .inner
+                .store
+                .relay_claim(
+                    &keys,
+                    idx.as_deref(),
+                    to.reveal(),
+                    self.now(),
+                    match kind {
+                        Kind::Voice => "v",
+                        Kind::Sms => "s",
+                    },
+                    provider,
+                    provider_ref,
+                    &interaction,
+                    ref_ttl_ms,
+                    event.as_ref(),
+                    intercept,
+                )
+                .await?;
+            return match claimed {
+                crate::store::Claimed::Connect {
+                    record,
+                    interaction,
+                    replay,
+                    pending,
+                } => {
+                    let r = RouteRow::parse(&record).ok_or(StoreError::Corrupt("route record"))?;
+                    Ok(RelayOutcome {
+                        decision: self.decide(pool_id, shard, &r, to, kind)?,
+                        interaction: Some(interaction),
+                        replay,
+                        pending,
+                    })
+                }
+                crate::store::Claimed::Block {
+                    sealed_message,
+                    interaction,
+                } => {
+                    let decision = if sealed_message.is_empty() {
+                        self.announce(pool_id).await?
+                    } else {
+                        let message = self.inner.crypto.open("block", &sealed_message)?;
+                        METRICS.routes.with_label_values(&["announce"]).inc();
+                        Decision::Announce {
+                            message: String::from_utf8(message)
+                                .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?,
+                        }
+                    };
+                    Ok(RelayOutcome {
+                        decision,
+                        interaction: Some(interaction),
+                        replay: true,
+                        pending: false,
+                    })
+                }
+                crate::store::Claimed::Announce => {
+                    // The number may have moved since its owner was cached: then the call is
+                    // for its shard now, asked once.
+                    if !fresh {
+                        fresh = true;
+                        if self.owner(to, true).await? != Some((pool_id, shard)) {
+                            continue;
+                        }
+                    }
+                    Ok(RelayOutcome {
+                        decision: self.announce(pool_id).await?,
+                        interaction: None,
+                        replay: false,
+                        pending: false,
+                    })
+                }
+            };
+        }
+    }
+
+    /// Accepts a provider's single-use webhook token (`token_id`, its JWT `jti`) for one
+    /// request (`request`, the bytes that identify it) and that same request again, for
+    /// `ttl_ms`. False when the token already came with another request. Both are kept only
+    /// as keyed digests.
+    pub async fn token_once(
+        &self,
+        provider: &str,
+        token_id: &str,
+        request: &[u8],
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        let crypto = &self.inner.crypto;
+        let key = self
             .inner
             .store
-            .relay_claim(
-                &keys,
-                idx.as_deref(),
-                to.reveal(),
-                self.now(),
-                match kind {
-                    Kind::Voice => "v",
-                    Kind::Sms => "s",
-                },
-                provider,
-                provider_ref,
-                &interaction,
-                PROVIDER_REF_TTL_MS,
-                event.as_ref(),
-            )
-            .await?;
-        match claimed {
-            crate::store::Claimed::Connect {
-                record,
-                interaction,
-                replay,
-            } => {
-                let r = RouteRow::parse(&record).ok_or(StoreError::Corrupt("route record"))?;
-                Ok(RelayOutcome {
-                    decision: self.decide(pool_id, shard, &r, to, kind)?,
-                    interaction: Some(interaction),
-                    replay,
-                })
-            }
-            crate::store::Claimed::Announce => {
-                // The number may have moved pools since it was cached: the message comes
-                // from its owner now.
-                let (pool_id, _) = self.owner(to, true).await?.unwrap_or((pool_id, shard));
-                Ok(RelayOutcome {
-                    decision: self.announce(pool_id).await?,
-                    interaction: None,
-                    replay: false,
-                })
-            }
-        }
+            .keys()
+            .token(provider, &crypto.digest("token", token_id.as_bytes()));
+        Ok(self
+            .inner
+            .store
+            .token_once(&key, &crypto.digest("request", request), ttl_ms)
+            .await?)
     }
 
     /// Applies a provider's status callback to the interaction it reported on. `proxy` is
@@ -2011,6 +2062,63 @@ impl Broker {
         status: &str,
         duration_secs: Option<u32>,
         last: bool,
+    ) -> Result<bool> {
+        self.update_interaction(
+            provider,
+            provider_ref,
+            proxy,
+            status,
+            duration_secs,
+            last,
+            None,
+        )
+        .await
+    }
+
+    /// Records the intercept's verdict on an interaction: its status (`allowed`, or
+    /// `blocked`, which is final), and the answer every retry of the request gets from now
+    /// on. Only the first verdict is kept.
+    pub async fn intercept_verdict(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        proxy: &E164,
+        verdict: &InterceptVerdict,
+    ) -> Result<bool> {
+        let (status, last, code, sealed) = match verdict {
+            InterceptVerdict::Allowed => ("allowed", false, "c", String::new()),
+            InterceptVerdict::Blocked(message) => (
+                "blocked",
+                true,
+                "b",
+                message
+                    .as_deref()
+                    .map(|m| self.inner.crypto.seal("block", m.as_bytes()))
+                    .unwrap_or_default(),
+            ),
+        };
+        self.update_interaction(
+            provider,
+            provider_ref,
+            proxy,
+            status,
+            None,
+            last,
+            Some((code, &sealed)),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn update_interaction(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        proxy: &E164,
+        status: &str,
+        duration_secs: Option<u32>,
+        last: bool,
+        verdict: Option<(&str, &str)>,
     ) -> Result<bool> {
         // The status is stored in a `|`-separated record: only a plain word may go in.
         if status.is_empty()
@@ -2056,6 +2164,7 @@ impl Broker {
                 duration_secs,
                 last,
                 event.as_ref(),
+                verdict,
             )
             .await?)
     }

@@ -146,7 +146,15 @@ pub struct Providers {
     pub vonage_api_secret: Option<Secret<String>>,
     /// `HUSH_VONAGE_API_BASE`: Vonage's SMS API (default `https://rest.nexmo.com`).
     pub vonage_api_base: String,
+    /// `HUSH_VONAGE_TOKEN_MAX_AGE_SECS`: how long after its `iat` a voice webhook's token is
+    /// accepted (default 300, at most 3600). Each token is accepted for one request only,
+    /// and its id is remembered in Redis for this long.
+    pub vonage_token_max_age_secs: u32,
 }
+
+/// The default of `HUSH_VONAGE_TOKEN_MAX_AGE_SECS`: Vonage signs each webhook as it sends
+/// it, so a token older than a few minutes is a replay, not a delivery.
+pub const VONAGE_TOKEN_MAX_AGE_SECS: u32 = 300;
 
 impl Default for Config {
     fn default() -> Self {
@@ -171,6 +179,7 @@ impl Default for Config {
                 telnyx_api_base: "https://api.telnyx.com".into(),
                 vonage_signature_method: "md5hash".into(),
                 vonage_api_base: "https://rest.nexmo.com".into(),
+                vonage_token_max_age_secs: VONAGE_TOKEN_MAX_AGE_SECS,
                 ..Providers::default()
             },
         }
@@ -201,6 +210,7 @@ struct FileConfig {
     vonage_api_key: Option<String>,
     vonage_api_secret: Option<String>,
     vonage_api_base: Option<String>,
+    vonage_token_max_age_secs: Option<u64>,
     callback_allow_private: Option<String>,
     event_retry_schedule: Option<String>,
     header_read_timeout_ms: Option<u64>,
@@ -370,6 +380,20 @@ impl Config {
         p.vonage_api_secret = raw.vonage_api_secret.map(Secret::new);
         if let Some(v) = raw.vonage_api_base {
             p.vonage_api_base = v.trim_end_matches('/').to_string();
+        }
+        // `Some(None)`: set, but not a number.
+        let max_age = match env("HUSH_VONAGE_TOKEN_MAX_AGE_SECS").filter(|v| !v.is_empty()) {
+            Some(v) => Some(v.trim().parse::<u64>().ok()),
+            None => raw.vonage_token_max_age_secs.map(Some),
+        };
+        if let Some(v) = max_age {
+            p.vonage_token_max_age_secs = v
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|s| (1..=3600).contains(s))
+                .ok_or(ConfigError::Invalid {
+                    key: "HUSH_VONAGE_TOKEN_MAX_AGE_SECS",
+                    reason: "expected a whole number of seconds from 1 to 3600".into(),
+                })?;
         }
         if let Some(v) = raw.callback_allow_private {
             config.callback_allow_private = match v.as_str() {
@@ -655,5 +679,26 @@ mod tests {
         let path = dir.path().join("hush.toml");
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         assert!(Config::load_from(Some(&path), env(&[])).is_err());
+    }
+
+    #[test]
+    fn the_vonage_token_age_is_bounded() {
+        let age = |file: &str, vars: &[(&str, &str)]| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("hush.toml");
+            std::fs::write(&path, file).unwrap();
+            Config::load_from(Some(&path), env(vars)).map(|c| c.providers.vonage_token_max_age_secs)
+        };
+        assert_eq!(age("", &[]).unwrap(), VONAGE_TOKEN_MAX_AGE_SECS);
+        assert_eq!(age("vonage_token_max_age_secs = 60\n", &[]).unwrap(), 60);
+        let over = [("HUSH_VONAGE_TOKEN_MAX_AGE_SECS", "120")];
+        assert_eq!(age("vonage_token_max_age_secs = 60\n", &over).unwrap(), 120);
+        for bad in ["0", "3601", "soon"] {
+            assert!(
+                age("", &[("HUSH_VONAGE_TOKEN_MAX_AGE_SECS", bad)]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(age("vonage_token_max_age_secs = 0\n", &[]).is_err());
     }
 }

@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{ApiError, AppState, Auth, JsonBody, ok};
-use crate::broker::{BrokerError, Decision, NewSession, Participant, Scope};
+use crate::broker::{
+    BrokerError, Decision, NewSession, PROVIDER_REF_TTL_MS, Participant, Scope, UNNAMED_REF_TTL_MS,
+};
 use crate::domain::session::Kind;
 use crate::domain::{E164, Mode, PoolName, SessionId};
 
@@ -237,6 +239,9 @@ pub async fn list(
     Ok(ok(serde_json::json!({ "sessions": sessions })))
 }
 
+/// The provider name of interactions relayed through `POST /v1/route`.
+const ROUTE_PROVIDER: &str = "api";
+
 /// The routing answer; a struct rather than a JSON map, as it is on the hot path.
 #[derive(serde::Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
@@ -262,6 +267,9 @@ pub struct RouteBody {
     from: String,
     to: String,
     kind: String,
+    /// The caller's own id of the call or message, so a retried request is recognised and
+    /// answered as the first one was.
+    reference: Option<String>,
 }
 
 pub async fn route(
@@ -290,11 +298,30 @@ pub async fn route(
     // Providers send withheld caller IDs as `anonymous`, `restricted` and the like: such a
     // caller holds no route and hears the out-of-session answer, like any stranger.
     let from = E164::parse_syntax(&b.from).ok();
-    let decision = s
-        .broker
-        .route(from.as_ref(), &to, kind, auth.pools())
+    // A key limited to some pools reaches only their numbers; any other answers as unknown.
+    if !s.broker.number_visible(auth.pools(), &to).await? {
+        return Err(BrokerError::NumberNotFound(format!("{to} is not a number of any pool")).into());
+    }
+    // The same path as a provider's webhook: intercept, interaction, events. A request
+    // without a reference of its own is a new interaction each time.
+    let (reference, remembered_ms) = match b.reference {
+        Some(reference) => (reference, PROVIDER_REF_TTL_MS),
+        None => (
+            format!("unnamed_{}", SessionId::new(0, 0).key()),
+            UNNAMED_REF_TTL_MS,
+        ),
+    };
+    let outcome = s
+        .relay_remembered(
+            ROUTE_PROVIDER,
+            &reference,
+            remembered_ms,
+            from.as_ref(),
+            &to,
+            kind,
+        )
         .await?;
-    let answer = match &decision {
+    let answer = match &outcome.decision {
         Decision::Connect {
             session_id,
             caller_id,

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 
 use crate::api::{AppState, problem};
-use crate::broker::{BrokerError, Decision, RelayOutcome};
+use crate::broker::{BrokerError, Decision, InterceptVerdict, PROVIDER_REF_TTL_MS, RelayOutcome};
 use crate::domain::E164;
 use crate::domain::InterceptFallback;
 use crate::domain::session::Kind;
@@ -196,8 +196,9 @@ pub fn forbidden() -> Response {
 
 impl AppState {
     /// The provider-neutral answer to an inbound call or text: the broker's decision, then
-    /// the app's say when the pool has an intercept. A retried webhook is not asked again:
-    /// it gets what the first one got.
+    /// the app's say when the pool has an intercept. The answer is remembered with the
+    /// provider's reference, so a retried webhook is not asked again: it gets what the
+    /// first one got, block message included.
     pub async fn relay(
         &self,
         provider: &str,
@@ -206,10 +207,27 @@ impl AppState {
         to: &E164,
         kind: Kind,
     ) -> Result<RelayOutcome, BrokerError> {
+        self.relay_remembered(provider, provider_ref, PROVIDER_REF_TTL_MS, from, to, kind)
+            .await
+    }
+
+    /// [`AppState::relay`], remembering the answer for `ref_ttl_ms`.
+    pub async fn relay_remembered(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        ref_ttl_ms: i64,
+        from: Option<&E164>,
+        to: &E164,
+        kind: Kind,
+    ) -> Result<RelayOutcome, BrokerError> {
         let mut outcome = self
             .broker
-            .relay(provider, provider_ref, from, to, kind)
+            .relay_remembered(provider, provider_ref, ref_ttl_ms, from, to, kind)
             .await?;
+        if !outcome.pending {
+            return Ok(outcome);
+        }
         let session = match &outcome.decision {
             Decision::Connect { session_id, .. } | Decision::Relay { session_id, .. } => {
                 session_id.clone()
@@ -220,53 +238,46 @@ impl AppState {
             return Ok(outcome);
         };
         let Some(plan) = self.broker.intercept_plan(&session, &interaction).await? else {
+            // The intercept was removed since the claim: nobody to ask.
+            self.broker
+                .intercept_verdict(provider, provider_ref, to, &InterceptVerdict::Allowed)
+                .await?;
             return Ok(outcome);
         };
-        let blocked = if outcome.replay {
-            let status = self
-                .broker
-                .interaction_status_of(&session, &interaction)
-                .await?;
-            match status.as_deref() {
-                Some("blocked") => Some(None),
-                // The first request is still waiting for the app: this retry gets what
-                // silence gets.
-                Some("started") if plan.fallback == InterceptFallback::Block => Some(None),
-                _ => None,
+        if outcome.replay {
+            // The first request is still waiting for the app: this retry gets what
+            // silence gets.
+            if plan.fallback == InterceptFallback::Block {
+                outcome.decision = Decision::Announce {
+                    message: plan.message,
+                };
             }
-        } else {
-            let verdict = intercept::ask(
-                &self.http,
-                self.broker.now_ms() / 1000,
-                intercept::Question {
-                    url: &plan.url,
-                    id: &plan.id,
-                    body: &plan.body,
-                    secrets: &plan.secrets,
-                    timeout: std::time::Duration::from_millis(plan.timeout_ms as u64),
-                    allow_private: self.config.callback_allow_private,
-                },
-            )
-            .await;
-            let verdict = match (verdict, plan.fallback) {
-                (intercept::Verdict::NoAnswer, InterceptFallback::Allow) => {
-                    intercept::Verdict::Allow
-                }
-                (intercept::Verdict::NoAnswer, InterceptFallback::Block) => {
-                    intercept::Verdict::Block(None)
-                }
-                (v, _) => v,
-            };
-            let (status, last, blocked) = match verdict {
-                intercept::Verdict::Block(message) => ("blocked", true, Some(message)),
-                _ => ("allowed", false, None),
-            };
-            self.broker
-                .interaction_status(provider, provider_ref, to, status, None, last)
-                .await?;
-            blocked
+            return Ok(outcome);
+        }
+        let verdict = intercept::ask(
+            &self.http,
+            self.broker.now_ms() / 1000,
+            intercept::Question {
+                url: &plan.url,
+                id: &plan.id,
+                body: &plan.body,
+                secrets: &plan.secrets,
+                timeout: std::time::Duration::from_millis(plan.timeout_ms as u64),
+                allow_private: self.config.callback_allow_private,
+            },
+        )
+        .await;
+        let verdict = match (verdict, plan.fallback) {
+            (intercept::Verdict::Block(message), _) => InterceptVerdict::Blocked(message),
+            (intercept::Verdict::NoAnswer, InterceptFallback::Block) => {
+                InterceptVerdict::Blocked(None)
+            }
+            _ => InterceptVerdict::Allowed,
         };
-        if let Some(message) = blocked {
+        self.broker
+            .intercept_verdict(provider, provider_ref, to, &verdict)
+            .await?;
+        if let InterceptVerdict::Blocked(message) = verdict {
             outcome.decision = Decision::Announce {
                 message: message.unwrap_or(plan.message),
             };

@@ -50,6 +50,12 @@ impl Keys {
     pub fn idempotency_of(&self, idx: &str) -> String {
         format!("{}:ie:{idx}", self.prefix)
     }
+    /// STRING digest of the request a provider's single-use webhook token came with, by
+    /// keyed digest of the token's id. Not in a shard: a token may name any number, so its
+    /// one use must be seen from every shard.
+    pub fn token(&self, provider: &str, digest: &str) -> String {
+        format!("{}:jti:{provider}:{digest}", self.prefix)
+    }
     pub fn shard(&self, pool_id: u32, shard: u16) -> ShardKeys {
         ShardKeys {
             tag: format!("{}:{{p{pool_id}.{shard}}}:", self.prefix),

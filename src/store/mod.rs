@@ -250,6 +250,14 @@ pub enum Claimed {
         record: String,
         interaction: String,
         replay: bool,
+        /// The pool's intercept has not answered for this interaction yet.
+        pending: bool,
+    },
+    /// The app's intercept blocked this interaction: its message, sealed, or `""` for the
+    /// pool's message.
+    Block {
+        sealed_message: String,
+        interaction: String,
     },
     Announce,
 }
@@ -739,15 +747,6 @@ impl Store {
 
     // ---- routes
 
-    /// The hot path: one HGET.
-    pub async fn route(&self, shard: &ShardKeys, idx: &str, proxy: &str) -> Result<Option<String>> {
-        Ok(redis::cmd("HGET")
-            .arg(shard.routes(idx))
-            .arg(proxy)
-            .query_async(&mut self.c())
-            .await?)
-    }
-
     pub async fn routes_of(&self, shard: &ShardKeys, idx: &str) -> Result<HashMap<String, String>> {
         Ok(redis::cmd("HGETALL")
             .arg(shard.routes(idx))
@@ -770,6 +769,23 @@ impl Store {
 
     // ---- relay
 
+    /// Remembers that a single-use token was used for the request `fingerprint` names, for
+    /// `ttl_ms`. True when this is its first use or the same request again; false when the
+    /// token already came with another request. One atomic `SET NX GET`, so two deliveries
+    /// racing cannot both be first.
+    pub async fn token_once(&self, key: &str, fingerprint: &str, ttl_ms: i64) -> Result<bool> {
+        let before: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(fingerprint)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .query_async(&mut self.c())
+            .await?;
+        Ok(before.is_none_or(|b| b == fingerprint))
+    }
+
     /// Resolves and records an inbound call or text in one step (one round trip).
     #[allow(clippy::too_many_arguments)]
     pub async fn relay_claim(
@@ -784,6 +800,7 @@ impl Store {
         new_interaction: &str,
         ref_ttl_ms: i64,
         event: Option<&EventDraft>,
+        intercept: bool,
     ) -> Result<Claimed> {
         let reply: Value = self
             .scripts
@@ -800,14 +817,20 @@ impl Store {
             .arg(idx.unwrap_or(""))
             .arg(event.map(|e| e.id.as_str()).unwrap_or(""))
             .arg(event.map(|e| e.body.as_str()).unwrap_or(""))
+            .arg(if intercept { "1" } else { "0" })
             .invoke_async(&mut self.c())
             .await?;
         let v = strings(reply)?;
         match v.first().map(String::as_str) {
-            Some("connect") if v.len() == 4 => Ok(Claimed::Connect {
+            Some("connect") if v.len() == 5 => Ok(Claimed::Connect {
                 record: v[1].clone(),
                 interaction: v[2].clone(),
                 replay: v[3] == "1",
+                pending: v[4] == "1",
+            }),
+            Some("block") if v.len() == 3 => Ok(Claimed::Block {
+                sealed_message: v[1].clone(),
+                interaction: v[2].clone(),
             }),
             Some("announce") => Ok(Claimed::Announce),
             _ => Err(StoreError::Corrupt("relay_claim reply")),
@@ -815,6 +838,8 @@ impl Store {
     }
 
     /// Applies a status callback; false when the reference is unknown or already final.
+    /// `verdict` is the intercept's answer (`"c"` allowed, `"b"` blocked, with the block
+    /// message sealed or `""`): it becomes what retries of the request are answered.
     #[allow(clippy::too_many_arguments)]
     pub async fn interaction_update(
         &self,
@@ -826,6 +851,7 @@ impl Store {
         duration_secs: Option<u32>,
         last: bool,
         event: Option<&EventDraft>,
+        verdict: Option<(&str, &str)>,
     ) -> Result<bool> {
         let changed: i64 = self
             .scripts
@@ -838,6 +864,8 @@ impl Store {
             .arg(if last { "1" } else { "0" })
             .arg(event.map(|e| e.id.as_str()).unwrap_or(""))
             .arg(event.map(|e| e.body.as_str()).unwrap_or(""))
+            .arg(verdict.map(|v| v.0).unwrap_or(""))
+            .arg(verdict.map(|v| v.1).unwrap_or(""))
             .invoke_async(&mut self.c())
             .await?;
         Ok(changed == 1)

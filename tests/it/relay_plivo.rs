@@ -1139,3 +1139,28 @@ async fn plivo_routes_are_absent_until_plivo_is_configured() {
         r.expect_problem(404, "not_found");
     }
 }
+
+#[tokio::test]
+async fn a_retried_call_hears_the_block_message_it_heard_first() {
+    let app = TestApp::start_with(|c| {
+        c.public_url = Some(PUBLIC_URL.into());
+        c.providers.plivo_auth_token = Some(hush::config::Secret::new(TOKEN.into()));
+        c.callback_allow_private = true;
+    })
+    .await;
+    let p = crate::intercept::blocking_pool(&app).await;
+    let plivo = Plivo::new(&app);
+    let call = uuid();
+    crate::intercept::retries_stay_blocked(
+        &app,
+        &p,
+        || plivo.call(&call, &p.a, &p.proxy),
+        |r| {
+            r.status == 200
+                && !r.text.contains("<Dial")
+                && r.text
+                    .contains(&hush::relay::xml_escape(crate::intercept::BLOCKED))
+        },
+    )
+    .await;
+}

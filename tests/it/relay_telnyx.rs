@@ -858,3 +858,28 @@ async fn a_worker_that_dies_holding_a_text_leaves_it_to_another_and_none_sends_t
     assert_eq!(texts.len(), 6, "a text went out twice: {sent:?}");
     assert_eq!(broker.store().outbox_pending().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_retried_call_hears_the_block_message_it_heard_first() {
+    let app = TestApp::start_with(|c| {
+        c.providers.telnyx_public_key = Some(Secret::new(public_key(&signing_key())));
+        c.callback_allow_private = true;
+    })
+    .await;
+    let p = crate::intercept::blocking_pool(&app).await;
+    let hook = Hook::new(&app);
+    let call = format!("v3:{:032x}", rand::random::<u128>());
+    crate::intercept::retries_stay_blocked(
+        &app,
+        &p,
+        || hook.call(&call, &p.a, &p.proxy),
+        |r| {
+            r.text
+                == texml(&format!(
+                    "<Say>{}</Say><Hangup/>",
+                    hush::relay::xml_escape(crate::intercept::BLOCKED)
+                ))
+        },
+    )
+    .await;
+}

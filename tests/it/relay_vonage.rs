@@ -362,14 +362,7 @@ async fn answer_get(app: &TestApp, from: &str, to: &str, call: &str) -> Resp {
         ("uuid", call),
         ("conversation_uuid", conversation.as_str()),
     ];
-    let token = token_for_query(&params);
-    app.send(
-        app.client
-            .get(app.url("/hooks/vonage/answer"))
-            .query(&params)
-            .bearer_auth(token),
-    )
-    .await
+    answer_get_with(app, &params, &token_for_query(&params)).await
 }
 
 /// A signed event webhook with this JSON body.
@@ -993,4 +986,193 @@ async fn send_reads_what_the_sms_api_answers() {
         send(&http, &unset, &msg).await,
         Err(SendError::Permanent(_))
     ));
+}
+
+#[tokio::test]
+async fn a_retried_call_hears_the_block_message_it_heard_first() {
+    let api = SmsApi::start().await;
+    let app = TestApp::start_with(|c| {
+        configure(c, &api, "md5hash");
+        c.callback_allow_private = true;
+    })
+    .await;
+    let p = crate::intercept::blocking_pool(&app).await;
+    let call = uuid();
+    // Each retry comes with a token of its own, as Vonage signs every delivery.
+    crate::intercept::retries_stay_blocked(
+        &app,
+        &p,
+        || answer_post(&app, &p.a, &p.proxy, &call),
+        |r| r.json == json!([{ "action": "talk", "text": crate::intercept::BLOCKED }]),
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay
+// ---------------------------------------------------------------------------------------------
+
+/// `GET /hooks/vonage/answer` with this query and bearer token.
+async fn answer_get_with(app: &TestApp, params: &[(&str, &str)], token: &str) -> Resp {
+    app.send(
+        app.client
+            .get(app.url("/hooks/vonage/answer"))
+            .query(params)
+            .bearer_auth(token),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_get_token_is_good_for_its_own_query_only() {
+    let api = SmsApi::start().await;
+    let app = vonage_app(&api, "md5hash").await;
+    let (id, proxy, a, b) = ride(&app).await;
+    // Vonage signs a GET without `payload_hash`: nothing in the token names the query.
+    let token = jwt(SIGNATURE_SECRET, &hs256(), &claims(None));
+    let call = uuid();
+    let stranger = participant(7);
+    let asked = [
+        ("to", digits(&proxy)),
+        ("from", digits(&stranger)),
+        ("uuid", call.as_str()),
+    ];
+    let talk = json!([{ "action": "talk", "text": ENDED }]);
+    assert_ncco(&answer_get_with(&app, &asked, &token).await, &talk);
+
+    // Someone who captured it asks which number the proxy connects a participant to.
+    for from in [&a, &b] {
+        let probe = [
+            ("to", digits(&proxy)),
+            ("from", digits(from)),
+            ("uuid", call.as_str()),
+        ];
+        assert_refused(&answer_get_with(&app, &probe, &token).await, "other from");
+        let other_call = uuid();
+        let probe = [
+            ("to", digits(&proxy)),
+            ("from", digits(from)),
+            ("uuid", other_call.as_str()),
+        ];
+        assert_refused(&answer_get_with(&app, &probe, &token).await, "other call");
+    }
+    // Vonage resending the very same request with the same token gets the first answer.
+    assert_ncco(&answer_get_with(&app, &asked, &token).await, &talk);
+    assert!(interactions(&app, &id).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_token_signed_for_a_post_body_is_refused_on_get() {
+    let api = SmsApi::start().await;
+    let app = vonage_app(&api, "md5hash").await;
+    let (_, proxy, a, b) = ride(&app).await;
+    let call = uuid();
+    // A compact body of strings in the order a GET would carry them: its hash is the
+    // query's hash too, so only the token's single use tells the two apart.
+    let body = format!(
+        r#"{{"to":"{}","from":"{}","uuid":"{call}"}}"#,
+        digits(&proxy),
+        digits(&a)
+    );
+    let token = token_for_body(body.as_bytes());
+    let r = answer_post_raw(&app, &body, Some(format!("Bearer {token}"))).await;
+    assert_ncco(&r, &connect_ncco(&proxy, &b));
+    let same = [
+        ("to", digits(&proxy)),
+        ("from", digits(&a)),
+        ("uuid", call.as_str()),
+    ];
+    assert_refused(
+        &answer_get_with(&app, &same, &token).await,
+        "POST token on GET",
+    );
+}
+
+#[tokio::test]
+async fn stale_or_unbounded_tokens_are_refused() {
+    let api = SmsApi::start().await;
+    let app = vonage_app(&api, "md5hash").await;
+    let (id, proxy, a, _) = ride(&app).await;
+    let body = answer_body(&a, &proxy, &uuid());
+    let hash = Some(sha256_hex(body.as_bytes()));
+    let signed = |edit: &dyn Fn(&mut Value)| {
+        let mut c = claims(hash.clone());
+        edit(&mut c);
+        Some(format!("Bearer {}", jwt(SIGNATURE_SECRET, &hs256(), &c)))
+    };
+    let cases: Vec<(&str, Option<String>)> = vec![
+        (
+            "signed six minutes ago",
+            signed(&|c| c["iat"] = json!(now_secs() - 360)),
+        ),
+        (
+            "signed a minute ahead",
+            signed(&|c| c["iat"] = json!(now_secs() + 90)),
+        ),
+        (
+            "no iat",
+            signed(&|c| {
+                c.as_object_mut().unwrap().remove("iat");
+            }),
+        ),
+        (
+            "no jti",
+            signed(&|c| {
+                c.as_object_mut().unwrap().remove("jti");
+            }),
+        ),
+    ];
+    for (what, auth) in cases {
+        assert_refused(&answer_post_raw(&app, &body, auth).await, what);
+    }
+    assert!(interactions(&app, &id).await.is_empty());
+
+    // The window is the operator's to set.
+    let strict = TestApp::start_with(|c| {
+        configure(c, &api, "md5hash");
+        c.providers.vonage_token_max_age_secs = 30;
+    })
+    .await;
+    let (_, proxy, a, _) = ride(&strict).await;
+    let body = answer_body(&a, &proxy, &uuid());
+    let mut c = claims(Some(sha256_hex(body.as_bytes())));
+    c["iat"] = json!(now_secs() - 60);
+    let auth = Some(format!("Bearer {}", jwt(SIGNATURE_SECRET, &hs256(), &c)));
+    assert_refused(
+        &answer_post_raw(&strict, &body, auth).await,
+        "older than 30 s",
+    );
+}
+
+#[tokio::test]
+async fn a_token_racing_itself_on_many_queries_passes_once() {
+    let api = SmsApi::start().await;
+    let app = vonage_app(&api, "md5hash").await;
+    let (_, proxy, _, _) = ride(&app).await;
+    let token = jwt(SIGNATURE_SECRET, &hs256(), &claims(None));
+    let mut racing = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let (from, call) = (participant(20 + i), uuid());
+        let params = [
+            ("to", digits(&proxy)),
+            ("from", digits(&from)),
+            ("uuid", call.as_str()),
+        ];
+        let req = app
+            .client
+            .get(app.url("/hooks/vonage/answer"))
+            .query(&params)
+            .bearer_auth(&token);
+        racing.spawn(async move { req.send().await.unwrap().status().as_u16() });
+    }
+    let answers: Vec<u16> = racing.join_all().await;
+    assert_eq!(
+        answers.iter().filter(|s| **s == 200).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().all(|s| *s == 200 || *s == 403),
+        "{answers:?}"
+    );
 }

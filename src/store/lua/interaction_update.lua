@@ -1,12 +1,21 @@
--- Moves an interaction to a new status (from a provider's status callback).
+-- Moves an interaction to a new status (from a provider's status callback, or from the
+-- app's intercept verdict, which also becomes the answer retries of the request get).
 -- KEYS: 1 ref key. ARGV: 1 tag, 2 status, 3 now ms, 4 duration secs or '', 5 final (1|0),
 --       6 interaction.completed event id or '', 7 its body (`__SKEY__`, `__IID__`, `__KIND__`,
---       `__SIDE__`, `__DURATION__` are filled in here)
+--       `__SIDE__`, `__DURATION__` are filled in here), 8 verdict ('' none, 'c' allowed,
+--       'b' blocked), 9 the block message, sealed, or ''
 -- Returns 1 when an interaction changed, 0 when the reference is unknown.
 local seen = redis.call('GET', KEYS[1])
 if not seen then return 0 end
-local action, sid, iid = string.match(seen, '^(%a)|([^|]*)|([^|]*)$')
-if action ~= 'c' then return 0 end
+local action, sid, iid = string.match(seen, '^(%a)|([^|]*)|([^|]*)')
+if not (action == 'c' or action == 'p' or action == 'b') then return 0 end
+-- Only the first verdict counts: the answer a retry gets never changes once given.
+local verdict = ARGV[8] or ''
+if verdict ~= '' and action == 'p' then
+  local value = verdict .. '|' .. sid .. '|' .. iid
+  if verdict == 'b' then value = value .. '|' .. (ARGV[9] or '') end
+  redis.call('SET', KEYS[1], value, 'KEEPTTL')
+end
 local ikey = TAG .. 'i:' .. sid
 local rec = redis.call('HGET', ikey, iid)
 if not rec then return 0 end
