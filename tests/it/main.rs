@@ -26,4 +26,5 @@ mod replicas;
 mod restart;
 mod sessions;
 mod ssrf;
+mod times;
 mod ttl;
