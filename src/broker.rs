@@ -15,6 +15,7 @@ use crate::domain::{
 };
 use crate::store::{
     CreateArgs, Created, EndEvents, EndOp, Ended, EventDraft, IdemBegin, IdemMark, Lease, PoolRow,
+    PoolSet,
     RouteRow, ShardKeys, Store, StoreError,
 };
 use crate::telemetry::METRICS;
@@ -49,6 +50,8 @@ pub enum BrokerError {
     PoolExhausted(String),
     #[error("number {0} still carries a session (open or cooling off)")]
     NumberInUse(String),
+    #[error("pool `{0}` still has numbers carrying sessions (open or cooling off)")]
+    PoolInUse(String),
     #[error("the session has ended")]
     SessionClosed,
     #[error("event not found, or not redeliverable")]
@@ -571,6 +574,30 @@ fn policy_of(row: &PoolRow) -> PoolPolicy {
     }
 }
 
+/// A policy as the pool hash stores it.
+fn policy_fields(policy: &PoolPolicy) -> Vec<(&'static str, String)> {
+    let flag = |on: bool| if on { "1" } else { "0" }.to_string();
+    vec![
+        ("ttl", policy.default_ttl_secs.to_string()),
+        ("cooloff", policy.cooloff_secs.to_string()),
+        ("geo", policy.geo_match.as_str().to_string()),
+        ("msg", policy.out_of_session_message.clone()),
+        ("cb", policy.callback_url.clone().unwrap_or_default()),
+        ("cbn", flag(policy.callback_include_numbers)),
+        ("iu", policy.intercept_url.clone().unwrap_or_default()),
+        ("it", policy.intercept_timeout_ms.to_string()),
+        ("low", policy.low_threshold_pct.to_string()),
+        (
+            "if",
+            match policy.intercept_fallback {
+                InterceptFallback::Allow => "allow",
+                InterceptFallback::Block => "block",
+            }
+            .into(),
+        ),
+    ]
+}
+
 fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Voice => "voice",
@@ -1090,35 +1117,13 @@ impl Broker {
         )))
     }
 
+    /// Creates a pool with this policy, or replaces the policy of an existing one whole.
     pub async fn put_pool(&self, name: &PoolName, policy: &PoolPolicy) -> Result<(PoolView, bool)> {
-        let fields = [
-            ("ttl", policy.default_ttl_secs.to_string()),
-            ("cooloff", policy.cooloff_secs.to_string()),
-            ("geo", policy.geo_match.as_str().to_string()),
-            ("msg", policy.out_of_session_message.clone()),
-            ("cb", policy.callback_url.clone().unwrap_or_default()),
-            (
-                "cbn",
-                if policy.callback_include_numbers {
-                    "1"
-                } else {
-                    "0"
-                }
-                .into(),
-            ),
-            ("iu", policy.intercept_url.clone().unwrap_or_default()),
-            ("it", policy.intercept_timeout_ms.to_string()),
-            ("low", policy.low_threshold_pct.to_string()),
-            (
-                "if",
-                match policy.intercept_fallback {
-                    InterceptFallback::Allow => "allow",
-                    InterceptFallback::Block => "block",
-                }
-                .into(),
-            ),
-        ];
-        let (row, created) = self.inner.store.pool_put(name.as_str(), &fields, 1).await?;
+        let (row, created) = self
+            .inner
+            .store
+            .pool_put(name.as_str(), &policy_fields(policy), 1)
+            .await?;
         // Every pool has a signing secret from the start, so callbacks can be turned on
         // later without a separate step.
         let secret = crate::events::signing::SigningSecret::generate().to_text();
@@ -1130,12 +1135,89 @@ impl Broker {
                 &self.inner.crypto.seal("callback-secret", secret.as_bytes()),
             )
             .await?;
+        self.forget_cached_pool(row.id);
+        Ok((self.pool_view(&row).await?, created))
+    }
+
+    /// Changes an existing pool's policy to what `merge` makes of the current one. A change
+    /// that lands between the read and the write sends `merge` round again with the newer
+    /// policy, so concurrent changes never undo each other.
+    pub async fn patch_pool<E: From<BrokerError>>(
+        &self,
+        name: &PoolName,
+        merge: impl Fn(&PoolPolicy) -> std::result::Result<PoolPolicy, E>,
+    ) -> std::result::Result<PoolView, E> {
+        const ATTEMPTS: usize = 100;
+        for _ in 0..ATTEMPTS {
+            let row = self.pool_row(name).await?;
+            let version = row.fields.get("v").cloned().unwrap_or_default();
+            let policy = merge(&policy_of(&row))?;
+            let store = &self.inner.store;
+            match store
+                .pool_set(row.id, &version, &policy_fields(&policy))
+                .await
+                .map_err(BrokerError::from)?
+            {
+                PoolSet::Written => {
+                    self.forget_cached_pool(row.id);
+                    return Ok(self.get_pool(name).await?);
+                }
+                PoolSet::Moved => tokio::task::yield_now().await,
+                PoolSet::Gone => return Err(BrokerError::PoolNotFound(name.to_string()).into()),
+            }
+        }
+        Err(BrokerError::Validation(format!(
+            "pool `{name}` kept changing while this change was applied; try again"
+        ))
+        .into())
+    }
+
+    /// Deletes a pool: its numbers, settings, signing secrets and event queue. Refused while
+    /// any of its numbers carries a session, open or cooling off.
+    pub async fn delete_pool(&self, name: &PoolName) -> Result<()> {
+        let row = self.pool_row(name).await?;
+        for sh in 0..row.shards {
+            let shard = self.shard(row.id, sh);
+            // Sessions whose cool-off has ended no longer hold their number, even if no
+            // reaper has visited them yet.
+            const REAP_BATCH: usize = 1000;
+            for _ in 0..10 {
+                let r = self.reap_shard(&shard, self.now(), REAP_BATCH).await?;
+                if r.expired + r.released < REAP_BATCH {
+                    break;
+                }
+            }
+            let Some(numbers) = self.inner.store.pool_shard_delete(&shard).await? else {
+                return Err(BrokerError::PoolInUse(name.to_string()));
+            };
+            let mut owners = self.inner.owners.write().expect("lock poisoned");
+            for n in &numbers {
+                owners.remove(n);
+            }
+        }
+        self.inner.store.pool_forget(row.id, name.as_str()).await?;
+        self.forget_cached_pool(row.id);
         self.inner
-            .pools
+            .names
             .write()
             .expect("lock poisoned")
             .remove(&row.id);
-        Ok((self.pool_view(&row).await?, created))
+        // Its gauges would otherwise report the last values seen until the process restarts.
+        let m = &*METRICS;
+        let _ = m
+            .pool_numbers
+            .remove_label_values(&[name.as_str(), "active"]);
+        let _ = m
+            .pool_numbers
+            .remove_label_values(&[name.as_str(), "draining"]);
+        let _ = m.pool_open_sessions.remove_label_values(&[name.as_str()]);
+        let _ = m.pool_utilisation.remove_label_values(&[name.as_str()]);
+        tracing::info!(pool = %name, "pool deleted");
+        Ok(())
+    }
+
+    fn forget_cached_pool(&self, id: u32) {
+        self.inner.pools.write().expect("lock poisoned").remove(&id);
     }
 
     async fn pool_view(&self, row: &PoolRow) -> Result<PoolView> {
@@ -1188,9 +1270,24 @@ impl Broker {
         Ok(out)
     }
 
-    /// Refreshes the per-pool gauges; called when metrics are scraped.
+    /// Refreshes the per-pool gauges and the event queue's; called when metrics are scraped.
     pub async fn refresh_pool_gauges(&self) -> Result<()> {
+        // Queued events looked at per shard for the oldest one's age: bounded work per scrape.
+        const PENDING_LOOK_AT: usize = 1000;
+        let (mut pending, mut oldest) = (0i64, None::<Millis>);
         for row in self.inner.store.pool_list().await? {
+            for s in 0..row.shards {
+                let (n, o) = self
+                    .inner
+                    .store
+                    .events_pending(&self.shard(row.id, s), PENDING_LOOK_AT)
+                    .await?;
+                pending += n;
+                oldest = match (oldest, o) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
             let view = self.pool_view(&row).await?;
             let mut busy = 0i64;
             for s in 0..row.shards {
@@ -1222,6 +1319,10 @@ impl Broker {
                 .with_label_values(&[&view.name])
                 .set(util);
         }
+        METRICS.events_pending.set(pending);
+        METRICS
+            .event_oldest_pending_seconds
+            .set(oldest.map_or(0.0, |c| (self.now() - c).max(0) as f64 / 1000.0));
         Ok(())
     }
 
@@ -1272,11 +1373,16 @@ impl Broker {
             let geo = number.geo();
             let mut geos = vec![geo.country_tag()];
             geos.extend(geo.area_tag());
-            let added = self
+            let Some(added) = self
                 .inner
                 .store
                 .number_add(&shard, number.reveal(), caps.code(), &geos.join(","))
-                .await?;
+                .await?
+            else {
+                // The pool was deleted while these numbers were added.
+                self.inner.store.number_disown(number.reveal()).await?;
+                return Err(BrokerError::PoolNotFound(pool.to_string()));
+            };
             if added {
                 report.added.push(number.reveal().to_string());
             } else {

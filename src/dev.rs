@@ -1,6 +1,9 @@
 //! `hush dev`: everything a first try needs, kept under `./.hush/`: a private redis-server
 //! (append-only file on, so data survives restarts), generated secrets, a demo pool and an
-//! admin API key. Not for production: secrets sit in plain files.
+//! admin API key. Not for production: secrets sit in plain files, and callback URLs may be
+//! plain http on private addresses (the app under development usually runs on localhost).
+//! Redis keeps its port from run to run (`./.hush/redis.port`), so shells that sourced
+//! `./.hush/env` stay pointed at it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -63,6 +66,31 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// The port remembered in `./.hush/redis.port` while it is free, else a new one, remembered
+/// in its place.
+fn redis_port(dir: &Path) -> anyhow::Result<u16> {
+    let path = dir.join("redis.port");
+    let remembered = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u16>().ok())
+        .filter(|&p| p != 0);
+    if let Some(port) = remembered
+        && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    {
+        return Ok(port);
+    }
+    let port = free_port()?;
+    std::fs::write(&path, format!("{port}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if let Some(old) = remembered {
+        eprintln!(
+            "port {old} is taken, so Redis listens on port {port} this time; \
+             run `. ./.hush/env` again in shells that use the CLI"
+        );
+    }
+    Ok(port)
+}
+
 /// Starts redis-server in its own process group, so Ctrl-C reaches hush first and hush
 /// stops Redis after the last request.
 async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
@@ -70,7 +98,7 @@ async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
     std::fs::create_dir_all(&data)?;
     // Redis changes into --dir before opening its log file: both must be absolute.
     let data = std::fs::canonicalize(&data)?;
-    let port = free_port()?;
+    let port = redis_port(dir)?;
     let mut cmd = Command::new("redis-server");
     cmd.arg("--port")
         .arg(port.to_string())
@@ -164,6 +192,10 @@ async fn demo_pool(broker: &Broker) -> anyhow::Result<()> {
 
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
     hush::telemetry::init(&config);
+    // The app under development usually listens on localhost over plain http.
+    if std::env::var_os("HUSH_CALLBACK_ALLOW_PRIVATE").is_none() {
+        config.callback_allow_private = true;
+    }
     let dir = PathBuf::from(DIR);
     std::fs::create_dir_all(&dir)?;
     secrets(&mut config, &dir)?;
@@ -194,9 +226,12 @@ async fn serve(config: &Config, dir: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (set HUSH_LISTEN)", config.listen))?;
     let addr = listener.local_addr()?;
+    // `export` lines, so that `. ./.hush/env` alone reaches the CLI's environment.
     let env = format!(
-        "HUSH_REDIS_URL={}\nHUSH_INDEX_KEY={}\nHUSH_DATA_KEYS={}\n",
+        "export HUSH_REDIS_URL={}\nexport HUSH_REDIS_PREFIX={}\nexport HUSH_INDEX_KEY={}\n\
+         export HUSH_DATA_KEYS={}\n",
         config.redis_url,
+        config.redis_prefix,
         base64_of(config.index_key.as_ref()),
         config
             .data_keys
@@ -216,7 +251,13 @@ async fn serve(config: &Config, dir: &Path) -> anyhow::Result<()> {
          [{{\"number\":\"+14155550101\",\"label\":\"rider\"}},{{\"number\":\"+14155550102\",\"label\":\"driver\"}}]}}'"
     );
     println!();
-    println!("The CLI reaches this instance after `set -a; . ./.hush/env; set +a`.");
+    println!(
+        "In another shell in this directory, `. ./.hush/env` points the CLI at this instance \
+         (e.g. `hush pools list`)."
+    );
+    if config.callback_allow_private {
+        println!("Callback and intercept URLs may be plain http on private addresses here.");
+    }
     let token = CancellationToken::new();
     crate::cancel_on_signal(token.clone());
     hush::run(config.clone(), listener, token).await

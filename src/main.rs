@@ -70,10 +70,15 @@ enum KeysCmd {
 
 #[derive(Subcommand)]
 enum PoolsCmd {
-    /// Create a pool, or change the settings given of an existing one (the others keep
-    /// their current values; a new pool starts from the defaults).
+    /// Create a pool, or change the settings given of an existing one: the others keep
+    /// their current values (a merge, like `PATCH /v1/pools/{name}`). With `--replace`,
+    /// settings not given go back to their defaults (like `PUT /v1/pools/{name}`).
     Put {
         name: String,
+        /// Replace the whole policy: settings not given take their defaults, callbacks and
+        /// intercept included.
+        #[arg(long)]
+        replace: bool,
         /// Default session length (60 to 2592000; default 3600).
         #[arg(long)]
         default_ttl_secs: Option<u32>,
@@ -88,6 +93,11 @@ enum PoolsCmd {
     },
     List,
     Show {
+        name: String,
+    },
+    /// Delete a pool with its numbers and settings; refused while a number carries a
+    /// session (open or cooling off).
+    Delete {
         name: String,
     },
 }
@@ -131,19 +141,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::load(cli.config.as_deref())?;
+    let ops = || ops_broker(&config, cli.config.as_deref());
     match cli.command {
         Command::Serve => serve(config).await,
         Command::Dev => dev::run(config).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Keys(cmd) => keys(&hush::build_broker(&config)?, cmd).await,
-        Command::Pools(cmd) => pools(&hush::build_broker(&config)?, cmd).await,
-        Command::Numbers(cmd) => numbers(&hush::build_broker(&config)?, cmd).await,
+        Command::Keys(cmd) => keys(&ops()?, cmd).await,
+        Command::Pools(cmd) => pools(&ops()?, cmd).await,
+        Command::Numbers(cmd) => numbers(&ops()?, cmd).await,
         Command::Sessions(SessionsCmd::Show { id }) => {
-            let broker = hush::build_broker(&config)?;
+            let broker = ops()?;
             let id = SessionId::parse(&id).context("not a session id")?;
             print_json(&broker.get_session(&id).await?)
         }
     }
+}
+
+/// The broker an ops command works on, after one line on stderr saying which Redis and key
+/// prefix that is. With no Redis configured it refuses rather than try `127.0.0.1:6379`,
+/// which on a shared machine may be somebody else's.
+fn ops_broker(config: &Config, file: Option<&std::path::Path>) -> anyhow::Result<Broker> {
+    let from_env = std::env::var("HUSH_REDIS_URL").is_ok_and(|v| !v.is_empty());
+    let from_file = file
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.contains_key("redis_url"));
+    if !from_env && !from_file {
+        bail!(
+            "no Redis configured. Beside `hush dev`, run `. ./.hush/env` in this shell (in the \
+             directory where `hush dev` runs); otherwise set HUSH_REDIS_URL (and \
+             HUSH_REDIS_PREFIX, HUSH_INDEX_KEY, HUSH_DATA_KEYS) to those of your hush"
+        );
+    }
+    let info = redis::Client::open(config.redis_url.as_str())
+        .context("HUSH_REDIS_URL is not a usable Redis URL")?
+        .get_connection_info()
+        .clone();
+    // Host and port only: the URL may carry a password.
+    let db = info.redis_settings().db();
+    eprintln!(
+        "hush: working on Redis {}{} with key prefix `{}`",
+        info.addr(),
+        if db != 0 {
+            format!(" db {db}")
+        } else {
+            String::new()
+        },
+        config.redis_prefix
+    );
+    hush::build_broker(config)
 }
 
 /// Cancels the token on Ctrl-C or SIGTERM.
@@ -236,39 +282,59 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
     match cmd {
         PoolsCmd::Put {
             name,
+            replace,
             default_ttl_secs,
             cooloff_secs,
             geo_match,
             out_of_session_message,
         } => {
             let pool = pool_name(&name)?;
-            // Settings not given keep their values, so a change of TTL from the command
-            // line does not switch off the pool's callbacks.
-            let mut policy = broker.pool_policy(&pool).await?.unwrap_or_default();
-            if let Some(v) = default_ttl_secs {
-                policy.default_ttl_secs = v;
-            }
-            if let Some(v) = cooloff_secs {
-                policy.cooloff_secs = v;
-            }
-            if let Some(v) = geo_match {
-                policy.geo_match =
-                    GeoMatch::parse(&v).context("--geo-match must be area_code, country or any")?;
-            }
-            if let Some(v) = out_of_session_message {
-                policy.out_of_session_message = v;
-            }
-            if !PoolPolicy::TTL_RANGE.contains(&policy.default_ttl_secs) {
-                bail!("--default-ttl-secs must be between 60 and 2592000");
-            }
-            if !PoolPolicy::COOLOFF_RANGE.contains(&policy.cooloff_secs) {
-                bail!("--cooloff-secs must be between 0 and 604800");
-            }
-            let (view, created) = broker.put_pool(&pool, &policy).await?;
-            eprintln!(
-                "{} pool `{name}`",
-                if created { "created" } else { "updated" }
-            );
+            let geo_match = geo_match
+                .map(|v| {
+                    GeoMatch::parse(&v).context("--geo-match must be area_code, country or any")
+                })
+                .transpose()?;
+            let change = |current: &PoolPolicy| -> anyhow::Result<PoolPolicy> {
+                let mut policy = current.clone();
+                if let Some(v) = default_ttl_secs {
+                    policy.default_ttl_secs = v;
+                }
+                if let Some(v) = cooloff_secs {
+                    policy.cooloff_secs = v;
+                }
+                if let Some(v) = geo_match {
+                    policy.geo_match = v;
+                }
+                if let Some(v) = &out_of_session_message {
+                    policy.out_of_session_message = v.clone();
+                }
+                // The rule names the API's field; say it as the option the user typed.
+                policy.check().map_err(|e| {
+                    let (field, rule) = e.split_once(' ').unwrap_or((&e, ""));
+                    anyhow::anyhow!("--{} {rule}", field.replace('_', "-"))
+                })?;
+                Ok(policy)
+            };
+            let exists = broker.pool_policy(&pool).await?.is_some();
+            let view = if replace || !exists {
+                let (view, created) = broker
+                    .put_pool(&pool, &change(&PoolPolicy::default())?)
+                    .await?;
+                eprintln!(
+                    "{} pool `{name}`{}",
+                    if created { "created" } else { "replaced" },
+                    if created {
+                        ""
+                    } else {
+                        ": settings not given are back to their defaults"
+                    }
+                );
+                view
+            } else {
+                let view = broker.patch_pool(&pool, change).await?;
+                eprintln!("updated pool `{name}`: changed the settings given, kept the others");
+                view
+            };
             print_json(&view)
         }
         PoolsCmd::List => {
@@ -281,6 +347,11 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
             Ok(())
         }
         PoolsCmd::Show { name } => print_json(&broker.get_pool(&pool_name(&name)?).await?),
+        PoolsCmd::Delete { name } => {
+            broker.delete_pool(&pool_name(&name)?).await?;
+            println!("deleted pool `{name}`");
+            Ok(())
+        }
     }
 }
 

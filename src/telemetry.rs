@@ -27,7 +27,27 @@ pub struct Metrics {
     pub http_connections: prometheus::IntGauge,
     /// Connections closed by the edge: `header_timeout`, `idle_timeout`.
     pub http_connections_closed: IntCounterVec,
+    /// Event delivery attempts by outcome (one of [`DELIVERY_OUTCOMES`]).
+    pub event_delivery_attempts: IntCounterVec,
+    /// Events waiting for delivery (queued or being attempted), refreshed on scrape.
+    pub events_pending: prometheus::IntGauge,
+    /// Age of the oldest event waiting for delivery, refreshed on scrape.
+    pub event_oldest_pending_seconds: prometheus::Gauge,
+    /// Texts sent through a provider's API, by provider and outcome.
+    pub outbound_texts: IntCounterVec,
+    /// Provider webhooks refused because their signature did not verify, by provider.
+    pub webhook_signature_failures: IntCounterVec,
 }
+
+/// The `outcome` label values of `hush_event_delivery_attempts_total`.
+pub const DELIVERY_OUTCOMES: [&str; 6] = [
+    "delivered",
+    "failed",
+    "throttled",
+    "gone",
+    "refused",
+    "not_tried",
+];
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
@@ -90,6 +110,40 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     registry.register(Box::new(http_connections.clone()))?;
     registry.register(Box::new(http_connections_closed.clone()))?;
+    let event_delivery_attempts = IntCounterVec::new(
+        Opts::new(
+            "hush_event_delivery_attempts_total",
+            "Event delivery attempts by outcome",
+        ),
+        &["outcome"],
+    )?;
+    let events_pending = prometheus::IntGauge::new(
+        "hush_events_pending",
+        "Events waiting for delivery (queued, retrying or being attempted)",
+    )?;
+    let event_oldest_pending_seconds = prometheus::Gauge::new(
+        "hush_event_oldest_pending_seconds",
+        "Age of the oldest event waiting for delivery",
+    )?;
+    let outbound_texts = IntCounterVec::new(
+        Opts::new(
+            "hush_outbound_texts_total",
+            "Texts sent through a provider's API, by provider and outcome",
+        ),
+        &["provider", "outcome"],
+    )?;
+    let webhook_signature_failures = IntCounterVec::new(
+        Opts::new(
+            "hush_webhook_signature_failures_total",
+            "Provider webhooks refused for a missing or wrong signature",
+        ),
+        &["provider"],
+    )?;
+    registry.register(Box::new(event_delivery_attempts.clone()))?;
+    registry.register(Box::new(events_pending.clone()))?;
+    registry.register(Box::new(event_oldest_pending_seconds.clone()))?;
+    registry.register(Box::new(outbound_texts.clone()))?;
+    registry.register(Box::new(webhook_signature_failures.clone()))?;
     registry.register(Box::new(http_requests.clone()))?;
     registry.register(Box::new(http_latency.clone()))?;
     registry.register(Box::new(sessions_created.clone()))?;
@@ -112,6 +166,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         pool_utilisation,
         http_connections,
         http_connections_closed,
+        event_delivery_attempts,
+        events_pending,
+        event_oldest_pending_seconds,
+        outbound_texts,
+        webhook_signature_failures,
     })
 }
 
@@ -145,9 +204,12 @@ pub fn render() -> String {
 
 /// Installs the global tracing subscriber for the binary (tests install their own).
 pub fn init(config: &Config) {
+    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes help a person at a terminal and garble a log file or a collector's pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match config.log_format {
         LogFormat::Json => builder.json().try_init(),

@@ -152,6 +152,12 @@ impl ApiError {
                     "Number in use",
                     e.to_string(),
                 ),
+                B::PoolInUse(_) => (
+                    StatusCode::CONFLICT,
+                    "pool_in_use",
+                    "Pool in use",
+                    e.to_string(),
+                ),
                 B::EventNotFound => (
                     StatusCode::NOT_FOUND,
                     "event_not_found",

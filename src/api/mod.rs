@@ -47,6 +47,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/pools"),
     ("GET", "/v1/pools/{name}"),
     ("PUT", "/v1/pools/{name}"),
+    ("PATCH", "/v1/pools/{name}"),
+    ("DELETE", "/v1/pools/{name}"),
     ("GET", "/v1/pools/{name}/numbers"),
     ("POST", "/v1/pools/{name}/numbers"),
     ("PATCH", "/v1/pools/{name}/numbers/{number}"),
@@ -73,7 +75,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.yaml", get(ops::openapi))
         .route("/v1/pools", get(pools::list))
-        .route("/v1/pools/{name}", put(pools::put).get(pools::show))
+        .route(
+            "/v1/pools/{name}",
+            put(pools::put)
+                .get(pools::show)
+                .patch(pools::patch)
+                .delete(pools::delete),
+        )
         .route(
             "/v1/pools/{name}/numbers",
             post(pools::add_numbers).get(pools::list_numbers),

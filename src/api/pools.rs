@@ -25,35 +25,159 @@ fn proxy_number(raw: &str) -> Result<E164, ApiError> {
     E164::parse(raw).map_err(|e| ApiError::InvalidNumber(format!("number: {e}")))
 }
 
-#[derive(Deserialize)]
+/// A pool's settings as a request gives them. Each field tells three cases apart, as a JSON
+/// merge patch (RFC 7396) does: absent (`None`: keep), `null` (`Some(None)`: the default),
+/// or a value. PUT starts from the defaults, so absent and `null` mean the same there.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolBody {
-    default_ttl_secs: Option<u32>,
-    cooloff_secs: Option<u32>,
-    geo_match: Option<String>,
-    out_of_session_message: Option<String>,
-    callback_url: Option<String>,
-    callback_include_numbers: Option<bool>,
-    intercept_url: Option<String>,
-    intercept_timeout_ms: Option<u32>,
-    intercept_fallback: Option<String>,
-    low_threshold_pct: Option<u8>,
+    #[serde(default, deserialize_with = "given")]
+    default_ttl_secs: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "given")]
+    cooloff_secs: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "given")]
+    geo_match: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    out_of_session_message: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    callback_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    callback_include_numbers: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "given")]
+    intercept_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    intercept_timeout_ms: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "given")]
+    intercept_fallback: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    low_threshold_pct: Option<Option<u8>>,
+}
+
+/// A field that is present, as its value or `null`; serde calls this only for present fields.
+fn given<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A merge step: absent keeps `current`, `null` takes `default`, a value is parsed.
+fn merge<T, V>(
+    field: Option<Option<V>>,
+    current: T,
+    default: T,
+    parse: impl FnOnce(V) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    match field {
+        None => Ok(current),
+        Some(None) => Ok(default),
+        Some(Some(v)) => parse(v),
+    }
+}
+
+impl PoolBody {
+    /// The policy this body makes of `base` (the defaults for PUT, the stored policy for
+    /// PATCH), checked whole.
+    fn apply(self, base: PoolPolicy, allow_private: bool) -> Result<PoolPolicy, ApiError> {
+        let d = PoolPolicy::default();
+        let url = |field: &'static str| move |u: String| target_url(field, Some(u), allow_private);
+        let policy = PoolPolicy {
+            default_ttl_secs: merge(
+                self.default_ttl_secs,
+                base.default_ttl_secs,
+                d.default_ttl_secs,
+                Ok,
+            )?,
+            cooloff_secs: merge(self.cooloff_secs, base.cooloff_secs, d.cooloff_secs, Ok)?,
+            geo_match: merge(self.geo_match, base.geo_match, d.geo_match, |g| {
+                GeoMatch::parse(&g).ok_or_else(|| {
+                    ApiError::Validation("geo_match must be area_code, country or any".into())
+                })
+            })?,
+            out_of_session_message: merge(
+                self.out_of_session_message,
+                base.out_of_session_message,
+                d.out_of_session_message,
+                Ok,
+            )?,
+            callback_url: merge(
+                self.callback_url,
+                base.callback_url,
+                d.callback_url,
+                url("callback_url"),
+            )?,
+            callback_include_numbers: merge(
+                self.callback_include_numbers,
+                base.callback_include_numbers,
+                d.callback_include_numbers,
+                Ok,
+            )?,
+            intercept_url: merge(
+                self.intercept_url,
+                base.intercept_url,
+                d.intercept_url,
+                url("intercept_url"),
+            )?,
+            intercept_timeout_ms: merge(
+                self.intercept_timeout_ms,
+                base.intercept_timeout_ms,
+                d.intercept_timeout_ms,
+                Ok,
+            )?,
+            intercept_fallback: merge(
+                self.intercept_fallback,
+                base.intercept_fallback,
+                d.intercept_fallback,
+                |f| match f.as_str() {
+                    "allow" => Ok(InterceptFallback::Allow),
+                    "block" => Ok(InterceptFallback::Block),
+                    _ => Err(ApiError::Validation(
+                        "intercept_fallback must be allow or block".into(),
+                    )),
+                },
+            )?,
+            low_threshold_pct: merge(
+                self.low_threshold_pct,
+                base.low_threshold_pct,
+                d.low_threshold_pct,
+                Ok,
+            )?,
+        };
+        policy.check().map_err(ApiError::Validation)?;
+        Ok(policy)
+    }
 }
 
 /// A callback or intercept URL: https, and a public host unless private targets are allowed.
+/// An empty text means none.
 fn target_url(
     field: &str,
     raw: Option<String>,
     allow_private: bool,
 ) -> Result<Option<String>, ApiError> {
+    use crate::events::ssrf::SsrfError;
     match raw.filter(|u| !u.is_empty()) {
         None => Ok(None),
         Some(u) => crate::events::ssrf::check_url(&u, allow_private)
             .map(|url| Some(url.to_string()))
-            .map_err(|e| ApiError::Validation(format!("{field}: {e}"))),
+            .map_err(|e| {
+                // Local development is the usual reason for an http or private URL: say
+                // which setting allows it.
+                let hint = if !allow_private
+                    && matches!(e, SsrfError::Scheme(_) | SsrfError::Forbidden(_))
+                {
+                    " (plain http and private addresses are allowed only with \
+                     HUSH_CALLBACK_ALLOW_PRIVATE=true, which `hush dev` sets; never in production)"
+                } else {
+                    ""
+                };
+                ApiError::Validation(format!("{field}: {e}{hint}"))
+            }),
     }
 }
 
+/// PUT: the body is the whole policy; settings it leaves out take their defaults.
 pub async fn put(
     auth: Auth,
     State(s): State<AppState>,
@@ -68,68 +192,9 @@ pub async fn put(
         )
     })?;
     auth.pool_visible(&name)?;
-    let b = body.value;
-    let d = PoolPolicy::default();
-    let policy = PoolPolicy {
-        default_ttl_secs: b.default_ttl_secs.unwrap_or(d.default_ttl_secs),
-        cooloff_secs: b.cooloff_secs.unwrap_or(d.cooloff_secs),
-        geo_match: match b.geo_match.as_deref() {
-            None => d.geo_match,
-            Some(g) => GeoMatch::parse(g).ok_or_else(|| {
-                ApiError::Validation("geo_match must be area_code, country or any".into())
-            })?,
-        },
-        out_of_session_message: b.out_of_session_message.unwrap_or(d.out_of_session_message),
-        callback_url: target_url(
-            "callback_url",
-            b.callback_url,
-            s.config.callback_allow_private,
-        )?,
-        callback_include_numbers: b.callback_include_numbers.unwrap_or(false),
-        intercept_url: target_url(
-            "intercept_url",
-            b.intercept_url,
-            s.config.callback_allow_private,
-        )?,
-        intercept_timeout_ms: b.intercept_timeout_ms.unwrap_or(d.intercept_timeout_ms),
-        intercept_fallback: match b.intercept_fallback.as_deref() {
-            None | Some("allow") => InterceptFallback::Allow,
-            Some("block") => InterceptFallback::Block,
-            Some(_) => {
-                return Err(ApiError::Validation(
-                    "intercept_fallback must be allow or block".into(),
-                ));
-            }
-        },
-        low_threshold_pct: b.low_threshold_pct.unwrap_or(d.low_threshold_pct),
-    };
-    if !(1..=100).contains(&policy.low_threshold_pct) {
-        return Err(ApiError::Validation(
-            "low_threshold_pct must be between 1 and 100".into(),
-        ));
-    }
-    if !(1..=PoolPolicy::INTERCEPT_TIMEOUT_MAX_MS).contains(&policy.intercept_timeout_ms) {
-        return Err(ApiError::Validation(
-            "intercept_timeout_ms must be between 1 and 5000".into(),
-        ));
-    }
-    if !PoolPolicy::TTL_RANGE.contains(&policy.default_ttl_secs) {
-        return Err(ApiError::Validation(
-            "default_ttl_secs must be between 60 and 2592000".into(),
-        ));
-    }
-    if !PoolPolicy::COOLOFF_RANGE.contains(&policy.cooloff_secs) {
-        return Err(ApiError::Validation(
-            "cooloff_secs must be between 0 and 604800".into(),
-        ));
-    }
-    if policy.out_of_session_message.trim().is_empty()
-        || policy.out_of_session_message.len() > PoolPolicy::MESSAGE_MAX
-    {
-        return Err(ApiError::Validation(
-            "out_of_session_message must hold 1 to 1000 bytes".into(),
-        ));
-    }
+    let policy = body
+        .value
+        .apply(PoolPolicy::default(), s.config.callback_allow_private)?;
     let (view, created) = s.broker.put_pool(&name, &policy).await?;
     let status = if created {
         StatusCode::CREATED
@@ -137,6 +202,42 @@ pub async fn put(
         StatusCode::OK
     };
     Ok((status, axum::Json(view)).into_response())
+}
+
+/// PATCH: a JSON merge patch over the stored policy of an existing pool.
+pub async fn patch(
+    auth: Auth,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: JsonBody<PoolBody>,
+) -> Result<Response, ApiError> {
+    auth.require(Scope::Pools)?;
+    let name = pool_name(&name)?;
+    auth.pool_visible(&name)?;
+    let allow_private = s.config.callback_allow_private;
+    let body = body.value;
+    // The broker may call this more than once (a concurrent change won the race); the body
+    // is applied afresh to whatever it read last.
+    let view = s
+        .broker
+        .patch_pool(&name, |current| {
+            body.clone().apply(current.clone(), allow_private)
+        })
+        .await?;
+    Ok(ok(view))
+}
+
+/// DELETE: the pool, its numbers and settings; refused while any number holds a session.
+pub async fn delete(
+    auth: Auth,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    auth.require(Scope::Pools)?;
+    let name = pool_name(&name)?;
+    auth.pool_visible(&name)?;
+    s.broker.delete_pool(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn list(auth: Auth, State(s): State<AppState>) -> Result<Response, ApiError> {

@@ -32,10 +32,27 @@ impl Clock for SystemClock {
     }
 }
 
-/// RFC 3339 UTC text of a stored time, as the API shows it.
+/// RFC 3339 UTC text of a stored time, as every answer, event and CLI listing shows it:
+/// always milliseconds and `Z` (`2026-05-04T09:30:00.000Z`), so clients can parse it with
+/// one fixed format and compare texts in order.
 pub fn rfc3339(ms: Millis) -> String {
+    const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    t.format(FORMAT).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn times_always_carry_three_fractional_digits() {
+        assert_eq!(rfc3339(1_777_887_000_000), "2026-05-04T09:30:00.000Z");
+        assert_eq!(rfc3339(1_777_887_000_120), "2026-05-04T09:30:00.120Z");
+        assert_eq!(rfc3339(1_777_887_000_007), "2026-05-04T09:30:00.007Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
 }

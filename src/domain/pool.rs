@@ -86,6 +86,29 @@ impl PoolPolicy {
     pub const MESSAGE_MAX: usize = 1000;
     pub const DEFAULT_MESSAGE: &'static str = "This number is no longer in service for you.";
     pub const INTERCEPT_TIMEOUT_MAX_MS: u32 = 5000;
+
+    /// The first rule the policy breaks, as a sentence naming the field; the API and the
+    /// command line refuse a policy with the same words.
+    pub fn check(&self) -> Result<(), String> {
+        if !Self::TTL_RANGE.contains(&self.default_ttl_secs) {
+            return Err("default_ttl_secs must be between 60 and 2592000".into());
+        }
+        if !Self::COOLOFF_RANGE.contains(&self.cooloff_secs) {
+            return Err("cooloff_secs must be between 0 and 604800".into());
+        }
+        if self.out_of_session_message.trim().is_empty()
+            || self.out_of_session_message.len() > Self::MESSAGE_MAX
+        {
+            return Err("out_of_session_message must hold 1 to 1000 bytes".into());
+        }
+        if !(1..=Self::INTERCEPT_TIMEOUT_MAX_MS).contains(&self.intercept_timeout_ms) {
+            return Err("intercept_timeout_ms must be between 1 and 5000".into());
+        }
+        if !(1..=100).contains(&self.low_threshold_pct) {
+            return Err("low_threshold_pct must be between 1 and 100".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for PoolPolicy {

@@ -47,6 +47,20 @@ enum Outcome {
     NotTried(String),
 }
 
+impl Outcome {
+    /// The metric label; one of [`crate::telemetry::DELIVERY_OUTCOMES`].
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Delivered(_) => "delivered",
+            Outcome::Failed(_) => "failed",
+            Outcome::Later(..) => "throttled",
+            Outcome::Gone => "gone",
+            Outcome::Refused(_) => "refused",
+            Outcome::NotTried(_) => "not_tried",
+        }
+    }
+}
+
 /// The delivery worker's settings.
 #[derive(Clone)]
 pub struct Delivery {
@@ -131,6 +145,10 @@ impl Delivery {
         let outcome = self.send(broker, shard, &id, &item).await;
         let latency = started.elapsed().as_millis() as u64;
         let (status, settle) = self.settle(&outcome, item.claims, at);
+        crate::telemetry::METRICS
+            .event_delivery_attempts
+            .with_label_values(&[outcome.label()])
+            .inc();
         let log = format!("{at},{status},{latency}");
         match &outcome {
             Outcome::Delivered(_) => tracing::debug!(event = %id, "event delivered"),

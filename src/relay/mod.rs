@@ -291,18 +291,34 @@ pub fn router(state: &AppState) -> Router<AppState> {
     let mut r = Router::new();
     let p = &state.config.providers;
     if twilio::enabled(p) {
-        r = r.merge(twilio::routes());
+        r = r.merge(counting_refusals("twilio", twilio::routes()));
     }
     if telnyx::enabled(p) {
-        r = r.merge(telnyx::routes());
+        r = r.merge(counting_refusals("telnyx", telnyx::routes()));
     }
     if plivo::enabled(p) {
-        r = r.merge(plivo::routes());
+        r = r.merge(counting_refusals("plivo", plivo::routes()));
     }
     if vonage::enabled(p) {
-        r = r.merge(vonage::routes());
+        r = r.merge(counting_refusals("vonage", vonage::routes()));
     }
     r
+}
+
+/// A provider's routes, counting each answer of [`forbidden`] (the only 403 a webhook gets)
+/// as a signature failure of that provider.
+fn counting_refusals(provider: &'static str, routes: Router<AppState>) -> Router<AppState> {
+    routes.layer(axum::middleware::map_response(
+        move |r: Response| async move {
+            if r.status() == StatusCode::FORBIDDEN {
+                crate::telemetry::METRICS
+                    .webhook_signature_failures
+                    .with_label_values(&[provider])
+                    .inc();
+            }
+            r
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -29,6 +29,24 @@ pub enum Via {
     Vonage,
 }
 
+impl Via {
+    /// The provider's name, as metrics label it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Via::Telnyx => "telnyx",
+            Via::Vonage => "vonage",
+        }
+    }
+}
+
+/// Counts one attempt's outcome (`sent`, `retry` or `failed`) for a provider.
+fn count_text(provider: &'static str, outcome: &'static str) {
+    crate::telemetry::METRICS
+        .outbound_texts
+        .with_label_values(&[provider, outcome])
+        .inc();
+}
+
 /// One text to send: from the proxy number to the other participant.
 #[derive(Clone, Debug)]
 pub struct OutboundSms {
@@ -231,6 +249,7 @@ async fn deliver(
         Ok(msg) => msg,
         Err(e) => {
             tracing::error!(error = %e, "a queued text cannot be opened; giving it up");
+            count_text("unknown", "failed");
             let failed = Settle::Failed {
                 keep_ms: FAILED_KEEP_MS,
                 reason: "unreadable",
@@ -277,6 +296,14 @@ async fn deliver(
         ),
     };
     settle_surely(broker, &item, settle).await?;
+    count_text(
+        msg.via.label(),
+        match settle {
+            Settle::Done { .. } => "sent",
+            Settle::Retry { .. } => "retry",
+            _ => "failed",
+        },
+    );
     match &result {
         Ok(_) => tracing::info!(key = %msg.key, attempt = item.claims, "outbound text sent"),
         Err(e) => match settle {

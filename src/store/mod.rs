@@ -74,6 +74,9 @@ struct Scripts {
     interaction_update: Script,
     event_put: Script,
     event_redeliver: Script,
+    pool_set: Script,
+    pool_shard_delete: Script,
+    events_pending: Script,
 }
 
 impl Scripts {
@@ -91,6 +94,9 @@ impl Scripts {
             interaction_update: script(include_str!("lua/interaction_update.lua")),
             event_put: script(include_str!("lua/event_put.lua")),
             event_redeliver: script(include_str!("lua/event_redeliver.lua")),
+            pool_set: script(include_str!("lua/pool_set.lua")),
+            pool_shard_delete: script(include_str!("lua/pool_shard_delete.lua")),
+            events_pending: script(include_str!("lua/events_pending.lua")),
         }
     }
 }
@@ -112,6 +118,16 @@ pub struct NumberRow {
     pub state: String,
     pub holding: i64,
     pub open: i64,
+}
+
+/// What [`Store::pool_set`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolSet {
+    Written,
+    /// The pool changed since the caller read it; nothing was written.
+    Moved,
+    /// The pool no longer exists.
+    Gone,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -386,66 +402,158 @@ impl Store {
         }
     }
 
-    /// Creates or updates a pool's policy fields. Returns the row and whether it was new.
+    /// Creates a pool, or replaces the fields given of an existing one. Returns the row and
+    /// whether it was new.
     pub async fn pool_put(
         &self,
         name: &str,
         fields: &[(&str, String)],
         shards: u16,
     ) -> Result<(PoolRow, bool)> {
-        let mut created = false;
-        let id = match self.pool_id(name).await? {
-            Some(id) => id,
-            None => {
-                let fresh: u32 = redis::cmd("INCR")
-                    .arg(self.keys.pool_seq())
-                    .query_async(&mut self.c())
-                    .await?;
-                // Write the policy before publishing the name, so a reader that finds the
-                // name always finds a whole pool.
-                let mut init = redis::cmd("HSET");
-                init.arg(self.keys.pool(fresh))
-                    .arg("name")
-                    .arg(name)
-                    .arg("shards")
-                    .arg(shards);
-                for (k, v) in fields {
-                    init.arg(*k).arg(v);
+        // A pool deleted between finding its id and writing to it is made anew.
+        for _ in 0..3 {
+            let (id, created) = match self.pool_id(name).await? {
+                Some(id) => {
+                    if self.pool_set(id, "*", fields).await? == PoolSet::Gone {
+                        continue;
+                    }
+                    (id, false)
                 }
-                let _: i64 = init.query_async(&mut self.c()).await?;
-                let won: bool = redis::cmd("HSETNX")
-                    .arg(self.keys.pools())
-                    .arg(name)
-                    .arg(fresh)
-                    .query_async(&mut self.c())
-                    .await?;
-                if won {
-                    created = true;
-                    fresh
-                } else {
-                    let _: i64 = redis::cmd("DEL")
-                        .arg(self.keys.pool(fresh))
-                        .query_async(&mut self.c())
-                        .await?;
-                    self.pool_id(name)
-                        .await?
-                        .ok_or(StoreError::Corrupt("pool vanished while created"))?
-                }
+                None => self.pool_create(name, fields, shards).await?,
+            };
+            if let Some(row) = self.pool_by_id(id).await? {
+                return Ok((row, created));
             }
-        };
-        if !created {
-            let mut update = redis::cmd("HSET");
-            update.arg(self.keys.pool(id));
-            for (k, v) in fields {
-                update.arg(*k).arg(v);
-            }
-            let _: i64 = update.query_async(&mut self.c()).await?;
         }
-        let row = self
-            .pool_by_id(id)
+        Err(StoreError::Corrupt("pool vanished while written"))
+    }
+
+    /// A new pool, or the one a concurrent request created under the same name.
+    async fn pool_create(
+        &self,
+        name: &str,
+        fields: &[(&str, String)],
+        shards: u16,
+    ) -> Result<(u32, bool)> {
+        let fresh: u32 = redis::cmd("INCR")
+            .arg(self.keys.pool_seq())
+            .query_async(&mut self.c())
+            .await?;
+        // Write the policy before publishing the name, so a reader that finds the name
+        // always finds a whole pool.
+        let mut init = redis::cmd("HSET");
+        init.arg(self.keys.pool(fresh))
+            .arg("name")
+            .arg(name)
+            .arg("shards")
+            .arg(shards);
+        for (k, v) in fields {
+            init.arg(*k).arg(v);
+        }
+        let _: i64 = init.query_async(&mut self.c()).await?;
+        let won: bool = redis::cmd("HSETNX")
+            .arg(self.keys.pools())
+            .arg(name)
+            .arg(fresh)
+            .query_async(&mut self.c())
+            .await?;
+        if won {
+            return Ok((fresh, true));
+        }
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.keys.pool(fresh))
+            .query_async(&mut self.c())
+            .await?;
+        let id = self
+            .pool_id(name)
             .await?
-            .ok_or(StoreError::Corrupt("pool vanished after write"))?;
-        Ok((row, created))
+            .ok_or(StoreError::Corrupt("pool vanished while created"))?;
+        if self.pool_set(id, "*", fields).await? == PoolSet::Gone {
+            return Err(StoreError::Corrupt("pool vanished while created"));
+        }
+        Ok((id, false))
+    }
+
+    /// Writes policy fields of pool `id` if its version is still `version` (`*`: any).
+    pub async fn pool_set(
+        &self,
+        id: u32,
+        version: &str,
+        fields: &[(&str, String)],
+    ) -> Result<PoolSet> {
+        let mut call = self.scripts.pool_set.key(self.keys.pool(id));
+        call.arg("").arg(version);
+        for (k, v) in fields {
+            call.arg(*k).arg(v);
+        }
+        let r: i64 = call.invoke_async(&mut self.c()).await?;
+        Ok(match r {
+            1 => PoolSet::Written,
+            0 => PoolSet::Moved,
+            _ => PoolSet::Gone,
+        })
+    }
+
+    /// Empties one shard of a pool being deleted: `None` while one of its numbers holds a
+    /// session, else the numbers it held (their owner entries are deleted here too).
+    pub async fn pool_shard_delete(&self, shard: &ShardKeys) -> Result<Option<Vec<String>>> {
+        let reply: Value = self
+            .scripts
+            .pool_shard_delete
+            .key(shard.nums())
+            .key(shard.transitions())
+            .arg(shard.tag())
+            .invoke_async(&mut self.c())
+            .await?;
+        let mut items = strings(reply)?.into_iter();
+        if items.next().as_deref() != Some("1") {
+            return Ok(None);
+        }
+        let numbers: Vec<String> = items.collect();
+        // The owner entries live outside the shard's slot, so they go in a second step, one
+        // round trip for all.
+        if !numbers.is_empty() {
+            let mut del = redis::cmd("DEL");
+            for n in &numbers {
+                del.arg(self.keys.owner(n));
+            }
+            let _: i64 = del.query_async(&mut self.c()).await?;
+        }
+        Ok(Some(numbers))
+    }
+
+    /// How many events of a shard wait for delivery, and when the oldest of the first
+    /// `look_at` of them was created (`None` when none waits).
+    pub async fn events_pending(
+        &self,
+        shard: &ShardKeys,
+        look_at: usize,
+    ) -> Result<(i64, Option<i64>)> {
+        let (count, oldest): (i64, i64) = self
+            .scripts
+            .events_pending
+            .key(format!("{}q", shard.events_tag()))
+            .arg(shard.tag())
+            .arg(look_at)
+            .invoke_async(&mut self.c())
+            .await?;
+        Ok((count, (oldest >= 0).then_some(oldest)))
+    }
+
+    /// Removes a pool's name (if it still names pool `id`) and its policy hash.
+    pub async fn pool_forget(&self, id: u32, name: &str) -> Result<()> {
+        if self.pool_id(name).await? == Some(id) {
+            let _: i64 = redis::cmd("HDEL")
+                .arg(self.keys.pools())
+                .arg(name)
+                .query_async(&mut self.c())
+                .await?;
+        }
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.keys.pool(id))
+            .query_async(&mut self.c())
+            .await?;
+        Ok(())
     }
 
     /// Sets a pool field only if it has no value yet.
@@ -527,13 +635,23 @@ impl Store {
             .ok_or(StoreError::Corrupt("number owner vanished"))
     }
 
+    /// Forgets which shard a number belongs to (its pool is gone).
+    pub async fn number_disown(&self, number: &str) -> Result<()> {
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.keys.owner(number))
+            .query_async(&mut self.c())
+            .await?;
+        Ok(())
+    }
+
+    /// `Some(true)` added, `Some(false)` already in the shard, `None` its pool was deleted.
     pub async fn number_add(
         &self,
         shard: &ShardKeys,
         number: &str,
         caps: &str,
         geos: &str,
-    ) -> Result<bool> {
+    ) -> Result<Option<bool>> {
         let added: i64 = self
             .scripts
             .number_add
@@ -544,7 +662,7 @@ impl Store {
             .arg(geos)
             .invoke_async(&mut self.c())
             .await?;
-        Ok(added == 1)
+        Ok((added >= 0).then_some(added == 1))
     }
 
     pub async fn number_set_state(
@@ -1224,6 +1342,9 @@ mod tests {
             include_str!("lua/outbox_put.lua"),
             include_str!("lua/outbox_claim.lua"),
             include_str!("lua/outbox_settle.lua"),
+            include_str!("lua/pool_set.lua"),
+            include_str!("lua/pool_shard_delete.lua"),
+            include_str!("lua/events_pending.lua"),
         ] {
             for (i, _) in body.match_indices("redis.call(") {
                 let call = &body[i..body[i..].find(')').map(|e| i + e).unwrap_or(body.len())];

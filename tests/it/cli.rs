@@ -26,6 +26,28 @@ async fn serve_refuses_to_start_without_keys() {
     );
 }
 
+/// `hush serve` (the real binary, logging at `debug`) on `config` with extra environment
+/// (an empty value removes the variable), once it answers: the process and its base URL.
+async fn serve_binary(config: &hush::config::Config, env: &[(&str, &str)]) -> (Proc, String) {
+    let port = free_port();
+    let mut cmd = hush_command();
+    with_config(&mut cmd, config);
+    cmd.arg("serve")
+        .env("HUSH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HUSH_LOG", "debug");
+    for (k, v) in env {
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
+    }
+    let mut server = Proc::spawn(cmd);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthz(&base, &mut server).await;
+    (server, base)
+}
+
 #[test]
 fn gen_secrets_prints_two_fresh_keys() {
     let run = || {
@@ -135,16 +157,7 @@ async fn serve_logs_json_without_participant_numbers() {
     .to_string();
     run_cli(&config, &["pools", "put", "served", "--cooloff-secs", "0"]);
 
-    let port = free_port();
-    let mut cmd = hush_command();
-    with_config(&mut cmd, &config);
-    cmd.arg("serve")
-        .env("HUSH_LISTEN", format!("127.0.0.1:{port}"))
-        .env("HUSH_LOG", "debug")
-        .env("HUSH_LOG_FORMAT", "json");
-    let mut server = Proc::spawn(cmd);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_healthz(&base, &mut server).await;
+    let (mut server, base) = serve_binary(&config, &[("HUSH_LOG_FORMAT", "json")]).await;
 
     let people: Vec<String> = (0..3).map(|i| participant(250 + i)).collect();
     let go = |method: Method, path: String, body: Option<Value>| {
@@ -231,4 +244,149 @@ async fn serve_logs_json_without_participant_numbers() {
             );
         }
     }
+}
+
+/// Runs the `hush` CLI with `config`: (success, stdout, stderr).
+fn cli_full(config: &hush::config::Config, args: &[&str]) -> (bool, String, String) {
+    let out = cli_output(config, args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn pools_put_says_whether_it_merges_or_replaces() {
+    let app = TestApp::start().await;
+    app.put_pool(
+        "said",
+        json!({ "default_ttl_secs": 600, "callback_url": "https://app.example.com/hooks" }),
+    )
+    .await
+    .expect(201);
+
+    let (ok, _, err) = cli_full(
+        &app.config,
+        &["pools", "put", "said", "--cooloff-secs", "0"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("kept the others"),
+        "a merge should say so: {err}"
+    );
+    let pool = app.get("/v1/pools/said").await.expect(200);
+    assert_eq!(pool["cooloff_secs"], 0);
+    assert_eq!(pool["default_ttl_secs"], 600, "{pool}");
+    assert_eq!(pool["callback_url"], "https://app.example.com/hooks");
+
+    let (ok, _, err) = cli_full(
+        &app.config,
+        &["pools", "put", "said", "--replace", "--geo-match", "any"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("back to their defaults"),
+        "a replacement should say so: {err}"
+    );
+    let pool = app.get("/v1/pools/said").await.expect(200);
+    assert_eq!(pool["geo_match"], "any");
+    assert_eq!(pool["default_ttl_secs"], 3600, "{pool}");
+    assert_eq!(pool["cooloff_secs"], 3600, "{pool}");
+    assert_eq!(pool["callback_url"], Value::Null, "{pool}");
+
+    // The CLI refuses a bad value in the words of its own option.
+    let (ok, _, err) = cli_full(
+        &app.config,
+        &["pools", "put", "said", "--cooloff-secs", "999999999"],
+    );
+    assert!(!ok);
+    assert!(err.contains("--cooloff-secs must be"), "{err}");
+}
+
+#[tokio::test]
+async fn pools_delete_removes_an_idle_pool_and_refuses_a_busy_one() {
+    let app = TestApp::start().await;
+    app.pool("busy", json!({ "cooloff_secs": 0 }), &[proxy(0)])
+        .await;
+    let s = app
+        .open_session("busy", &participant(0), &participant(1), None)
+        .await;
+    let (ok, _, err) = cli_full(&app.config, &["pools", "delete", "busy"]);
+    assert!(!ok, "a pool with an open session was deleted");
+    assert!(err.contains("carrying sessions"), "{err}");
+    app.close_session(s["id"].as_str().unwrap())
+        .await
+        .expect(200);
+    let out = app.cli(&["pools", "delete", "busy"]);
+    assert!(out.contains("deleted pool `busy`"), "{out}");
+    app.get("/v1/pools/busy")
+        .await
+        .expect_problem(404, "pool_not_found");
+}
+
+/// Every ops command says on stderr which Redis (never its password) and prefix it works on.
+#[tokio::test]
+async fn ops_commands_name_their_redis_and_prefix() {
+    let app = TestApp::start().await;
+    let (ok, out, err) = cli_full(&app.config, &["pools", "list"]);
+    assert!(ok, "{err}");
+    let addr = app
+        .redis_url
+        .strip_prefix("redis://")
+        .unwrap()
+        .trim_end_matches('/');
+    assert!(
+        err.contains(addr) && err.contains(&format!("`{}`", app.prefix)),
+        "stderr should name {addr} and prefix {}: {err}",
+        app.prefix
+    );
+    assert!(
+        !out.contains(addr),
+        "the Redis line belongs on stderr: {out}"
+    );
+
+    // A password in the URL is never printed, even when the command then fails.
+    let mut config = app.config.clone();
+    config.redis_url = format!("redis://user:s3cr3t-pw@{addr}");
+    let (_, out, err) = cli_full(&config, &["keys", "list"]);
+    assert!(err.contains(addr), "{err}");
+    assert!(
+        !err.contains("s3cr3t-pw") && !out.contains("s3cr3t-pw"),
+        "{err}"
+    );
+}
+
+/// With no Redis configured, the CLI says how to point it at one instead of trying the
+/// default address (which may be someone else's Redis).
+#[test]
+fn ops_commands_without_a_redis_say_how_to_configure_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = hush_command()
+        .args(["pools", "list"])
+        .current_dir(dir.path())
+        .output()
+        .expect("running the hush binary");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HUSH_REDIS_URL") && err.contains(". ./.hush/env"),
+        "the refusal should say how to configure Redis: {err}"
+    );
+}
+
+/// Logs written to a pipe or a file carry no colour codes.
+#[tokio::test]
+async fn serve_logs_without_colour_codes_when_not_on_a_terminal() {
+    let config = fresh_config(&shared_redis().url());
+    let (mut server, _) = serve_binary(&config, &[("NO_COLOR", "")]).await;
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "serve exited with {status}");
+    let out = server.output();
+    assert!(out.contains("hush listening"), "{out}");
+    assert!(
+        !out.contains('\u{1b}'),
+        "log lines on a pipe carry escape codes: {out:?}"
+    );
 }

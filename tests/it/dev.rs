@@ -158,3 +158,86 @@ async fn hush_dev_keeps_its_data_across_a_restart() {
     assert_eq!(r["to"], a.as_str(), "{r}");
     interrupt(&mut dev).await;
 }
+
+/// The `HUSH_REDIS_URL` that `./.hush/env` holds.
+fn env_redis_url(dir: &Path) -> String {
+    let env = std::fs::read_to_string(dir.join(".hush/env")).expect("./.hush/env");
+    env.lines()
+        .find_map(|l| {
+            l.trim_start_matches("export ")
+                .strip_prefix("HUSH_REDIS_URL=")
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no HUSH_REDIS_URL in ./.hush/env: {env}"))
+}
+
+/// The CLI as a user runs it beside `hush dev`: `. ./.hush/env`, then `hush ...`.
+fn cli_after_sourcing_env(dir: &Path, args: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new("sh");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HUSH_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("-c")
+        .arg(format!(". ./.hush/env && exec \"$HUSH_BIN\" {args}"))
+        .env("HUSH_BIN", env!("CARGO_BIN_EXE_hush"))
+        .current_dir(dir)
+        .output()
+        .expect("running sh")
+}
+
+#[tokio::test]
+async fn hush_dev_keeps_its_redis_port_and_the_cli_reaches_it_after_sourcing_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dev, base, key) = start_dev(dir.path()).await;
+    let url = env_redis_url(dir.path());
+
+    let out = cli_after_sourcing_env(dir.path(), "pools list");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("demo"), "{stdout}");
+    let addr = url.strip_prefix("redis://").unwrap();
+    assert!(
+        stderr.contains(addr),
+        "the CLI should name {addr}: {stderr}"
+    );
+
+    // Local development: the app's callback URL is plain http on this machine.
+    let pool = call_at(
+        &base,
+        Method::PATCH,
+        "/v1/pools/demo",
+        &key,
+        Some(&json!({ "callback_url": "http://127.0.0.1:9/hooks" })),
+    )
+    .await
+    .expect(200);
+    assert_eq!(pool["callback_url"], "http://127.0.0.1:9/hooks");
+    interrupt(&mut dev).await;
+
+    let (mut dev, _, _) = start_dev(dir.path()).await;
+    assert_eq!(
+        env_redis_url(dir.path()),
+        url,
+        "hush dev moved its Redis to another port"
+    );
+    interrupt(&mut dev).await;
+
+    // Someone else took the port meanwhile: a new one, and hush dev says so.
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("binding the old port");
+    let (mut dev, _, _) = start_dev(dir.path()).await;
+    let moved = env_redis_url(dir.path());
+    assert_ne!(moved, url);
+    let said = dev.output();
+    assert!(
+        said.contains(&format!("port {port} is taken")) && said.contains(". ./.hush/env"),
+        "hush dev should say its Redis moved: {said}"
+    );
+    interrupt(&mut dev).await;
+    drop(squatter);
+}

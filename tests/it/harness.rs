@@ -937,15 +937,19 @@ pub fn with_config(cmd: &mut Command, config: &Config) {
         .env("HUSH_DATA_KEYS", data.join(","));
 }
 
-/// Runs the `hush` CLI with `config`; returns stdout, and fails the test when it fails.
-pub fn run_cli(config: &Config, args: &[&str]) -> String {
+/// Runs the `hush` CLI with `config`, whatever comes of it.
+pub fn cli_output(config: &Config, args: &[&str]) -> std::process::Output {
     let mut cmd = hush_command();
     with_config(&mut cmd, config);
-    let out = cmd
-        .args(args)
+    cmd.args(args)
         .env("HUSH_LOG", "warn")
         .output()
-        .expect("running the hush binary");
+        .expect("running the hush binary")
+}
+
+/// Runs the `hush` CLI with `config`; returns stdout, and fails the test when it fails.
+pub fn run_cli(config: &Config, args: &[&str]) -> String {
+    let out = cli_output(config, args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

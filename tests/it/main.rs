@@ -30,4 +30,5 @@ mod sessions;
 mod slow_clients;
 mod ssrf;
 mod tenancy;
+mod times;
 mod ttl;

@@ -54,6 +54,8 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/v1/pools"),
     ("GET", "/v1/pools/{name}"),
     ("PUT", "/v1/pools/{name}"),
+    ("PATCH", "/v1/pools/{name}"),
+    ("DELETE", "/v1/pools/{name}"),
     ("GET", "/v1/pools/{name}/numbers"),
     ("POST", "/v1/pools/{name}/numbers"),
     ("PATCH", "/v1/pools/{name}/numbers/{number}"),

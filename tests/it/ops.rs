@@ -1,5 +1,7 @@
 //! Operations endpoints: health, readiness and the Prometheus metrics the contract names.
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::json;
 
@@ -160,4 +162,113 @@ async fn readiness_answers_within_its_timeout_while_redis_is_frozen() {
         || async { (app.get("/readyz").await.status == 200).then_some(()) },
     )
     .await;
+}
+
+/// Event delivery, the event queue, and refused webhook signatures show in the metrics, with
+/// labels from fixed sets.
+#[tokio::test]
+async fn metrics_follow_event_delivery_and_signature_failures() {
+    use crate::receiver::Receiver;
+    use hush::config::Secret;
+
+    let app = TestApp::start_with(|c| {
+        c.callback_allow_private = true;
+        c.event_retry_schedule_ms = vec![60_000];
+        c.public_url = Some("https://hush.example.test".into());
+        c.providers.twilio_auth_token = Some(Secret::new("token".into()));
+    })
+    .await;
+    let count =
+        |m: &str, name: &str, labels: &[(&str, &str)]| sample(m, name, labels).unwrap_or(0.0);
+    let before = app.get("/metrics").await.text;
+
+    // A webhook with a wrong signature is refused and counted for its provider.
+    let r = app
+        .client
+        .post(app.url("/hooks/twilio/voice"))
+        .header("X-Twilio-Signature", "bm90IGEgc2lnbmF0dXJl")
+        .form(&[
+            ("From", participant(0)),
+            ("To", proxy(0)),
+            ("CallSid", "CA1".into()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+
+    // One event delivered, one waiting for its retry after a refusal by the app.
+    let receiver = Receiver::start().await;
+    app.pool(
+        "evmetered",
+        json!({ "cooloff_secs": 0, "callback_url": receiver.url("/events") }),
+        &proxies(2),
+    )
+    .await;
+    app.open_session("evmetered", &participant(0), &participant(1), None)
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "the first event delivered",
+        || async { (!receiver.deliveries().is_empty()).then_some(()) },
+    )
+    .await;
+    receiver.fail_next(1, 500);
+    app.open_session("evmetered", &participant(2), &participant(3), None)
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "the second event refused",
+        || async { (receiver.deliveries().len() >= 2).then_some(()) },
+    )
+    .await;
+
+    let m = eventually(Duration::from_secs(20), "attempts counted", || async {
+        let m = app.get("/metrics").await.text;
+        let failed = count(
+            &m,
+            "hush_event_delivery_attempts_total",
+            &[("outcome", "failed")],
+        );
+        (failed
+            > count(
+                &before,
+                "hush_event_delivery_attempts_total",
+                &[("outcome", "failed")],
+            ))
+        .then_some(m)
+    })
+    .await;
+    let delivered = ("outcome", "delivered");
+    assert!(
+        count(&m, "hush_event_delivery_attempts_total", &[delivered])
+            > count(&before, "hush_event_delivery_attempts_total", &[delivered]),
+        "{m}"
+    );
+    let twilio = [("provider", "twilio")];
+    assert!(
+        count(&m, "hush_webhook_signature_failures_total", &twilio)
+            > count(&before, "hush_webhook_signature_failures_total", &twilio),
+        "{m}"
+    );
+    // The queue gauges cover this app's prefix, refreshed by this scrape; other tests'
+    // scrapes may set them in between, so the page is fetched until it shows ours.
+    eventually(
+        Duration::from_secs(20),
+        "a pending event in the gauges",
+        || async {
+            let m = app.get("/metrics").await.text;
+            let pending = sample(&m, "hush_events_pending", &[])?;
+            let age = sample(&m, "hush_event_oldest_pending_seconds", &[])?;
+            (pending >= 1.0 && age > 0.0).then_some(())
+        },
+    )
+    .await;
+    // Label values come from fixed sets: no pool name, number or URL.
+    for line in m.lines().filter(|l| {
+        l.starts_with("hush_event_delivery_attempts_total")
+            || l.starts_with("hush_webhook_signature_failures_total")
+    }) {
+        assert!(!line.contains("evmetered") && !line.contains('+'), "{line}");
+    }
 }

@@ -3,21 +3,26 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use reqwest::Method;
+use serde_json::{Value, json};
 
 use crate::harness::*;
+
+/// A policy with every basic setting away from its default.
+fn ride_policy() -> Value {
+    json!({
+        "default_ttl_secs": 600,
+        "cooloff_secs": 120,
+        "geo_match": "area_code",
+        "out_of_session_message": "This ride has ended.",
+    })
+}
 
 #[tokio::test]
 async fn put_pool_creates_then_updates() {
     let app = TestApp::start().await;
 
-    let body = json!({
-        "default_ttl_secs": 600,
-        "cooloff_secs": 120,
-        "geo_match": "area_code",
-        "out_of_session_message": "This ride has ended.",
-    });
-    let r = app.put_pool("rides", body).await;
+    let r = app.put_pool("rides", ride_policy()).await;
     let created = r.expect(201);
     assert_eq!(created["name"], "rides");
     assert_eq!(created["default_ttl_secs"], 600);
@@ -313,4 +318,273 @@ async fn pool_counts_open_sessions() {
         .expect(200);
     let shown = app.get("/v1/pools/count").await.expect(200);
     assert_eq!(shown["open_sessions"], 2);
+}
+
+#[tokio::test]
+async fn patch_changes_only_the_settings_given() {
+    let app = TestApp::start().await;
+    app.put_pool("merge", ride_policy()).await.expect(201);
+
+    let patched = app
+        .patch(
+            "/v1/pools/merge",
+            &json!({ "callback_url": "https://app.example.com/hooks" }),
+        )
+        .await
+        .expect(200);
+    assert_eq!(patched["callback_url"], "https://app.example.com/hooks");
+    assert_eq!(patched["default_ttl_secs"], 600, "{patched}");
+    assert_eq!(patched["cooloff_secs"], 120, "{patched}");
+    assert_eq!(patched["geo_match"], "area_code", "{patched}");
+    assert_eq!(patched["out_of_session_message"], "This ride has ended.");
+
+    // `null` puts a setting back to its default; the others stay.
+    let reset = app
+        .patch("/v1/pools/merge", &json!({ "cooloff_secs": null }))
+        .await
+        .expect(200);
+    assert_eq!(reset["cooloff_secs"], 3600, "{reset}");
+    assert_eq!(reset["default_ttl_secs"], 600, "{reset}");
+    assert_eq!(reset["callback_url"], "https://app.example.com/hooks");
+
+    // The merged policy is checked whole, and a refused patch changes nothing.
+    app.patch(
+        "/v1/pools/merge",
+        &json!({ "default_ttl_secs": 5, "geo_match": "any" }),
+    )
+    .await
+    .expect_problem(422, "validation_failed");
+    app.patch("/v1/pools/merge", &json!({ "bogus": 1 }))
+        .await
+        .expect_problem(422, "validation_failed");
+    let shown = app.get("/v1/pools/merge").await.expect(200);
+    assert_eq!(shown["geo_match"], "area_code", "{shown}");
+    assert_eq!(shown["default_ttl_secs"], 600, "{shown}");
+
+    app.patch("/v1/pools/nope", &json!({ "cooloff_secs": 0 }))
+        .await
+        .expect_problem(404, "pool_not_found");
+
+    // PUT stays a full replacement: what it leaves out takes its default.
+    let replaced = app
+        .put_pool("merge", json!({ "cooloff_secs": 60 }))
+        .await
+        .expect(200);
+    assert_eq!(replaced["cooloff_secs"], 60);
+    assert_eq!(replaced["default_ttl_secs"], 3600, "{replaced}");
+    assert_eq!(replaced["geo_match"], "country", "{replaced}");
+    assert_eq!(
+        replaced["callback_url"],
+        serde_json::Value::Null,
+        "{replaced}"
+    );
+}
+
+/// Many PATCHes of different settings at once: each one lands, none undoes another.
+#[tokio::test]
+async fn concurrent_patches_lose_no_update() {
+    let app = TestApp::start().await;
+    app.put_pool("race", json!({})).await.expect(201);
+    for round in 0..4u32 {
+        let patches = [
+            json!({ "default_ttl_secs": 600 + round }),
+            json!({ "cooloff_secs": 10 + round }),
+            json!({ "out_of_session_message": format!("round {round}") }),
+            json!({ "intercept_timeout_ms": 100 + round }),
+            json!({ "low_threshold_pct": 10 + round }),
+            json!({ "callback_include_numbers": round % 2 == 0 }),
+            json!({ "geo_match": if round % 2 == 0 { "any" } else { "area_code" } }),
+            json!({ "intercept_fallback": if round % 2 == 0 { "block" } else { "allow" } }),
+        ];
+        let sent = patches
+            .iter()
+            .map(|p| (Method::PATCH, "/v1/pools/race".to_string(), Some(p.clone())))
+            .collect();
+        for r in all_at_once(&app, sent).await {
+            r.expect(200);
+        }
+        let shown = app.get("/v1/pools/race").await.expect(200);
+        for p in &patches {
+            let (field, value) = p.as_object().unwrap().iter().next().unwrap();
+            assert_eq!(&shown[field], value, "round {round}: {field} lost: {shown}");
+        }
+    }
+}
+
+/// Sends every request at once (each `(method, path, body)`), answers in the same order.
+async fn all_at_once(app: &TestApp, requests: Vec<(Method, String, Option<Value>)>) -> Vec<Resp> {
+    staggered(app, requests, Duration::ZERO).await
+}
+
+/// Sends the first request, and the others `lag` later, all at once; answers in order.
+async fn staggered(
+    app: &TestApp,
+    requests: Vec<(Method, String, Option<Value>)>,
+    lag: Duration,
+) -> Vec<Resp> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (method, path, body)) in requests.into_iter().enumerate() {
+        let (base, key) = (app.base_url.clone(), app.admin_key.clone());
+        tasks.spawn(async move {
+            if i > 0 {
+                tokio::time::sleep(lag).await;
+            }
+            (i, call_at(&base, method, &path, &key, body.as_ref()).await)
+        });
+    }
+    let mut out: Vec<(usize, Resp)> = tasks.join_all().await;
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+#[tokio::test]
+async fn an_http_callback_url_is_refused_naming_the_setting_that_allows_it() {
+    let app = TestApp::start().await;
+    app.put_pool("plainhttp", json!({})).await.expect(201);
+    for url in ["http://app.example.com/hooks", "https://127.0.0.1/hooks"] {
+        let r = app
+            .patch("/v1/pools/plainhttp", &json!({ "callback_url": url }))
+            .await;
+        let problem = r.expect_problem(422, "validation_failed");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("HUSH_CALLBACK_ALLOW_PRIVATE"),
+            "{url}: {problem}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_pool_waits_for_its_sessions_then_removes_everything() {
+    let app = TestApp::start().await;
+    app.delete("/v1/pools/ghost")
+        .await
+        .expect_problem(404, "pool_not_found");
+
+    app.pool("gone", json!({ "cooloff_secs": 1 }), &[proxy(0), proxy(1)])
+        .await;
+    let id: u32 = {
+        let mut con = app.redis().await;
+        redis::cmd("HGET")
+            .arg(format!("{}:pools", app.prefix))
+            .arg("gone")
+            .query_async(&mut con)
+            .await
+            .unwrap()
+    };
+    let s = app
+        .open_session("gone", &participant(0), &participant(1), None)
+        .await;
+    app.delete("/v1/pools/gone")
+        .await
+        .expect_problem(409, "pool_in_use");
+    app.close_session(s["id"].as_str().unwrap())
+        .await
+        .expect(200);
+    // Cooling off still holds the number.
+    app.delete("/v1/pools/gone")
+        .await
+        .expect_problem(409, "pool_in_use");
+    let mut freed = false;
+    for _ in 0..100 {
+        let r = app.delete("/v1/pools/gone").await;
+        if r.status == 204 {
+            freed = true;
+            break;
+        }
+        r.expect_problem(409, "pool_in_use");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "the pool could not be deleted after its cool-off");
+
+    app.get("/v1/pools/gone")
+        .await
+        .expect_problem(404, "pool_not_found");
+    let names: Vec<String> = app.get("/v1/pools").await.expect(200)["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!names.contains(&"gone".to_string()), "{names:?}");
+    // Settings and secrets are gone. Of the shard only keys that expire by themselves are
+    // left: the tombstone that keeps late additions out, and who-shared-with-whom records.
+    assert!(app.scan_keys(&format!("pool:{id}")).await.is_empty());
+    let left = app.scan_keys(&format!("{{p{id}.*")).await;
+    let mut con = app.redis().await;
+    for key in &left {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} of the deleted pool never expires");
+        let tail = key.rsplit(':').next().unwrap();
+        assert!(
+            key.ends_with(":nums") || key.contains(":k:"),
+            "{key} ({tail}) was left of the deleted pool"
+        );
+    }
+    // Its numbers are free to join another pool, and the name starts afresh.
+    app.put_pool("next", json!({})).await.expect(201);
+    let added = app
+        .add_numbers("next", &[proxy(0), proxy(1)])
+        .await
+        .expect(200);
+    assert_eq!(added["added"], json!([proxy(0), proxy(1)]), "{added}");
+    let again = app.put_pool("gone", json!({})).await.expect(201);
+    assert_eq!(again["numbers"]["total"], 0, "{again}");
+    assert_eq!(again["cooloff_secs"], 3600, "{again}");
+}
+
+/// A session created while its pool is deleted either lands first (and the deletion is
+/// refused) or finds nothing: never a session in a deleted pool.
+#[tokio::test]
+async fn sessions_created_during_a_deletion_never_land_in_a_deleted_pool() {
+    let app = TestApp::start().await;
+    for round in 0..10usize {
+        let name = format!("doomed{round}");
+        let numbers: Vec<String> = (0..3).map(|i| proxy(3 * round + i)).collect();
+        app.pool(&name, json!({ "cooloff_secs": 0 }), &numbers)
+            .await;
+        let path = format!("/v1/pools/{name}");
+        let mut requests = vec![(Method::DELETE, path.clone(), None)];
+        for i in 0..4 {
+            let (a, b) = (
+                participant(10 * round + 2 * i),
+                participant(10 * round + 2 * i + 1),
+            );
+            let body = json!({ "pool": name, "participants": [{ "number": a }, { "number": b }] });
+            requests.push((Method::POST, "/v1/sessions".to_string(), Some(body)));
+        }
+        // Varying how far the creates trail the deletion lets either win some rounds.
+        let lag = Duration::from_micros(1500 * round as u64);
+        let mut answers = staggered(&app, requests, lag).await;
+        let created = answers.split_off(1);
+        let deleted = answers.pop().unwrap();
+        let landed: Vec<&Resp> = created.iter().filter(|r| r.status == 201).collect();
+        for r in &created {
+            assert!(
+                [201, 404, 409].contains(&r.status),
+                "round {round}: create answered {} {}",
+                r.status,
+                r.text
+            );
+        }
+        if deleted.status == 204 {
+            assert!(
+                landed.is_empty(),
+                "round {round}: sessions created in a deleted pool: {:?}",
+                landed.iter().map(|r| &r.text).collect::<Vec<_>>()
+            );
+            app.get(&path).await.expect_problem(404, "pool_not_found");
+        } else {
+            deleted.expect_problem(409, "pool_in_use");
+            assert!(!landed.is_empty(), "round {round}: refused with no session");
+            let shown = app.get(&path).await.expect(200);
+            assert_eq!(shown["numbers"]["total"], 3, "round {round}: {shown}");
+        }
+    }
 }

@@ -883,3 +883,45 @@ async fn a_retried_call_hears_the_block_message_it_heard_first() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn texts_sent_through_the_api_are_counted_by_provider_and_outcome() {
+    let api = FakeTelnyx::start().await;
+    let mut config = fresh_config(&shared_redis().url());
+    config.providers.telnyx_api_key = Some(Secret::new(API_KEY.into()));
+    config.providers.telnyx_api_base = api.base.clone();
+    let broker = broker_at(&config, 0);
+    let sent = || {
+        hush::telemetry::METRICS
+            .outbound_texts
+            .with_label_values(&["telnyx", "sent"])
+            .get()
+    };
+    let before = sent();
+    outbound::enqueue(
+        &broker,
+        OutboundSms {
+            via: Via::Telnyx,
+            from: hush::domain::E164::parse(&proxy(0)).unwrap(),
+            to: hush::domain::E164::parse(&participant(21)).unwrap(),
+            text: "counted".into(),
+            media: vec![],
+            key: "telnyx:counted".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let http = http_client();
+    assert_eq!(
+        outbound::deliver_once(&broker, &http, &config.providers)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(sent() > before, "a sent text was not counted");
+    let page = hush::telemetry::render();
+    assert!(
+        page.contains("hush_outbound_texts_total{outcome=\"sent\",provider=\"telnyx\"}"),
+        "{page}"
+    );
+}

@@ -233,8 +233,10 @@ async fn another_pool_and_its_numbers_are_not_found() {
     let app = &t.app;
     // `admin` opens every endpoint, so only the pool limit stands in the way.
     let rides = limited_key(app, &["admin"], &["rides"]).await;
-    let ops: [(Method, &str, Option<Value>); 7] = [
+    let ops: [(Method, &str, Option<Value>); 9] = [
         (Method::GET, "", None),
+        (Method::PATCH, "", Some(json!({ "cooloff_secs": 0 }))),
+        (Method::DELETE, "", None),
         (Method::GET, "/numbers", None),
         (
             Method::POST,

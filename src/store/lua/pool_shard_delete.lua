@@ -1,0 +1,31 @@
+-- KEYS: 1 nums, 2 x. ARGV: 1 tag.
+-- Empties one shard of a pool being deleted, unless one of its numbers still holds a session
+-- (open or cooling off): checking and emptying in one step means no session can be created
+-- between them. The shard's numbers, load indexes, transitions and events go; `nums` stays
+-- for a day as a tombstone (`#deleted`) so a number added by a request already under way
+-- does not bring the shard back.
+-- Returns {0} when a number holds a session, else {1, number, ...} (the numbers removed,
+-- whose owner entries the caller deletes).
+local nums, x = KEYS[1], KEYS[2]
+local all = redis.call('HGETALL', nums)
+local numbers = {}
+for i = 1, #all, 2 do
+  local field = all[i]
+  if string.sub(field, -2) == ':h' and tonumber(all[i + 1]) > 0 then return { 0 } end
+  if string.sub(field, 1, 1) == '+' and not string.find(field, ':', 1, true) then
+    table.insert(numbers, field)
+  end
+end
+for _, number in ipairs(numbers) do
+  for _, k in ipairs(load_keys(parse_meta(redis.call('HGET', nums, number)))) do
+    redis.call('DEL', k)
+  end
+end
+for _, id in ipairs(redis.call('ZRANGE', EV .. 'all', 0, -1)) do
+  redis.call('DEL', EV .. 'm:' .. id)
+end
+redis.call('DEL', EV .. 'q', EV .. 'all', x, nums)
+redis.call('HSET', nums, '#deleted', 1)
+redis.call('PEXPIRE', nums, 86400000)
+table.insert(numbers, 1, 1)
+return numbers
