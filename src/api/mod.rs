@@ -4,6 +4,7 @@
 
 mod error;
 mod events;
+mod extract;
 mod ops;
 mod pools;
 mod sessions;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use super::extract::{Path, Query, State, pool_param};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -229,13 +229,7 @@ pub async fn list(
         None => raw,
     };
     let participant = number("participant", &raw)?;
-    let pool = match q.pool {
-        None => None,
-        Some(p) => Some(
-            PoolName::parse(&p)
-                .ok_or_else(|| ApiError::Broker(BrokerError::PoolNotFound(super::scrub(&p))))?,
-        ),
-    };
+    let pool = pool_param(q.pool)?;
     let sessions = s.broker.sessions_of(&participant, pool.as_ref()).await?;
     Ok(ok(serde_json::json!({ "sessions": sessions })))
 }
