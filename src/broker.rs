@@ -15,8 +15,7 @@ use crate::domain::{
 };
 use crate::store::{
     CreateArgs, Created, EndEvents, EndOp, Ended, EventDraft, IdemBegin, IdemMark, Lease, PoolRow,
-    PoolSet,
-    RouteRow, ShardKeys, Store, StoreError,
+    PoolSet, RouteRow, ShardKeys, Store, StoreError,
 };
 use crate::telemetry::METRICS;
 

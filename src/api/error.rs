@@ -19,6 +19,12 @@ pub enum ApiError {
     NotFound(&'static str, String),
     MethodNotAllowed,
     Broker(BrokerError),
+    /// A query string that does not decode into the parameters' types.
+    InvalidQuery(String),
+    /// A path segment that does not decode (not UTF-8 once percent-decoded).
+    InvalidPath(String),
+    /// Our own bug, logged with this context; the client sees a generic 500.
+    Internal(String),
 }
 
 impl From<BrokerError> for ApiError {
@@ -109,6 +115,19 @@ impl ApiError {
                 "Method not allowed",
                 "this path does not take that method".into(),
             ),
+            ApiError::InvalidQuery(d) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "Invalid query string",
+                scrub(d),
+            ),
+            ApiError::InvalidPath(d) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "Invalid path",
+                scrub(d),
+            ),
+            ApiError::Internal(_) => internal(),
             ApiError::Broker(e) => match e {
                 B::InvalidNumber { field, reason } => (
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -188,15 +207,19 @@ impl ApiError {
                     "Store unavailable",
                     "the session store cannot be reached; retry shortly".into(),
                 ),
-                B::Store(_) | B::Crypto(_) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "Internal error",
-                    "an internal error occurred; it has been logged".into(),
-                ),
+                B::Store(_) | B::Crypto(_) => internal(),
             },
         }
     }
+}
+
+fn internal() -> (StatusCode, &'static str, &'static str, String) {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "Internal error",
+        "an internal error occurred; it has been logged".into(),
+    )
 }
 
 pub fn problem(status: StatusCode, code: &str, title: &str, detail: String) -> Response {
@@ -222,6 +245,9 @@ pub fn problem(status: StatusCode, code: &str, title: &str, detail: String) -> R
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, title, detail) = self.parts();
+        if let ApiError::Internal(context) = &self {
+            tracing::error!(error = %scrub(context), "internal error");
+        }
         if let ApiError::Broker(e) = &self {
             match e {
                 BrokerError::Store(StoreError::Unavailable(_)) => {

@@ -1,13 +1,12 @@
 //! Events as the app's operators see them (scope `pools`): what was sent, what failed, and
 //! sending again.
 
-use axum::extract::{Path, Query, State};
+use super::extract::{Path, Query, State, pool_param};
 use axum::response::Response;
 use serde::Deserialize;
 
 use super::{ApiError, AppState, Auth, ok};
-use crate::broker::{BrokerError, Scope};
-use crate::domain::PoolName;
+use crate::broker::Scope;
 
 const LIST_MAX: usize = 500;
 
@@ -24,13 +23,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Pools)?;
-    let pool = match q.pool {
-        None => None,
-        Some(p) => Some(
-            PoolName::parse(&p)
-                .ok_or_else(|| ApiError::Broker(BrokerError::PoolNotFound(super::scrub(&p))))?,
-        ),
-    };
+    let pool = pool_param(q.pool)?;
     if let Some(st) = q.status.as_deref()
         && !matches!(st, "pending" | "delivered" | "failed")
     {
@@ -38,7 +31,12 @@ pub async fn list(
             "status must be pending, delivered or failed".into(),
         ));
     }
-    let limit = q.limit.unwrap_or(100).clamp(1, LIST_MAX);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=LIST_MAX).contains(&limit) {
+        return Err(ApiError::Validation(format!(
+            "limit must be between 1 and {LIST_MAX}"
+        )));
+    }
     let events = s
         .broker
         .list_events(pool.as_ref(), q.status.as_deref(), limit, auth.pools())

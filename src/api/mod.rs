@@ -5,6 +5,7 @@
 pub mod edge;
 mod error;
 mod events;
+mod extract;
 mod ops;
 mod pools;
 mod sessions;

@@ -1,6 +1,6 @@
 //! Pools and their numbers (scope `pools`).
 
-use axum::extract::{Path, State};
+use super::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;

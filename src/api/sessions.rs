@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use super::extract::{Path, Query, State, pool_param};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -225,13 +225,7 @@ pub async fn list(
         None => raw,
     };
     let participant = number("participant", &raw)?;
-    let pool = match q.pool {
-        None => None,
-        Some(p) => Some(
-            PoolName::parse(&p)
-                .ok_or_else(|| ApiError::Broker(BrokerError::PoolNotFound(super::scrub(&p))))?,
-        ),
-    };
+    let pool = pool_param(q.pool)?;
     let sessions = s
         .broker
         .sessions_of(&participant, pool.as_ref(), auth.pools())
@@ -300,7 +294,9 @@ pub async fn route(
     let from = E164::parse_syntax(&b.from).ok();
     // A key limited to some pools reaches only their numbers; any other answers as unknown.
     if !s.broker.number_visible(auth.pools(), &to).await? {
-        return Err(BrokerError::NumberNotFound(format!("{to} is not a number of any pool")).into());
+        return Err(
+            BrokerError::NumberNotFound(format!("{to} is not a number of any pool")).into(),
+        );
     }
     // The same path as a provider's webhook: intercept, interaction, events. A request
     // without a reference of its own is a new interaction each time.

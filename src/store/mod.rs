@@ -566,8 +566,12 @@ impl Store {
             .await?)
     }
 
-    /// Sets pool fields (secret rotation).
+    /// Sets pool fields (a policy update, a secret rotation).
     pub async fn pool_fields_set(&self, id: u32, fields: &[(&str, String)]) -> Result<()> {
+        // HSET without a field is a syntax error, and nothing to do.
+        if fields.is_empty() {
+            return Ok(());
+        }
         let mut cmd = redis::cmd("HSET");
         cmd.arg(self.keys.pool(id));
         for (k, v) in fields {
@@ -1031,6 +1035,9 @@ impl Store {
         shard: &ShardKeys,
         limit: usize,
     ) -> Result<Vec<(String, HashMap<String, String>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let tag = shard.events_tag();
         let ids: Vec<String> = redis::cmd("ZREVRANGE")
             .arg(format!("{tag}all"))
@@ -1038,6 +1045,11 @@ impl Store {
             .arg(limit.saturating_sub(1))
             .query_async(&mut self.c())
             .await?;
+        // Redis refuses an empty pipeline ("empty command"): a shard that never had an event
+        // has nothing to read.
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.cmd("HGETALL").arg(format!("{tag}m:{id}"));

@@ -470,3 +470,142 @@ async fn nothing_a_client_sends_gets_a_5xx() {
         }
     }
 }
+
+#[tokio::test]
+async fn events_listing_answers_for_pools_without_events() {
+    // A pool without a callback URL never records an event.
+    let app = app_with_pool().await;
+    for path in [
+        "/v1/events?pool=errs",
+        "/v1/events?pool=errs&status=failed",
+        "/v1/events",
+        "/v1/events?status=pending&limit=1",
+    ] {
+        let body = app.get(path).await.expect(200);
+        assert_eq!(body["events"], json!([]), "{path}: {body}");
+    }
+    app.get("/v1/events?pool=nope")
+        .await
+        .expect_problem(404, "pool_not_found");
+}
+
+/// Query strings that do not decode into the documented parameters: each a problem with a
+/// code, never axum's plain-text 400.
+#[tokio::test]
+async fn malformed_query_strings_are_problems() {
+    let app = app_with_pool().await;
+    let p = "%2B14155550100";
+    for path in [
+        "/v1/events?status=failed&status=failed".to_string(),
+        "/v1/events?status=failed&status=delivered".to_string(),
+        "/v1/events?pool=errs&pool=errs".to_string(),
+        "/v1/events?limit=10&limit=20".to_string(),
+        "/v1/events?limit=-1".to_string(),
+        "/v1/events?limit=18446744073709551616".to_string(),
+        "/v1/events?limit=ten".to_string(),
+        "/v1/events?limit=".to_string(),
+        format!("/v1/sessions?participant={p}&participant={p}"),
+        format!("/v1/sessions?participant={p}&pool=errs&pool=errs"),
+    ] {
+        let r = app.get(&path).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_query"),
+            "GET {path}: {}",
+            r.text
+        );
+        assert_problem_shape(&r);
+        assert!(
+            !r.text.contains("14155550100"),
+            "the problem echoes a number: {}",
+            r.text
+        );
+    }
+}
+
+/// Well-typed query values outside what the contract states (range, enum, pattern).
+#[tokio::test]
+async fn query_values_outside_the_contract_fail_validation() {
+    let app = app_with_pool().await;
+    for path in [
+        "/v1/events?limit=0",
+        "/v1/events?limit=501",
+        "/v1/events?status=lost",
+        "/v1/events?pool=NOPE",
+        "/v1/events?pool=",
+        "/v1/sessions?participant=%2B14155550100&pool=NOPE",
+    ] {
+        let r = app.get(path).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (422, "validation_failed"),
+            "GET {path}: {}",
+            r.text
+        );
+        assert_problem_shape(&r);
+    }
+    // The bounds themselves are accepted.
+    for path in ["/v1/events?limit=1", "/v1/events?limit=500"] {
+        app.get(path).await.expect(200);
+    }
+}
+
+/// A path segment that is not UTF-8 once percent-decoded, on every route that takes one.
+#[tokio::test]
+async fn undecodable_path_segments_are_problems() {
+    let app = app_with_pool().await;
+    let number = path_number(&proxy(0));
+    let state = json!({ "state": "draining" });
+    let cases: Vec<(Method, String, Option<&Value>)> = vec![
+        (Method::GET, "/v1/pools/%FF".into(), None),
+        (Method::PUT, "/v1/pools/%FF".into(), Some(&state)),
+        (Method::GET, "/v1/pools/%FF/numbers".into(), None),
+        (Method::GET, "/v1/pools/%FF/callback-secret".into(), None),
+        (
+            Method::PATCH,
+            format!("/v1/pools/errs/numbers/%FF{number}"),
+            Some(&state),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/pools/%FF/numbers/{number}"),
+            None,
+        ),
+        (Method::GET, "/v1/sessions/ses_%FF".into(), None),
+        (Method::DELETE, "/v1/sessions/%FF".into(), None),
+        (Method::GET, "/v1/sessions/%FF/interactions".into(), None),
+        (Method::POST, "/v1/events/evt_%FF/redeliver".into(), None),
+        (Method::DELETE, "/v1/participants/%2B1415%FF".into(), None),
+    ];
+    for (method, path, body) in cases {
+        let r = app
+            .call(method.clone(), &path, Some(&app.admin_key), body)
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_path"),
+            "{method} {path}: {}",
+            r.text
+        );
+        assert_problem_shape(&r);
+    }
+}
+
+/// Store calls whose argument lists come from data (event ids found, fields given) answer
+/// on empty input instead of sending Redis a command without arguments.
+#[tokio::test]
+async fn store_calls_take_empty_input() {
+    let app = TestApp::start().await;
+    let store = hush::store::Store::connect(&app.config.redis_url, &app.config.redis_prefix)
+        .expect("a store");
+    let shard = store.keys().shard(7, 0);
+    assert!(store.events(&shard, 10).await.expect("events").is_empty());
+    assert!(store.events(&shard, 0).await.expect("events").is_empty());
+
+    let (row, created) = store.pool_put("bare", &[], 1).await.expect("pool");
+    assert!(created);
+    let (again, created) = store.pool_put("bare", &[], 1).await.expect("pool");
+    assert!(!created);
+    assert_eq!(again.id, row.id);
+    store.pool_fields_set(row.id, &[]).await.expect("no fields");
+}

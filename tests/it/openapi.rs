@@ -127,3 +127,65 @@ async fn openapi_is_served_and_matches_the_server() {
         assert!(r.status < 500, "{method} {path}: {} {}", r.status, r.text);
     }
 }
+
+/// The response statuses each operation lists, and whether it needs an API key, read by
+/// indentation like [`spec_operations`]: statuses are keys at eight spaces under the
+/// operation's `responses:` at six.
+fn spec_statuses(yaml: &str) -> Vec<(String, bool, BTreeSet<u16>)> {
+    let mut ops = Vec::new();
+    let mut path: Option<String> = None;
+    let mut in_responses = false;
+    for line in yaml.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let key = line.trim().trim_end_matches(':').trim_matches('"');
+        match indent {
+            0 => path = None,
+            2 => path = key.starts_with('/').then(|| key.to_string()),
+            4 if path.is_some() => {
+                ops.push((
+                    format!("{} {}", key.to_uppercase(), path.as_ref().unwrap()),
+                    true,
+                    BTreeSet::new(),
+                ));
+                in_responses = false;
+            }
+            6 if path.is_some() => {
+                in_responses = key == "responses";
+                if line.trim() == "security: []"
+                    && let Some(op) = ops.last_mut()
+                {
+                    op.1 = false;
+                }
+            }
+            8 if in_responses => {
+                if let (Ok(status), Some(op)) = (key.parse(), ops.last_mut()) {
+                    op.2.insert(status);
+                }
+            }
+            _ => {}
+        }
+    }
+    ops
+}
+
+/// Every operation lists what the server can answer before or around its handler: a request
+/// it cannot read (400, 408, 413, 414, 431) and its own fault (500); one behind an API key
+/// also lists 401, 403 and 503 (keys are looked up in Redis).
+#[test]
+fn every_operation_lists_the_statuses_any_request_can_get() {
+    let file = std::fs::read_to_string(repo_path("proto/openapi.yaml"))
+        .expect("proto/openapi.yaml exists");
+    let ops = spec_statuses(&file);
+    assert_eq!(ops.len(), spec_operations(&file).len(), "{ops:?}");
+    for (op, authenticated, statuses) in &ops {
+        let mut needed = vec![400, 408, 413, 414, 431, 500];
+        if *authenticated {
+            needed.extend([401, 403, 503]);
+        }
+        let missing: Vec<_> = needed.iter().filter(|s| !statuses.contains(s)).collect();
+        assert!(missing.is_empty(), "{op} does not list {missing:?}");
+    }
+}
