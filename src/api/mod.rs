@@ -265,6 +265,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 ApiError::InvalidRequest("the body could not be read".into())
             }
         })?;
+        // serde reads a struct from a JSON array too (`[null, null]` would fill the fields in
+        // order); every body hush takes is an object, so any other well-formed JSON is refused.
+        if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&raw) {
+                    Ok(_) => ApiError::Validation("the body must be a JSON object".into()),
+                    Err(e) => ApiError::InvalidRequest(format!("malformed JSON: {e}")),
+                },
+            );
+        }
         let value = serde_json::from_slice(&raw).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => ApiError::Validation(e.to_string()),
             _ => ApiError::InvalidRequest(format!("malformed JSON: {e}")),

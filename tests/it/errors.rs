@@ -177,6 +177,33 @@ async fn validation_failed_for_impossible_requests() {
     assert_problem_shape(&r);
 }
 
+/// serde would read a struct from a JSON array, filling its fields in order: every body is
+/// an object, and anything else well-formed is refused as its wrong shape.
+#[tokio::test]
+async fn bodies_that_are_not_objects_fail_validation() {
+    let app = app_with_pool().await;
+    for body in [
+        json!([null, null]),
+        json!([]),
+        json!(null),
+        json!(7),
+        json!("rides"),
+    ] {
+        app.put("/v1/pools/errs", &body)
+            .await
+            .expect_problem(422, "validation_failed");
+        app.post("/v1/sessions", &body)
+            .await
+            .expect_problem(422, "validation_failed");
+        app.patch("/v1/pools/errs", &body)
+            .await
+            .expect_problem(422, "validation_failed");
+    }
+    // The pool kept its policy.
+    let pool = app.get("/v1/pools/errs").await.expect(200);
+    assert_eq!(pool["name"], "errs", "{pool}");
+}
+
 #[tokio::test]
 async fn invalid_number_for_a_participant() {
     let app = app_with_pool().await;
