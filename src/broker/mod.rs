@@ -1,0 +1,300 @@
+//! The use cases over the store, one module each, around the shared core kept here: the
+//! [`Broker`] handle, its error, the sealed session record and the pool lookups every use
+//! case makes. The broker knows nothing of HTTP; it takes typed values and returns views or
+//! errors.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::crypto::{Crypto, CryptoError};
+use crate::domain::{
+    Clock, E164, GeoMatch, InterceptFallback, Millis, NumberError, PoolName, PoolPolicy,
+    session::Kind,
+};
+use crate::store::{PoolRow, ShardKeys, Store, StoreError};
+
+mod erasure;
+mod events;
+mod idempotency;
+mod interactions;
+mod keys;
+mod pools;
+mod reaper;
+mod routing;
+mod sessions;
+mod views;
+
+pub use events::{AttemptView, EventId, EventView, SECRET_OVERLAP_MS};
+pub use idempotency::{
+    IDEMPOTENCY_LEASE_MS, IDEMPOTENCY_TTL_MS, IdemAnswer, IdemStart, IdemTicket, Once,
+};
+pub use keys::{PoolLimit, Principal, Scope};
+pub use reaper::{Reaped, run_reaper};
+pub use routing::{PROVIDER_REF_TTL_MS, UNNAMED_REF_TTL_MS};
+pub use sessions::{MAX_TTL_SECS, STICKY_WINDOW_MS};
+pub use views::{
+    AddReport, Decision, InteractionView, InterceptPlan, InterceptVerdict, NewSession,
+    NumberCounts, NumberView, Participant, ParticipantView, PoolView, RelayOutcome, SessionView,
+    Skipped,
+};
+
+/// How long a pool's policy is trusted before it is read again on hot paths.
+const POOL_CACHE_MS: Millis = 2_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{field} is not a valid number: {reason}")]
+    InvalidNumber {
+        field: String,
+        #[source]
+        reason: NumberError,
+    },
+    #[error("{0}")]
+    Validation(String),
+    #[error("pool `{0}` does not exist")]
+    PoolNotFound(String),
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("{0}")]
+    NumberNotFound(String),
+    #[error("pool `{0}` has no number free for these participants")]
+    PoolExhausted(String),
+    #[error("number {0} still carries a session (open or cooling off)")]
+    NumberInUse(String),
+    #[error("pool `{0}` still has numbers carrying sessions (open or cooling off)")]
+    PoolInUse(String),
+    #[error("the session has ended")]
+    SessionClosed,
+    #[error("event not found, or not redeliverable")]
+    EventNotFound,
+    #[error("this Idempotency-Key was used with another request body")]
+    IdempotencyConflict,
+    #[error("a request with this Idempotency-Key is still in progress")]
+    IdempotencyRunning,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored data cannot be decrypted")]
+    Crypto(#[from] CryptoError),
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+/// The sealed part of a session record: numbers, labels, metadata.
+#[derive(Serialize, Deserialize)]
+struct Blob {
+    p: [BlobParticipant; 2],
+    #[serde(default)]
+    m: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BlobParticipant {
+    n: Option<String>,
+    l: Option<String>,
+}
+
+struct Inner {
+    store: Store,
+    crypto: Arc<Crypto>,
+    clock: Arc<dyn Clock>,
+    /// proxy number → (pool id, shard). Numbers rarely move; a route miss re-reads it.
+    owners: RwLock<HashMap<String, (u32, u16)>>,
+    /// pool id → name; ids are never reused for another name.
+    names: RwLock<HashMap<u32, String>>,
+    /// pool id → (row, fetched at): policy lookups on hot paths (events, intercept).
+    pools: RwLock<HashMap<u32, (PoolRow, Millis)>>,
+    /// API key digest → (principal, fetched at), so authentication is not a round trip.
+    principals: RwLock<HashMap<String, (Arc<Principal>, Millis)>>,
+}
+
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+fn policy_of(row: &PoolRow) -> PoolPolicy {
+    let d = PoolPolicy::default();
+    let f = &row.fields;
+    PoolPolicy {
+        default_ttl_secs: f
+            .get("ttl")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.default_ttl_secs),
+        cooloff_secs: f
+            .get("cooloff")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.cooloff_secs),
+        geo_match: f
+            .get("geo")
+            .and_then(|v| GeoMatch::parse(v))
+            .unwrap_or(d.geo_match),
+        out_of_session_message: f.get("msg").cloned().unwrap_or(d.out_of_session_message),
+        callback_url: f.get("cb").filter(|v| !v.is_empty()).cloned(),
+        callback_include_numbers: f.get("cbn").is_some_and(|v| v == "1"),
+        intercept_url: f.get("iu").filter(|v| !v.is_empty()).cloned(),
+        intercept_timeout_ms: f
+            .get("it")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.intercept_timeout_ms),
+        intercept_fallback: match f.get("if").map(String::as_str) {
+            Some("block") => InterceptFallback::Block,
+            _ => InterceptFallback::Allow,
+        },
+        low_threshold_pct: f
+            .get("low")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.low_threshold_pct),
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Voice => "voice",
+        Kind::Sms => "sms",
+    }
+}
+
+/// A session record's sealed blob: whole in `z`, or in the chunks `z1`, `z2`, ... that keep
+/// the record's hash in Redis's compact encoding.
+fn blob_text(rec: &HashMap<String, String>) -> String {
+    if let Some(whole) = rec.get("z") {
+        return whole.clone();
+    }
+    (1..)
+        .map_while(|i| rec.get(&format!("z{i}")))
+        .map(String::as_str)
+        .collect()
+}
+
+/// Which shard of a pool a number lives in: stable for a given shard count.
+fn shard_of(number: &str, shards: u16) -> u16 {
+    let h = Sha256::digest(number.as_bytes());
+    (u16::from_be_bytes([h[0], h[1]])) % shards.max(1)
+}
+
+impl Broker {
+    pub fn new(store: Store, crypto: Crypto, clock: Arc<dyn Clock>) -> Broker {
+        Broker {
+            inner: Arc::new(Inner {
+                store,
+                crypto: Arc::new(crypto),
+                clock,
+                owners: RwLock::new(HashMap::new()),
+                names: RwLock::new(HashMap::new()),
+                pools: RwLock::new(HashMap::new()),
+                principals: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Sealing for records other modules keep (the outbound text queue).
+    pub fn crypto(&self) -> &Crypto {
+        &self.inner.crypto
+    }
+
+    pub fn now_ms(&self) -> Millis {
+        self.now()
+    }
+
+    fn now(&self) -> Millis {
+        self.inner.clock.now_ms()
+    }
+
+    fn shard(&self, pool_id: u32, shard: u16) -> ShardKeys {
+        self.inner.store.keys().shard(pool_id, shard)
+    }
+
+    fn idx(&self, n: &E164) -> String {
+        self.inner.crypto.blind_index(n)
+    }
+
+    /// Opens the sealed part of a session record.
+    fn open_blob(&self, rec: &HashMap<String, String>) -> Result<Blob> {
+        serde_json::from_slice(&self.inner.crypto.open("session", &blob_text(rec))?)
+            .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        Ok(self.inner.store.ping().await?)
+    }
+
+    async fn pool_row(&self, name: &PoolName) -> Result<PoolRow> {
+        self.inner
+            .store
+            .pool(name.as_str())
+            .await?
+            .ok_or_else(|| BrokerError::PoolNotFound(name.to_string()))
+    }
+
+    async fn pool_name(&self, id: u32) -> Result<String> {
+        if let Some(n) = self.inner.names.read().expect("lock poisoned").get(&id) {
+            return Ok(n.clone());
+        }
+        let row = self
+            .inner
+            .store
+            .pool_by_id(id)
+            .await?
+            .ok_or(BrokerError::SessionNotFound)?;
+        self.inner
+            .names
+            .write()
+            .expect("lock poisoned")
+            .insert(id, row.name.clone());
+        Ok(row.name)
+    }
+
+    /// Whether data of pool `pool_id` (from a session or event id) is visible `within` a
+    /// key's pools. Pool names are cached, so a limited key pays no round trip once the pool
+    /// is known, and an unlimited key pays nothing.
+    pub async fn sees_pool_id(&self, within: &PoolLimit, pool_id: u32) -> Result<bool> {
+        if *within == PoolLimit::All {
+            return Ok(true);
+        }
+        match self.pool_name(pool_id).await {
+            Ok(name) => Ok(within.sees(&name)),
+            Err(BrokerError::SessionNotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The pools a listing covers: `pool` alone (not found when missing or outside
+    /// `within`), or every pool `within` a key's pools.
+    async fn pool_rows(&self, pool: Option<&PoolName>, within: &PoolLimit) -> Result<Vec<PoolRow>> {
+        match pool {
+            Some(p) if !within.sees(p.as_str()) => Err(BrokerError::PoolNotFound(p.to_string())),
+            Some(p) => Ok(vec![self.pool_row(p).await?]),
+            None => {
+                let mut rows = self.inner.store.pool_list().await?;
+                rows.retain(|r| within.sees(&r.name));
+                Ok(rows)
+            }
+        }
+    }
+
+    /// A pool's row, at most [`POOL_CACHE_MS`] old.
+    async fn pool_cached(&self, id: u32) -> Result<Option<PoolRow>> {
+        let now = self.now();
+        if let Some((row, at)) = self.inner.pools.read().expect("lock poisoned").get(&id)
+            && now - at < POOL_CACHE_MS
+        {
+            return Ok(Some(row.clone()));
+        }
+        let row = self.inner.store.pool_by_id(id).await?;
+        if let Some(row) = &row {
+            self.inner
+                .pools
+                .write()
+                .expect("lock poisoned")
+                .insert(id, (row.clone(), now));
+        }
+        Ok(row)
+    }
+}

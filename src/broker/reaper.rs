@@ -1,0 +1,109 @@
+//! Reaping: advancing due sessions (expiry, end of cool-off, end of readability) shard by
+//! shard, and the loop that runs a pass on an interval. Routing never depends on it being
+//! on time.
+
+use crate::domain::{Millis, SessionId};
+use crate::store::{EndEvents, EndOp, Ended, ShardKeys};
+use crate::telemetry::METRICS;
+
+use super::{Broker, Result};
+
+/// What a reaper pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reaped {
+    pub expired: usize,
+    pub released: usize,
+}
+
+impl Broker {
+    /// Advances due sessions of one shard: expiry, end of cool-off, end of readability.
+    pub async fn reap_shard(&self, shard: &ShardKeys, now: Millis, limit: usize) -> Result<Reaped> {
+        let mut done = Reaped::default();
+        for key in self.inner.store.due(shard, now, limit).await? {
+            let rec = self.inner.store.session(shard, &key).await?;
+            let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
+            let expiring = g("t") == "o";
+            // A record whose events cannot be built (a blob sealed under a key no longer
+            // configured) still expires and frees its number: one bad record must not stop
+            // the reaper.
+            let events = match SessionId::from_key(shard.pool_id, shard.shard, &key) {
+                Some(id) if expiring && !rec.is_empty() => {
+                    match self.end_events(&id, &rec, None).await {
+                        Ok(events) => events,
+                        Err(e) => {
+                            tracing::warn!(session = %id, error = %e, "expiry event not built");
+                            EndEvents::default()
+                        }
+                    }
+                }
+                _ => EndEvents::default(),
+            };
+            let ended = self
+                .inner
+                .store
+                .session_end(shard, &key, g("a"), g("b"), now, EndOp::Reap, &events)
+                .await?;
+            if expiring && g("e").parse::<Millis>().unwrap_or(i64::MAX) <= now {
+                done.expired += 1;
+                let pool = self.pool_name(shard.pool_id).await.unwrap_or_default();
+                METRICS
+                    .sessions_closed
+                    .with_label_values(&[pool.as_str(), "expired"])
+                    .inc();
+            }
+            if ended == Ended::Ok {
+                done.released += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// One reaper pass over every pool. Idempotent; any instance may run it at any time.
+    pub async fn reap_once(&self, now: Millis) -> Result<Reaped> {
+        let mut total = Reaped::default();
+        for row in self.inner.store.pool_list().await? {
+            for s in 0..row.shards {
+                let shard = self.shard(row.id, s);
+                loop {
+                    let r = match self.reap_shard(&shard, now, 500).await {
+                        Ok(r) => r,
+                        // Other shards still get their pass.
+                        Err(e) => {
+                            tracing::warn!(pool = %row.name, error = %e, "reaping a shard failed");
+                            break;
+                        }
+                    };
+                    total.expired += r.expired;
+                    total.released += r.released;
+                    if r.expired + r.released < 500 {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Runs [`Broker::reap_once`] every `interval` until `shutdown`, finishing the pass in hand.
+pub async fn run_reaper(
+    broker: Broker,
+    interval: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match broker.reap_once(broker.now()).await {
+            Ok(r) if r.expired + r.released > 0 => {
+                tracing::debug!(expired = r.expired, released = r.released, "reaped")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reaper pass failed; retrying next tick"),
+        }
+    }
+}

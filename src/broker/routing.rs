@@ -1,0 +1,274 @@
+//! Routing and relay: which pool owns a proxy number, and what an inbound call or text
+//! gets (the other party behind the proxy, or the pool's out-of-session message), answered
+//! once per provider reference.
+
+use crate::crypto::CryptoError;
+use crate::domain::{E164, PoolPolicy, SessionId, session::Kind};
+use crate::store::{RouteRow, StoreError};
+use crate::telemetry::METRICS;
+
+use super::{Broker, BrokerError, Decision, PoolLimit, RelayOutcome, Result, kind_name, policy_of};
+
+/// How long a provider's call or message id is remembered: longer than any provider retries
+/// a webhook or sends status callbacks for a call.
+pub const PROVIDER_REF_TTL_MS: i64 = 48 * 3600 * 1000;
+
+/// How long the answer to a request that named no reference of its own (`POST /v1/route`
+/// without `reference`) is remembered: nothing can retry it, so only long enough for the
+/// app's intercept to give its verdict.
+pub const UNNAMED_REF_TTL_MS: i64 = 60 * 1000;
+
+impl Broker {
+    pub(super) async fn owner(&self, number: &E164, fresh: bool) -> Result<Option<(u32, u16)>> {
+        if !fresh
+            && let Some(o) = self
+                .inner
+                .owners
+                .read()
+                .expect("lock poisoned")
+                .get(number.reveal())
+        {
+            return Ok(Some(*o));
+        }
+        let o = self.inner.store.number_owner(number.reveal()).await?;
+        let mut cache = self.inner.owners.write().expect("lock poisoned");
+        match o {
+            Some(o) => {
+                if cache.len() > 1_000_000 {
+                    cache.clear();
+                }
+                cache.insert(number.reveal().to_string(), o);
+            }
+            None => {
+                cache.remove(number.reveal());
+            }
+        }
+        Ok(o)
+    }
+
+    /// Whether `number` belongs to a pool `within` a key's pools. A cached owner outside them
+    /// is checked once more against Redis, so a number that moved into a visible pool is not
+    /// refused.
+    pub async fn number_visible(&self, within: &PoolLimit, number: &E164) -> Result<bool> {
+        if *within == PoolLimit::All {
+            return Ok(true);
+        }
+        for fresh in [false, true] {
+            if let Some((pool_id, _)) = self.owner(number, fresh).await?
+                && self.sees_pool_id(within, pool_id).await?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The answer to a caller who holds an open route: the other party, behind the proxy.
+    fn decide(
+        &self,
+        pool_id: u32,
+        shard: u16,
+        r: &RouteRow,
+        proxy: &E164,
+        kind: Kind,
+    ) -> Result<Decision> {
+        let other = self.inner.crypto.open_number(&r.sealed_other)?;
+        let session_id = SessionId::from_key(pool_id, shard, &r.session_key)
+            .map(|s| s.to_string())
+            .ok_or(StoreError::Corrupt("session key in route record"))?;
+        let (action, decision) = match kind {
+            Kind::Voice => (
+                "connect",
+                Decision::Connect {
+                    session_id,
+                    caller_id: proxy.clone(),
+                    to: other,
+                },
+            ),
+            Kind::Sms => (
+                "relay",
+                Decision::Relay {
+                    session_id,
+                    from: proxy.clone(),
+                    to: other,
+                },
+            ),
+        };
+        METRICS.routes.with_label_values(&[action]).inc();
+        Ok(decision)
+    }
+
+    /// The answer to anyone else: the pool's out-of-session message.
+    async fn announce(&self, pool_id: u32) -> Result<Decision> {
+        let message = match self.inner.store.pool_by_id(pool_id).await? {
+            Some(row) => policy_of(&row).out_of_session_message,
+            None => PoolPolicy::DEFAULT_MESSAGE.to_string(),
+        };
+        METRICS.routes.with_label_values(&["announce"]).inc();
+        Ok(Decision::Announce { message })
+    }
+
+    /// Answers an inbound call or text and records it as an interaction of its session,
+    /// once per provider reference. `from` is `None` for a withheld caller ID. One Redis
+    /// round trip when the number's owner is cached.
+    pub async fn relay(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        from: Option<&E164>,
+        to: &E164,
+        kind: Kind,
+    ) -> Result<RelayOutcome> {
+        self.relay_remembered(provider, provider_ref, PROVIDER_REF_TTL_MS, from, to, kind)
+            .await
+    }
+
+    /// [`Broker::relay`], remembering the answer for `ref_ttl_ms`.
+    pub async fn relay_remembered(
+        &self,
+        provider: &str,
+        provider_ref: &str,
+        ref_ttl_ms: i64,
+        from: Option<&E164>,
+        to: &E164,
+        kind: Kind,
+    ) -> Result<RelayOutcome> {
+        if provider_ref.is_empty()
+            || provider_ref.len() > 128
+            || !provider_ref
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return Err(BrokerError::Validation(
+                "the provider's call or message id is missing or malformed".into(),
+            ));
+        }
+        let idx = from.map(|f| self.idx(f));
+        let mut fresh = false;
+        loop {
+            let Some((pool_id, shard)) = self.owner(to, fresh).await? else {
+                return Err(BrokerError::NumberNotFound(format!(
+                    "{to} is not a number of any pool"
+                )));
+            };
+            let keys = self.shard(pool_id, shard);
+            let interaction = format!("int_{}", SessionId::new(0, 0).key());
+            let intercept = self
+                .pool_cached(pool_id)
+                .await?
+                .is_some_and(|row| policy_of(&row).intercept_url.is_some());
+            let event = self.events_policy(pool_id).await?.map(|(pool, _)| {
+                self.draft(
+                "interaction.started",
+                serde_json::json!({
+                    "session_id": format!("{}__SKEY__", SessionId::shard_prefix(pool_id, shard)),
+                    "interaction_id": interaction,
+                    "kind": kind_name(kind),
+                    "from_participant": "__SIDE__",
+                    "pool": pool,
+                    "proxy_number": to.reveal(),
+                    "provider": provider,
+                }),
+                None,
+            )
+            });
+            let claimed = self
+                .inner
+                .store
+                .relay_claim(
+                    &keys,
+                    idx.as_deref(),
+                    to.reveal(),
+                    self.now(),
+                    match kind {
+                        Kind::Voice => "v",
+                        Kind::Sms => "s",
+                    },
+                    provider,
+                    provider_ref,
+                    &interaction,
+                    ref_ttl_ms,
+                    event.as_ref(),
+                    intercept,
+                )
+                .await?;
+            return match claimed {
+                crate::store::Claimed::Connect {
+                    record,
+                    interaction,
+                    replay,
+                    pending,
+                } => {
+                    let r = RouteRow::parse(&record).ok_or(StoreError::Corrupt("route record"))?;
+                    Ok(RelayOutcome {
+                        decision: self.decide(pool_id, shard, &r, to, kind)?,
+                        interaction: Some(interaction),
+                        replay,
+                        pending,
+                    })
+                }
+                crate::store::Claimed::Block {
+                    sealed_message,
+                    interaction,
+                } => {
+                    let decision = if sealed_message.is_empty() {
+                        self.announce(pool_id).await?
+                    } else {
+                        let message = self.inner.crypto.open("block", &sealed_message)?;
+                        METRICS.routes.with_label_values(&["announce"]).inc();
+                        Decision::Announce {
+                            message: String::from_utf8(message)
+                                .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?,
+                        }
+                    };
+                    Ok(RelayOutcome {
+                        decision,
+                        interaction: Some(interaction),
+                        replay: true,
+                        pending: false,
+                    })
+                }
+                crate::store::Claimed::Announce => {
+                    // The number may have moved since its owner was cached: then the call is
+                    // for its shard now, asked once.
+                    if !fresh {
+                        fresh = true;
+                        if self.owner(to, true).await? != Some((pool_id, shard)) {
+                            continue;
+                        }
+                    }
+                    Ok(RelayOutcome {
+                        decision: self.announce(pool_id).await?,
+                        interaction: None,
+                        replay: false,
+                        pending: false,
+                    })
+                }
+            };
+        }
+    }
+
+    /// Accepts a provider's single-use webhook token (`token_id`, its JWT `jti`) for one
+    /// request (`request`, the bytes that identify it) and that same request again, for
+    /// `ttl_ms`. False when the token already came with another request. Both are kept only
+    /// as keyed digests.
+    pub async fn token_once(
+        &self,
+        provider: &str,
+        token_id: &str,
+        request: &[u8],
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        let crypto = &self.inner.crypto;
+        let key = self
+            .inner
+            .store
+            .keys()
+            .token(provider, &crypto.digest("token", token_id.as_bytes()));
+        Ok(self
+            .inner
+            .store
+            .token_once(&key, &crypto.digest("request", request), ttl_ms)
+            .await?)
+    }
+}

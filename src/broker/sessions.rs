@@ -1,0 +1,447 @@
+//! Sessions: creating one (choosing its proxy number and claiming both routes at once),
+//! reading, extending and closing it, and listing a participant's open sessions.
+
+use std::collections::HashMap;
+
+use crate::domain::{CloseReason, E164, GeoMatch, Millis, Mode, PoolName, SessionId, rfc3339};
+use crate::store::{
+    CreateArgs, Created, EndEvents, EndOp, Ended, IdemMark, RouteRow, ShardKeys, StoreError,
+};
+use crate::telemetry::METRICS;
+
+use super::{
+    Blob, BlobParticipant, Broker, BrokerError, IDEMPOTENCY_TTL_MS, IdemTicket, NewSession, Once,
+    ParticipantView, PoolLimit, Result, SessionView, policy_of, shard_of,
+};
+
+/// How long two participants who shared a number get it again when free.
+pub const STICKY_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// Longest session a client may ask for (30 days).
+pub const MAX_TTL_SECS: u32 = 2_592_000;
+
+/// The participants as a session view shows them: a number only while it is not erased.
+fn participant_views(p: [BlobParticipant; 2]) -> Vec<ParticipantView> {
+    p.into_iter()
+        .map(|p| ParticipantView {
+            number: p.n,
+            label: p.l,
+        })
+        .collect()
+}
+
+impl Broker {
+    pub async fn create_session(&self, req: NewSession) -> Result<SessionView> {
+        match self.create_in(req, None).await? {
+            Once::Created(view) | Once::Found(view) => Ok(view),
+        }
+    }
+
+    /// Creates the session of the idempotent request `ticket` holds, unless an earlier
+    /// attempt with the same key made it already; then that one is answered.
+    pub async fn create_session_once(&self, req: NewSession, ticket: &IdemTicket) -> Result<Once> {
+        self.create_in(req, Some(ticket)).await
+    }
+
+    /// The session an earlier attempt of `ticket`'s request made in `shard`.
+    async fn made_before(
+        &self,
+        shard: &ShardKeys,
+        session_key: &str,
+        fingerprint: &str,
+        ticket: &IdemTicket,
+    ) -> Result<Once> {
+        if fingerprint != ticket.fingerprint {
+            return Err(BrokerError::IdempotencyConflict);
+        }
+        let id = SessionId::from_key(shard.pool_id, shard.shard, session_key)
+            .ok_or(StoreError::Corrupt("idempotency marker"))?;
+        // Read as it is now, ended or not: a retry must not make a second session because
+        // the first one has since been closed.
+        let rec = self.inner.store.session(shard, session_key).await?;
+        if rec.is_empty() {
+            return Err(BrokerError::SessionNotFound);
+        }
+        tracing::info!(session = %id, "idempotent create found the session an earlier attempt made");
+        Ok(Once::Found(self.view(&id, &rec, None).await?))
+    }
+
+    async fn create_in(&self, req: NewSession, idem: Option<&IdemTicket>) -> Result<Once> {
+        let [a, b] = &req.participants;
+        if a.number == b.number {
+            return Err(BrokerError::Validation(
+                "the two participants must have different numbers".into(),
+            ));
+        }
+        let row = self.pool_row(&req.pool).await?;
+        let policy = policy_of(&row);
+        let ttl = req.ttl_secs.unwrap_or(policy.default_ttl_secs);
+        if !(1..=MAX_TTL_SECS).contains(&ttl) {
+            return Err(BrokerError::Validation(format!(
+                "ttl_secs must be between 1 and {MAX_TTL_SECS}"
+            )));
+        }
+        let now = self.now();
+        let expires = now + ttl as i64 * 1000;
+        let (idx_a, idx_b) = (self.idx(&a.number), self.idx(&b.number));
+        let crypto = &self.inner.crypto;
+        let sealed_a = crypto.seal_number(&a.number);
+        let sealed_b = crypto.seal_number(&b.number);
+        let blob = Blob {
+            p: [
+                BlobParticipant {
+                    n: Some(a.number.reveal().into()),
+                    l: a.label.clone(),
+                },
+                BlobParticipant {
+                    n: Some(b.number.reveal().into()),
+                    l: b.label.clone(),
+                },
+            ],
+            m: req.metadata.clone(),
+        };
+        let sealed_blob = crypto.seal(
+            "session",
+            &serde_json::to_vec(&blob).expect("blob serialises"),
+        );
+        let geo = a.number.geo();
+        let area_tag = geo.area_tag().unwrap_or_default();
+        let country_tag = geo.country_tag();
+        let mut levels = Vec::new();
+        if policy.geo_match == GeoMatch::AreaCode && !area_tag.is_empty() {
+            levels.push(area_tag.clone());
+        }
+        if policy.geo_match != GeoMatch::Any {
+            levels.push(country_tag.clone());
+        }
+        levels.push("*".to_string());
+        let levels = levels.join(",");
+
+        // A request taken over may have made its session in any shard; each shard's script
+        // only sees its own marker, so look in all of them before making one.
+        if let Some(ticket) = idem.filter(|t| t.takeover && row.shards > 1) {
+            let shards: Vec<ShardKeys> = (0..row.shards).map(|s| self.shard(row.id, s)).collect();
+            let markers = self
+                .inner
+                .store
+                .idem_markers(&shards, &ticket.digest)
+                .await?;
+            for (shard, marker) in shards.iter().zip(markers) {
+                if let Some((key, fp)) = marker {
+                    return self.made_before(shard, &key, &fp, ticket).await;
+                }
+            }
+        }
+
+        // A pair of participants tries shards in an order of its own, so sticky memory
+        // (kept per shard) is found again.
+        let mut pair = [idx_a.as_str(), idx_b.as_str()];
+        pair.sort();
+        let start = shard_of(&pair.concat(), row.shards);
+        for i in 0..row.shards {
+            let shard = self.shard(row.id, (start + i) % row.shards);
+            let id = SessionId::new(row.id, shard.shard);
+            let key = id.key();
+            let event = policy.callback_url.is_some().then(|| {
+                self.draft(
+                    "session.created",
+                    serde_json::json!({
+                        "session_id": id.to_string(),
+                        "pool": row.name,
+                        "proxy_number": "__PROXY__",
+                        "mode": req.mode.as_str(),
+                        "participants": [{ "label": a.label }, { "label": b.label }],
+                        "expires_at": rfc3339(expires),
+                        "metadata": req.metadata,
+                    }),
+                    policy.callback_include_numbers.then(|| {
+                        [
+                            Some(a.number.reveal().to_string()),
+                            Some(b.number.reveal().to_string()),
+                        ]
+                    }),
+                )
+            });
+            let low = policy.callback_url.is_some().then(|| {
+                self.draft(
+                    "pool.low",
+                    serde_json::json!({
+                        "pool": row.name,
+                        "busy_numbers": "__BUSY__",
+                        "total_numbers": "__TOTAL__",
+                        "threshold_pct": policy.low_threshold_pct,
+                    }),
+                    None,
+                )
+            });
+            let outcome = self
+                .inner
+                .store
+                .session_create(&CreateArgs {
+                    shard: &shard,
+                    session_key: &key,
+                    now,
+                    expires,
+                    cooloff_ms: policy.cooloff_secs as i64 * 1000,
+                    class: req.mode.code(),
+                    idx_a: &idx_a,
+                    idx_b: &idx_b,
+                    levels: &levels,
+                    sealed_a: &sealed_a,
+                    sealed_b: &sealed_b,
+                    blob: &sealed_blob,
+                    sticky_window_ms: STICKY_WINDOW_MS,
+                    area_tag: &area_tag,
+                    country_tag: &country_tag,
+                    event: event.as_ref(),
+                    low: low.as_ref().map(|e| (e, policy.low_threshold_pct)),
+                    idempotency: idem.map(|t| IdemMark {
+                        digest: &t.digest,
+                        fingerprint: &t.fingerprint,
+                        ttl_ms: IDEMPOTENCY_TTL_MS,
+                    }),
+                })
+                .await?;
+            let due = match &outcome {
+                Created::Ok { reap_due, .. }
+                | Created::Exhausted { reap_due }
+                | Created::Existing { reap_due, .. } => *reap_due,
+            };
+            if due {
+                let broker = self.clone();
+                let shard = shard.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = broker.reap_shard(&shard, broker.now(), 100).await {
+                        tracing::warn!(error = %e, "lazy reap failed");
+                    }
+                });
+            }
+            if let (
+                Created::Existing {
+                    session_key,
+                    fingerprint,
+                    ..
+                },
+                Some(ticket),
+            ) = (&outcome, idem)
+            {
+                return self
+                    .made_before(&shard, session_key, fingerprint, ticket)
+                    .await;
+            }
+            if let Created::Ok { number, level, .. } = outcome {
+                METRICS
+                    .allocations
+                    .with_label_values(&[row.name.as_str(), "ok"])
+                    .inc();
+                METRICS
+                    .sessions_created
+                    .with_label_values(&[row.name.as_str()])
+                    .inc();
+                tracing::info!(session = %id, pool = %row.name, proxy = %number, geo = %level, "session created");
+                return Ok(Once::Created(SessionView {
+                    id: id.to_string(),
+                    pool: row.name.clone(),
+                    status: "open".into(),
+                    mode: req.mode.as_str().into(),
+                    proxy_number: number,
+                    geo_match: level,
+                    participants: participant_views(blob.p),
+                    created_at: rfc3339(now),
+                    expires_at: rfc3339(expires),
+                    closed_at: None,
+                    close_reason: None,
+                    metadata: req.metadata,
+                }));
+            }
+        }
+        METRICS
+            .allocations
+            .with_label_values(&[row.name.as_str(), "exhausted"])
+            .inc();
+        tracing::warn!(pool = %row.name, "pool exhausted");
+        if policy.callback_url.is_some() {
+            let event = self.draft(
+                "pool.exhausted",
+                serde_json::json!({ "pool": row.name, "mode": req.mode.as_str() }),
+                None,
+            );
+            self.inner
+                .store
+                .event_put(&self.shard(row.id, start), "pool.exhausted", &event, now)
+                .await?;
+        }
+        Err(BrokerError::PoolExhausted(row.name))
+    }
+
+    /// The raw record of a live (readable) session, with its shard.
+    pub(super) async fn record(
+        &self,
+        id: &SessionId,
+    ) -> Result<(ShardKeys, HashMap<String, String>)> {
+        let shard = self.shard(id.pool_id, id.shard);
+        let rec = self.inner.store.session(&shard, &id.key()).await?;
+        let held: Millis = rec.get("h").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if rec.is_empty() || held <= self.now() {
+            return Err(BrokerError::SessionNotFound);
+        }
+        Ok((shard, rec))
+    }
+
+    async fn view(
+        &self,
+        id: &SessionId,
+        rec: &HashMap<String, String>,
+        closing: Option<(Millis, CloseReason)>,
+    ) -> Result<SessionView> {
+        let get = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
+        let num = |k: &str| get(k).parse::<Millis>().unwrap_or(0);
+        let now = self.now();
+        let blob = self.open_blob(rec)?;
+        let expires = num("e");
+        let open = get("t") == "o" && expires > now && closing.is_none();
+        let (closed_at, reason) = if open {
+            (None, None)
+        } else if let Some((at, reason)) = closing {
+            (Some(at), Some(reason))
+        } else if get("t") == "o" {
+            (Some(expires), Some(CloseReason::Expired))
+        } else {
+            let at = rec.get("x").and_then(|v| v.parse().ok()).unwrap_or(expires);
+            (
+                Some(at),
+                Some(CloseReason::parse(get("r")).unwrap_or(CloseReason::Closed)),
+            )
+        };
+        Ok(SessionView {
+            id: id.to_string(),
+            pool: self.pool_name(id.pool_id).await?,
+            status: if open { "open" } else { "closed" }.into(),
+            mode: Mode::from_code(get("m"))
+                .unwrap_or(Mode::VoiceSms)
+                .as_str()
+                .into(),
+            proxy_number: get("n").into(),
+            geo_match: get("g").into(),
+            participants: participant_views(blob.p),
+            created_at: rfc3339(num("c")),
+            expires_at: rfc3339(if open {
+                expires
+            } else {
+                expires.min(closed_at.unwrap_or(expires))
+            }),
+            closed_at: closed_at.map(rfc3339),
+            close_reason: reason.map(|r| r.as_str().to_string()),
+            metadata: blob.m,
+        })
+    }
+
+    /// Applies `op` to a live session, naming the two routes its record holds.
+    async fn end(
+        &self,
+        shard: &ShardKeys,
+        id: &SessionId,
+        rec: &HashMap<String, String>,
+        now: Millis,
+        op: EndOp<'_>,
+        events: &EndEvents,
+    ) -> Result<Ended> {
+        let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
+        Ok(self
+            .inner
+            .store
+            .session_end(shard, &id.key(), g("a"), g("b"), now, op, events)
+            .await?)
+    }
+
+    pub async fn get_session(&self, id: &SessionId) -> Result<SessionView> {
+        let (_, rec) = self.record(id).await?;
+        self.view(id, &rec, None).await
+    }
+
+    pub async fn extend_session(&self, id: &SessionId, ttl_secs: u32) -> Result<SessionView> {
+        if !(1..=MAX_TTL_SECS).contains(&ttl_secs) {
+            return Err(BrokerError::Validation(format!(
+                "ttl_secs must be between 1 and {MAX_TTL_SECS}"
+            )));
+        }
+        let (shard, rec) = self.record(id).await?;
+        let now = self.now();
+        let op = EndOp::Extend {
+            expires: now + ttl_secs as i64 * 1000,
+        };
+        match self
+            .end(&shard, id, &rec, now, op, &EndEvents::default())
+            .await?
+        {
+            Ended::Ok => self.get_session(id).await,
+            Ended::Missing => Err(BrokerError::SessionNotFound),
+            _ => Err(BrokerError::SessionClosed),
+        }
+    }
+
+    /// Closes a session; closing a closed session returns it unchanged.
+    pub async fn close_session(&self, id: &SessionId) -> Result<SessionView> {
+        let (shard, rec) = self.record(id).await?;
+        let now = self.now();
+        let events = self.end_events(id, &rec, Some(CloseReason::Closed)).await?;
+        let ended = self
+            .end(&shard, id, &rec, now, EndOp::Close, &events)
+            .await?;
+        match ended {
+            Ended::Ok => {
+                let pool = self.pool_name(id.pool_id).await?;
+                METRICS
+                    .sessions_closed
+                    .with_label_values(&[pool.as_str(), "closed"])
+                    .inc();
+                tracing::info!(session = %id, "session closed");
+                // With no cool-off the record is gone already; show what was closed.
+                let fresh = self.inner.store.session(&shard, &id.key()).await?;
+                if fresh.is_empty() {
+                    self.view(id, &rec, Some((now, CloseReason::Closed))).await
+                } else {
+                    self.view(id, &fresh, None).await
+                }
+            }
+            Ended::Missing => Err(BrokerError::SessionNotFound),
+            _ => self.get_session(id).await,
+        }
+    }
+
+    /// Open sessions of a participant, in one pool or all `within` a key's pools.
+    pub async fn sessions_of(
+        &self,
+        participant: &E164,
+        pool: Option<&PoolName>,
+        within: &PoolLimit,
+    ) -> Result<Vec<SessionView>> {
+        let rows = self.pool_rows(pool, within).await?;
+        let idx = self.idx(participant);
+        let now = self.now();
+        let mut out = Vec::new();
+        for row in rows {
+            for s in 0..row.shards {
+                let shard = self.shard(row.id, s);
+                for rec in self.inner.store.routes_of(&shard, &idx).await?.values() {
+                    let Some(r) = RouteRow::parse(rec) else {
+                        continue;
+                    };
+                    if r.open_until <= now {
+                        continue;
+                    }
+                    let Some(id) = SessionId::from_key(row.id, s, &r.session_key) else {
+                        continue;
+                    };
+                    match self.get_session(&id).await {
+                        Ok(v) if v.status == "open" => out.push(v),
+                        Ok(_) | Err(BrokerError::SessionNotFound) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+}

@@ -1,0 +1,158 @@
+//! What the use cases take and give back: session requests, and the views of sessions,
+//! pools, numbers, relay decisions and interactions that the API and the relay render.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{E164, GeoMatch, InterceptFallback, Mode, NumberState, PoolName};
+
+#[derive(Clone, Debug)]
+pub struct Participant {
+    pub number: E164,
+    pub label: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    pub pool: PoolName,
+    pub participants: [Participant; 2],
+    pub ttl_secs: Option<u32>,
+    pub mode: Mode,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ParticipantView {
+    pub number: Option<String>,
+    pub label: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SessionView {
+    pub id: String,
+    pub pool: String,
+    pub status: String,
+    pub mode: String,
+    pub proxy_number: String,
+    pub geo_match: String,
+    pub participants: Vec<ParticipantView>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub closed_at: Option<String>,
+    pub close_reason: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NumberCounts {
+    pub total: i64,
+    pub active: i64,
+    pub draining: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolView {
+    pub name: String,
+    pub default_ttl_secs: u32,
+    pub cooloff_secs: u32,
+    pub geo_match: GeoMatch,
+    pub out_of_session_message: String,
+    pub callback_url: Option<String>,
+    pub callback_include_numbers: bool,
+    pub intercept_url: Option<String>,
+    pub intercept_timeout_ms: u32,
+    pub intercept_fallback: InterceptFallback,
+    pub low_threshold_pct: u8,
+    pub numbers: NumberCounts,
+    pub open_sessions: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NumberView {
+    pub number: String,
+    pub capabilities: Vec<&'static str>,
+    pub state: NumberState,
+    pub open_sessions: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    pub number: String,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AddReport {
+    pub added: Vec<String>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// What hush answers an inbound call or text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Connect {
+        session_id: String,
+        caller_id: E164,
+        to: E164,
+    },
+    Relay {
+        session_id: String,
+        from: E164,
+        to: E164,
+    },
+    Announce {
+        message: String,
+    },
+}
+
+/// What the relay answers an inbound call or text, and the interaction it recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayOutcome {
+    pub decision: Decision,
+    /// The interaction this call or text is, when it reached a session.
+    pub interaction: Option<String>,
+    /// True when the provider sent this call or message id before.
+    pub replay: bool,
+    /// True while the pool's intercept has not decided this interaction: the first request
+    /// asks the app, a retry meanwhile gets the pool's fallback.
+    pub pending: bool,
+}
+
+/// What the app's intercept decided for an interaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InterceptVerdict {
+    Allowed,
+    /// Blocked, answered with this message or, for `None`, the pool's message.
+    Blocked(Option<String>),
+}
+
+/// One relayed call or text. Holds no numbers and no message body.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct InteractionView {
+    pub id: String,
+    pub kind: &'static str,
+    pub from_participant: u8,
+    pub status: String,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<u32>,
+    pub provider: String,
+    pub provider_ref: String,
+}
+
+/// What the relay asks the app's intercept, and what it does without an answer.
+#[derive(Clone, Debug)]
+pub struct InterceptPlan {
+    pub url: String,
+    pub timeout_ms: u32,
+    pub fallback: InterceptFallback,
+    pub secrets: Vec<String>,
+    /// The `webhook-id` of the question.
+    pub id: String,
+    pub body: String,
+    /// The pool's out-of-session message, for a block without a message of its own.
+    pub message: String,
+}
