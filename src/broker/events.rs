@@ -34,6 +34,7 @@ pub struct EventView {
     pub failure: Option<String>,
 }
 
+/// One delivery attempt of an event.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct AttemptView {
     pub at: String,
@@ -230,11 +231,7 @@ impl Broker {
             ));
         }
         self.inner.store.pool_fields_set(row.id, &fields).await?;
-        self.inner
-            .pools
-            .write()
-            .expect("lock poisoned")
-            .remove(&row.id);
+        self.forget_cached_pool(row.id);
         Ok(fresh)
     }
 

@@ -44,6 +44,7 @@ pub use views::{
 /// How long a pool's policy is trusted before it is read again on hot paths.
 const POOL_CACHE_MS: Millis = 2_000;
 
+/// Why a use case failed. Each edge (the API, the relay) maps it to its own answer.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("{field} is not a valid number: {reason}")]
@@ -96,6 +97,8 @@ struct BlobParticipant {
     l: Option<String>,
 }
 
+/// What the clones of one [`Broker`] share: the store, the sealing keys, the clock, and
+/// the caches that spare hot paths a round trip.
 struct Inner {
     store: Store,
     crypto: Arc<Crypto>,
@@ -110,6 +113,7 @@ struct Inner {
     principals: RwLock<HashMap<String, (Arc<Principal>, Millis)>>,
 }
 
+/// The handle the edges and the background loops hold; clones share one [`Inner`].
 #[derive(Clone)]
 pub struct Broker {
     inner: Arc<Inner>,
@@ -296,5 +300,10 @@ impl Broker {
                 .insert(id, (row.clone(), now));
         }
         Ok(row)
+    }
+
+    /// Drops a pool's cached row, so this instance reads a change it made at once.
+    fn forget_cached_pool(&self, id: u32) {
+        self.inner.pools.write().expect("lock poisoned").remove(&id);
     }
 }

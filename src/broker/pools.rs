@@ -148,10 +148,6 @@ impl Broker {
         Ok(())
     }
 
-    fn forget_cached_pool(&self, id: u32) {
-        self.inner.pools.write().expect("lock poisoned").remove(&id);
-    }
-
     async fn pool_view(&self, row: &PoolRow) -> Result<PoolView> {
         let policy = policy_of(row);
         let mut counts = NumberCounts {

@@ -7,12 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{E164, GeoMatch, InterceptFallback, Mode, NumberState, PoolName};
 
+/// One side of a session being created: a real number and the app's optional label.
 #[derive(Clone, Debug)]
 pub struct Participant {
     pub number: E164,
     pub label: Option<String>,
 }
 
+/// A request for a session between two participants in one pool.
 #[derive(Clone, Debug)]
 pub struct NewSession {
     pub pool: PoolName,
@@ -22,12 +24,14 @@ pub struct NewSession {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// One side of a session as the app sees it; the number is gone once erased.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ParticipantView {
     pub number: Option<String>,
     pub label: Option<String>,
 }
 
+/// A session as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SessionView {
     pub id: String,
@@ -44,6 +48,7 @@ pub struct SessionView {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// How many numbers a pool holds, by state.
 #[derive(Clone, Debug, Serialize)]
 pub struct NumberCounts {
     pub total: i64,
@@ -51,6 +56,7 @@ pub struct NumberCounts {
     pub draining: i64,
 }
 
+/// A pool as the API shows it: its policy, its numbers and its open sessions.
 #[derive(Clone, Debug, Serialize)]
 pub struct PoolView {
     pub name: String,
@@ -68,6 +74,7 @@ pub struct PoolView {
     pub open_sessions: i64,
 }
 
+/// A proxy number as the API shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct NumberView {
     pub number: String,
@@ -76,12 +83,14 @@ pub struct NumberView {
     pub open_sessions: i64,
 }
 
+/// A number a bulk add left out, with the code saying why.
 #[derive(Clone, Debug, Serialize)]
 pub struct Skipped {
     pub number: String,
     pub code: &'static str,
 }
 
+/// What a bulk add of numbers did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AddReport {
     pub added: Vec<String>,
