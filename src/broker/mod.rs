@@ -113,7 +113,7 @@ struct Inner {
     principals: RwLock<HashMap<String, (Arc<Principal>, Millis)>>,
 }
 
-/// The handle the edges and the background loops hold; clones share one [`Inner`].
+/// The handle the edges and the background loops hold; its clones share one state.
 #[derive(Clone)]
 pub struct Broker {
     inner: Arc<Inner>,

@@ -19,6 +19,8 @@ pub const PROVIDER_REF_TTL_MS: i64 = 48 * 3600 * 1000;
 pub const UNNAMED_REF_TTL_MS: i64 = 60 * 1000;
 
 impl Broker {
+    /// The pool and shard a proxy number belongs to, from the cache unless `fresh`: numbers
+    /// rarely move, so only a miss on the cached shard is worth asking Redis again.
     pub(super) async fn owner(&self, number: &E164, fresh: bool) -> Result<Option<(u32, u16)>> {
         if !fresh
             && let Some(o) = self
