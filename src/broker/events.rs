@@ -220,7 +220,7 @@ impl Broker {
     pub async fn rotate_callback_secret(&self, name: &PoolName) -> Result<String> {
         let row = self.pool_row(name).await?;
         let current = self.signing_secrets(&row)?.into_iter().next();
-        let fresh = crate::events::signing::SigningSecret::generate().to_text();
+        let fresh = crate::crypto::webhook::SigningSecret::generate().to_text();
         let seal = |t: &str| self.inner.crypto.seal("callback-secret", t.as_bytes());
         let mut fields = vec![("sec", seal(&fresh))];
         if let Some(old) = current {

@@ -58,7 +58,7 @@ impl Broker {
             .await?;
         // Every pool has a signing secret from the start, so callbacks can be turned on
         // later without a separate step.
-        let secret = crate::events::signing::SigningSecret::generate().to_text();
+        let secret = crate::crypto::webhook::SigningSecret::generate().to_text();
         self.inner
             .store
             .pool_field_init(

@@ -3,5 +3,8 @@
 
 pub mod delivery;
 pub mod intercept;
-pub mod signing;
 pub mod ssrf;
+
+/// Standard Webhooks signing. It lives in [`crate::crypto::webhook`], beneath the broker, which
+/// mints the secrets, so that the broker never imports `events`.
+pub use crate::crypto::webhook as signing;

@@ -1,7 +1,11 @@
 //! Participant numbers at rest. Keys name a participant only by a blind index (truncated
 //! HMAC-SHA256 under the index key, which never rotates so lookups stay stable); values hold
 //! numbers only as XChaCha20-Poly1305 ciphertext tagged with the id of the data key that
-//! sealed them, so data keys can rotate while old records stay readable.
+//! sealed them, so data keys can rotate while old records stay readable. `webhook` holds the
+//! Standard Webhooks secrets and signatures: the broker mints secrets and events sign with them,
+//! so they live beneath both.
+
+pub mod webhook;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD_NO_PAD as B64, URL_SAFE_NO_PAD as B64URL};
