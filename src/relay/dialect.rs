@@ -11,7 +11,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
+use reqwest::Client;
 
+use super::outbound::{OutboundSms, SendError};
 use super::{Inbound, Webhook};
 use crate::broker::{BrokerError, PROVIDER_REF_TTL_MS, RelayOutcome};
 use crate::config::Providers;
@@ -49,6 +51,15 @@ impl Path {
         }
     }
 
+    /// The usual three: calls, texts and status reports, all posted.
+    pub const fn posted(voice: &'static str, sms: &'static str, status: &'static str) -> [Self; 3] {
+        [
+            Path::post(voice, Hook::VOICE),
+            Path::post(sms, Hook::SMS),
+            Path::post(status, Hook::Status),
+        ]
+    }
+
     /// For providers whose console lets the operator choose GET or POST.
     pub const fn get_or_post(path: &'static str, hook: Hook) -> Self {
         Path {
@@ -72,8 +83,7 @@ pub enum Read {
 /// recordings, gathered digits and calls the app starts land as new [`Hook`]s and
 /// decisions, each read and rendered here once per dialect.
 ///
-/// Sending through a provider's REST API (texts for providers that cannot answer a text
-/// inline) is the outbound queue's, keyed by [`super::outbound::Via`].
+/// A provider whose REST API hush calls implements [`RestApi`] as well.
 pub trait Dialect: Send + Sync + 'static {
     /// The provider's name as interactions, provider references and metrics carry it.
     const NAME: &'static str;
@@ -116,6 +126,22 @@ pub trait Dialect: Send + Sync + 'static {
     /// Reads a verified status report and applies it to the interaction it names.
     fn status(state: &AppState, webhook: &Webhook) -> impl Future<Output = Response> + Send;
 }
+
+/// What a provider's REST API does for hush: today, send a text that a webhook could not
+/// answer inline (the outbound queue calls it, retrying as the error says); calls the app
+/// starts would be placed here too.
+pub trait RestApi: Dialect {
+    /// Sends one text; the provider's id for it when its answer names one, which its
+    /// delivery reports then carry.
+    fn send_text(
+        http: &Client,
+        p: &Providers,
+        msg: &OutboundSms,
+    ) -> impl Future<Output = Sent> + Send;
+}
+
+/// What one attempt to send a text came to: the provider's id for it, when it gives one.
+pub type Sent = Result<Option<String>, SendError>;
 
 /// The routes of dialect `D`, each served by the flow.
 pub fn routes<D: Dialect>() -> Router<AppState> {

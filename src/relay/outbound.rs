@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use axum::response::{IntoResponse, Response};
 
 use super::Inbound;
-use super::dialect::Dialect;
+use super::dialect::{Dialect, RestApi};
 use super::telnyx::Telnyx;
 use super::vonage::Vonage;
 use crate::broker::{Broker, BrokerError, Decision, PROVIDER_REF_TTL_MS};
@@ -280,10 +280,8 @@ async fn attempt(
     msg: &OutboundSms,
 ) -> Result<Option<String>, SendError> {
     match msg.via {
-        Via::Telnyx => super::telnyx::post_message(http, providers, msg).await,
-        Via::Vonage => super::vonage::send(http, providers, msg)
-            .await
-            .map(|()| None),
+        Via::Telnyx => Telnyx::send_text(http, providers, msg).await,
+        Via::Vonage => Vonage::send_text(http, providers, msg).await,
     }
 }
 

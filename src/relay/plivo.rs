@@ -36,11 +36,8 @@ impl Dialect for Plivo {
     const NAME: &'static str = PROVIDER;
     /// Plivo application URLs: Answer URL → `/hooks/plivo/voice`, Message URL →
     /// `/hooks/plivo/sms`, Hangup URL → `/hooks/plivo/status` (all `POST`).
-    const PATHS: &'static [Path] = &[
-        Path::post("/hooks/plivo/voice", Hook::VOICE),
-        Path::post("/hooks/plivo/sms", Hook::SMS),
-        Path::post(STATUS_PATH, Hook::Status),
-    ];
+    const PATHS: &'static [Path] =
+        &Path::posted("/hooks/plivo/voice", "/hooks/plivo/sms", STATUS_PATH);
 
     /// Plivo is enabled when its auth token is configured: without it no request can be
     /// verified.

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::{Value, json};
 
-use super::dialect::{Dialect, Hook, Path, Read};
+use super::dialect::{Dialect, Hook, Path, Read, RestApi, Sent};
 use super::outbound::{self, OutboundSms, SendError, Via};
 use super::{Inbound, Webhook, forbidden, form_urlencoded, param, xml_escape};
 use crate::broker::{Decision, RelayOutcome};
@@ -32,11 +32,11 @@ pub struct Telnyx;
 
 impl Dialect for Telnyx {
     const NAME: &'static str = PROVIDER;
-    const PATHS: &'static [Path] = &[
-        Path::post("/hooks/telnyx/voice", Hook::VOICE),
-        Path::post("/hooks/telnyx/sms", Hook::SMS),
-        Path::post("/hooks/telnyx/status", Hook::Status),
-    ];
+    const PATHS: &'static [Path] = &Path::posted(
+        "/hooks/telnyx/voice",
+        "/hooks/telnyx/sms",
+        "/hooks/telnyx/status",
+    );
 
     /// Telnyx is enabled when the public key that checks its webhooks is set.
     fn enabled(p: &Providers) -> bool {
@@ -314,6 +314,12 @@ async fn message_report(state: &AppState, event: &Value) -> Response {
 }
 
 // ---- sending
+
+impl RestApi for Telnyx {
+    async fn send_text(http: &reqwest::Client, p: &Providers, msg: &OutboundSms) -> Sent {
+        post_message(http, p, msg).await
+    }
+}
 
 /// Sends a text through `POST {HUSH_TELNYX_API_BASE}/v2/messages`.
 pub async fn send(

@@ -37,11 +37,8 @@ pub struct Twilio;
 
 impl Dialect for Twilio {
     const NAME: &'static str = PROVIDER;
-    const PATHS: &'static [Path] = &[
-        Path::post("/hooks/twilio/voice", Hook::VOICE),
-        Path::post("/hooks/twilio/sms", Hook::SMS),
-        Path::post(STATUS_PATH, Hook::Status),
-    ];
+    const PATHS: &'static [Path] =
+        &Path::posted("/hooks/twilio/voice", "/hooks/twilio/sms", STATUS_PATH);
 
     fn enabled(p: &Providers) -> bool {
         enabled(p)

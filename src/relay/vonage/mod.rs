@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::outbound::{self, OutboundSms, SendError, Via};
 mod sign;
 
-use super::dialect::{Dialect, Hook, Path, Read};
+use super::dialect::{Dialect, Hook, Path, Read, RestApi, Sent};
 use super::{Inbound, Webhook, forbidden, param};
 use crate::broker::{Decision, RelayOutcome};
 use crate::config::Providers;
@@ -271,6 +271,14 @@ fn call_status(raw: &str) -> Option<(String, bool)> {
 }
 
 // ---- sending
+
+/// Vonage's SMS API answers with its own message ids, but its delivery receipts are not
+/// read: the id is not kept.
+impl RestApi for Vonage {
+    async fn send_text(http: &reqwest::Client, p: &Providers, msg: &OutboundSms) -> Sent {
+        send(http, p, msg).await.map(|()| None)
+    }
+}
 
 /// Sends one text through Vonage's SMS API, from the proxy number to the other party.
 /// `type=unicode` keeps any character intact (Vonage would otherwise take the text as GSM-7
