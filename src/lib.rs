@@ -1,5 +1,7 @@
 //! hush: a phone-number masking broker. This file wires the layers together; the logic
-//! lives in `domain` (rules), `store` (Redis), `broker` (use-cases) and `api` (HTTP).
+//! lives in `domain` (rules), `store` (Redis), `broker` (use-cases), and the two HTTP edges
+//! `api` (the app's REST API) and `relay` (provider webhooks) over the plumbing in `http`,
+//! mounted together by `server`.
 
 pub mod api;
 pub mod broker;
@@ -7,6 +9,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod events;
+pub mod http;
 pub mod relay;
 pub mod server;
 pub mod store;
@@ -67,7 +70,7 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-    let app = api::router(api::AppState {
+    let app = server::app(http::AppState {
         broker,
         config: Arc::new(config.clone()),
         http: events::ssrf::client(

@@ -1,7 +1,7 @@
 //! Events as the app's operators see them (scope `pools`): what was sent, what failed, and
 //! sending again.
 
-use super::extract::{Path, Query, State, pool_param};
+use crate::http::extract::{Path, Query, State, pool_param};
 use axum::response::Response;
 use serde::Deserialize;
 

@@ -2,41 +2,24 @@
 //! errors, and per-request metrics and logs that name the route template, never the path
 //! (paths can hold a participant's number).
 
-pub mod edge;
-mod error;
 mod events;
-mod extract;
 mod ops;
 mod pools;
 mod sessions;
 
-use std::time::Instant;
-
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::{Router, body::Bytes, extract::DefaultBodyLimit};
+use axum::{Router, body::Bytes};
 use serde::de::DeserializeOwned;
 
-pub use error::{ApiError, problem, scrub};
+// The shared plumbing keeps answering to its old paths here.
+pub use crate::http::{ApiError, AppState, BODY_LIMIT, edge, problem, scrub};
 
 use crate::broker::{Broker, BrokerError, EventId, PoolLimit, Principal, Scope};
 use crate::domain::{PoolName, SessionId};
-use crate::telemetry::METRICS;
-
-/// Largest request body hush reads.
-pub const BODY_LIMIT: usize = 64 * 1024;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub broker: Broker,
-    pub config: std::sync::Arc<crate::config::Config>,
-    /// Behind the SSRF guard: for asking the app's intercept.
-    pub http: reqwest::Client,
-}
 
 /// Every route the server answers, as `(method, path template)`; a test holds
 /// `proto/openapi.yaml` to this list and this list to the router.
@@ -68,8 +51,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/participants/{number}"),
 ];
 
-pub fn router(state: AppState) -> Router {
-    let hooks = crate::relay::router(&state);
+/// The app's routes; the server mounts them beside the provider webhooks.
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -114,54 +97,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events/{id}/redeliver", post(events::redeliver))
         .route("/v1/route", post(sessions::route))
         .route("/v1/participants/{number}", delete(sessions::erase))
-        .merge(hooks)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(
-            edge::Limits::from_config(&state.config),
-            edge::guard,
-        ))
-        .layer(axum::middleware::from_fn(observe))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            |_: Box<dyn std::any::Any + Send>| {
-                tracing::error!("request handler panicked");
-                problem(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "Internal error",
-                    "an internal error occurred; it has been logged".into(),
-                )
-            },
-        ))
-        .with_state(state)
-}
-
-async fn not_found() -> ApiError {
-    ApiError::NotFound("not_found", "no such endpoint".into())
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
-}
-
-/// Metrics and one log line per request, labelled by route template.
-async fn observe(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = crate::telemetry::method_label(req.method());
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let resp = next.run(req).await;
-    let secs = start.elapsed().as_secs_f64();
-    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    let status = resp.status();
-    let labels = [method, route, status.as_str()];
-    METRICS.http_requests.with_label_values(&labels).inc();
-    METRICS
-        .http_latency
-        .with_label_values(&labels)
-        .observe(secs);
-    tracing::debug!(%method, %route, %status, ms = secs * 1000.0, "request");
-    resp
 }
 
 /// The caller, authenticated by its bearer key.

@@ -1,6 +1,6 @@
 //! Pools and their numbers (scope `pools`).
 
-use super::extract::{Path, State};
+use crate::http::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;

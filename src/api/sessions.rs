@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::extract::{Path, Query, State, pool_param};
+use crate::http::extract::{Path, Query, State, pool_param};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;

@@ -1,9 +1,10 @@
-//! Provider webhooks. One provider-neutral path — verify the signature over the URL the
-//! provider called, parse into an [`Inbound`], ask the broker, render the [`Decision`] — and
-//! one module per provider dialect that only verifies, parses and renders. A provider whose
-//! credentials are not configured has no routes at all (404), so no operator can run one
-//! unauthenticated by mistake.
+//! Provider webhooks. One provider-neutral flow ([`dialect`]) verifies the signature over the
+//! URL the provider called, reads an [`Inbound`], asks the broker and answers the
+//! [`Decision`]; each provider is one [`dialect::Dialect`] saying only how its wire differs.
+//! A provider whose credentials are not configured has no routes at all (404), so no
+//! operator can run one unauthenticated by mistake.
 
+pub mod dialect;
 pub mod outbound;
 pub mod plivo;
 pub mod telnyx;
@@ -15,12 +16,11 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 
-use crate::api::{AppState, problem};
-use crate::broker::{BrokerError, Decision, InterceptVerdict, PROVIDER_REF_TTL_MS, RelayOutcome};
+use crate::config::Providers;
 use crate::domain::E164;
-use crate::domain::InterceptFallback;
 use crate::domain::session::Kind;
-use crate::events::intercept;
+use crate::http::{AppState, problem};
+use dialect::Dialect;
 
 /// A webhook request as the provider sent it, with the URL it called as the provider sees
 /// it (`HUSH_PUBLIC_URL` + path + query), which is what signatures cover.
@@ -70,24 +70,24 @@ impl Webhook {
 /// Every hook takes its request as a [`Webhook`]: the body read whole (up to the API's body
 /// limit) and the URL as the provider called it, before anything is parsed.
 impl axum::extract::FromRequest<AppState> for Webhook {
-    type Rejection = crate::api::ApiError;
+    type Rejection = crate::http::ApiError;
 
     async fn from_request(
         req: axum::extract::Request,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        let body = axum::body::to_bytes(body, crate::api::BODY_LIMIT)
+        let body = axum::body::to_bytes(body, crate::http::BODY_LIMIT)
             .await
             .map_err(|e| {
                 let mut cur: Option<&dyn std::error::Error> = Some(&e);
                 while let Some(err) = cur {
                     if err.to_string().contains("length limit") {
-                        return crate::api::ApiError::PayloadTooLarge;
+                        return crate::http::ApiError::PayloadTooLarge;
                     }
                     cur = err.source();
                 }
-                crate::api::ApiError::InvalidRequest("the body could not be read".into())
+                crate::http::ApiError::InvalidRequest("the body could not be read".into())
             })?;
         Ok(Webhook::new(
             &state.config.public_url(),
@@ -156,6 +156,38 @@ pub struct Inbound {
     pub provider_ref: String,
 }
 
+impl Inbound {
+    /// A call, which carries nothing but who calls whom.
+    pub fn call(from: Option<E164>, to: E164, provider_ref: String) -> Self {
+        Inbound {
+            kind: Kind::Voice,
+            from,
+            to,
+            body: None,
+            media: Vec::new(),
+            provider_ref,
+        }
+    }
+
+    /// A text with its body and any media URLs.
+    pub fn text(
+        from: Option<E164>,
+        to: E164,
+        body: String,
+        media: Vec<String>,
+        provider_ref: String,
+    ) -> Self {
+        Inbound {
+            kind: Kind::Sms,
+            from,
+            to,
+            body: Some(body),
+            media,
+            provider_ref,
+        }
+    }
+}
+
 /// Escapes text for XML content and attribute values so that what the provider's parser
 /// reads back is the original. XML 1.0 cannot carry most C0 controls at all, even as
 /// references, so they are dropped; a raw CR would be folded into LF by the parser, so it
@@ -194,115 +226,23 @@ pub fn forbidden() -> Response {
     )
 }
 
-impl AppState {
-    /// The provider-neutral answer to an inbound call or text: the broker's decision, then
-    /// the app's say when the pool has an intercept. The answer is remembered with the
-    /// provider's reference, so a retried webhook is not asked again: it gets what the
-    /// first one got, block message included.
-    pub async fn relay(
-        &self,
-        provider: &str,
-        provider_ref: &str,
-        from: Option<&E164>,
-        to: &E164,
-        kind: Kind,
-    ) -> Result<RelayOutcome, BrokerError> {
-        self.relay_remembered(provider, provider_ref, PROVIDER_REF_TTL_MS, from, to, kind)
-            .await
-    }
-
-    /// [`AppState::relay`], remembering the answer for `ref_ttl_ms`.
-    pub async fn relay_remembered(
-        &self,
-        provider: &str,
-        provider_ref: &str,
-        ref_ttl_ms: i64,
-        from: Option<&E164>,
-        to: &E164,
-        kind: Kind,
-    ) -> Result<RelayOutcome, BrokerError> {
-        let mut outcome = self
-            .broker
-            .relay_remembered(provider, provider_ref, ref_ttl_ms, from, to, kind)
-            .await?;
-        if !outcome.pending {
-            return Ok(outcome);
-        }
-        let session = match &outcome.decision {
-            Decision::Connect { session_id, .. } | Decision::Relay { session_id, .. } => {
-                session_id.clone()
-            }
-            Decision::Announce { .. } => return Ok(outcome),
-        };
-        let Some(interaction) = outcome.interaction.clone() else {
-            return Ok(outcome);
-        };
-        let Some(plan) = self.broker.intercept_plan(&session, &interaction).await? else {
-            // The intercept was removed since the claim: nobody to ask.
-            self.broker
-                .intercept_verdict(provider, provider_ref, to, &InterceptVerdict::Allowed)
-                .await?;
-            return Ok(outcome);
-        };
-        if outcome.replay {
-            // The first request is still waiting for the app: this retry gets what
-            // silence gets.
-            if plan.fallback == InterceptFallback::Block {
-                outcome.decision = Decision::Announce {
-                    message: plan.message,
-                };
-            }
-            return Ok(outcome);
-        }
-        let verdict = intercept::ask(
-            &self.http,
-            self.broker.now_ms() / 1000,
-            intercept::Question {
-                url: &plan.url,
-                id: &plan.id,
-                body: &plan.body,
-                secrets: &plan.secrets,
-                timeout: std::time::Duration::from_millis(plan.timeout_ms as u64),
-                allow_private: self.config.callback_allow_private,
-            },
-        )
-        .await;
-        let verdict = match (verdict, plan.fallback) {
-            (intercept::Verdict::Block(message), _) => InterceptVerdict::Blocked(message),
-            (intercept::Verdict::NoAnswer, InterceptFallback::Block) => {
-                InterceptVerdict::Blocked(None)
-            }
-            _ => InterceptVerdict::Allowed,
-        };
-        self.broker
-            .intercept_verdict(provider, provider_ref, to, &verdict)
-            .await?;
-        if let InterceptVerdict::Blocked(message) = verdict {
-            outcome.decision = Decision::Announce {
-                message: message.unwrap_or(plan.message),
-            };
-        }
-        Ok(outcome)
-    }
-}
-
 /// The routes of every provider whose credentials are configured.
 pub fn router(state: &AppState) -> Router<AppState> {
-    let mut r = Router::new();
     let p = &state.config.providers;
-    if twilio::enabled(p) {
-        r = r.merge(counting_refusals("twilio", twilio::routes()));
+    Router::new()
+        .merge(mounted::<twilio::Twilio>(p))
+        .merge(mounted::<telnyx::Telnyx>(p))
+        .merge(mounted::<plivo::Plivo>(p))
+        .merge(mounted::<vonage::Vonage>(p))
+}
+
+/// Dialect `D`'s routes when its credentials are configured; none otherwise.
+fn mounted<D: Dialect>(p: &Providers) -> Router<AppState> {
+    if D::enabled(p) {
+        counting_refusals(D::NAME, dialect::routes::<D>())
+    } else {
+        Router::new()
     }
-    if telnyx::enabled(p) {
-        r = r.merge(counting_refusals("telnyx", telnyx::routes()));
-    }
-    if plivo::enabled(p) {
-        r = r.merge(counting_refusals("plivo", plivo::routes()));
-    }
-    if vonage::enabled(p) {
-        r = r.merge(counting_refusals("vonage", vonage::routes()));
-    }
-    r
 }
 
 /// A provider's routes, counting each answer of [`forbidden`] (the only 403 a webhook gets)

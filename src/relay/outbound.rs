@@ -16,10 +16,17 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerError, PROVIDER_REF_TTL_MS};
+use axum::response::{IntoResponse, Response};
+
+use super::Inbound;
+use super::dialect::{Dialect, RestApi};
+use super::telnyx::Telnyx;
+use super::vonage::Vonage;
+use crate::broker::{Broker, BrokerError, Decision, PROVIDER_REF_TTL_MS};
 use crate::config::Providers;
 use crate::crypto::CryptoError;
 use crate::domain::{E164, Millis};
+use crate::http::ApiError;
 use crate::store::outbox::{Leased, Settle};
 
 /// Which provider API sends the text.
@@ -58,6 +65,50 @@ pub struct OutboundSms {
     /// Unique per relayed text (provider + inbound message id): sending is idempotent on it.
     /// Written `<provider>:<inbound message id>`, so the worker can mark the interaction.
     pub key: String,
+}
+
+/// Queues what a decision sends back for an inbound text, when the provider's API sends it:
+/// the text relayed to the other party, or the pool's message back to the sender from the
+/// number they wrote to. Nothing is queued for a withheld sender, or a decision that sends
+/// no text. One key per inbound message whatever the answer, so a retried webhook queues
+/// nothing new, and the queue keeps one text per key, so nothing goes out twice.
+///
+/// The webhook is answered `queued` once the text is recorded, and fails when it is not so
+/// that the provider sends it again.
+pub async fn queue_answer(
+    broker: &Broker,
+    via: Via,
+    inbound: Inbound,
+    decision: Decision,
+    queued: fn() -> Response,
+) -> Response {
+    let key = format!("{}:{}", via.label(), inbound.provider_ref);
+    let text = match decision {
+        Decision::Relay { from, to, .. } => OutboundSms {
+            via,
+            from,
+            to,
+            text: inbound.body.unwrap_or_default(),
+            media: inbound.media,
+            key,
+        },
+        Decision::Announce { message } => match inbound.from {
+            Some(sender) => OutboundSms {
+                via,
+                from: inbound.to,
+                to: sender,
+                text: message,
+                media: Vec::new(),
+                key,
+            },
+            None => return queued(),
+        },
+        Decision::Connect { .. } => return queued(),
+    };
+    match enqueue(broker, text).await {
+        Ok(()) => queued(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 /// Why one attempt to send failed.
@@ -229,10 +280,8 @@ async fn attempt(
     msg: &OutboundSms,
 ) -> Result<Option<String>, SendError> {
     match msg.via {
-        Via::Telnyx => super::telnyx::post_message(http, providers, msg).await,
-        Via::Vonage => super::vonage::send(http, providers, msg)
-            .await
-            .map(|()| None),
+        Via::Telnyx => Telnyx::send_text(http, providers, msg).await,
+        Via::Vonage => Vonage::send_text(http, providers, msg).await,
     }
 }
 
@@ -359,8 +408,8 @@ async fn settle_surely(broker: &Broker, item: &Leased, how: Settle<'_>) -> Resul
 
 /// Whether this instance has any provider that sends texts through an API, so needs a worker.
 pub fn needed(p: &Providers) -> bool {
-    super::telnyx::enabled(p)
-        || super::vonage::enabled(p)
+    Telnyx::enabled(p)
+        || Vonage::enabled(p)
         || p.telnyx_api_key.is_some()
         || p.vonage_api_key.is_some()
 }

@@ -5,21 +5,19 @@
 
 use std::collections::BTreeMap;
 
-use axum::Router;
-use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::dialect::{Dialect, Hook, Path, Read};
 use super::{Inbound, Webhook, forbidden, form_urlencoded, param, same, xml_escape};
-use crate::api::{ApiError, AppState};
-use crate::broker::{BrokerError, Decision};
+use crate::broker::{Decision, RelayOutcome};
 use crate::config::Providers;
 use crate::domain::E164;
 use crate::domain::session::Kind;
+use crate::http::{ApiError, AppState};
 
 /// The provider name interactions are recorded under.
 const PROVIDER: &str = "plivo";
@@ -31,20 +29,52 @@ const NONCE: &str = "x-plivo-signature-v3-nonce";
 /// The status route; relayed texts name it as their delivery-report URL.
 const STATUS_PATH: &str = "/hooks/plivo/status";
 
-/// Plivo is enabled when its auth token is configured: without it no request can be verified.
-pub fn enabled(p: &Providers) -> bool {
-    p.plivo_auth_token
-        .as_ref()
-        .is_some_and(|t| !t.expose().is_empty())
-}
+/// Plivo's side of the [`Dialect`] contract.
+pub struct Plivo;
 
-/// Plivo application URLs: Answer URL → `/hooks/plivo/voice`, Message URL →
-/// `/hooks/plivo/sms`, Hangup URL → `/hooks/plivo/status` (all `POST`).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/hooks/plivo/voice", post(voice))
-        .route("/hooks/plivo/sms", post(sms))
-        .route(STATUS_PATH, post(status))
+impl Dialect for Plivo {
+    const NAME: &'static str = PROVIDER;
+    /// Plivo application URLs: Answer URL → `/hooks/plivo/voice`, Message URL →
+    /// `/hooks/plivo/sms`, Hangup URL → `/hooks/plivo/status` (all `POST`).
+    const PATHS: &'static [Path] =
+        &Path::posted("/hooks/plivo/voice", "/hooks/plivo/sms", STATUS_PATH);
+
+    /// Plivo is enabled when its auth token is configured: without it no request can be
+    /// verified.
+    fn enabled(p: &Providers) -> bool {
+        p.plivo_auth_token
+            .as_ref()
+            .is_some_and(|t| !t.expose().is_empty())
+    }
+
+    async fn verify(s: &AppState, _: Hook, hook: &Webhook) -> Result<(), Response> {
+        signed(s, hook).then_some(()).ok_or_else(forbidden)
+    }
+
+    async fn read(_: &AppState, kind: Kind, hook: &Webhook) -> Result<Read, ApiError> {
+        Ok(match parse(kind, &hook.form())? {
+            Some(inbound) => Read::Route(inbound),
+            None => Read::Answered(Self::unrouted(kind)),
+        })
+    }
+
+    fn unrouted(kind: Kind) -> Response {
+        xml(unknown_number(kind))
+    }
+
+    async fn answer(s: &AppState, inbound: Inbound, outcome: RelayOutcome) -> Response {
+        if outcome.replay {
+            // Plivo retries a webhook it got no answer to: the broker gave the first decision
+            // again and recorded nothing new, so the answer is the same document.
+            tracing::debug!(provider = PROVIDER, "repeated webhook answered as before");
+        }
+        let status_url = format!("{}{STATUS_PATH}", s.config.public_url());
+        xml(render(&inbound, &outcome.decision, &status_url))
+    }
+
+    async fn status(s: &AppState, hook: &Webhook) -> Response {
+        status(s, hook).await
+    }
 }
 
 // ---- signature V3
@@ -149,11 +179,12 @@ fn verify(auth_token: &str, hook: &Webhook, params: &[(String, String)]) -> bool
     ok
 }
 
-/// The form parameters of a webhook whose signature verifies; `None` for any other.
-fn accept(s: &AppState, hook: &Webhook) -> Option<Vec<(String, String)>> {
-    let token = s.config.providers.plivo_auth_token.as_ref()?;
-    let params = hook.form();
-    verify(token.expose(), hook, &params).then_some(params)
+/// Whether a webhook's signature verifies.
+fn signed(s: &AppState, hook: &Webhook) -> bool {
+    let Some(token) = s.config.providers.plivo_auth_token.as_ref() else {
+        return false;
+    };
+    verify(token.expose(), hook, &hook.form())
 }
 
 // ---- parsing
@@ -300,48 +331,6 @@ fn query_escape(text: &str) -> String {
     out
 }
 
-// ---- handlers
-
-async fn voice(State(s): State<AppState>, hook: Webhook) -> Response {
-    inbound(s, Kind::Voice, hook).await
-}
-
-async fn sms(State(s): State<AppState>, hook: Webhook) -> Response {
-    inbound(s, Kind::Sms, hook).await
-}
-
-async fn inbound(s: AppState, kind: Kind, hook: Webhook) -> Response {
-    let Some(params) = accept(&s, &hook) else {
-        return forbidden();
-    };
-    let inbound = match parse(kind, &params) {
-        Ok(Some(inbound)) => inbound,
-        Ok(None) => return xml(unknown_number(kind)),
-        Err(e) => return e.into_response(),
-    };
-    let outcome = match s
-        .relay(
-            PROVIDER,
-            &inbound.provider_ref,
-            inbound.from.as_ref(),
-            &inbound.to,
-            kind,
-        )
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(BrokerError::NumberNotFound(_)) => return xml(unknown_number(kind)),
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    if outcome.replay {
-        // Plivo retries a webhook it got no answer to: the broker gave the first decision
-        // again and recorded nothing new, so the answer is the same document.
-        tracing::debug!(provider = PROVIDER, "repeated webhook answered as before");
-    }
-    let status_url = format!("{}{STATUS_PATH}", s.config.public_url());
-    xml(render(&inbound, &outcome.decision, &status_url))
-}
-
 /// A status callback, as the interaction it updates.
 #[derive(Debug, PartialEq, Eq)]
 struct StatusUpdate {
@@ -437,10 +426,8 @@ fn is_final(status: &str) -> bool {
     )
 }
 
-async fn status(State(s): State<AppState>, hook: Webhook) -> Response {
-    let Some(params) = accept(&s, &hook) else {
-        return forbidden();
-    };
+async fn status(s: &AppState, hook: &Webhook) -> Response {
+    let params = hook.form();
     let update = match parse_status(&params, &hook.query()) {
         Ok(Some(update)) => update,
         Ok(None) => return StatusCode::OK.into_response(),

@@ -5,23 +5,21 @@
 //! requests carry Twilio's form fields. Texts are answered 200 at once and relayed through
 //! `POST /v2/messages` by the outbound queue, so the provider never waits on a second API.
 
-use axum::Router;
-use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::{Value, json};
 
+use super::dialect::{Dialect, Hook, Path, Read, RestApi, Sent};
 use super::outbound::{self, OutboundSms, SendError, Via};
-use super::{Webhook, forbidden, form_urlencoded, param, xml_escape};
-use crate::api::{ApiError, AppState};
-use crate::broker::{BrokerError, Decision};
+use super::{Inbound, Webhook, forbidden, form_urlencoded, param, xml_escape};
+use crate::broker::{Decision, RelayOutcome};
 use crate::config::Providers;
 use crate::domain::E164;
 use crate::domain::session::Kind;
+use crate::http::{ApiError, AppState};
 
 /// The provider name interactions record.
 const PROVIDER: &str = "telnyx";
@@ -29,18 +27,59 @@ const PROVIDER: &str = "telnyx";
 /// How far a webhook's timestamp may be from now, either way, in seconds.
 pub const MAX_SKEW_SECS: i64 = 300;
 
-/// Telnyx is enabled when the public key that checks its webhooks is set.
-pub fn enabled(p: &Providers) -> bool {
-    p.telnyx_public_key
-        .as_ref()
-        .is_some_and(|k| !k.expose().trim().is_empty())
-}
+/// Telnyx's side of the [`Dialect`] contract.
+pub struct Telnyx;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/hooks/telnyx/voice", post(voice))
-        .route("/hooks/telnyx/sms", post(sms))
-        .route("/hooks/telnyx/status", post(status))
+impl Dialect for Telnyx {
+    const NAME: &'static str = PROVIDER;
+    const PATHS: &'static [Path] = &Path::posted(
+        "/hooks/telnyx/voice",
+        "/hooks/telnyx/sms",
+        "/hooks/telnyx/status",
+    );
+
+    /// Telnyx is enabled when the public key that checks its webhooks is set.
+    fn enabled(p: &Providers) -> bool {
+        p.telnyx_public_key
+            .as_ref()
+            .is_some_and(|k| !k.expose().trim().is_empty())
+    }
+
+    async fn verify(state: &AppState, _: Hook, hook: &Webhook) -> Result<(), Response> {
+        verified(state, &hook.headers, &hook.body)
+            .then_some(())
+            .ok_or_else(forbidden)
+    }
+
+    async fn read(state: &AppState, kind: Kind, hook: &Webhook) -> Result<Read, ApiError> {
+        match kind {
+            Kind::Voice => read_call(&hook.body),
+            Kind::Sms => read_text(state, &hook.body).await,
+        }
+    }
+
+    fn unrouted(kind: Kind) -> Response {
+        match kind {
+            Kind::Voice => texml(render_call(None)),
+            // Not a pool's number: nothing to relay and nobody to answer.
+            Kind::Sms => accepted(),
+        }
+    }
+
+    async fn answer(state: &AppState, inbound: Inbound, outcome: RelayOutcome) -> Response {
+        match inbound.kind {
+            Kind::Voice => texml(render_call(Some(&outcome.decision))),
+            Kind::Sms => {
+                let decision = outcome.decision;
+                outbound::queue_answer(&state.broker, Via::Telnyx, inbound, decision, accepted)
+                    .await
+            }
+        }
+    }
+
+    async fn status(state: &AppState, hook: &Webhook) -> Response {
+        status(state, &hook.body).await
+    }
 }
 
 /// Checks `signature_b64` over `"{timestamp}|{body}"` with the base64 Ed25519 public key.
@@ -131,29 +170,20 @@ fn texml(doc: String) -> Response {
     resp
 }
 
-async fn voice(State(state): State<AppState>, hook: Webhook) -> Response {
-    let (headers, body) = (hook.headers, hook.body);
-    if !verified(&state, &headers, &body) {
-        return forbidden();
-    }
-    let form = form_urlencoded(&body);
+/// Reads a TeXML call request: Twilio's form fields.
+fn read_call(body: &[u8]) -> Result<Read, ApiError> {
+    let form = form_urlencoded(body);
     let (Some(call), Some(to)) = (param(&form, "CallSid"), param(&form, "To")) else {
-        return ApiError::InvalidRequest("a TeXML call request needs CallSid and To".into())
-            .into_response();
+        return Err(ApiError::InvalidRequest(
+            "a TeXML call request needs CallSid and To".into(),
+        ));
     };
     let Ok(to) = E164::parse_syntax(to) else {
-        return texml(render_call(None));
+        return Ok(Read::Answered(texml(render_call(None))));
     };
     // A withheld or unusable caller ID reaches nobody; the broker answers it.
     let from = param(&form, "From").and_then(|f| E164::parse_syntax(f).ok());
-    match state
-        .relay(PROVIDER, call, from.as_ref(), &to, Kind::Voice)
-        .await
-    {
-        Ok(outcome) => texml(render_call(Some(&outcome.decision))),
-        Err(BrokerError::NumberNotFound(_)) => texml(render_call(None)),
-        Err(e) => ApiError::from(e).into_response(),
-    }
+    Ok(Read::Route(Inbound::call(from, to, call.to_string())))
 }
 
 // ---- texts (JSON events)
@@ -203,61 +233,23 @@ fn accepted() -> Response {
     StatusCode::OK.into_response()
 }
 
-async fn sms(State(state): State<AppState>, hook: Webhook) -> Response {
-    let (headers, body) = (hook.headers, hook.body);
-    if !verified(&state, &headers, &body) {
-        return forbidden();
-    }
-    let Ok(event) = serde_json::from_slice::<Value>(&body) else {
-        return ApiError::InvalidRequest("the event is not JSON".into()).into_response();
+/// Reads a messaging event: a received text to route, or a report on one hush sent.
+async fn read_text(state: &AppState, body: &[u8]) -> Result<Read, ApiError> {
+    let Ok(event) = serde_json::from_slice::<Value>(body) else {
+        return Err(ApiError::InvalidRequest("the event is not JSON".into()));
     };
     let Some(msg) = parse_received(&event) else {
         // A messaging profile has one webhook URL: delivery reports for the texts hush sent
         // arrive here too.
-        return message_report(&state, &event).await;
+        return Ok(Read::Answered(message_report(state, &event).await));
     };
     let Ok(to) = E164::parse_syntax(&msg.to) else {
-        return accepted();
+        return Ok(Read::Answered(accepted()));
     };
     let from = msg.from.as_deref().and_then(|f| E164::parse_syntax(f).ok());
-    let outcome = match state
-        .relay(PROVIDER, &msg.id, from.as_ref(), &to, Kind::Sms)
-        .await
-    {
-        Ok(outcome) => outcome,
-        // Not a pool's number: nothing to relay and nobody to answer.
-        Err(BrokerError::NumberNotFound(_)) => return accepted(),
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    // One key per inbound message, whatever the answer: a retried webhook queues nothing new.
-    let key = format!("{PROVIDER}:{}", msg.id);
-    let text = match outcome.decision {
-        Decision::Relay { from, to, .. } => OutboundSms {
-            via: Via::Telnyx,
-            from,
-            to,
-            text: msg.text,
-            media: msg.media,
-            key,
-        },
-        Decision::Announce { message } => match from {
-            Some(sender) => OutboundSms {
-                via: Via::Telnyx,
-                from: to,
-                to: sender,
-                text: message,
-                media: Vec::new(),
-                key,
-            },
-            None => return accepted(),
-        },
-        Decision::Connect { .. } => return accepted(),
-    };
-    match outbound::enqueue(&state.broker, text).await {
-        Ok(()) => accepted(),
-        // Not recorded: fail the webhook so Telnyx sends it again.
-        Err(e) => ApiError::from(e).into_response(),
-    }
+    Ok(Read::Route(Inbound::text(
+        from, to, msg.text, msg.media, msg.id,
+    )))
 }
 
 // ---- status callbacks
@@ -270,19 +262,15 @@ fn call_is_over(status: &str) -> bool {
     )
 }
 
-async fn status(State(state): State<AppState>, hook: Webhook) -> Response {
-    let (headers, body) = (hook.headers, hook.body);
-    if !verified(&state, &headers, &body) {
-        return forbidden();
-    }
+async fn status(state: &AppState, body: &[u8]) -> Response {
     if body.trim_ascii_start().starts_with(b"{") {
-        return match serde_json::from_slice::<Value>(&body) {
-            Ok(event) => message_report(&state, &event).await,
+        return match serde_json::from_slice::<Value>(body) {
+            Ok(event) => message_report(state, &event).await,
             Err(_) => ApiError::InvalidRequest("the event is not JSON".into()).into_response(),
         };
     }
     // A TeXML status callback: Twilio's form fields.
-    let form = form_urlencoded(&body);
+    let form = form_urlencoded(body);
     let (Some(call), Some(status)) = (param(&form, "CallSid"), param(&form, "CallStatus")) else {
         return ApiError::InvalidRequest("a call status needs CallSid and CallStatus".into())
             .into_response();
@@ -326,6 +314,12 @@ async fn message_report(state: &AppState, event: &Value) -> Response {
 }
 
 // ---- sending
+
+impl RestApi for Telnyx {
+    async fn send_text(http: &reqwest::Client, p: &Providers, msg: &OutboundSms) -> Sent {
+        post_message(http, p, msg).await
+    }
+}
 
 /// Sends a text through `POST {HUSH_TELNYX_API_BASE}/v2/messages`.
 pub async fn send(

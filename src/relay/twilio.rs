@@ -3,23 +3,21 @@
 //! into an [`Inbound`], and answers in TwiML: `<Dial>` a call, `<Message>` a text, `<Say>` the
 //! pool's message when nothing is open. Status callbacks close the interaction they report on.
 
-use axum::Router;
-use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
+use super::dialect::{Dialect, Hook, Path, Read};
 use super::{Inbound, Webhook, forbidden, form_urlencoded, param, same, xml_escape};
-use crate::api::{ApiError, AppState};
-use crate::broker::{BrokerError, Decision};
+use crate::broker::{BrokerError, Decision, RelayOutcome};
 use crate::config::Providers;
 use crate::domain::E164;
 use crate::domain::session::Kind;
+use crate::http::{ApiError, AppState};
 
 const PROVIDER: &str = "twilio";
 const STATUS_PATH: &str = "/hooks/twilio/status";
@@ -34,51 +32,45 @@ pub fn enabled(p: &Providers) -> bool {
             .any(|(_, k)| !k.expose().is_empty())
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/hooks/twilio/voice", post(voice))
-        .route("/hooks/twilio/sms", post(sms))
-        .route(STATUS_PATH, post(status))
-}
+/// Twilio's side of the [`Dialect`] contract.
+pub struct Twilio;
 
-async fn voice(State(s): State<AppState>, hook: Webhook) -> Response {
-    inbound(&s, Kind::Voice, hook).await
-}
+impl Dialect for Twilio {
+    const NAME: &'static str = PROVIDER;
+    const PATHS: &'static [Path] =
+        &Path::posted("/hooks/twilio/voice", "/hooks/twilio/sms", STATUS_PATH);
 
-async fn sms(State(s): State<AppState>, hook: Webhook) -> Response {
-    inbound(&s, Kind::Sms, hook).await
-}
-
-/// Verify, parse, ask the broker, render: the whole answer to a call or a text.
-async fn inbound(s: &AppState, kind: Kind, hook: Webhook) -> Response {
-    let public_url = s.config.public_url();
-    if !verify(&s.config.providers, &hook) {
-        return forbidden();
+    fn enabled(p: &Providers) -> bool {
+        enabled(p)
     }
-    let inbound = match parse(kind, &hook.form()) {
-        Ok(i) => i,
-        Err(e) => return e.into_response(),
-    };
-    let outcome = s
-        .relay(
-            PROVIDER,
-            &inbound.provider_ref,
-            inbound.from.as_ref(),
-            &inbound.to,
-            kind,
-        )
-        .await;
-    match outcome {
-        // A retry (`replay`) gets the same decision from the broker, so the same document.
-        Ok(outcome) => twiml(render(&outcome.decision, &inbound, &public_url)),
-        // The dialled number is no pool's. A call is refused before it is answered, so the
-        // caller is not billed and hears a plain rejection
-        // (https://www.twilio.com/docs/voice/twiml/reject); a text gets no reply at all.
-        Err(BrokerError::NumberNotFound(_)) => twiml(match kind {
+
+    async fn verify(s: &AppState, _: Hook, hook: &Webhook) -> Result<(), Response> {
+        verify(&s.config.providers, hook)
+            .then_some(())
+            .ok_or_else(forbidden)
+    }
+
+    async fn read(_: &AppState, kind: Kind, hook: &Webhook) -> Result<Read, ApiError> {
+        parse(kind, &hook.form()).map(Read::Route)
+    }
+
+    // The dialled number is no pool's. A call is refused before it is answered, so the
+    // caller is not billed and hears a plain rejection
+    // (https://www.twilio.com/docs/voice/twiml/reject); a text gets no reply at all.
+    fn unrouted(kind: Kind) -> Response {
+        twiml(match kind {
             Kind::Voice => "<Response><Reject/></Response>".into(),
             Kind::Sms => "<Response/>".into(),
-        }),
-        Err(e) => ApiError::from(e).into_response(),
+        })
+    }
+
+    // A retry (`replay`) gets the same decision from the broker, so the same document.
+    async fn answer(s: &AppState, inbound: Inbound, outcome: RelayOutcome) -> Response {
+        twiml(render(&outcome.decision, &inbound, &s.config.public_url()))
+    }
+
+    async fn status(s: &AppState, hook: &Webhook) -> Response {
+        status(s, hook).await
     }
 }
 
@@ -214,10 +206,7 @@ const FINAL_MESSAGE: &[&str] = &["delivered", "undelivered", "failed", "canceled
 /// Unknown references change nothing and are answered like the others, so Twilio does not
 /// log errors for calls that reached nobody. The answer is an empty TwiML document because a
 /// `<Message action>` response may be read as the next instructions.
-async fn status(State(s): State<AppState>, hook: Webhook) -> Response {
-    if !verify(&s.config.providers, &hook) {
-        return forbidden();
-    }
+async fn status(s: &AppState, hook: &Webhook) -> Response {
     let report = match StatusReport::parse(&hook.form(), &hook.query()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),

@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::Progress;
-use crate::api::edge::head_problem;
+use crate::http::edge::head_problem;
 use crate::telemetry::METRICS;
 
 /// More than any head hyper writes on its own; held bytes past this go out unchanged.

@@ -2,7 +2,7 @@
 //! clients cost bounded resources: a cap on connections served at once, a deadline for every
 //! request head and for every idle wait between requests (see [`io`]), problem+json in place
 //! of hyper's own bodiless error answers, and a graceful shutdown that lets in-flight requests
-//! finish.
+//! finish. [`app`] mounts the app's API and the provider webhooks side by side.
 //!
 //! At the cap, hush stops accepting: further connections wait in the kernel's listen backlog,
 //! which costs hush no descriptor and no memory, and are served in order as slots free up.
@@ -33,6 +33,13 @@ use tower::ServiceExt as _;
 
 use crate::config::{Config, ConfigError};
 use crate::telemetry::METRICS;
+
+/// Every route hush answers: the app's API and the webhooks of each configured provider,
+/// under the layers both share.
+pub fn app(state: crate::http::AppState) -> Router {
+    let routes = crate::api::routes().merge(crate::relay::router(&state));
+    crate::http::layered(routes, state)
+}
 
 /// hyper's read buffer per connection, which bounds what one request head can make hush
 /// hold. It fits hyper's own 64 KiB limit on request targets, so an over-long target is
@@ -135,7 +142,7 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.keep_alive(limits.keepalive_idle.is_some())
         .max_buf_size(READ_BUFFER)
-        .max_headers(crate::api::edge::MAX_HEADERS)
+        .max_headers(crate::http::edge::MAX_HEADERS)
         // Our I/O wrapper owns the head deadline: hyper's would also cut keep-alive
         // connections that sit idle for longer than it.
         .header_read_timeout(None);

@@ -1,29 +1,20 @@
-//! The Vonage dialect. Voice webhooks (answer, event) carry a JWT signed HS256 with the
-//! account's signature secret and are answered with NCCO JSON; inbound SMS carry a `sig`
-//! parameter made with the account's signature method, are answered `204` at once, and the
-//! relayed text leaves later through Vonage's SMS API ([`send`], called by the outbound
-//! queue). Vonage writes numbers as digits without `+`, in both directions.
+//! How Vonage signs its webhooks: a JWT (HS256 under the signature secret) on voice
+//! webhooks, once per request, and a `sig` parameter on inbound texts made with the
+//! account's signature method. Each check comes with the published vectors that hold it.
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hmac::{Hmac, Mac};
 use md5::Md5;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
 
-use super::outbound::{OutboundSms, SendError, Via};
-use super::{Webhook, forbidden, param, same};
-use crate::api::{ApiError, AppState, scrub};
-use crate::broker::{BrokerError, Decision};
-use crate::config::Providers;
-use crate::domain::E164;
-use crate::domain::session::Kind;
+use super::params;
+use crate::http::{ApiError, AppState};
+use crate::relay::{Webhook, forbidden, param, same};
 
 /// How far a signed timestamp may be from our clock. Vonage signs the `timestamp` of an
 /// inbound SMS so a captured request cannot be replayed later; five minutes leaves room for
@@ -39,255 +30,6 @@ const B64URL: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
-
-/// Vonage is enabled when its signature secret is set: both kinds of webhook are signed
-/// with it, so without it nothing could be verified.
-pub fn enabled(p: &Providers) -> bool {
-    p.vonage_signature_secret
-        .as_ref()
-        .is_some_and(|s| !s.expose().is_empty())
-}
-
-/// `answer_url` and `event_url` of the Vonage application, and the account's inbound SMS
-/// webhook. Answer and SMS may be configured as GET or POST in Vonage's dashboard.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/hooks/vonage/answer", get(answer).post(answer))
-        .route("/hooks/vonage/event", post(event))
-        .route("/hooks/vonage/sms", get(sms).post(sms))
-}
-
-// ---- handlers
-
-/// An inbound call was answered by Vonage, which asks what to do with it.
-/// <https://developer.vonage.com/en/voice/voice-api/webhook-reference#answer-webhook>
-async fn answer(State(s): State<AppState>, w: Webhook) -> Response {
-    if let Err(refusal) = check_voice(&s, &w).await {
-        return refusal;
-    }
-    let Some(p) = params(&w) else {
-        return ApiError::InvalidRequest("the webhook parameters could not be read".into())
-            .into_response();
-    };
-    // A `to` that is no number (a SIP or app endpoint) is no pool's number either.
-    let Some(to) = number(param(&p, "to")) else {
-        return ncco(reject());
-    };
-    // Withheld callers come as `Unknown`, `Restricted` or nothing: they hold no route and
-    // hear the out-of-session message.
-    let from = number(param(&p, "from"));
-    let uuid = param(&p, "uuid").unwrap_or_default();
-    match s
-        .relay("vonage", uuid, from.as_ref(), &to, Kind::Voice)
-        .await
-    {
-        Ok(outcome) => ncco(voice_ncco(&outcome.decision)),
-        Err(BrokerError::NumberNotFound(_)) => ncco(reject()),
-        Err(e) => ApiError::from(e).into_response(),
-    }
-}
-
-/// Call progress. Only the inbound leg is the interaction hush recorded (its `uuid` is the
-/// one the answer webhook carried); the leg hush's `connect` placed has a uuid of its own.
-/// <https://developer.vonage.com/en/voice/voice-api/webhook-reference#event-webhook>
-async fn event(State(s): State<AppState>, w: Webhook) -> Response {
-    if let Err(refusal) = check_voice(&s, &w).await {
-        return refusal;
-    }
-    let Some(p) = params(&w) else {
-        return ApiError::InvalidRequest("the webhook parameters could not be read".into())
-            .into_response();
-    };
-    // Other events (recordings, input, transfers) carry no call status: nothing to update.
-    let (Some(uuid), Some(raw)) = (param(&p, "uuid"), param(&p, "status")) else {
-        return no_content();
-    };
-    if param(&p, "direction") == Some("outbound") || !is_provider_ref(uuid) {
-        return no_content();
-    }
-    let Some((status, last)) = call_status(raw) else {
-        return no_content();
-    };
-    let Some(proxy) = number(param(&p, "to")) else {
-        return no_content();
-    };
-    let duration = last
-        .then(|| param(&p, "duration").and_then(|d| d.trim().parse::<u32>().ok()))
-        .flatten();
-    match s
-        .broker
-        .interaction_status("vonage", uuid, &proxy, &status, duration, last)
-        .await
-    {
-        Ok(_) => no_content(),
-        Err(e) => ApiError::from(e).into_response(),
-    }
-}
-
-/// An inbound text. Answered `204` as soon as the text to send is recorded; Vonage
-/// resends for 24 hours anything not answered 200/204, and a resent message has the same
-/// `messageId`, so it is relayed once.
-/// <https://developer.vonage.com/en/messaging/sms/guides/inbound-sms>
-///
-/// Long texts reach hush as several webhooks (`concat`, `concat-ref`, `concat-part`), each
-/// with its own `messageId`. Reassembling them would need state shared by every instance,
-/// which a dialect does not hold, so each part is relayed as it comes; phones show the
-/// parts as separate texts, in the order the network delivers them.
-async fn sms(State(s): State<AppState>, w: Webhook) -> Response {
-    // Parameters must be read to check their signature, but nothing in them is used first.
-    let Some(p) = params(&w) else {
-        return forbidden();
-    };
-    let providers = &s.config.providers;
-    let secret = providers
-        .vonage_signature_secret
-        .as_ref()
-        .map(|s| s.expose().as_bytes())
-        .unwrap_or_default();
-    let now = s.broker.now_ms().div_euclid(1000);
-    if let Err(reason) = verify_sms(&p, &providers.vonage_signature_method, secret, now) {
-        tracing::debug!(?reason, "vonage sms webhook refused");
-        return forbidden();
-    }
-    // Delivery receipts, if pointed here, and binary messages carry no `text`: not a text
-    // between participants.
-    let (Some(id), Some(text)) = (param(&p, "messageId"), param(&p, "text")) else {
-        return no_content();
-    };
-    if param(&p, "type") == Some("binary") {
-        return no_content();
-    }
-    let Some(to) = number(param(&p, "to")) else {
-        return no_content();
-    };
-    let from = number(param(&p, "msisdn"));
-    let outcome = match s.relay("vonage", id, from.as_ref(), &to, Kind::Sms).await {
-        Ok(o) => o,
-        Err(BrokerError::NumberNotFound(_)) => return no_content(),
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let outbound = |from: E164, to: E164, text: String| OutboundSms {
-        via: Via::Vonage,
-        from,
-        to,
-        text,
-        media: Vec::new(),
-        key: format!("vonage:{id}"),
-    };
-    let msg = match outcome.decision {
-        Decision::Relay { from, to, .. } => Some(outbound(from, to, text.to_string())),
-        // The pool's message goes back from the number the stranger texted.
-        Decision::Announce { message } => from.map(|sender| outbound(to, sender, message)),
-        Decision::Connect { .. } => None,
-    };
-    // Enqueued even when this is a resent webhook: if the first attempt failed after the
-    // broker recorded it, this is the text's only chance, and the queue keeps one text per
-    // key, so nothing goes out twice.
-    if let Some(msg) = msg
-        && let Err(e) = super::outbound::enqueue(&s.broker, msg).await
-    {
-        return ApiError::from(e).into_response();
-    }
-    no_content()
-}
-
-// ---- requests
-
-/// The parameters of a webhook, whichever way Vonage sent them: the query of a GET, the JSON
-/// object of a POST-JSON, or the form of a POST. `None` when a body does not parse.
-/// JSON scalars other than strings are taken as their JSON text (`1`, `true`).
-fn params(w: &Webhook) -> Option<Vec<(String, String)>> {
-    if w.method == Method::GET {
-        return Some(w.query());
-    }
-    let is_json = w
-        .header(header::CONTENT_TYPE.as_str())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Some(w.form());
-    }
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&w.body) else {
-        return None;
-    };
-    Some(
-        map.into_iter()
-            .filter_map(|(k, v)| match v {
-                Value::String(s) => Some((k, s)),
-                Value::Number(_) | Value::Bool(_) => Some((k, v.to_string())),
-                _ => None,
-            })
-            .collect(),
-    )
-}
-
-/// A number as Vonage writes it (`14155550123`, sometimes with `+`) in E.164 form. Only the
-/// form is checked, as routing does: an unknown number simply matches nothing.
-fn number(raw: Option<&str>) -> Option<E164> {
-    let raw = raw?.trim();
-    let digits = raw.strip_prefix('+').unwrap_or(raw);
-    E164::parse_syntax(&format!("+{digits}")).ok()
-}
-
-/// The same shape the broker accepts for a provider reference: a call uuid is fine, a key
-/// fragment is not.
-fn is_provider_ref(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-}
-
-fn no_content() -> Response {
-    StatusCode::NO_CONTENT.into_response()
-}
-
-// ---- NCCO
-
-fn ncco(actions: Value) -> Response {
-    axum::Json(actions).into_response()
-}
-
-/// A call to a number of no pool. An NCCO ends the call when its last action ends, so an
-/// NCCO without actions hangs up at once, without a word: hush does not announce itself
-/// to callers it has nothing for.
-/// <https://developer.vonage.com/en/voice/voice-api/ncco-reference>
-fn reject() -> Value {
-    json!([])
-}
-
-/// The NCCO of a routing decision. `connect` dials the other party showing the proxy number
-/// (`from`); `talk` speaks the pool's message, after which the NCCO ends and so does the call.
-fn voice_ncco(decision: &Decision) -> Value {
-    match decision {
-        Decision::Connect { caller_id, to, .. } => json!([{
-            "action": "connect",
-            "from": caller_id.reveal_digits(),
-            "endpoint": [{ "type": "phone", "number": to.reveal_digits() }],
-        }]),
-        Decision::Announce { message } => json!([{ "action": "talk", "text": message }]),
-        Decision::Relay { .. } => reject(),
-    }
-}
-
-/// A Vonage call status as an interaction status (the vocabulary the API documents, shared
-/// by every provider) and whether it is final. `None` for statuses that are not about the
-/// call's progress (answering-machine detection).
-/// <https://developer.vonage.com/en/voice/voice-api/guides/call-flow#event-objects>
-fn call_status(raw: &str) -> Option<(String, bool)> {
-    let raw = raw.trim().to_ascii_lowercase();
-    let (status, last) = match raw.as_str() {
-        "" | "machine" | "human" => return None,
-        "answered" => ("in-progress", false),
-        "timeout" | "unanswered" => ("no-answer", true),
-        "cancelled" => ("canceled", true),
-        "completed" | "busy" | "failed" | "rejected" => (raw.as_str(), true),
-        other => (other, false),
-    };
-    Some((status.replace(['_', ' '], "-"), last))
-}
-
-// ---- voice signatures
 
 /// Why a voice webhook's token was refused. Logged at debug level; the caller sees 403.
 #[derive(Debug, PartialEq, Eq)]
@@ -318,7 +60,7 @@ struct Token {
 /// that the token was used for no other request: its `jti` is remembered, with the
 /// request it came with, for as long as its `iat` keeps it acceptable. The answer is the
 /// response to send when the webhook is refused (403, or 503 when Redis cannot tell).
-async fn check_voice(s: &AppState, w: &Webhook) -> Result<(), Response> {
+pub(super) async fn check_voice(s: &AppState, w: &Webhook) -> Result<(), Response> {
     let token = verify_voice(s, w).map_err(|reason| {
         tracing::debug!(?reason, "vonage voice webhook refused");
         forbidden()
@@ -563,104 +305,30 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-// ---- sending
-
-/// Sends one text through Vonage's SMS API, from the proxy number to the other party.
-/// `type=unicode` keeps any character intact (Vonage would otherwise take the text as GSM-7
-/// and mangle emoji); Vonage splits a long text into parts itself.
-/// <https://developer.vonage.com/en/api/sms#send-an-sms>
-///
-/// Time limits are `http`'s own: the queue sets them to fit its leases.
-/// Timeouts, unreachable hosts, HTTP 429 and 5xx are worth retrying; so are the statuses
-/// Vonage documents as transient (throttled, internal error, too many binds). Anything else
-/// is refused for good, and so is a text Vonage accepted only some parts of: sending it again
-/// would repeat the parts already on their way.
-pub async fn send(
-    http: &reqwest::Client,
-    p: &Providers,
-    msg: &OutboundSms,
-) -> Result<(), SendError> {
-    let (Some(key), Some(secret)) = (&p.vonage_api_key, &p.vonage_api_secret) else {
-        return Err(SendError::Permanent(
-            "HUSH_VONAGE_API_KEY and HUSH_VONAGE_API_SECRET must be set to send texts".into(),
-        ));
+/// Whether an inbound text's `sig`, made with the account's signature method, verifies.
+pub(super) fn sms_signed(s: &AppState, w: &Webhook) -> bool {
+    // Parameters must be read to check their signature, but nothing in them is used first.
+    let Some(p) = params(w) else {
+        return false;
     };
-    let form = [
-        ("api_key", key.expose().as_str()),
-        ("api_secret", secret.expose().as_str()),
-        ("from", msg.from.reveal_digits()),
-        ("to", msg.to.reveal_digits()),
-        ("text", msg.text.as_str()),
-        ("type", "unicode"),
-    ];
-    let resp = http
-        .post(format!("{}/sms/json", p.vonage_api_base))
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| SendError::Retry(format!("Vonage SMS API: {}", e.without_url())))?;
-    let status = resp.status();
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        return Err(SendError::Retry(format!(
-            "Vonage SMS API answered HTTP {status}"
-        )));
+    let providers = &s.config.providers;
+    let secret = providers
+        .vonage_signature_secret
+        .as_ref()
+        .map(|s| s.expose().as_bytes())
+        .unwrap_or_default();
+    let now = s.broker.now_ms().div_euclid(1000);
+    if let Err(reason) = verify_sms(&p, &providers.vonage_signature_method, secret, now) {
+        tracing::debug!(?reason, "vonage sms webhook refused");
+        return false;
     }
-    if !status.is_success() {
-        return Err(SendError::Permanent(format!(
-            "Vonage SMS API answered HTTP {status}"
-        )));
-    }
-    // A 2xx without the documented body is not an acceptance, and most likely came from
-    // something in between rather than from Vonage.
-    let body: Value = resp.json().await.map_err(|e| {
-        SendError::Retry(format!(
-            "Vonage SMS API answer unreadable: {}",
-            e.without_url()
-        ))
-    })?;
-    outcome(&body)
-}
-
-/// Reads the `messages[].status` of an SMS API answer: `"0"` for each part is success.
-/// <https://developer.vonage.com/en/messaging/sms/guides/troubleshooting-sms>
-fn outcome(body: &Value) -> Result<(), SendError> {
-    let Some(parts) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
-        return Err(SendError::Retry(
-            "Vonage SMS API answer holds no message status".into(),
-        ));
-    };
-    let code = |m: &Value| match &m["status"] {
-        Value::String(s) => s.trim().to_string(),
-        Value::Number(n) => n.to_string(),
-        _ => String::new(),
-    };
-    let accepted = parts.iter().filter(|m| code(m) == "0").count();
-    let Some(failed) = parts.iter().find(|m| code(m) != "0") else {
-        return Ok(());
-    };
-    // Error texts are Vonage's words, but scrubbed in case one quotes a number.
-    let why = format!(
-        "Vonage SMS status {}: {}",
-        code(failed),
-        scrub(failed["error-text"].as_str().unwrap_or("no error text"))
-    );
-    if accepted > 0 {
-        return Err(SendError::Permanent(format!(
-            "{why} ({accepted} of {} parts accepted)",
-            parts.len()
-        )));
-    }
-    let transient = |m: &Value| matches!(code(m).as_str(), "1" | "5" | "10");
-    if parts.iter().all(transient) {
-        Err(SendError::Retry(why))
-    } else {
-        Err(SendError::Permanent(why))
-    }
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
         items
@@ -973,81 +641,5 @@ mod tests {
         let p = pairs(&[("to", "12015550100"), ("from", "1415\"55")]);
         assert_eq!(query_json(&p), r#"{"to":"12015550100","from":"1415\"55"}"#);
         assert_eq!(query_json(&[]), "{}");
-    }
-
-    #[test]
-    fn numbers_arrive_as_digits() {
-        let n = number(Some("14155550100")).unwrap();
-        assert_eq!(n.reveal(), "+14155550100");
-        assert_eq!(number(Some("+14155550100")), Some(n));
-        for bad in [
-            "",
-            "Unknown",
-            "Restricted",
-            "sip:alice@example.com",
-            "0123456789",
-        ] {
-            assert_eq!(number(Some(bad)), None, "{bad:?}");
-        }
-        assert_eq!(number(None), None);
-    }
-
-    #[test]
-    fn decisions_render_as_ncco() {
-        let proxy = E164::parse_syntax("+12015550100").unwrap();
-        let other = E164::parse_syntax("+14155550101").unwrap();
-        let connect = Decision::Connect {
-            session_id: "ses_x".into(),
-            caller_id: proxy,
-            to: other,
-        };
-        assert_eq!(
-            voice_ncco(&connect),
-            json!([{
-                "action": "connect",
-                "from": "12015550100",
-                "endpoint": [{ "type": "phone", "number": "14155550101" }],
-            }])
-        );
-        let announce = Decision::Announce {
-            message: "Ended <&> 😀".into(),
-        };
-        assert_eq!(
-            voice_ncco(&announce),
-            json!([{ "action": "talk", "text": "Ended <&> 😀" }])
-        );
-    }
-
-    #[test]
-    fn call_statuses_are_normalised() {
-        assert_eq!(call_status("ringing"), Some(("ringing".into(), false)));
-        assert_eq!(call_status("answered"), Some(("in-progress".into(), false)));
-        assert_eq!(call_status("completed"), Some(("completed".into(), true)));
-        assert_eq!(call_status("unanswered"), Some(("no-answer".into(), true)));
-        assert_eq!(call_status("timeout"), Some(("no-answer".into(), true)));
-        assert_eq!(call_status("cancelled"), Some(("canceled".into(), true)));
-        assert_eq!(call_status("BUSY"), Some(("busy".into(), true)));
-        assert_eq!(call_status("machine"), None);
-    }
-
-    #[test]
-    fn sms_api_answers_are_read() {
-        let ok =
-            json!({ "message-count": "2", "messages": [{ "status": "0" }, { "status": "0" }] });
-        assert!(outcome(&ok).is_ok());
-        let throttled = json!({ "messages": [{ "status": "1", "error-text": "Throttled" }] });
-        assert!(matches!(outcome(&throttled), Err(SendError::Retry(_))));
-        let internal = json!({ "messages": [{ "status": 5 }] });
-        assert!(matches!(outcome(&internal), Err(SendError::Retry(_))));
-        let refused = json!({ "messages": [{ "status": "4", "error-text": "Bad Credentials" }] });
-        assert!(matches!(outcome(&refused), Err(SendError::Permanent(_))));
-        let partly = json!({ "messages": [{ "status": "0" }, { "status": "1" }] });
-        assert!(matches!(outcome(&partly), Err(SendError::Permanent(_))));
-        assert!(matches!(outcome(&json!({})), Err(SendError::Retry(_))));
-        let quoting = json!({ "messages": [{ "status": "6", "error-text": "bad 14155550100" }] });
-        let Err(SendError::Permanent(text)) = outcome(&quoting) else {
-            panic!("status 6 is permanent");
-        };
-        assert!(!text.contains("14155550100"), "{text}");
     }
 }

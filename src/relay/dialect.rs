@@ -1,0 +1,195 @@
+//! The contract every provider dialect fills in, and the one flow that drives them all. A
+//! dialect says only what its provider does differently: which paths it calls, how it signs,
+//! how its inbound requests and status reports read, and how a decision is answered. The
+//! flow owns the order (verify before anything is read, then read, route, answer) and the
+//! broker calls, so a capability is written once here and once per dialect where the wire
+//! format differs, and a new provider is one file implementing [`Dialect`].
+
+use std::future::Future;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, on};
+use reqwest::Client;
+
+use super::outbound::{OutboundSms, SendError};
+use super::{Inbound, Webhook};
+use crate::broker::{BrokerError, PROVIDER_REF_TTL_MS, RelayOutcome};
+use crate::config::Providers;
+use crate::domain::session::Kind;
+use crate::http::{ApiError, AppState};
+
+/// What a request to one of a provider's paths is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// A call or text arriving on a proxy number, to be routed.
+    Inbound(Kind),
+    /// A report on an interaction already routed: a call's progress, a text's delivery.
+    Status,
+}
+
+impl Hook {
+    pub const VOICE: Hook = Hook::Inbound(Kind::Voice);
+    pub const SMS: Hook = Hook::Inbound(Kind::Sms);
+}
+
+/// A path the provider is pointed at, the methods it calls it with, and its hook.
+#[derive(Clone, Copy, Debug)]
+pub struct Path {
+    pub path: &'static str,
+    pub methods: MethodFilter,
+    pub hook: Hook,
+}
+
+impl Path {
+    pub const fn post(path: &'static str, hook: Hook) -> Self {
+        Path {
+            path,
+            methods: MethodFilter::POST,
+            hook,
+        }
+    }
+
+    /// The usual three: calls, texts and status reports, all posted.
+    pub const fn posted(voice: &'static str, sms: &'static str, status: &'static str) -> [Self; 3] {
+        [
+            Path::post(voice, Hook::VOICE),
+            Path::post(sms, Hook::SMS),
+            Path::post(status, Hook::Status),
+        ]
+    }
+
+    /// For providers whose console lets the operator choose GET or POST.
+    pub const fn get_or_post(path: &'static str, hook: Hook) -> Self {
+        Path {
+            path,
+            methods: MethodFilter::GET.or(MethodFilter::POST),
+            hook,
+        }
+    }
+}
+
+/// What a dialect made of an inbound request.
+pub enum Read {
+    /// A call or text for the broker to route.
+    Route(Inbound),
+    /// Nothing to route (a report on the wrong path, a called address that is no number);
+    /// this is the whole answer.
+    Answered(Response),
+}
+
+/// What one provider does in its own way. Calls and texts are the inbound kinds today;
+/// recordings, gathered digits and calls the app starts land as new [`Hook`]s and
+/// decisions, each read and rendered here once per dialect.
+///
+/// A provider whose REST API hush calls implements [`RestApi`] as well.
+pub trait Dialect: Send + Sync + 'static {
+    /// The provider's name as interactions, provider references and metrics carry it.
+    const NAME: &'static str;
+
+    /// Every path the provider is pointed at.
+    const PATHS: &'static [Path];
+
+    /// Whether the provider's credentials are configured; without them it has no routes.
+    fn enabled(providers: &Providers) -> bool;
+
+    /// Checks that the provider signed this request, before anything in it is read. The
+    /// error is the whole answer: a 403 from [`super::forbidden`], or a 5xx when the check
+    /// needs the store and the store fails.
+    fn verify(
+        state: &AppState,
+        hook: Hook,
+        webhook: &Webhook,
+    ) -> impl Future<Output = Result<(), Response>> + Send;
+
+    /// Reads an inbound call or text in the provider's fields.
+    fn read(
+        state: &AppState,
+        kind: Kind,
+        webhook: &Webhook,
+    ) -> impl Future<Output = Result<Read, ApiError>> + Send;
+
+    /// The answer when the called number is no pool's.
+    fn unrouted(kind: Kind) -> Response;
+
+    /// Answers the broker's decision: a document the provider executes (dial with the proxy
+    /// as caller ID, say, reject, send a text inline), or an acknowledgement once a text to
+    /// send through the provider's API is queued. A retry gets the same decision, so it
+    /// must get the same answer.
+    fn answer(
+        state: &AppState,
+        inbound: Inbound,
+        outcome: RelayOutcome,
+    ) -> impl Future<Output = Response> + Send;
+
+    /// Reads a verified status report and applies it to the interaction it names.
+    fn status(state: &AppState, webhook: &Webhook) -> impl Future<Output = Response> + Send;
+}
+
+/// What a provider's REST API does for hush: today, send a text that a webhook could not
+/// answer inline (the outbound queue calls it, retrying as the error says); calls the app
+/// starts would be placed here too.
+pub trait RestApi: Dialect {
+    /// Sends one text; the provider's id for it when its answer names one, which its
+    /// delivery reports then carry.
+    fn send_text(
+        http: &Client,
+        p: &Providers,
+        msg: &OutboundSms,
+    ) -> impl Future<Output = Sent> + Send;
+}
+
+/// What one attempt to send a text came to: the provider's id for it, when it gives one.
+pub type Sent = Result<Option<String>, SendError>;
+
+/// The routes of dialect `D`, each served by the flow.
+pub fn routes<D: Dialect>() -> Router<AppState> {
+    D::PATHS.iter().fold(Router::new(), |r, p| match p.hook {
+        Hook::Inbound(Kind::Voice) => r.route(p.path, on(p.methods, voice::<D>)),
+        Hook::Inbound(Kind::Sms) => r.route(p.path, on(p.methods, sms::<D>)),
+        Hook::Status => r.route(p.path, on(p.methods, status::<D>)),
+    })
+}
+
+async fn voice<D: Dialect>(State(s): State<AppState>, webhook: Webhook) -> Response {
+    inbound::<D>(&s, Kind::Voice, webhook).await
+}
+
+async fn sms<D: Dialect>(State(s): State<AppState>, webhook: Webhook) -> Response {
+    inbound::<D>(&s, Kind::Sms, webhook).await
+}
+
+/// Verify, read, ask the broker, answer: the whole answer to a call or a text.
+async fn inbound<D: Dialect>(s: &AppState, kind: Kind, webhook: Webhook) -> Response {
+    if let Err(refusal) = D::verify(s, Hook::Inbound(kind), &webhook).await {
+        return refusal;
+    }
+    let inbound = match D::read(s, kind, &webhook).await {
+        Ok(Read::Route(inbound)) => inbound,
+        Ok(Read::Answered(answer)) => return answer,
+        Err(e) => return e.into_response(),
+    };
+    let outcome = s
+        .relay_remembered(
+            D::NAME,
+            &inbound.provider_ref,
+            PROVIDER_REF_TTL_MS,
+            inbound.from.as_ref(),
+            &inbound.to,
+            kind,
+        )
+        .await;
+    match outcome {
+        Ok(outcome) => D::answer(s, inbound, outcome).await,
+        Err(BrokerError::NumberNotFound(_)) => D::unrouted(kind),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn status<D: Dialect>(State(s): State<AppState>, webhook: Webhook) -> Response {
+    if let Err(refusal) = D::verify(&s, Hook::Status, &webhook).await {
+        return refusal;
+    }
+    D::status(&s, &webhook).await
+}

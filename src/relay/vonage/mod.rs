@@ -1,0 +1,455 @@
+//! The Vonage dialect. Voice webhooks (answer, event) carry a JWT signed HS256 with the
+//! account's signature secret and are answered with NCCO JSON; inbound SMS carry a `sig`
+//! parameter made with the account's signature method, are answered `204` at once, and the
+//! relayed text leaves later through Vonage's SMS API ([`send`], called by the outbound
+//! queue). Vonage writes numbers as digits without `+`, in both directions.
+
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::outbound::{self, OutboundSms, SendError, Via};
+mod sign;
+
+use super::dialect::{Dialect, Hook, Path, Read, RestApi, Sent};
+use super::{Inbound, Webhook, forbidden, param};
+use crate::broker::{Decision, RelayOutcome};
+use crate::config::Providers;
+use crate::domain::E164;
+use crate::domain::session::Kind;
+use crate::http::{ApiError, AppState, scrub};
+use sign::{check_voice, sms_signed};
+
+/// The provider name interactions are recorded under.
+const PROVIDER: &str = "vonage";
+
+/// Vonage's side of the [`Dialect`] contract.
+pub struct Vonage;
+
+impl Dialect for Vonage {
+    const NAME: &'static str = PROVIDER;
+    /// `answer_url` and `event_url` of the Vonage application, and the account's inbound
+    /// SMS webhook. Answer and SMS may be configured as GET or POST in Vonage's dashboard.
+    const PATHS: &'static [Path] = &[
+        Path::get_or_post("/hooks/vonage/answer", Hook::VOICE),
+        Path::post("/hooks/vonage/event", Hook::Status),
+        Path::get_or_post("/hooks/vonage/sms", Hook::SMS),
+    ];
+
+    /// Vonage is enabled when its signature secret is set: both kinds of webhook are signed
+    /// with it, so without it nothing could be verified.
+    fn enabled(p: &Providers) -> bool {
+        p.vonage_signature_secret
+            .as_ref()
+            .is_some_and(|s| !s.expose().is_empty())
+    }
+
+    async fn verify(s: &AppState, hook: Hook, w: &Webhook) -> Result<(), Response> {
+        match hook {
+            Hook::Inbound(Kind::Voice) | Hook::Status => check_voice(s, w).await,
+            Hook::Inbound(Kind::Sms) => sms_signed(s, w).then_some(()).ok_or_else(forbidden),
+        }
+    }
+
+    async fn read(_: &AppState, kind: Kind, w: &Webhook) -> Result<Read, ApiError> {
+        match kind {
+            Kind::Voice => read_call(w),
+            Kind::Sms => Ok(read_text(w)),
+        }
+    }
+
+    fn unrouted(kind: Kind) -> Response {
+        match kind {
+            Kind::Voice => ncco(reject()),
+            Kind::Sms => no_content(),
+        }
+    }
+
+    async fn answer(s: &AppState, inbound: Inbound, outcome: RelayOutcome) -> Response {
+        match inbound.kind {
+            Kind::Voice => ncco(voice_ncco(&outcome.decision)),
+            // Queued even when this is a resent webhook: if the first attempt failed after
+            // the broker recorded it, this is the text's only chance.
+            Kind::Sms => {
+                let decision = outcome.decision;
+                outbound::queue_answer(&s.broker, Via::Vonage, inbound, decision, no_content).await
+            }
+        }
+    }
+
+    async fn status(s: &AppState, w: &Webhook) -> Response {
+        event(s, w).await
+    }
+}
+
+// ---- handlers
+
+/// An inbound call was answered by Vonage, which asks what to do with it.
+/// <https://developer.vonage.com/en/voice/voice-api/webhook-reference#answer-webhook>
+fn read_call(w: &Webhook) -> Result<Read, ApiError> {
+    let Some(p) = params(w) else {
+        return Err(ApiError::InvalidRequest(
+            "the webhook parameters could not be read".into(),
+        ));
+    };
+    // A `to` that is no number (a SIP or app endpoint) is no pool's number either.
+    let Some(to) = number(param(&p, "to")) else {
+        return Ok(Read::Answered(ncco(reject())));
+    };
+    // Withheld callers come as `Unknown`, `Restricted` or nothing: they hold no route and
+    // hear the out-of-session message.
+    let from = number(param(&p, "from"));
+    let uuid = param(&p, "uuid").unwrap_or_default();
+    Ok(Read::Route(Inbound::call(from, to, uuid.to_string())))
+}
+
+/// Call progress. Only the inbound leg is the interaction hush recorded (its `uuid` is the
+/// one the answer webhook carried); the leg hush's `connect` placed has a uuid of its own.
+/// <https://developer.vonage.com/en/voice/voice-api/webhook-reference#event-webhook>
+async fn event(s: &AppState, w: &Webhook) -> Response {
+    let Some(p) = params(w) else {
+        return ApiError::InvalidRequest("the webhook parameters could not be read".into())
+            .into_response();
+    };
+    // Other events (recordings, input, transfers) carry no call status: nothing to update.
+    let (Some(uuid), Some(raw)) = (param(&p, "uuid"), param(&p, "status")) else {
+        return no_content();
+    };
+    if param(&p, "direction") == Some("outbound") || !is_provider_ref(uuid) {
+        return no_content();
+    }
+    let Some((status, last)) = call_status(raw) else {
+        return no_content();
+    };
+    let Some(proxy) = number(param(&p, "to")) else {
+        return no_content();
+    };
+    let duration = last
+        .then(|| param(&p, "duration").and_then(|d| d.trim().parse::<u32>().ok()))
+        .flatten();
+    match s
+        .broker
+        .interaction_status(PROVIDER, uuid, &proxy, &status, duration, last)
+        .await
+    {
+        Ok(_) => no_content(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Reads an inbound text, answered `204` as soon as the text to send is recorded; Vonage
+/// resends for 24 hours anything not answered 200/204, and a resent message has the same
+/// `messageId`, so it is relayed once.
+/// <https://developer.vonage.com/en/messaging/sms/guides/inbound-sms>
+///
+/// Long texts reach hush as several webhooks (`concat`, `concat-ref`, `concat-part`), each
+/// with its own `messageId`. Reassembling them would need state shared by every instance,
+/// which a dialect does not hold, so each part is relayed as it comes; phones show the
+/// parts as separate texts, in the order the network delivers them.
+///
+/// Anything else that reaches the SMS webhook is answered `204` at once.
+fn read_text(w: &Webhook) -> Read {
+    // The signature check has read these parameters already.
+    let Some(p) = params(w) else {
+        return Read::Answered(forbidden());
+    };
+    // Delivery receipts, if pointed here, and binary messages carry no `text`: not a text
+    // between participants.
+    let (Some(id), Some(text)) = (param(&p, "messageId"), param(&p, "text")) else {
+        return Read::Answered(no_content());
+    };
+    if param(&p, "type") == Some("binary") {
+        return Read::Answered(no_content());
+    }
+    let Some(to) = number(param(&p, "to")) else {
+        return Read::Answered(no_content());
+    };
+    let from = number(param(&p, "msisdn"));
+    Read::Route(Inbound::text(
+        from,
+        to,
+        text.to_string(),
+        Vec::new(),
+        id.to_string(),
+    ))
+}
+
+// ---- requests
+
+/// The parameters of a webhook, whichever way Vonage sent them: the query of a GET, the JSON
+/// object of a POST-JSON, or the form of a POST. `None` when a body does not parse.
+/// JSON scalars other than strings are taken as their JSON text (`1`, `true`).
+fn params(w: &Webhook) -> Option<Vec<(String, String)>> {
+    if w.method == Method::GET {
+        return Some(w.query());
+    }
+    let is_json = w
+        .header(header::CONTENT_TYPE.as_str())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Some(w.form());
+    }
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&w.body) else {
+        return None;
+    };
+    Some(
+        map.into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k, s)),
+                Value::Number(_) | Value::Bool(_) => Some((k, v.to_string())),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// A number as Vonage writes it (`14155550123`, sometimes with `+`) in E.164 form. Only the
+/// form is checked, as routing does: an unknown number simply matches nothing.
+fn number(raw: Option<&str>) -> Option<E164> {
+    let raw = raw?.trim();
+    let digits = raw.strip_prefix('+').unwrap_or(raw);
+    E164::parse_syntax(&format!("+{digits}")).ok()
+}
+
+/// The same shape the broker accepts for a provider reference: a call uuid is fine, a key
+/// fragment is not.
+fn is_provider_ref(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+// ---- NCCO
+
+fn ncco(actions: Value) -> Response {
+    axum::Json(actions).into_response()
+}
+
+/// A call to a number of no pool. An NCCO ends the call when its last action ends, so an
+/// NCCO without actions hangs up at once, without a word: hush does not announce itself
+/// to callers it has nothing for.
+/// <https://developer.vonage.com/en/voice/voice-api/ncco-reference>
+fn reject() -> Value {
+    json!([])
+}
+
+/// The NCCO of a routing decision. `connect` dials the other party showing the proxy number
+/// (`from`); `talk` speaks the pool's message, after which the NCCO ends and so does the call.
+fn voice_ncco(decision: &Decision) -> Value {
+    match decision {
+        Decision::Connect { caller_id, to, .. } => json!([{
+            "action": "connect",
+            "from": caller_id.reveal_digits(),
+            "endpoint": [{ "type": "phone", "number": to.reveal_digits() }],
+        }]),
+        Decision::Announce { message } => json!([{ "action": "talk", "text": message }]),
+        Decision::Relay { .. } => reject(),
+    }
+}
+
+/// A Vonage call status as an interaction status (the vocabulary the API documents, shared
+/// by every provider) and whether it is final. `None` for statuses that are not about the
+/// call's progress (answering-machine detection).
+/// <https://developer.vonage.com/en/voice/voice-api/guides/call-flow#event-objects>
+fn call_status(raw: &str) -> Option<(String, bool)> {
+    let raw = raw.trim().to_ascii_lowercase();
+    let (status, last) = match raw.as_str() {
+        "" | "machine" | "human" => return None,
+        "answered" => ("in-progress", false),
+        "timeout" | "unanswered" => ("no-answer", true),
+        "cancelled" => ("canceled", true),
+        "completed" | "busy" | "failed" | "rejected" => (raw.as_str(), true),
+        other => (other, false),
+    };
+    Some((status.replace(['_', ' '], "-"), last))
+}
+
+// ---- sending
+
+/// Vonage's SMS API answers with its own message ids, but its delivery receipts are not
+/// read: the id is not kept.
+impl RestApi for Vonage {
+    async fn send_text(http: &reqwest::Client, p: &Providers, msg: &OutboundSms) -> Sent {
+        send(http, p, msg).await.map(|()| None)
+    }
+}
+
+/// Sends one text through Vonage's SMS API, from the proxy number to the other party.
+/// `type=unicode` keeps any character intact (Vonage would otherwise take the text as GSM-7
+/// and mangle emoji); Vonage splits a long text into parts itself.
+/// <https://developer.vonage.com/en/api/sms#send-an-sms>
+///
+/// Time limits are `http`'s own: the queue sets them to fit its leases.
+/// Timeouts, unreachable hosts, HTTP 429 and 5xx are worth retrying; so are the statuses
+/// Vonage documents as transient (throttled, internal error, too many binds). Anything else
+/// is refused for good, and so is a text Vonage accepted only some parts of: sending it again
+/// would repeat the parts already on their way.
+pub async fn send(
+    http: &reqwest::Client,
+    p: &Providers,
+    msg: &OutboundSms,
+) -> Result<(), SendError> {
+    let (Some(key), Some(secret)) = (&p.vonage_api_key, &p.vonage_api_secret) else {
+        return Err(SendError::Permanent(
+            "HUSH_VONAGE_API_KEY and HUSH_VONAGE_API_SECRET must be set to send texts".into(),
+        ));
+    };
+    let form = [
+        ("api_key", key.expose().as_str()),
+        ("api_secret", secret.expose().as_str()),
+        ("from", msg.from.reveal_digits()),
+        ("to", msg.to.reveal_digits()),
+        ("text", msg.text.as_str()),
+        ("type", "unicode"),
+    ];
+    let resp = http
+        .post(format!("{}/sms/json", p.vonage_api_base))
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| SendError::Retry(format!("Vonage SMS API: {}", e.without_url())))?;
+    let status = resp.status();
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        return Err(SendError::Retry(format!(
+            "Vonage SMS API answered HTTP {status}"
+        )));
+    }
+    if !status.is_success() {
+        return Err(SendError::Permanent(format!(
+            "Vonage SMS API answered HTTP {status}"
+        )));
+    }
+    // A 2xx without the documented body is not an acceptance, and most likely came from
+    // something in between rather than from Vonage.
+    let body: Value = resp.json().await.map_err(|e| {
+        SendError::Retry(format!(
+            "Vonage SMS API answer unreadable: {}",
+            e.without_url()
+        ))
+    })?;
+    outcome(&body)
+}
+
+/// Reads the `messages[].status` of an SMS API answer: `"0"` for each part is success.
+/// <https://developer.vonage.com/en/messaging/sms/guides/troubleshooting-sms>
+fn outcome(body: &Value) -> Result<(), SendError> {
+    let Some(parts) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
+        return Err(SendError::Retry(
+            "Vonage SMS API answer holds no message status".into(),
+        ));
+    };
+    let code = |m: &Value| match &m["status"] {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    let accepted = parts.iter().filter(|m| code(m) == "0").count();
+    let Some(failed) = parts.iter().find(|m| code(m) != "0") else {
+        return Ok(());
+    };
+    // Error texts are Vonage's words, but scrubbed in case one quotes a number.
+    let why = format!(
+        "Vonage SMS status {}: {}",
+        code(failed),
+        scrub(failed["error-text"].as_str().unwrap_or("no error text"))
+    );
+    if accepted > 0 {
+        return Err(SendError::Permanent(format!(
+            "{why} ({accepted} of {} parts accepted)",
+            parts.len()
+        )));
+    }
+    let transient = |m: &Value| matches!(code(m).as_str(), "1" | "5" | "10");
+    if parts.iter().all(transient) {
+        Err(SendError::Retry(why))
+    } else {
+        Err(SendError::Permanent(why))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_arrive_as_digits() {
+        let n = number(Some("14155550100")).unwrap();
+        assert_eq!(n.reveal(), "+14155550100");
+        assert_eq!(number(Some("+14155550100")), Some(n));
+        for bad in [
+            "",
+            "Unknown",
+            "Restricted",
+            "sip:alice@example.com",
+            "0123456789",
+        ] {
+            assert_eq!(number(Some(bad)), None, "{bad:?}");
+        }
+        assert_eq!(number(None), None);
+    }
+
+    #[test]
+    fn decisions_render_as_ncco() {
+        let proxy = E164::parse_syntax("+12015550100").unwrap();
+        let other = E164::parse_syntax("+14155550101").unwrap();
+        let connect = Decision::Connect {
+            session_id: "ses_x".into(),
+            caller_id: proxy,
+            to: other,
+        };
+        assert_eq!(
+            voice_ncco(&connect),
+            json!([{
+                "action": "connect",
+                "from": "12015550100",
+                "endpoint": [{ "type": "phone", "number": "14155550101" }],
+            }])
+        );
+        let announce = Decision::Announce {
+            message: "Ended <&> 😀".into(),
+        };
+        assert_eq!(
+            voice_ncco(&announce),
+            json!([{ "action": "talk", "text": "Ended <&> 😀" }])
+        );
+    }
+
+    #[test]
+    fn call_statuses_are_normalised() {
+        assert_eq!(call_status("ringing"), Some(("ringing".into(), false)));
+        assert_eq!(call_status("answered"), Some(("in-progress".into(), false)));
+        assert_eq!(call_status("completed"), Some(("completed".into(), true)));
+        assert_eq!(call_status("unanswered"), Some(("no-answer".into(), true)));
+        assert_eq!(call_status("timeout"), Some(("no-answer".into(), true)));
+        assert_eq!(call_status("cancelled"), Some(("canceled".into(), true)));
+        assert_eq!(call_status("BUSY"), Some(("busy".into(), true)));
+        assert_eq!(call_status("machine"), None);
+    }
+
+    #[test]
+    fn sms_api_answers_are_read() {
+        let ok =
+            json!({ "message-count": "2", "messages": [{ "status": "0" }, { "status": "0" }] });
+        assert!(outcome(&ok).is_ok());
+        let throttled = json!({ "messages": [{ "status": "1", "error-text": "Throttled" }] });
+        assert!(matches!(outcome(&throttled), Err(SendError::Retry(_))));
+        let internal = json!({ "messages": [{ "status": 5 }] });
+        assert!(matches!(outcome(&internal), Err(SendError::Retry(_))));
+        let refused = json!({ "messages": [{ "status": "4", "error-text": "Bad Credentials" }] });
+        assert!(matches!(outcome(&refused), Err(SendError::Permanent(_))));
+        let partly = json!({ "messages": [{ "status": "0" }, { "status": "1" }] });
+        assert!(matches!(outcome(&partly), Err(SendError::Permanent(_))));
+        assert!(matches!(outcome(&json!({})), Err(SendError::Retry(_))));
+        let quoting = json!({ "messages": [{ "status": "6", "error-text": "bad 14155550100" }] });
+        let Err(SendError::Permanent(text)) = outcome(&quoting) else {
+            panic!("status 6 is permanent");
+        };
+        assert!(!text.contains("14155550100"), "{text}");
+    }
+}
