@@ -13,6 +13,7 @@ mod events;
 mod harness;
 mod idempotency;
 mod intercept;
+mod layers;
 mod openapi;
 mod ops;
 mod outage;
