@@ -183,12 +183,16 @@ impl Store {
         reference: &str,
         keep_ms: i64,
     ) -> Result<()> {
-        let _: () = redis::cmd("SET")
-            .arg(format!("{}r:{provider}:{message_id}", self.outbox_tag()))
-            .arg(reference)
-            .arg("PX")
-            .arg(keep_ms)
-            .query_async(&mut self.c())
+        let _: () = self
+            .query(
+                "SET",
+                (
+                    format!("{}r:{provider}:{message_id}", self.outbox_tag()),
+                    reference,
+                    "PX",
+                    keep_ms,
+                ),
+            )
             .await?;
         Ok(())
     }
@@ -199,18 +203,16 @@ impl Store {
         provider: &str,
         message_id: &str,
     ) -> Result<Option<String>> {
-        Ok(redis::cmd("GET")
-            .arg(format!("{}r:{provider}:{message_id}", self.outbox_tag()))
-            .query_async(&mut self.c())
-            .await?)
+        self.query(
+            "GET",
+            format!("{}r:{provider}:{message_id}", self.outbox_tag()),
+        )
+        .await
     }
 
     /// How many texts wait to be sent (due or leased).
     pub async fn outbox_pending(&self) -> Result<u64> {
-        Ok(redis::cmd("ZCARD")
-            .arg(self.outbox_queue())
-            .query_async(&mut self.c())
-            .await?)
+        self.query("ZCARD", self.outbox_queue()).await
     }
 }
 

@@ -1,0 +1,51 @@
+//! Allocation: `Broker::create_session` throughput with a pool of 10,000 numbers against a
+//! pool of 100, measured in turns. Every session gets two participants never seen before,
+//! so no pool runs out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::fixtures::{
+    LARGE_POOL, Participants, SMALL_POOL, bench_config, bench_pool, new_session,
+};
+use super::load::{ROUNDS, Rate, Samples, Tally, Window};
+
+/// Session creation with a pool of 100 numbers and one of 10,000, measured in turns.
+pub(super) async fn allocation(
+    url: &str,
+    concurrency: usize,
+    slice: Duration,
+) -> anyhow::Result<(Rate, Rate)> {
+    let mut pools = Vec::new();
+    for size in [SMALL_POOL, LARGE_POOL] {
+        let broker = hush::build_broker(&bench_config(url, "alloc"))?;
+        let pool = bench_pool(&broker, size).await?;
+        pools.push((broker, pool, Arc::new(Participants::default())));
+    }
+    let mut samples = [Samples::default(); 2];
+    for _ in 0..ROUNDS {
+        for ((broker, pool, people), samples) in pools.iter().zip(samples.iter_mut()) {
+            let window = Window::after_warmup(slice);
+            let mut workers = JoinSet::new();
+            for _ in 0..concurrency {
+                let (broker, pool, people) = (broker.clone(), pool.clone(), people.clone());
+                workers.spawn(async move {
+                    let mut tally = Tally::default();
+                    while window.running() {
+                        let (a, b) = people.pair();
+                        let made = broker.create_session(new_session(&pool, &a, &b)).await;
+                        tally.record(&window, made.is_ok());
+                    }
+                    Ok(tally)
+                });
+            }
+            samples.add(workers, window).await?;
+        }
+    }
+    Ok((
+        samples[0].rate("allocation, pool of 100")?,
+        samples[1].rate("allocation, pool of 10000")?,
+    ))
+}

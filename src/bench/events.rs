@@ -1,0 +1,299 @@
+//! Event delivery: how fast hush's delivery worker (in this process, as hush serves it) gets
+//! `session.created` events to a local receiver, against the same number of POSTs, alike in
+//! size and headers, sent straight to that receiver at the same concurrency. A figure
+//! without a target.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use hush::broker::EventId;
+use hush::domain::{PoolPolicy, SessionId};
+use hush::events::signing::{self, SigningSecret};
+
+use super::fixtures::{Participants, SMALL_POOL, bench_config, bench_pool_with, create_sessions};
+
+/// Events the delivery measurement sends, each way.
+pub(super) const EVENTS: u64 = 3_000;
+/// The longest the delivery measurement waits for its events to arrive.
+const EVENTS_WAIT: Duration = Duration::from_secs(60);
+/// How the local receiver tells a `session.created` event from other events (`pool.low`).
+const CREATED_MARK: &[u8] = br#""type":"session.created""#;
+
+/// What the local receiver has been sent.
+#[derive(Default)]
+struct Received {
+    /// Every POST, `pool.low` events included.
+    posts: AtomicU64,
+    /// `session.created` events, and their bodies' bytes.
+    created: AtomicU64,
+    created_bytes: AtomicU64,
+}
+
+impl Received {
+    fn created(&self) -> (u64, u64) {
+        // `created` is counted last, so the bytes of every event counted are in.
+        let n = self.created.load(Ordering::SeqCst);
+        (n, self.created_bytes.load(Ordering::SeqCst))
+    }
+}
+
+/// The local receiver: a 200 for every POST, and a count.
+async fn receive(State(counts): State<Arc<Received>>, body: Bytes) -> StatusCode {
+    counts.posts.fetch_add(1, Ordering::SeqCst);
+    if body.windows(CREATED_MARK.len()).any(|w| w == CREATED_MARK) {
+        counts
+            .created_bytes
+            .fetch_add(body.len() as u64, Ordering::SeqCst);
+        counts.created.fetch_add(1, Ordering::SeqCst);
+    }
+    StatusCode::OK
+}
+
+/// One way of getting [`EVENTS`] events to the receiver.
+#[derive(Clone, Copy)]
+pub(super) struct Delivered {
+    /// `session.created` events that arrived (within [`EVENTS_WAIT`]).
+    pub(super) arrived: u64,
+    /// POSTs that got no 200 (direct POSTs only; hush retries on its schedule).
+    pub(super) failed: u64,
+    pub(super) secs: f64,
+    body_bytes: u64,
+    pub(super) timed_out: bool,
+}
+
+impl Delivered {
+    pub(super) fn per_sec(&self) -> f64 {
+        self.arrived as f64 / self.secs
+    }
+    pub(super) fn mean_body(&self) -> f64 {
+        self.body_bytes as f64 / self.arrived.max(1) as f64
+    }
+}
+
+pub(super) struct Events {
+    pub(super) direct: Delivered,
+    pub(super) hush: Delivered,
+    /// Seconds the sessions took to create; part of `hush.secs`.
+    pub(super) create_secs: f64,
+}
+
+/// Direct POSTs, then hush's delivery worker, to one local receiver.
+pub(super) async fn events(url: &str, concurrency: usize) -> anyhow::Result<Events> {
+    let counts = Arc::new(Received::default());
+    let app = axum::Router::new()
+        .route("/events", axum::routing::post(receive))
+        .with_state(counts.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let target = format!("http://{}/events", listener.local_addr()?);
+    let token = CancellationToken::new();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+    let receiver = tokio::spawn(async move { serve.await });
+
+    let measured = async {
+        let direct = direct_posts(&target, &counts, concurrency).await?;
+        // hush stops before the receiver does, so its last attempts find it answering.
+        let (hush, create_secs) =
+            hush_delivery(url, &target, &counts, concurrency, token.child_token()).await?;
+        Ok(Events {
+            direct,
+            hush,
+            create_secs,
+        })
+    }
+    .await;
+
+    token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), receiver).await;
+    measured
+}
+
+/// [`EVENTS`] POSTs straight to the receiver from `concurrency` callers sharing one client
+/// built as hush's delivery client is, each with a body like a `session.created` event and
+/// freshly signed Standard Webhooks headers.
+async fn direct_posts(
+    target: &str,
+    counts: &Received,
+    concurrency: usize,
+) -> anyhow::Result<Delivered> {
+    let client = hush::events::ssrf::client(true, hush::events::delivery::ATTEMPT_TIMEOUT);
+    let secret = Arc::new(SigningSecret::generate());
+    // One untimed POST first: the bench must time deliveries, not refusals.
+    let status = signed_post(&client, target, &secret)
+        .await
+        .with_context(|| format!("cannot POST to the local receiver at {target}"))?;
+    if status != 200 {
+        bail!("the local receiver answered {status}");
+    }
+    let (base, base_bytes) = counts.created();
+    let left = Arc::new(AtomicU64::new(EVENTS));
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, secret, left, target) = (
+            client.clone(),
+            secret.clone(),
+            left.clone(),
+            target.to_string(),
+        );
+        workers.spawn(async move {
+            let mut failed = 0u64;
+            while left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                if !matches!(signed_post(&client, &target, &secret).await, Ok(200)) {
+                    failed += 1;
+                }
+            }
+            failed
+        });
+    }
+    let mut failed = 0;
+    while let Some(done) = workers.join_next().await {
+        failed += done.context("bench worker panicked")?;
+    }
+    // Every answer is in, and the receiver counts before it answers.
+    let secs = start.elapsed().as_secs_f64();
+    let (n, bytes) = counts.created();
+    Ok(Delivered {
+        arrived: n - base,
+        failed,
+        secs,
+        body_bytes: bytes - base_bytes,
+        timed_out: false,
+    })
+}
+
+/// One POST the way hush's delivery worker sends one: JSON body, `webhook-id`,
+/// `webhook-timestamp` and `webhook-signature`.
+async fn signed_post(
+    client: &reqwest::Client,
+    target: &str,
+    secret: &SigningSecret,
+) -> reqwest::Result<u16> {
+    let session = SessionId::new(1, 0);
+    let id = EventId {
+        pool_id: 1,
+        shard: 0,
+        key: SessionId::new(1, 0).key(),
+    }
+    .to_string();
+    let body = serde_json::json!({
+        "type": "session.created",
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "data": {
+            "session_id": session.to_string(),
+            "pool": "bench",
+            "proxy_number": "+12122000000",
+            "mode": "voice",
+            "participants": [{ "label": null }, { "label": null }],
+            "expires_at": "2026-01-01T01:00:00.000Z",
+            "metadata": {},
+        },
+    })
+    .to_string();
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let signature = signing::sign(&[secret], &id, timestamp, body.as_bytes());
+    let response = client
+        .post(target)
+        .header("content-type", "application/json")
+        .header(signing::ID_HEADER, id)
+        .header(signing::TIMESTAMP_HEADER, timestamp.to_string())
+        .header(signing::SIGNATURE_HEADER, signature)
+        .body(body)
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
+}
+
+/// hush, in this process as it serves, with a pool whose `callback_url` is the receiver:
+/// [`EVENTS`] sessions are created as fast as `concurrency` callers can, and the clock runs
+/// from the first creation until the receiver holds all their `session.created` events.
+/// Returns the delivery and the seconds the creations took.
+async fn hush_delivery(
+    url: &str,
+    target: &str,
+    counts: &Received,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Delivered, f64)> {
+    let mut config = bench_config(url, "events");
+    config.callback_allow_private = true;
+    let broker = hush::build_broker(&config)?;
+    let policy = PoolPolicy {
+        callback_url: Some(target.to_string()),
+        ..Default::default()
+    };
+    let pool = bench_pool_with(&broker, SMALL_POOL, &policy).await?;
+    let people = Arc::new(Participants::default());
+    let (base, base_bytes) = counts.created();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let mut server = tokio::spawn(hush::run(config, listener, shutdown.clone()));
+
+    let measured = async {
+        let start = Instant::now();
+        create_sessions(&broker, &pool, &people, EVENTS, concurrency)
+            .await
+            .context("creating the sessions")?;
+        let create_secs = start.elapsed().as_secs_f64();
+        let arrived_all = tokio::select! {
+            all = arrival(counts, base + EVENTS, start + EVENTS_WAIT) => all,
+            ended = &mut server => bail!(
+                "hush stopped before its events were delivered: {}",
+                match ended {
+                    Ok(Ok(())) => "without an error".to_string(),
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(e) => e.to_string(),
+                }
+            ),
+        };
+        let secs = start.elapsed().as_secs_f64();
+        let (n, bytes) = counts.created();
+        Ok((
+            Delivered {
+                arrived: n - base,
+                failed: 0,
+                secs,
+                body_bytes: bytes - base_bytes,
+                timed_out: !arrived_all,
+            },
+            create_secs,
+        ))
+    }
+    .await;
+
+    shutdown.cancel();
+    if !server.is_finished() {
+        match tokio::time::timeout(Duration::from_secs(15), server).await {
+            Ok(Ok(Err(e))) => return Err(e.context("hush server failed")),
+            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("hush server panicked")),
+            _ => {}
+        }
+    }
+    measured
+}
+
+/// Waits until the receiver holds `want` `session.created` events (true), or until
+/// `deadline` (false).
+async fn arrival(counts: &Received, want: u64, deadline: Instant) -> bool {
+    loop {
+        if counts.created.load(Ordering::SeqCst) >= want {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
