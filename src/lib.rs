@@ -105,15 +105,28 @@ pub async fn create_api_key_limited(
     scopes: &[&str],
     pools: Option<&[&str]>,
 ) -> anyhow::Result<String> {
-    let scopes = scopes
-        .iter()
-        .map(|s| Scope::parse(s).with_context(|| format!("unknown scope `{s}`")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let pools = match pools {
-        None => PoolLimit::All,
-        Some(names) => PoolLimit::parse(names)?,
-    };
+    let (scopes, pools) = key_grant(scopes, pools)?;
     Ok(build_broker(config)?
         .create_api_key_limited(name, &scopes, &pools)
         .await?)
+}
+
+/// What a new key is granted, read from the names an operator gave: its scopes, and the pools
+/// it is limited to (`None`: every pool).
+pub fn key_grant<S: AsRef<str>>(
+    scopes: &[S],
+    pools: Option<&[S]>,
+) -> anyhow::Result<(Vec<Scope>, PoolLimit)> {
+    let scopes = scopes
+        .iter()
+        .map(|s| {
+            let s = s.as_ref();
+            Scope::parse(s).with_context(|| format!("unknown scope `{s}`"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pools = match pools {
+        None => PoolLimit::All,
+        Some(names) => PoolLimit::parse(names).context("pools")?,
+    };
+    Ok((scopes, pools))
 }

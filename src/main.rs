@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use hush::broker::{Broker, PoolLimit, Scope};
+use hush::broker::{Broker, PoolLimit};
 use hush::config::Config;
 use hush::domain::{E164, GeoMatch, NumberState, PoolName, PoolPolicy, SessionId};
 
@@ -241,14 +241,7 @@ async fn keys(broker: &Broker, cmd: KeysCmd) -> anyhow::Result<()> {
             scopes,
             pools,
         } => {
-            let scopes = scopes
-                .iter()
-                .map(|s| Scope::parse(s).with_context(|| format!("unknown scope `{s}`")))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let pools = match pools {
-                None => PoolLimit::All,
-                Some(names) => PoolLimit::parse(&names).context("--pools")?,
-            };
+            let (scopes, pools) = hush::key_grant(&scopes, pools.as_deref())?;
             let key = broker
                 .create_api_key_limited(&name, &scopes, &pools)
                 .await?;
