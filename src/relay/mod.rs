@@ -1,6 +1,6 @@
 //! Provider webhooks. One provider-neutral flow ([`dialect`]) verifies the signature over the
 //! URL the provider called, reads an [`Inbound`], asks the broker and answers the
-//! [`Decision`]; each provider is one [`dialect::Dialect`] saying only how its wire differs.
+//! [`Decision`](crate::broker::Decision); each provider is one [`dialect::Dialect`] saying only how its wire differs.
 //! A provider whose credentials are not configured has no routes at all (404), so no
 //! operator can run one unauthenticated by mistake.
 

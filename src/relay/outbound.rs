@@ -415,7 +415,7 @@ pub fn needed(p: &Providers) -> bool {
 }
 
 /// Runs [`deliver_once`] until `shutdown`, at once again after a full batch, otherwise every
-/// [`IDLE_POLL`]. A pass in hand is finished (its texts sent and settled) before it returns.
+/// `IDLE_POLL`. A pass in hand is finished (its texts sent and settled) before it returns.
 pub async fn run_worker(broker: Broker, providers: Providers, shutdown: CancellationToken) {
     let http = match reqwest::Client::builder()
         .timeout(SEND_TIMEOUT)

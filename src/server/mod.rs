@@ -1,6 +1,6 @@
 //! The accept loop and each connection's HTTP/1.1, owned here so that slow and hostile
 //! clients cost bounded resources: a cap on connections served at once, a deadline for every
-//! request head and for every idle wait between requests (see [`io`]), problem+json in place
+//! request head and for every idle wait between requests (see the `io` module), problem+json in place
 //! of hyper's own bodiless error answers, and a graceful shutdown that lets in-flight requests
 //! finish. [`app`] mounts the app's API and the provider webhooks side by side.
 //!
