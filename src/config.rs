@@ -72,6 +72,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `HUSH_REDIS_URL`: the Redis holding all state (default `redis://127.0.0.1:6379`).
     pub redis_url: String,
+    /// `HUSH_REDIS_CA_FILE`: a PEM bundle trusted instead of the system roots for `rediss://`
+    /// (a managed Redis with a private CA).
+    pub redis_ca_file: Option<String>,
     /// `HUSH_REDIS_PREFIX`: every key starts with this, so deployments can share a Redis.
     pub redis_prefix: String,
     /// `HUSH_PUBLIC_URL`: the URL providers call; default `http://<listen>`.
@@ -161,6 +164,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca_file: None,
             redis_prefix: "hush".into(),
             public_url: None,
             index_key: None,
@@ -192,6 +196,7 @@ impl Default for Config {
 struct FileConfig {
     listen: Option<String>,
     redis_url: Option<String>,
+    redis_ca_file: Option<String>,
     redis_prefix: Option<String>,
     public_url: Option<String>,
     index_key: Option<String>,
@@ -251,6 +256,7 @@ impl Config {
         };
         over(&mut raw.listen, "HUSH_LISTEN");
         over(&mut raw.redis_url, "HUSH_REDIS_URL");
+        over(&mut raw.redis_ca_file, "HUSH_REDIS_CA_FILE");
         over(&mut raw.redis_prefix, "HUSH_REDIS_PREFIX");
         over(&mut raw.public_url, "HUSH_PUBLIC_URL");
         over(&mut raw.index_key, "HUSH_INDEX_KEY");
@@ -318,6 +324,7 @@ impl Config {
             config.redis_prefix = v;
         }
         config.public_url = raw.public_url;
+        config.redis_ca_file = raw.redis_ca_file;
         if let Some(v) = raw.index_key {
             config.index_key = Some(parse_key("HUSH_INDEX_KEY", &v)?);
         }
@@ -445,6 +452,10 @@ impl Config {
 
     /// Checks that hold whatever way the config was built.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::store::RedisTarget::parse(&self.redis_url).map_err(|e| ConfigError::Invalid {
+            key: "HUSH_REDIS_URL",
+            reason: e.to_string(),
+        })?;
         if self.redis_prefix.is_empty()
             || !self
                 .redis_prefix

@@ -173,20 +173,10 @@ fn ops_broker(config: &Config, file: Option<&std::path::Path>) -> anyhow::Result
              HUSH_REDIS_PREFIX, HUSH_INDEX_KEY, HUSH_DATA_KEYS) to those of your hush"
         );
     }
-    let info = redis::Client::open(config.redis_url.as_str())
-        .context("HUSH_REDIS_URL is not a usable Redis URL")?
-        .get_connection_info()
-        .clone();
-    // Host and port only: the URL may carry a password.
-    let db = info.redis_settings().db();
+    // Rendered without the password, which the URL may carry.
+    let target = hush::store::RedisTarget::parse(&config.redis_url)?;
     eprintln!(
-        "hush: working on Redis {}{} with key prefix `{}`",
-        info.addr(),
-        if db != 0 {
-            format!(" db {db}")
-        } else {
-            String::new()
-        },
+        "hush: working on Redis {target} with key prefix `{}`",
         config.redis_prefix
     );
     hush::build_broker(config)

@@ -11,16 +11,22 @@ pub async fn healthz() -> Response {
 }
 
 /// Ready when Redis answers a PING within `HUSH_READINESS_TIMEOUT_MS`: a probe must get its
-/// answer before its own timeout, not when the store's longer response timeout fires.
+/// answer before its own timeout, not when the store's longer response timeout fires. The body
+/// names the kind of store (single, cluster, sentinel) so a probe's log shows which is in use.
 pub async fn readyz(State(s): State<AppState>) -> Response {
     let timeout = std::time::Duration::from_millis(s.config.readiness_timeout_ms);
+    let kind = s.broker.store().kind().as_str();
     match tokio::time::timeout(timeout, s.broker.ping()).await {
-        Ok(Ok(())) => ([(header::CONTENT_TYPE, "text/plain")], "ok").into_response(),
+        Ok(Ok(())) => (
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("ok\nstore: {kind}\n"),
+        )
+            .into_response(),
         Ok(Err(_)) | Err(_) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
             "Store unavailable",
-            "redis does not answer".into(),
+            format!("redis ({kind}) does not answer"),
         ),
     }
 }

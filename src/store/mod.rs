@@ -11,6 +11,7 @@
 //! readers compare them with the clock; the reaper only frees memory and fixes counters.
 
 mod api_keys;
+pub mod conn;
 mod events;
 mod idempotency;
 pub mod keys;
@@ -19,10 +20,8 @@ pub mod outbox;
 mod pools;
 mod routes;
 mod sessions;
+pub mod target;
 
-use std::time::Duration;
-
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError, Script, ToRedisArgs, Value};
 
 pub use events::EventDraft;
@@ -32,6 +31,9 @@ pub use numbers::NumberRow;
 pub use pools::{PoolRow, PoolSet, ShardCounts};
 pub use routes::{Claimed, RouteRow};
 pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended};
+pub use target::{RedisTarget, StoreKind, TargetError};
+
+pub use conn::Conn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +44,8 @@ pub enum StoreError {
     Redis(#[source] RedisError),
     #[error("stored data is malformed: {0}")]
     Corrupt(&'static str),
+    #[error(transparent)]
+    Target(#[from] TargetError),
 }
 
 impl From<RedisError> for StoreError {
@@ -117,7 +121,8 @@ impl Scripts {
 /// The typed facade over Redis.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: Conn,
+    kind: StoreKind,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
 }
@@ -143,15 +148,14 @@ fn strings(v: Value) -> Result<Vec<String>> {
 impl Store {
     /// Connects lazily: hush starts while Redis is down and reconnects by itself.
     pub fn connect(url: &str, prefix: &str) -> Result<Store> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(3)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Store::connect_to(&RedisTarget::parse(url)?, None, prefix)
+    }
+
+    /// As [`Store::connect`], with `ca` (PEM) trusted instead of the system roots for TLS.
+    pub fn connect_to(target: &RedisTarget, ca: Option<&[u8]>, prefix: &str) -> Result<Store> {
         Ok(Store {
-            conn,
+            conn: Conn::open(target, ca)?,
+            kind: target.kind,
             keys: Keys::new(prefix),
             scripts: std::sync::Arc::new(Scripts::load()),
         })
@@ -161,7 +165,17 @@ impl Store {
         &self.keys
     }
 
-    fn c(&self) -> ConnectionManager {
+    /// Which kind of Redis this is, for readiness and logs.
+    pub fn kind(&self) -> StoreKind {
+        self.kind
+    }
+
+    /// The connection the typed calls use, for tools and tests that read Redis directly.
+    pub fn connection(&self) -> Conn {
+        self.c()
+    }
+
+    fn c(&self) -> Conn {
         self.conn.clone()
     }
 

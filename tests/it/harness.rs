@@ -231,7 +231,7 @@ impl Drop for RedisServer {
 }
 
 /// Kills `pid` once this test process is gone (or stops watching once `pid` is gone).
-fn watchdog(pid: u32) {
+pub fn watchdog(pid: u32) {
     let me = std::process::id();
     let script = format!(
         "while kill -0 {me} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 1; done; kill {pid} 2>/dev/null"
@@ -246,7 +246,7 @@ fn watchdog(pid: u32) {
 }
 
 /// A raw RESP PING, so waiting for a server needs no client library state.
-fn ping(port: u16) -> bool {
+pub fn ping(port: u16) -> bool {
     use std::io::Read;
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
@@ -402,14 +402,15 @@ pub fn http_client() -> reqwest::Client {
 }
 
 impl TestApp {
-    /// hush on the shared Redis with a fresh prefix and default settings.
+    /// hush on the shared Redis (plain, cluster or sentinel: see `HUSH_TEST_REDIS`) with a fresh
+    /// prefix and default settings.
     pub async fn start() -> TestApp {
         Self::start_with(|_| {}).await
     }
 
     /// As [`TestApp::start`], after `tweak` has adjusted the config.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-        let mut config = fresh_config(&shared_redis().url());
+        let mut config = fresh_config(&super::topology::shared_url());
         tweak(&mut config);
         Self::start_on(config).await
     }
@@ -688,18 +689,26 @@ impl TestApp {
     // --- Redis --------------------------------------------------------------------------------
 
     /// A raw connection to this app's Redis.
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
+    pub async fn redis(&self) -> hush::store::Conn {
+        hush::store::Store::connect(&self.redis_url, &self.prefix)
             .expect("connecting to redis")
+            .connection()
     }
 
     /// Every key under this app's prefix.
     pub async fn scan_keys(&self, pattern_after_prefix: &str) -> Vec<String> {
         let mut con = self.redis().await;
         let pattern = format!("{}:{}", self.prefix, pattern_after_prefix);
+        if self.redis_url.starts_with("redis+cluster") {
+            // SCAN walks one node; KEYS is sent to every primary and the answers joined.
+            let mut keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut con)
+                .await
+                .expect("KEYS");
+            keys.sort();
+            return keys;
+        }
         let mut cursor: u64 = 0;
         let mut keys = Vec::new();
         loop {

@@ -32,4 +32,5 @@ mod slow_clients;
 mod ssrf;
 mod tenancy;
 mod times;
+mod topology;
 mod ttl;

@@ -1,0 +1,204 @@
+//! The one connection every typed call and script runs on, whatever the [`RedisTarget`]: a
+//! connection manager for one server, the crate's async cluster client for a Cluster, and a
+//! connection manager re-pointed through Sentinel when the primary moves. All three connect
+//! lazily so hush starts while Redis is down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use tokio::sync::{Mutex, OnceCell};
+
+use super::target::{RedisTarget, StoreKind};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1))
+}
+
+/// Cloning is cheap and shares the underlying connection, like `ConnectionManager`'s.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(Arc<LazyCluster>),
+    Sentinel(Arc<Followed>),
+}
+
+pub struct LazyCluster {
+    client: ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+}
+
+/// The primary's connection as Sentinel last named it; dropped when the primary stops
+/// answering or turns read-only, so the next call asks Sentinel again.
+pub struct Followed {
+    sentinel: Mutex<SentinelClient>,
+    current: Mutex<Option<ConnectionManager>>,
+    db: i64,
+}
+
+impl Conn {
+    pub(crate) fn open(target: &RedisTarget, ca: Option<&[u8]>) -> RedisResult<Conn> {
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: ca.map(<[u8]>::to_vec),
+        };
+        match target.kind {
+            StoreKind::Single => {
+                let info = target.info(&target.nodes[0], true);
+                let client = match ca {
+                    Some(_) => redis::Client::build_with_tls(info, certs())?,
+                    None => redis::Client::open(info)?,
+                };
+                let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
+                Ok(Conn::Single(conn))
+            }
+            StoreKind::Cluster => {
+                let nodes: Vec<_> = target.nodes.iter().map(|n| target.info(n, true)).collect();
+                let mut b = ClusterClient::builder(nodes)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .retries(3);
+                if target.tls {
+                    b = b.tls(redis::cluster::TlsMode::Secure);
+                }
+                if ca.is_some() {
+                    b = b.certs(certs());
+                }
+                Ok(Conn::Cluster(Arc::new(LazyCluster {
+                    client: b.build()?,
+                    conn: OnceCell::new(),
+                })))
+            }
+            StoreKind::Sentinel => {
+                let sentinels: Vec<_> =
+                    target.nodes.iter().map(|n| target.info(n, false)).collect();
+                let mut redis = redis::RedisConnectionInfo::default().set_db(target.db);
+                if let Some(u) = &target.username {
+                    redis = redis.set_username(u);
+                }
+                if let Some(p) = target.password() {
+                    redis = redis.set_password(p);
+                }
+                let mut node =
+                    SentinelNodeConnectionInfo::default().set_redis_connection_info(redis);
+                if target.tls {
+                    node = node.set_tls_mode(redis::TlsMode::Secure);
+                }
+                let master = target.master.clone().unwrap_or_default();
+                let client = SentinelClient::build(
+                    sentinels,
+                    master,
+                    Some(node),
+                    SentinelServerType::Master,
+                )?;
+                Ok(Conn::Sentinel(Arc::new(Followed {
+                    sentinel: Mutex::new(client),
+                    current: Mutex::new(None),
+                    db: target.db,
+                })))
+            }
+        }
+    }
+}
+
+impl LazyCluster {
+    async fn get(&self) -> RedisResult<ClusterConnection> {
+        self.conn
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await
+            .cloned()
+    }
+}
+
+impl Followed {
+    async fn get(&self) -> RedisResult<ConnectionManager> {
+        let mut current = self.current.lock().await;
+        if let Some(c) = &*current {
+            return Ok(c.clone());
+        }
+        let client = self.sentinel.lock().await.async_get_client().await?;
+        let conn = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            ConnectionManager::new_with_config(client, manager_config()),
+        )
+        .await
+        .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+        *current = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets the primary after an error that means it may have moved.
+    async fn check<T>(&self, r: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &r
+            && (e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || matches!(e.code(), Some("READONLY" | "MASTERDOWN")))
+        {
+            *self.current.lock().await = None;
+        }
+        r
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => {
+                Box::pin(async move { c.get().await?.req_packed_command(cmd).await })
+            }
+            Conn::Sentinel(f) => Box::pin(async move {
+                let r = match f.get().await {
+                    Ok(mut c) => c.req_packed_command(cmd).await,
+                    Err(e) => Err(e),
+                };
+                f.check(r).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => Box::pin(async move {
+                c.get()
+                    .await?
+                    .req_packed_commands(pipeline, offset, count)
+                    .await
+            }),
+            Conn::Sentinel(f) => Box::pin(async move {
+                let r = match f.get().await {
+                    Ok(mut c) => c.req_packed_commands(pipeline, offset, count).await,
+                    Err(e) => Err(e),
+                };
+                f.check(r).await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(_) => 0,
+            Conn::Sentinel(f) => f.db,
+        }
+    }
+}
