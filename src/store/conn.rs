@@ -179,10 +179,21 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => Box::pin(async move {
-                c.get()
-                    .await?
-                    .req_packed_commands(pipeline, offset, count)
-                    .await
+                let mut conn = c.get().await?;
+                match conn.req_packed_commands(pipeline, offset, count).await {
+                    // The cluster client sends a pipeline to one slot only and refuses before
+                    // sending anything otherwise. The store's cross-slot pipelines (idempotency
+                    // markers and indexes) are not transactions, so their commands may go one
+                    // by one, in order.
+                    Err(e) if e.code() == Some("CROSSSLOT") && !pipeline.is_transaction() => {
+                        let mut out = Vec::with_capacity(count);
+                        for cmd in pipeline.cmd_iter() {
+                            out.push(conn.req_packed_command(cmd).await?);
+                        }
+                        Ok(out)
+                    }
+                    r => r,
+                }
             }),
             Conn::Sentinel(f) => Box::pin(async move {
                 let r = match f.get().await {

@@ -328,7 +328,9 @@ async fn pools_delete_removes_an_idle_pool_and_refuses_a_busy_one() {
 /// Every ops command says on stderr which Redis (never its password) and prefix it works on.
 #[tokio::test]
 async fn ops_commands_name_their_redis_and_prefix() {
-    let app = TestApp::start().await;
+    // On the plain server whatever HUSH_TEST_REDIS says: the check reads host:port off a
+    // redis:// URL.
+    let app = TestApp::start_on(fresh_config(&shared_redis().url())).await;
     let (ok, out, err) = cli_full(&app.config, &["pools", "list"]);
     assert!(ok, "{err}");
     let addr = app
