@@ -36,6 +36,19 @@ async fn health_and_readiness() {
 }
 
 #[tokio::test]
+async fn readiness_names_the_kind_of_store() {
+    let app = TestApp::start().await;
+    let kind = match std::env::var("HUSH_TEST_REDIS").as_deref() {
+        Ok("cluster") => "cluster",
+        Ok("sentinel") => "sentinel",
+        _ => "single",
+    };
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text, format!("ok\nstore: {kind}\n"));
+}
+
+#[tokio::test]
 async fn metrics_count_sessions_allocations_and_requests() {
     let app = TestApp::start().await;
     // Metrics are per process; a pool name no other test uses keeps these samples ours.

@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::harness::{free_port, ping, shared_redis, watchdog};
+use serde_json::json;
+
+use super::harness::*;
 
 /// One process of a topology; killed (and reaped) on drop.
 struct Proc(Mutex<Option<Child>>);
@@ -27,12 +29,19 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
+impl Proc {
+    /// SIGKILL and reap: an outage, not a clean shutdown.
+    fn kill(&self) {
         if let Some(mut c) = self.0.lock().unwrap().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -88,7 +97,8 @@ fn base_args(port: u16, dir: &Path) -> Vec<String> {
 
 pub struct Topology {
     pub url: String,
-    _procs: Vec<Proc>,
+    /// For a sentinel setup the primary comes first.
+    procs: Vec<Proc>,
     _dir: tempfile::TempDir,
 }
 
@@ -131,7 +141,7 @@ impl Topology {
         }
         Topology {
             url: format!("redis+cluster://{}", nodes.join(",")),
-            _procs: procs,
+            procs,
             _dir: dir,
         }
     }
@@ -141,7 +151,10 @@ impl Topology {
         let dir = tempfile::tempdir().unwrap();
         let primary = cluster_port();
         let replica = cluster_port();
-        let mut procs = vec![Proc::spawn(&base_args(primary, dir.path()))];
+        // No diskless-sync delay: the replica must hold the data within moments of start-up.
+        let mut args = base_args(primary, dir.path());
+        args.extend(["--repl-diskless-sync-delay", "0"].map(String::from));
+        let mut procs = vec![Proc::spawn(&args)];
         wait_ping(primary);
         let replica_dir = dir.path().join("replica");
         std::fs::create_dir_all(&replica_dir).unwrap();
@@ -153,6 +166,11 @@ impl Topology {
         ]);
         procs.push(Proc::spawn(&args));
         wait_ping(replica);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cli(replica, &["info", "replication"]).contains("master_link_status:up") {
+            assert!(Instant::now() < deadline, "the replica never synced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let mut sentinels = Vec::new();
         for i in 0..3 {
             let port = cluster_port();
@@ -190,10 +208,41 @@ impl Topology {
         let hosts: Vec<String> = sentinels.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         Topology {
             url: format!("redis+sentinel://{}/hush", hosts.join(",")),
-            _procs: procs,
+            procs,
             _dir: dir,
         }
     }
+}
+
+// Passes alone (about 5 s) but not yet reliably beside the whole suite on 2 cores; run it
+// with `cargo test --test it -- --ignored topology::`.
+#[ignore = "not yet reliable under the full suite's load"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_followed_without_a_restart() {
+    let t = Topology::sentinel();
+    let app = TestApp::start_on(fresh_config(&t.url)).await;
+    app.pool("failover", json!({}), &proxies(4)).await;
+    app.open_session("failover", &participant(0), &participant(1), None)
+        .await;
+    // Replication is asynchronous: let the replica catch up before the primary dies.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    t.procs[0].kill();
+
+    eventually(
+        Duration::from_secs(60),
+        "a session create on the promoted replica",
+        || async {
+            let r = app
+                .create_session("failover", &participant(2), &participant(3), None)
+                .await;
+            (r.status == 201).then_some(())
+        },
+    )
+    .await;
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("store: sentinel"), "{}", r.text);
 }
 
 /// The URL every test's hush uses: the plain shared server unless `HUSH_TEST_REDIS` asks for a
