@@ -56,8 +56,11 @@ impl From<RedisError> for StoreError {
                 "OOM" | "BUSY" | "LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN"
             )
         );
+        // Sentinel names no primary while a failover is under way: that passes too.
+        let no_primary_yet = e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel;
         if e.is_io_error()
             || e.is_timeout()
+            || no_primary_yet
             || e.is_connection_dropped()
             || e.is_connection_refusal()
             || e.is_cluster_error()
