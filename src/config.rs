@@ -72,9 +72,18 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `HUSH_REDIS_URL`: the Redis holding all state (default `redis://127.0.0.1:6379`).
     pub redis_url: String,
-    /// `HUSH_REDIS_CA_FILE`: a PEM bundle trusted instead of the system roots for `rediss://`
-    /// (a managed Redis with a private CA).
+    /// `HUSH_REDIS_CA_FILE`: a PEM bundle trusted beside the system roots for the `rediss`
+    /// schemes (a managed Redis with a private CA). Read at start-up.
     pub redis_ca_file: Option<String>,
+    /// `HUSH_REDIS_CLIENT_CERT_FILE`: a PEM certificate (chain) hush presents to Redis over TLS,
+    /// for a Redis that checks clients (`tls-auth-clients yes`). Needs the key file too.
+    pub redis_client_cert_file: Option<String>,
+    /// `HUSH_REDIS_CLIENT_KEY_FILE`: the PEM private key of the client certificate.
+    pub redis_client_key_file: Option<String>,
+    /// `HUSH_REDIS_SENTINEL_PASSWORD`: the sentinels' own password (their `requirepass`). The
+    /// URL's credentials are the primary's; sentinels are reached without a password unless
+    /// this is set.
+    pub redis_sentinel_password: Option<Secret<String>>,
     /// `HUSH_REDIS_PREFIX`: every key starts with this, so deployments can share a Redis.
     pub redis_prefix: String,
     /// `HUSH_PUBLIC_URL`: the URL providers call; default `http://<listen>`.
@@ -165,6 +174,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_ca_file: None,
+            redis_client_cert_file: None,
+            redis_client_key_file: None,
+            redis_sentinel_password: None,
             redis_prefix: "hush".into(),
             public_url: None,
             index_key: None,
@@ -197,6 +209,9 @@ struct FileConfig {
     listen: Option<String>,
     redis_url: Option<String>,
     redis_ca_file: Option<String>,
+    redis_client_cert_file: Option<String>,
+    redis_client_key_file: Option<String>,
+    redis_sentinel_password: Option<String>,
     redis_prefix: Option<String>,
     public_url: Option<String>,
     index_key: Option<String>,
@@ -257,6 +272,15 @@ impl Config {
         over(&mut raw.listen, "HUSH_LISTEN");
         over(&mut raw.redis_url, "HUSH_REDIS_URL");
         over(&mut raw.redis_ca_file, "HUSH_REDIS_CA_FILE");
+        over(
+            &mut raw.redis_client_cert_file,
+            "HUSH_REDIS_CLIENT_CERT_FILE",
+        );
+        over(&mut raw.redis_client_key_file, "HUSH_REDIS_CLIENT_KEY_FILE");
+        over(
+            &mut raw.redis_sentinel_password,
+            "HUSH_REDIS_SENTINEL_PASSWORD",
+        );
         over(&mut raw.redis_prefix, "HUSH_REDIS_PREFIX");
         over(&mut raw.public_url, "HUSH_PUBLIC_URL");
         over(&mut raw.index_key, "HUSH_INDEX_KEY");
@@ -325,6 +349,9 @@ impl Config {
         }
         config.public_url = raw.public_url;
         config.redis_ca_file = raw.redis_ca_file;
+        config.redis_client_cert_file = raw.redis_client_cert_file;
+        config.redis_client_key_file = raw.redis_client_key_file;
+        config.redis_sentinel_password = raw.redis_sentinel_password.map(Secret::new);
         if let Some(v) = raw.index_key {
             config.index_key = Some(parse_key("HUSH_INDEX_KEY", &v)?);
         }
@@ -450,12 +477,67 @@ impl Config {
         Ok(config)
     }
 
+    /// TLS files and a sentinel password that the URL's scheme would ignore are refused: an
+    /// operator who set them expects them to apply, and a forgotten `s` in `rediss` would
+    /// otherwise send everything in clear.
+    fn validate_redis_access(&self, target: &crate::store::RedisTarget) -> Result<(), ConfigError> {
+        use crate::store::StoreKind;
+        for (value, key) in [
+            (&self.redis_ca_file, "HUSH_REDIS_CA_FILE"),
+            (&self.redis_client_cert_file, "HUSH_REDIS_CLIENT_CERT_FILE"),
+            (&self.redis_client_key_file, "HUSH_REDIS_CLIENT_KEY_FILE"),
+        ] {
+            if value.is_some() && !target.tls {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "it applies to TLS only, and HUSH_REDIS_URL does not use TLS \
+                             (rediss://, rediss+cluster:// or rediss+sentinel://)"
+                        .into(),
+                });
+            }
+        }
+        if self.redis_client_cert_file.is_some() != self.redis_client_key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "HUSH_REDIS_CLIENT_CERT_FILE",
+                reason: "set it and HUSH_REDIS_CLIENT_KEY_FILE together, or neither".into(),
+            });
+        }
+        if self.redis_sentinel_password.is_some() && target.kind != StoreKind::Sentinel {
+            return Err(ConfigError::Invalid {
+                key: "HUSH_REDIS_SENTINEL_PASSWORD",
+                reason: "HUSH_REDIS_URL names no sentinels (redis+sentinel:// or \
+                         rediss+sentinel://)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// What reaching Redis takes beside the URL, with every TLS file read and checked.
+    pub fn redis_access(&self) -> Result<crate::store::Access, crate::store::TlsError> {
+        let files = crate::store::TlsFiles {
+            ca_file: self.redis_ca_file.as_deref(),
+            client_cert_file: self.redis_client_cert_file.as_deref(),
+            client_key_file: self.redis_client_key_file.as_deref(),
+        };
+        Ok(crate::store::Access {
+            tls: files.load()?,
+            sentinel_password: self
+                .redis_sentinel_password
+                .as_ref()
+                .map(|p| p.expose().clone()),
+        })
+    }
+
     /// Checks that hold whatever way the config was built.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        crate::store::RedisTarget::parse(&self.redis_url).map_err(|e| ConfigError::Invalid {
-            key: "HUSH_REDIS_URL",
-            reason: e.to_string(),
+        let target = crate::store::RedisTarget::parse(&self.redis_url).map_err(|e| {
+            ConfigError::Invalid {
+                key: "HUSH_REDIS_URL",
+                reason: e.to_string(),
+            }
         })?;
+        self.validate_redis_access(&target)?;
         if self.redis_prefix.is_empty()
             || !self
                 .redis_prefix
@@ -682,6 +764,49 @@ mod tests {
             (c.max_connections, c.header_read_timeout_ms),
             (Some(50), 800)
         );
+    }
+
+    #[test]
+    fn redis_tls_and_sentinel_settings_must_fit_the_url() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("HUSH_REDIS_URL", "rediss+sentinel://s:26379/m"),
+                ("HUSH_REDIS_CA_FILE", "/etc/ca.pem"),
+                ("HUSH_REDIS_CLIENT_CERT_FILE", "/etc/c.pem"),
+                ("HUSH_REDIS_CLIENT_KEY_FILE", "/etc/k.pem"),
+                ("HUSH_REDIS_SENTINEL_PASSWORD", "sentinel-secret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.redis_client_key_file.as_deref(), Some("/etc/k.pem"));
+        assert!(!format!("{c:?}").contains("sentinel-secret"));
+        for (pairs, key) in [
+            (
+                &[
+                    ("HUSH_REDIS_URL", "redis://h:1"),
+                    ("HUSH_REDIS_CA_FILE", "/etc/ca.pem"),
+                ][..],
+                "HUSH_REDIS_CA_FILE",
+            ),
+            (
+                &[
+                    ("HUSH_REDIS_URL", "rediss://h:1"),
+                    ("HUSH_REDIS_CLIENT_KEY_FILE", "/etc/k.pem"),
+                ][..],
+                "HUSH_REDIS_CLIENT_CERT_FILE",
+            ),
+            (
+                &[
+                    ("HUSH_REDIS_URL", "redis+cluster://h:1"),
+                    ("HUSH_REDIS_SENTINEL_PASSWORD", "x"),
+                ][..],
+                "HUSH_REDIS_SENTINEL_PASSWORD",
+            ),
+        ] {
+            let e = Config::load_from(None, env(pairs)).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{pairs:?}: {e}");
+        }
     }
 
     #[test]

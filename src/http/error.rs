@@ -274,8 +274,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        // A message that already ends with its cause's text would only repeat it.
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
         cur = s.source();
     }
     text

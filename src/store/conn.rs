@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::{Mutex, OnceCell};
 
@@ -47,24 +47,32 @@ pub struct Followed {
     db: i64,
 }
 
+/// What reaching Redis takes beside the URL.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// Trust and identity for TLS (`rediss` schemes only); `None` keeps the client's default,
+    /// the system roots and no client certificate.
+    pub tls: Option<redis::TlsCertificates>,
+    /// The sentinels' own password (`requirepass` in their configuration), which may differ
+    /// from the primary's in the URL.
+    pub sentinel_password: Option<String>,
+}
+
 impl Conn {
-    pub(crate) fn open(target: &RedisTarget, ca: Option<&[u8]>) -> RedisResult<Conn> {
-        let certs = || redis::TlsCertificates {
-            client_tls: None,
-            root_cert: ca.map(<[u8]>::to_vec),
-        };
+    pub(crate) fn open(target: &RedisTarget, access: &Access) -> RedisResult<Conn> {
+        let certs = access.tls.as_ref().filter(|_| target.tls);
         match target.kind {
             StoreKind::Single => {
-                let info = target.info(&target.nodes[0], true);
-                let client = match ca {
-                    Some(_) => redis::Client::build_with_tls(info, certs())?,
+                let info = target.info(&target.nodes[0]);
+                let client = match certs {
+                    Some(c) => redis::Client::build_with_tls(info, c.clone())?,
                     None => redis::Client::open(info)?,
                 };
                 let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
                 Ok(Conn::Single(conn))
             }
             StoreKind::Cluster => {
-                let nodes: Vec<_> = target.nodes.iter().map(|n| target.info(n, true)).collect();
+                let nodes: Vec<_> = target.nodes.iter().map(|n| target.info(n)).collect();
                 let mut b = ClusterClient::builder(nodes)
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(RESPONSE_TIMEOUT)
@@ -72,8 +80,8 @@ impl Conn {
                 if target.tls {
                     b = b.tls(redis::cluster::TlsMode::Secure);
                 }
-                if ca.is_some() {
-                    b = b.certs(certs());
+                if let Some(c) = certs {
+                    b = b.certs(c.clone());
                 }
                 Ok(Conn::Cluster(Arc::new(LazyCluster {
                     client: b.build()?,
@@ -81,29 +89,35 @@ impl Conn {
                 })))
             }
             StoreKind::Sentinel => {
-                let sentinels: Vec<_> =
-                    target.nodes.iter().map(|n| target.info(n, false)).collect();
-                let mut redis = redis::RedisConnectionInfo::default().set_db(target.db);
+                // With `rediss+sentinel://` the sentinels are reached over TLS too, trusting
+                // the same roots: a deployment that encrypts its data nodes encrypts its
+                // sentinels, and managed Sentinel offers nothing else.
+                let sentinels = target.nodes.iter().map(|n| target.addr(n));
+                let master = target.master.clone().unwrap_or_default();
+                let mut b =
+                    SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)?
+                        .set_client_to_redis_db(target.db);
                 if let Some(u) = &target.username {
-                    redis = redis.set_username(u);
+                    b = b.set_client_to_redis_username(u);
                 }
                 if let Some(p) = target.password() {
-                    redis = redis.set_password(p);
+                    b = b.set_client_to_redis_password(p);
                 }
-                let mut node =
-                    SentinelNodeConnectionInfo::default().set_redis_connection_info(redis);
+                if let Some(p) = &access.sentinel_password {
+                    b = b.set_client_to_sentinel_password(p);
+                }
                 if target.tls {
-                    node = node.set_tls_mode(redis::TlsMode::Secure);
+                    b = b
+                        .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                        .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
                 }
-                let master = target.master.clone().unwrap_or_default();
-                let client = SentinelClient::build(
-                    sentinels,
-                    master,
-                    Some(node),
-                    SentinelServerType::Master,
-                )?;
+                if let Some(c) = certs {
+                    b = b
+                        .set_client_to_redis_certificates(c.clone())
+                        .set_client_to_sentinel_certificates(c.clone());
+                }
                 Ok(Conn::Sentinel(Arc::new(Followed {
-                    sentinel: Mutex::new(client),
+                    sentinel: Mutex::new(b.build()?),
                     current: Mutex::new(None),
                     db: target.db,
                 })))

@@ -21,6 +21,7 @@ mod pools;
 mod routes;
 mod sessions;
 pub mod target;
+pub mod tls;
 
 use redis::{FromRedisValue, RedisError, Script, ToRedisArgs, Value};
 
@@ -33,12 +34,15 @@ pub use routes::{Claimed, RouteRow};
 pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended};
 pub use target::{RedisTarget, StoreKind, TargetError};
 
-pub use conn::Conn;
+pub use conn::{Access, Conn};
+pub use tls::{TlsError, TlsFiles};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Redis cannot be reached or cannot take writes now; worth retrying.
-    #[error("redis is unavailable")]
+    /// Redis cannot be reached or cannot take writes now; worth retrying. The cause is part
+    /// of the message because background loops log only the message, and an operator needs
+    /// the why (refused, timed out, an untrusted certificate) on every line.
+    #[error("redis is unavailable: {0}")]
     Unavailable(#[source] RedisError),
     #[error("redis command failed")]
     Redis(#[source] RedisError),
@@ -151,13 +155,14 @@ fn strings(v: Value) -> Result<Vec<String>> {
 impl Store {
     /// Connects lazily: hush starts while Redis is down and reconnects by itself.
     pub fn connect(url: &str, prefix: &str) -> Result<Store> {
-        Store::connect_to(&RedisTarget::parse(url)?, None, prefix)
+        Store::connect_to(&RedisTarget::parse(url)?, &Access::default(), prefix)
     }
 
-    /// As [`Store::connect`], with `ca` (PEM) trusted instead of the system roots for TLS.
-    pub fn connect_to(target: &RedisTarget, ca: Option<&[u8]>, prefix: &str) -> Result<Store> {
+    /// As [`Store::connect`], with what the URL cannot carry: TLS files and the sentinels'
+    /// password.
+    pub fn connect_to(target: &RedisTarget, access: &Access, prefix: &str) -> Result<Store> {
         Ok(Store {
-            conn: Conn::open(target, ca)?,
+            conn: Conn::open(target, access)?,
             kind: target.kind,
             keys: Keys::new(prefix),
             scripts: std::sync::Arc::new(Scripts::load()),

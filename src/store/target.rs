@@ -133,10 +133,9 @@ impl RedisTarget {
         self.password.as_deref()
     }
 
-    /// Connection details for one node; `redis_auth` is false for sentinels, which hush
-    /// reaches without the data nodes' credentials.
-    pub(crate) fn info(&self, (host, port): &(String, u16), redis_auth: bool) -> ConnectionInfo {
-        let addr = if self.tls {
+    /// One node's address, over TLS for the `rediss` schemes, sentinels included.
+    pub(crate) fn addr(&self, (host, port): &(String, u16)) -> ConnectionAddr {
+        if self.tls {
             ConnectionAddr::TcpTls {
                 host: host.clone(),
                 port: *port,
@@ -145,18 +144,21 @@ impl RedisTarget {
             }
         } else {
             ConnectionAddr::Tcp(host.clone(), *port)
-        };
-        let mut redis = RedisConnectionInfo::default();
-        if redis_auth {
-            redis = redis.set_db(self.db);
-            if let Some(u) = &self.username {
-                redis = redis.set_username(u);
-            }
-            if let Some(p) = &self.password {
-                redis = redis.set_password(p);
-            }
         }
-        addr.into_connection_info()
+    }
+
+    /// Connection details for one data node (the server, a cluster node), with the URL's
+    /// credentials.
+    pub(crate) fn info(&self, node: &(String, u16)) -> ConnectionInfo {
+        let mut redis = RedisConnectionInfo::default().set_db(self.db);
+        if let Some(u) = &self.username {
+            redis = redis.set_username(u);
+        }
+        if let Some(p) = &self.password {
+            redis = redis.set_password(p);
+        }
+        self.addr(node)
+            .into_connection_info()
             .expect("an address is always a connection info")
             .set_redis_settings(redis)
     }

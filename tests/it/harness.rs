@@ -421,6 +421,13 @@ impl TestApp {
         let admin_key = hush::create_api_key(&config, "test-admin", &["admin"])
             .await
             .expect("creating the admin key");
+        Self::start_as(config, admin_key).await
+    }
+
+    /// hush with this config and an admin key made beforehand, for a hush that cannot reach
+    /// its Redis (the key was made through a config that could).
+    pub async fn start_as(config: Config, admin_key: String) -> TestApp {
+        init_logging();
         let (base_url, shutdown, task) = serve(config.clone()).await;
         let app = TestApp {
             base_url,
@@ -690,7 +697,9 @@ impl TestApp {
 
     /// A raw connection to this app's Redis.
     pub async fn redis(&self) -> hush::store::Conn {
-        hush::store::Store::connect(&self.redis_url, &self.prefix)
+        let target = hush::store::RedisTarget::parse(&self.redis_url).expect("a redis URL");
+        let access = self.config.redis_access().expect("the config's TLS files");
+        hush::store::Store::connect_to(&target, &access, &self.prefix)
             .expect("connecting to redis")
             .connection()
     }

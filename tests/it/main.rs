@@ -32,5 +32,6 @@ mod slow_clients;
 mod ssrf;
 mod tenancy;
 mod times;
+mod tls;
 mod topology;
 mod ttl;
