@@ -47,8 +47,8 @@ pub struct Followed {
     db: i64,
 }
 
-/// What reaching Redis takes beside the URL.
-#[derive(Clone, Debug, Default)]
+/// What reaching Redis takes beside the URL. No `Debug`: it holds a password.
+#[derive(Clone, Default)]
 pub struct Access {
     /// Trust and identity for TLS (`rediss` schemes only); `None` keeps the client's default,
     /// the system roots and no client certificate.

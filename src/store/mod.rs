@@ -62,9 +62,14 @@ impl From<RedisError> for StoreError {
         );
         // Sentinel names no primary while a failover is under way: that passes too.
         let no_primary_yet = e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel;
+        // A refused password (the primary's or the sentinels') leaves Redis as unusable as an
+        // outage: the log names the cause, and clients get a 503, not an internal error.
+        let refused_auth = e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"));
         if e.is_io_error()
             || e.is_timeout()
             || no_primary_yet
+            || refused_auth
             || e.is_connection_dropped()
             || e.is_connection_refusal()
             || e.is_cluster_error()

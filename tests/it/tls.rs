@@ -144,6 +144,12 @@ async fn over_rediss_with_a_private_ca_sessions_are_made_routed_and_closed() {
     blind.redis_ca_file = None;
     let blind = unready(blind, &app.admin_key).await;
     refused(&blind, "UnknownIssuer").await;
+
+    // A wrong password is as unusable as an outage, and says so.
+    let mut wrong = app.config.clone();
+    wrong.redis_url = t.url.replace(&pw, "not-the-password");
+    let wrong = unready(wrong, &app.admin_key).await;
+    refused(&wrong, "Password authentication failed").await;
     assert_never_logged(&[&pw]);
 }
 
@@ -275,8 +281,8 @@ async fn tls_sentinels_with_their_own_password_lead_to_the_primary() {
     let mut no_sentinel_pw = config.clone();
     no_sentinel_pw.redis_sentinel_password = None;
     let refused_app = unready(no_sentinel_pw, &app.admin_key).await;
-    let r = refused_app.get("/readyz").await;
-    let body = r.expect_problem(503, "store_unavailable").to_string();
+    refused(&refused_app, "NOAUTH").await;
+    let body = refused_app.get("/readyz").await.text;
     assert!(!body.contains(&primary_pw) && !body.contains(&sentinel_pw));
     assert_never_logged(&[&primary_pw, &sentinel_pw]);
 }
