@@ -31,15 +31,22 @@ pub fn build_broker(config: &Config) -> anyhow::Result<Broker> {
     let index = config.index_key.as_ref().context("index key")?;
     let crypto = crypto::Crypto::new(index, &config.data_keys)?;
     let target = store::RedisTarget::parse(&config.redis_url)?;
-    let ca = match &config.redis_ca_file {
-        Some(path) => Some(
-            std::fs::read(path).with_context(|| format!("reading HUSH_REDIS_CA_FILE {path}"))?,
-        ),
-        None => None,
-    };
+    let ca = redis_ca(config)?;
     let store = store::Store::connect_to(&target, ca.as_deref(), &config.redis_prefix)
         .context("HUSH_REDIS_URL is not a usable Redis URL")?;
     Ok(Broker::new(store, crypto, Arc::new(domain::SystemClock)))
+}
+
+/// The PEM bundle in `HUSH_REDIS_CA_FILE`, if one is configured.
+pub fn redis_ca(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
+    match &config.redis_ca_file {
+        Some(path) => {
+            Ok(Some(std::fs::read(path).with_context(|| {
+                format!("reading HUSH_REDIS_CA_FILE {path}")
+            })?))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Serves the API on `listener` and runs the reaper (and the outbound text worker, when a

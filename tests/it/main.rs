@@ -14,6 +14,7 @@ mod harness;
 mod idempotency;
 mod intercept;
 mod layers;
+mod migrate;
 mod openapi;
 mod ops;
 mod outage;
