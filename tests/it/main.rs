@@ -6,6 +6,7 @@
 mod allocation;
 mod auth;
 mod cli;
+mod deploy;
 mod dev;
 mod edge;
 mod errors;
