@@ -1,8 +1,9 @@
 //! The files in deploy/ agree with hush and with Redis: every variable a hush service sets is
 //! one hush reads, its Redis URL names services of the same file on the ports they listen on,
 //! services depend on services that exist, every Redis runs deploy/redis.conf (AOF,
-//! noeviction), the Cluster and Sentinel settings name the right nodes, and the real
-//! `redis-server` accepts each Redis service's command line. Docker is not needed.
+//! noeviction), the Cluster and Sentinel settings name the right nodes, the real
+//! `redis-server` accepts each Redis service's command line, and the cluster's one-shot
+//! script makes a cluster of them (and leaves it be on a second run). Docker is not needed.
 //!
 //! No YAML parser is among the dependencies, so [`parse`] reads the block subset the deploy
 //! files keep to: mappings, `- ` sequences, `[...]` flow sequences of scalars, quoted
@@ -336,7 +337,45 @@ fn the_cluster_compose_file_agrees() {
             "service_completed_successfully"
         );
     }
-    starts_locally(&nodes);
+    // cluster-init's own script, with each node's address and name mapped to where it runs
+    // here: it makes a working cluster, and run again (a restart) it leaves it be.
+    let local = starts_locally(&nodes);
+    let init_cmd = command(init);
+    assert_eq!(init_cmd[..2], ["sh", "-c"]);
+    let mut script = init_cmd[2].clone();
+    for ((name, _), address) in nodes.iter().zip(&addresses) {
+        let port = local.ports[name.as_str()];
+        script = script
+            .replace(address, &format!("127.0.0.1:{port}"))
+            .replace(&format!("-h {name} "), &format!("-h 127.0.0.1 -p {port} "));
+    }
+    assert!(!script.contains("redis-1"), "{script}");
+    for run in ["creates", "finds"] {
+        let out = Command::new("timeout")
+            .args(["60", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "cluster-init {run} the cluster: {said}"
+        );
+        assert_eq!(
+            said.contains("Performing hash slots allocation"),
+            run == "creates",
+            "{said}"
+        );
+    }
+    // The other nodes learn the configuration by gossip, moments later.
+    let info = Command::new("redis-cli")
+        .args(["-p", &local.ports["redis-1"].to_string(), "cluster", "info"])
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("cluster_state:ok"), "{info}");
+    assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
 }
 
 #[test]
@@ -382,11 +421,28 @@ fn the_sentinel_compose_file_agrees() {
     starts_locally(&nodes);
 }
 
+/// Redis services started from their compose command lines; killed on drop.
+struct Local {
+    children: Vec<std::process::Child>,
+    /// Service name → local port.
+    ports: BTreeMap<String, u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Runs each Redis service's command line with the real `redis-server` (the mounted paths
 /// mapped to the repository and a temp dir, on a free local port) and waits for PING, so an
 /// option this Redis does not know fails here rather than in a container. The file's own
 /// `dir` names a production path, which the command line's `--dir` overrides anyway.
-fn starts_locally(nodes: &[(&String, &Y)]) {
+fn starts_locally(nodes: &[(&String, &Y)]) -> Local {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("redis.conf");
     let text: String = read("deploy/redis.conf")
@@ -395,8 +451,13 @@ fn starts_locally(nodes: &[(&String, &Y)]) {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&conf, text).unwrap();
+    let mut local = Local {
+        children: Vec::new(),
+        ports: BTreeMap::new(),
+        _dir: dir,
+    };
     for (name, node) in nodes {
-        let data = dir.path().join(name.as_str());
+        let data = local._dir.path().join(name.as_str());
         std::fs::create_dir_all(&data).unwrap();
         let port = loop {
             let p = free_port();
@@ -434,7 +495,8 @@ fn starts_locally(nodes: &[(&String, &Y)]) {
             assert!(Instant::now() < deadline, "{name} never answered");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        local.children.push(child);
+        local.ports.insert(name.to_string(), port);
     }
+    local
 }
