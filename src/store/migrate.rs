@@ -481,7 +481,11 @@ fn canonical(kind: &str, v: &Value) -> Vec<Vec<u8>> {
     match kind {
         "set" => out.sort(),
         "hash" => {
-            let mut pairs: Vec<Vec<u8>> = out.chunks(2).map(|p| p.concat()).collect();
+            // The field's length first, so no field and value run together into another pair.
+            let mut pairs: Vec<Vec<u8>> = out
+                .chunks(2)
+                .map(|p| [p[0].len().to_be_bytes().as_slice(), &p.concat()].concat())
+                .collect();
             pairs.sort();
             out = pairs;
         }
@@ -536,4 +540,50 @@ async fn verify_sample(
         compared += 1;
     }
     Ok(compared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(items: &[&str]) -> Value {
+        Value::Array(
+            items
+                .iter()
+                .map(|s| Value::BulkString(s.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn unordered_types_compare_whatever_order_a_server_lists_them_in() {
+        assert_eq!(
+            canonical("hash", &bulk(&["f", "1", "g", "2"])),
+            canonical("hash", &bulk(&["g", "2", "f", "1"]))
+        );
+        assert_ne!(
+            canonical("hash", &bulk(&["f", "1", "g", "2"])),
+            canonical("hash", &bulk(&["f", "2", "g", "1"])),
+            "a value moved to another field is a difference"
+        );
+        assert_ne!(
+            canonical("hash", &bulk(&["f1", ""])),
+            canonical("hash", &bulk(&["f", "1"]))
+        );
+        assert_eq!(
+            canonical("set", &bulk(&["a", "b"])),
+            canonical("set", &bulk(&["b", "a"]))
+        );
+        assert_ne!(
+            canonical("list", &bulk(&["a", "b"])),
+            canonical("list", &bulk(&["b", "a"])),
+            "a list's order is part of its value"
+        );
+    }
+
+    #[test]
+    fn type_names() {
+        assert_eq!(type_name("zset"), "zset");
+        assert_eq!(type_name("ReJSON-RL"), "other");
+    }
 }

@@ -288,3 +288,58 @@ fn an_unreachable_redis_is_named_without_its_password() {
         );
     }
 }
+
+/// `--replace` clears the prefix on the target first, so what the target held under it and
+/// the source lacks is gone; keys outside the prefix stay untouched on both sides.
+#[tokio::test]
+async fn replace_leaves_an_exact_copy_of_the_prefix() {
+    let (source, target) = (RedisServer::start(false), RedisServer::start(false));
+    let config = fresh_config(&source.url());
+    let p = &config.redis_prefix;
+    let set = |url: String, key: String, value: &'static str, ttl_ms: Option<u64>| async move {
+        let mut con = hush::store::Store::connect(&url, "unused")
+            .unwrap()
+            .connection();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key).arg(value);
+        if let Some(ms) = ttl_ms {
+            cmd.arg("PX").arg(ms);
+        }
+        let _: () = cmd.query_async(&mut con).await.unwrap();
+    };
+    set(source.url(), format!("{p}:a"), "new", Some(600_000)).await;
+    set(source.url(), format!("{p}:b"), "kept", None).await;
+    set(target.url(), format!("{p}:a"), "old", None).await;
+    set(target.url(), format!("{p}:stale"), "gone", None).await;
+    set(target.url(), "other:x".into(), "untouched", None).await;
+
+    let refused = cli_output(&config, &["store", "migrate", "--to", &target.url()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("holds 2 keys"));
+    assert_eq!(keys_at(&target.url(), &format!("{p}:*")).await.len(), 2);
+
+    run_cli(
+        &config,
+        &["store", "migrate", "--to", &target.url(), "--replace"],
+    );
+    assert_eq!(
+        keys_at(&target.url(), &format!("{p}:*")).await,
+        [format!("{p}:a"), format!("{p}:b")]
+    );
+    assert_eq!(keys_at(&target.url(), "other:*").await, ["other:x"]);
+    let mut con = hush::store::Store::connect(&target.url(), "unused")
+        .unwrap()
+        .connection();
+    let a: String = redis::cmd("GET")
+        .arg(format!("{p}:a"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(a, "new");
+    let ttls = ttls_at(&target.url(), &[format!("{p}:a"), format!("{p}:b")]).await;
+    assert!(
+        (590_000..=600_000).contains(&ttls[&format!("{p}:a")]),
+        "{ttls:?}"
+    );
+    assert_eq!(ttls[&format!("{p}:b")], -1, "no TTL stays no TTL");
+}
