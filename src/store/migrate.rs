@@ -146,7 +146,10 @@ impl Endpoint {
         doing: &'static str,
         cmds: impl Fn(&str) -> Vec<Cmd>,
     ) -> Result<Vec<Vec<Value>>, MigrateError> {
-        let per = cmds("").len();
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        let per = cmds(first).len();
         let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
         for (i, key) in keys.iter().enumerate() {
             let slot = match self.target.kind {
@@ -317,17 +320,11 @@ pub async fn migrate(
             .map(|(k, ttl, p, _)| (k.as_str(), (*ttl, p.as_slice())))
             .collect();
         let written_at = Instant::now();
+        // No REPLACE: the prefix was empty on the target a moment ago (or emptied), so a key
+        // there now was written by someone else, and BUSYKEY stops the copy rather than lose it.
         to.per_key(&names, "restoring keys", |k| {
-            let mut cmd = redis::cmd("RESTORE");
-            if let Some((ttl, payload)) = by_key.get(k) {
-                cmd.arg(k).arg(*ttl).arg(*payload);
-                // Without --replace the target was empty a moment ago: a key there now was
-                // written by someone else, and BUSYKEY stops the copy rather than lose it.
-                if replace {
-                    cmd.arg("REPLACE");
-                }
-            }
-            vec![cmd]
+            let (ttl, payload) = by_key[k];
+            vec![redis::cmd("RESTORE").arg(k).arg(ttl).arg(payload).clone()]
         })
         .await?;
         for (key, ttl, _, kind) in batch {
@@ -508,7 +505,7 @@ async fn verify_sample(
     let keys: Vec<String> = sample.iter().map(|(k, _)| (*k).clone()).collect();
     let kinds: HashMap<&str, &str> = sample.iter().map(|(k, c)| (k.as_str(), c.kind)).collect();
     let cmds = |k: &str| {
-        let kind = kinds.get(k).copied().unwrap_or("string");
+        let kind = kinds[k];
         vec![read_value(kind, k), redis::cmd("PTTL").arg(k).clone()]
     };
     let theirs = from.per_key(&keys, "reading the sample", cmds).await?;
