@@ -41,6 +41,9 @@ enum Command {
     /// Sessions.
     #[command(subcommand)]
     Sessions(SessionsCmd),
+    /// Move hush's data to another Redis (one server to a Cluster, for example).
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Measure routing, allocation, memory and event delivery as ratios against baselines
     /// taken in the same run, on a private redis-server started for the purpose.
     Bench(bench::BenchArgs),
@@ -120,6 +123,25 @@ enum NumbersCmd {
 }
 
 #[derive(Subcommand)]
+enum StoreCmd {
+    /// Copy every key under HUSH_REDIS_PREFIX, and nothing else, to another Redis with its
+    /// remaining TTL, then check the copy. Stop hush (or scale it to zero) first: a write made
+    /// during the copy is not carried over. See "Moving to a cluster" in docs/operations.md.
+    Migrate {
+        /// The Redis to copy to, in any form HUSH_REDIS_URL takes (`redis+cluster://...`).
+        /// From the environment, it stays out of the process list.
+        #[arg(long, env = "HUSH_MIGRATE_TO")]
+        to: String,
+        /// The Redis to copy from; default HUSH_REDIS_URL.
+        #[arg(long, env = "HUSH_MIGRATE_FROM")]
+        from: Option<String>,
+        /// Delete the keys the target already holds under the prefix, then copy.
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum SessionsCmd {
     Show { id: String },
 }
@@ -146,6 +168,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Dev => dev::run(config).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Store(StoreCmd::Migrate { to, from, replace }) => {
+            let from = match from {
+                Some(url) => url,
+                None => {
+                    require_redis(cli.config.as_deref())?;
+                    config.redis_url.clone()
+                }
+            };
+            migrate(&config, &from, &to, replace).await
+        }
         Command::Keys(cmd) => keys(&ops()?, cmd).await,
         Command::Pools(cmd) => pools(&ops()?, cmd).await,
         Command::Numbers(cmd) => numbers(&ops()?, cmd).await,
@@ -161,6 +193,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// prefix that is. With no Redis configured it refuses rather than try `127.0.0.1:6379`,
 /// which on a shared machine may be somebody else's.
 fn ops_broker(config: &Config, file: Option<&std::path::Path>) -> anyhow::Result<Broker> {
+    require_redis(file)?;
+    // Rendered without the password, which the URL may carry.
+    let target = hush::store::RedisTarget::parse(&config.redis_url)?;
+    eprintln!(
+        "hush: working on Redis {target} with key prefix `{}`",
+        config.redis_prefix
+    );
+    hush::build_broker(config)
+}
+
+/// Refuses when neither the environment nor the config file names a Redis.
+fn require_redis(file: Option<&std::path::Path>) -> anyhow::Result<()> {
     let from_env = std::env::var("HUSH_REDIS_URL").is_ok_and(|v| !v.is_empty());
     let from_file = file
         .and_then(|f| std::fs::read_to_string(f).ok())
@@ -173,13 +217,36 @@ fn ops_broker(config: &Config, file: Option<&std::path::Path>) -> anyhow::Result
              HUSH_REDIS_PREFIX, HUSH_INDEX_KEY, HUSH_DATA_KEYS) to those of your hush"
         );
     }
-    // Rendered without the password, which the URL may carry.
-    let target = hush::store::RedisTarget::parse(&config.redis_url)?;
-    eprintln!(
-        "hush: working on Redis {target} with key prefix `{}`",
-        config.redis_prefix
+    Ok(())
+}
+
+/// `hush store migrate`: the copy itself lives in the store; this reads the options and
+/// prints progress on stderr and the summary on stdout.
+async fn migrate(config: &Config, from: &str, to: &str, replace: bool) -> anyhow::Result<()> {
+    use hush::store::migrate::{Endpoint, Side};
+    let access = config.redis_access()?;
+    let source = Endpoint::open(Side::Source, from, &access).context("--from")?;
+    let target = Endpoint::open(Side::Target, to, &access).context("--to")?;
+    let prefix = &config.redis_prefix;
+    let report = hush::store::migrate::migrate(&source, &target, prefix, replace, &|line| {
+        eprintln!("hush: {line}")
+    })
+    .await?;
+    let types: Vec<String> = report
+        .copied
+        .iter()
+        .map(|(kind, n)| format!("{kind}={n}"))
+        .collect();
+    println!(
+        "copied {} keys ({}) in {:.2} s; {} expired during the copy; {} compared value by value; {:.2} s in all",
+        report.total(),
+        types.join(" "),
+        report.copy_time.as_secs_f64(),
+        report.expired,
+        report.sampled,
+        report.total_time.as_secs_f64()
     );
-    hush::build_broker(config)
+    Ok(())
 }
 
 /// Cancels the token on Ctrl-C or SIGTERM.

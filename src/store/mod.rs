@@ -15,6 +15,7 @@ pub mod conn;
 mod events;
 mod idempotency;
 pub mod keys;
+pub mod migrate;
 mod numbers;
 pub mod outbox;
 mod pools;

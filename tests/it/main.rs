@@ -6,6 +6,7 @@
 mod allocation;
 mod auth;
 mod cli;
+mod deploy;
 mod dev;
 mod edge;
 mod errors;
@@ -14,6 +15,7 @@ mod harness;
 mod idempotency;
 mod intercept;
 mod layers;
+mod migrate;
 mod openapi;
 mod ops;
 mod outage;
