@@ -101,28 +101,20 @@ impl Delivery {
     ) -> Result<(), BrokerError> {
         let now = broker.now_ms();
         let token = format!("{}", rand::random::<u64>());
-        for row in broker.store().pool_list().await? {
-            for sh in 0..row.shards {
-                let room = room.saturating_sub(tasks.len());
-                if room == 0 {
-                    return Ok(());
-                }
-                let shard = broker.store().keys().shard(row.id, sh);
-                let tag = shard.events_tag();
-                for item in broker
-                    .store()
-                    .queue_claim(
-                        &tag,
-                        now,
-                        LEASE_MS,
-                        room,
-                        &format!("{token}.{}.{sh}", row.id),
-                    )
-                    .await?
-                {
-                    let (me, broker, shard) = (self.clone(), broker.clone(), shard.clone());
-                    tasks.spawn(async move { me.attempt(&broker, &shard, item).await });
-                }
+        for shard in broker.store().every_shard().await? {
+            let room = room.saturating_sub(tasks.len());
+            if room == 0 {
+                return Ok(());
+            }
+            let tag = shard.events_tag();
+            let token = format!("{token}.{}.{}", shard.pool_id, shard.shard);
+            for item in broker
+                .store()
+                .queue_claim(&tag, now, LEASE_MS, room, &token)
+                .await?
+            {
+                let (me, broker, shard) = (self.clone(), broker.clone(), shard.clone());
+                tasks.spawn(async move { me.attempt(&broker, &shard, item).await });
             }
         }
         Ok(())

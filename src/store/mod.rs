@@ -149,6 +149,17 @@ fn strings(v: Value) -> Result<Vec<String>> {
 }
 
 impl Store {
+    /// Every shard of every pool: what the workers that serve per-shard queues (events,
+    /// outbound texts) walk on each pass.
+    pub async fn every_shard(&self) -> Result<Vec<ShardKeys>> {
+        Ok(self
+            .pool_list()
+            .await?
+            .iter()
+            .flat_map(|row| (0..row.shards).map(|s| self.keys.shard(row.id, s)))
+            .collect())
+    }
+
     /// Connects lazily: hush starts while Redis is down and reconnects by itself.
     pub fn connect(url: &str, prefix: &str) -> Result<Store> {
         Store::connect_to(&RedisTarget::parse(url)?, None, prefix)
