@@ -18,6 +18,7 @@ pub mod keys;
 mod numbers;
 pub mod outbox;
 mod pools;
+pub mod rotation;
 mod routes;
 mod sessions;
 pub mod target;
@@ -261,6 +262,7 @@ mod tests {
             include_str!("lua/pool_set.lua"),
             include_str!("lua/pool_shard_delete.lua"),
             include_str!("lua/events_pending.lua"),
+            include_str!("lua/reseal.lua"),
         ] {
             for (i, _) in body.match_indices("redis.call(") {
                 let call = &body[i..body[i..].find(')').map(|e| i + e).unwrap_or(body.len())];

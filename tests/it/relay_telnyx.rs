@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-const API_KEY: &str = "KEYtelnyx-test-api-key";
+pub(crate) const API_KEY: &str = "KEYtelnyx-test-api-key";
 const MESSAGE: &str = "This conversation has ended. <Bye> & \"thanks\"";
 const XML_HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 
@@ -52,8 +52,8 @@ struct ApiState {
 }
 
 #[derive(Clone)]
-struct FakeTelnyx {
-    base: String,
+pub(crate) struct FakeTelnyx {
+    pub(crate) base: String,
     state: Arc<Mutex<ApiState>>,
 }
 
@@ -92,7 +92,7 @@ async fn messages(
 }
 
 impl FakeTelnyx {
-    async fn start() -> FakeTelnyx {
+    pub(crate) async fn start() -> FakeTelnyx {
         let state = Arc::new(Mutex::new(ApiState::default()));
         let app = axum::Router::new()
             .route("/v2/messages", axum::routing::post(messages))
@@ -115,7 +115,7 @@ impl FakeTelnyx {
         self.state.lock().unwrap().requests.clone()
     }
 
-    fn delivered(&self) -> Vec<Value> {
+    pub(crate) fn delivered(&self) -> Vec<Value> {
         self.requests()
             .into_iter()
             .filter(|r| r.status == 200)
@@ -124,7 +124,7 @@ impl FakeTelnyx {
     }
 
     /// Waits until `n` texts were accepted, and returns them.
-    async fn wait_delivered(&self, n: usize, limit: Duration) -> Vec<Value> {
+    pub(crate) async fn wait_delivered(&self, n: usize, limit: Duration) -> Vec<Value> {
         eventually(limit, &format!("{n} texts sent through the API"), || {
             let got = self.delivered();
             async move { (got.len() >= n).then_some(got) }
