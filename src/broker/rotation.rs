@@ -5,12 +5,18 @@
 //! under the first key is left alone, so a run that stopped is resumed by running again,
 //! and a second run re-seals nothing.
 
+use tokio::task::JoinSet;
+
 use crate::store::rotation::Spot;
 
 use super::{Broker, Result};
 
 /// How often a key that keeps changing under the re-seal is read again before it is skipped.
 const TRIES_PER_KEY: usize = 5;
+
+/// Keys re-sealed side by side: each costs a read and a script, so the round trips, not
+/// the crypto, set the pace.
+const PARALLEL: usize = 16;
 
 /// How far a re-seal has come; counts are of ciphertexts (a route record, a session's blob,
 /// an event's numbers, ...), not of keys.
@@ -63,13 +69,30 @@ impl Broker {
             let mut cursor = 0;
             loop {
                 let (next, keys) = store.sealed_keys_step(node, cursor).await?;
-                for key in keys {
-                    if stop_after.is_some_and(|n| r.resealed >= n) {
-                        r.stopped = true;
-                        progress(&r);
-                        return Ok(r);
+                let mut keys = keys.into_iter().peekable();
+                while keys.peek().is_some() {
+                    let room = match stop_after {
+                        Some(n) if r.resealed >= n => {
+                            r.stopped = true;
+                            progress(&r);
+                            return Ok(r);
+                        }
+                        Some(n) => (n - r.resealed).min(PARALLEL as u64) as usize,
+                        None => PARALLEL,
+                    };
+                    let mut batch = JoinSet::new();
+                    for key in keys.by_ref().take(room) {
+                        let me = self.clone();
+                        batch.spawn(async move { me.reseal_key(&key).await });
                     }
-                    self.reseal_key(&key, &mut r).await?;
+                    while let Some(done) = batch.join_next().await {
+                        let one =
+                            done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+                        r.keys += 1;
+                        r.resealed += one.resealed;
+                        r.current += one.current;
+                        r.skipped += one.skipped;
+                    }
                 }
                 progress(&r);
                 if next == 0 {
@@ -81,10 +104,10 @@ impl Broker {
         Ok(r)
     }
 
-    /// Re-seals what one key holds, counting into `r`.
-    async fn reseal_key(&self, key: &str, r: &mut Rotation) -> Result<()> {
+    /// Re-seals what one key holds; the counts are of its ciphertexts.
+    async fn reseal_key(&self, key: &str) -> Result<Rotation> {
         let (store, crypto) = (&self.inner.store, &self.inner.crypto);
-        r.keys += 1;
+        let mut r = Rotation::default();
         let mut racing = 0;
         for _ in 0..TRIES_PER_KEY {
             let spots = store.sealed_spots(key).await?;
@@ -105,13 +128,13 @@ impl Broker {
                 r.current += current;
                 r.skipped += unreadable;
                 r.resealed += fresh.len() as u64;
-                return Ok(());
+                return Ok(r);
             }
             // hush changed the key since it was read: read it again.
             racing = fresh.len() as u64;
         }
         tracing::warn!("a record kept changing while being re-sealed; left as it is");
         r.skipped += racing;
-        Ok(())
+        Ok(r)
     }
 }
