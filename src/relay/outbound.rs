@@ -22,7 +22,7 @@ use super::Inbound;
 use super::dialect::{Dialect, RestApi};
 use super::telnyx::Telnyx;
 use super::vonage::Vonage;
-use crate::broker::{Broker, BrokerError, Decision, PROVIDER_REF_TTL_MS};
+use crate::broker::{Broker, BrokerError, Decision, PROVIDER_REF_TTL_MS, RelayOutcome};
 use crate::config::Providers;
 use crate::crypto::CryptoError;
 use crate::domain::{E164, Millis};
@@ -79,11 +79,11 @@ pub async fn queue_answer(
     broker: &Broker,
     via: Via,
     inbound: Inbound,
-    decision: Decision,
+    outcome: RelayOutcome,
     queued: fn() -> Response,
 ) -> Response {
     let key = format!("{}:{}", via.label(), inbound.provider_ref);
-    let text = match decision {
+    let text = match outcome.decision {
         Decision::Relay { from, to, .. } => OutboundSms {
             via,
             from,
@@ -105,7 +105,7 @@ pub async fn queue_answer(
         },
         Decision::Connect { .. } => return queued(),
     };
-    match enqueue(broker, text).await {
+    match put(broker, text, outcome.replay).await {
         Ok(()) => queued(),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -205,11 +205,21 @@ fn open(broker: &Broker, sealed: &str) -> Result<OutboundSms, CryptoError> {
 /// Queues a text for sending, durably, before the provider's webhook is answered. The same
 /// `key` queues nothing new, whether its text is still waiting, was sent or was given up.
 pub async fn enqueue(broker: &Broker, msg: OutboundSms) -> Result<(), BrokerError> {
+    put(broker, msg, false).await
+}
+
+/// [`enqueue`]; `replay` when the provider sent this message before, whose text may then
+/// be in the queue every text shared in earlier versions, queued there before an upgrade.
+async fn put(broker: &Broker, msg: OutboundSms, replay: bool) -> Result<(), BrokerError> {
     let id = broker.crypto().digest(PURPOSE, msg.key.as_bytes());
+    let store = broker.store();
+    if replay && store.outbox_seen(&store.outbox_tag(None), &id).await? {
+        tracing::debug!(key = %msg.key, "outbound text queued before the upgrade");
+        return Ok(());
+    }
     // A retried webhook comes from the same proxy number, so it finds its first copy in the
     // same queue.
     let shard = broker.shard_of_number(&msg.from).await?;
-    let store = broker.store();
     let fresh = store
         .outbox_put(
             &store.outbox_tag(shard.as_ref()),

@@ -107,6 +107,11 @@ impl Store {
         Ok(added == 1)
     }
 
+    /// Whether the queue `tag` has a record of `id` (waiting, sent or given up).
+    pub async fn outbox_seen(&self, tag: &str, id: &str) -> Result<bool> {
+        self.query("EXISTS", format!("{tag}m:{id}")).await
+    }
+
     /// Claims up to `limit` texts of the queue `tag` due at `now` for `lease_ms`. Each gets a
     /// token made of `token` and its position, so `token` must be unique per call.
     pub async fn outbox_claim(
