@@ -69,6 +69,14 @@ enum KeysCmd {
     List,
     /// Revoke an API key by name.
     Revoke { name: String },
+    /// Re-seal every stored record under the first key of HUSH_DATA_KEYS, while hush
+    /// serves, so the other keys can be removed at once. Progress goes to stderr; running
+    /// it again resumes where a run stopped, and re-seals nothing once all is done.
+    RotateData {
+        /// Stop after re-sealing this many records (run again to go on).
+        #[arg(long)]
+        stop_after: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -323,6 +331,32 @@ async fn keys(broker: &Broker, cmd: KeysCmd) -> anyhow::Result<()> {
                 bail!("no key named `{name}`");
             }
             println!("revoked `{name}`");
+        }
+        KeysCmd::RotateData { stop_after } => {
+            let r = broker
+                .rotate_data(stop_after, |r| {
+                    eprintln!(
+                        "node {} of {} ({}): {} keys, {} re-sealed, {} already current, {} skipped",
+                        r.node, r.nodes, r.node_name, r.keys, r.resealed, r.current, r.skipped
+                    )
+                })
+                .await?;
+            println!(
+                "re-sealed {}, already current {}, skipped {}",
+                r.resealed, r.current, r.skipped
+            );
+            if r.stopped {
+                println!("stopped after {} re-sealed; run again to go on", r.resealed);
+                return Ok(());
+            }
+            println!("still sealed under another key: {}", r.left());
+            if r.left() > 0 {
+                bail!(
+                    "{} records are still sealed under another key (the log says why); \
+                     keep that key in HUSH_DATA_KEYS",
+                    r.left()
+                );
+            }
         }
     }
     Ok(())

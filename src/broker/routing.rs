@@ -4,7 +4,7 @@
 
 use crate::crypto::CryptoError;
 use crate::domain::{E164, PoolPolicy, SessionId, session::Kind};
-use crate::store::{RouteRow, StoreError};
+use crate::store::{RouteRow, ShardKeys, StoreError};
 use crate::telemetry::METRICS;
 
 use super::{Broker, BrokerError, Decision, PoolLimit, RelayOutcome, Result, kind_name, policy_of};
@@ -46,6 +46,15 @@ impl Broker {
             }
         }
         Ok(o)
+    }
+
+    /// The shard that owns proxy number `number`, if a pool does (from the in-process cache
+    /// when it can).
+    pub async fn shard_of_number(&self, number: &E164) -> Result<Option<ShardKeys>> {
+        Ok(self
+            .owner(number, false)
+            .await?
+            .map(|(pool_id, shard)| self.shard(pool_id, shard)))
     }
 
     /// Whether `number` belongs to a pool `within` a key's pools. A cached owner outside them

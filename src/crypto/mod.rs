@@ -140,6 +140,26 @@ impl Crypto {
             .map_err(|_| CryptoError::Corrupt)
     }
 
+    /// The id of the data key `sealed` names, if it has the form of a ciphertext.
+    pub fn key_id_of(sealed: &str) -> Option<u16> {
+        let raw = B64.decode(sealed).ok()?;
+        (raw.len() >= 2 + 24 + 16).then(|| u16::from_be_bytes([raw[0], raw[1]]))
+    }
+
+    /// The id of the data key that seals now (the first of `HUSH_DATA_KEYS`).
+    pub fn sealing_key_id(&self) -> u16 {
+        self.keys[0].id
+    }
+
+    /// `sealed` sealed again under the first data key, or `None` when it already is.
+    pub fn reseal(&self, purpose: &str, sealed: &str) -> Result<Option<String>, CryptoError> {
+        if Crypto::key_id_of(sealed) == Some(self.sealing_key_id()) {
+            return Ok(None);
+        }
+        let plain = self.open(purpose, sealed)?;
+        Ok(Some(self.seal(purpose, &plain)))
+    }
+
     pub fn seal_number(&self, number: &E164) -> String {
         self.seal("number", number.reveal().as_bytes())
     }
@@ -175,6 +195,21 @@ mod tests {
         ));
         assert_eq!(old.blind_index(&n), rotated.blind_index(&n));
         assert_eq!(old.blind_index(&n).len(), 22);
+    }
+
+    #[test]
+    fn reseal_moves_a_value_to_the_first_key_once() {
+        let old = Crypto::new(&key(1), &[key(2)]).unwrap();
+        let sealed = old.seal("p", b"hello");
+        let rotated = Crypto::new(&key(1), &[key(3), key(2)]).unwrap();
+        let fresh = rotated.reseal("p", &sealed).unwrap().unwrap();
+        assert_eq!(Crypto::key_id_of(&fresh), Some(rotated.sealing_key_id()));
+        assert_eq!(Crypto::key_id_of(&sealed), Some(old.sealing_key_id()));
+        assert_eq!(rotated.open("p", &fresh).unwrap(), b"hello");
+        assert_eq!(fresh.len(), sealed.len());
+        assert!(rotated.reseal("p", &fresh).unwrap().is_none());
+        assert!(rotated.reseal("q", &sealed).is_err());
+        assert_eq!(Crypto::key_id_of("+14155550123"), None);
     }
 
     #[test]

@@ -82,17 +82,26 @@ impl Delivery {
     /// attempts it made.
     pub async fn deliver_once(&self, broker: &Broker) -> Result<usize, BrokerError> {
         let mut tasks = JoinSet::new();
-        self.claim(broker, &mut tasks, BATCH).await?;
+        let claimed = self.claim(broker, &mut tasks, BATCH).await;
         let mut attempts = 0;
         while let Some(done) = tasks.join_next().await {
             attempts += 1;
             report(done);
         }
-        Ok(attempts)
+        match claimed {
+            Err(e) if attempts == 0 => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "some shards' events could not be claimed");
+                Ok(attempts)
+            }
+            Ok(()) => Ok(attempts),
+        }
     }
 
     /// Claims up to `room` due events across every shard and starts an attempt for each
-    /// in `tasks`, without waiting for any.
+    /// in `tasks`, without waiting for any. A shard whose queue cannot be read (its Redis
+    /// Cluster node is down) is passed over, so the shards after it are still served; the
+    /// error is returned once every shard was tried.
     async fn claim(
         &self,
         broker: &Broker,
@@ -101,31 +110,31 @@ impl Delivery {
     ) -> Result<(), BrokerError> {
         let now = broker.now_ms();
         let token = format!("{}", rand::random::<u64>());
-        for row in broker.store().pool_list().await? {
-            for sh in 0..row.shards {
-                let room = room.saturating_sub(tasks.len());
-                if room == 0 {
-                    return Ok(());
+        let mut unreachable = None;
+        for shard in broker.store().every_shard().await? {
+            let room = room.saturating_sub(tasks.len());
+            if room == 0 {
+                break;
+            }
+            let tag = shard.events_tag();
+            let token = format!("{token}.{}.{}", shard.pool_id, shard.shard);
+            let claimed = match broker
+                .store()
+                .queue_claim(&tag, now, LEASE_MS, room, &token)
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    unreachable = Some(e);
+                    continue;
                 }
-                let shard = broker.store().keys().shard(row.id, sh);
-                let tag = shard.events_tag();
-                for item in broker
-                    .store()
-                    .queue_claim(
-                        &tag,
-                        now,
-                        LEASE_MS,
-                        room,
-                        &format!("{token}.{}.{sh}", row.id),
-                    )
-                    .await?
-                {
-                    let (me, broker, shard) = (self.clone(), broker.clone(), shard.clone());
-                    tasks.spawn(async move { me.attempt(&broker, &shard, item).await });
-                }
+            };
+            for item in claimed {
+                let (me, broker, shard) = (self.clone(), broker.clone(), shard.clone());
+                tasks.spawn(async move { me.attempt(&broker, &shard, item).await });
             }
         }
-        Ok(())
+        unreachable.map_or(Ok(()), |e| Err(e.into()))
     }
 
     async fn attempt(

@@ -22,7 +22,7 @@ use super::Inbound;
 use super::dialect::{Dialect, RestApi};
 use super::telnyx::Telnyx;
 use super::vonage::Vonage;
-use crate::broker::{Broker, BrokerError, Decision, PROVIDER_REF_TTL_MS};
+use crate::broker::{Broker, BrokerError, Decision, PROVIDER_REF_TTL_MS, RelayOutcome};
 use crate::config::Providers;
 use crate::crypto::CryptoError;
 use crate::domain::{E164, Millis};
@@ -79,11 +79,11 @@ pub async fn queue_answer(
     broker: &Broker,
     via: Via,
     inbound: Inbound,
-    decision: Decision,
+    outcome: RelayOutcome,
     queued: fn() -> Response,
 ) -> Response {
     let key = format!("{}:{}", via.label(), inbound.provider_ref);
-    let text = match decision {
+    let text = match outcome.decision {
         Decision::Relay { from, to, .. } => OutboundSms {
             via,
             from,
@@ -105,7 +105,7 @@ pub async fn queue_answer(
         },
         Decision::Connect { .. } => return queued(),
     };
-    match enqueue(broker, text).await {
+    match put(broker, text, outcome.replay).await {
         Ok(()) => queued(),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -205,10 +205,28 @@ fn open(broker: &Broker, sealed: &str) -> Result<OutboundSms, CryptoError> {
 /// Queues a text for sending, durably, before the provider's webhook is answered. The same
 /// `key` queues nothing new, whether its text is still waiting, was sent or was given up.
 pub async fn enqueue(broker: &Broker, msg: OutboundSms) -> Result<(), BrokerError> {
+    put(broker, msg, false).await
+}
+
+/// [`enqueue`]; `replay` when the provider sent this message before, whose text may then
+/// be in the queue every text shared in earlier versions, queued there before an upgrade.
+async fn put(broker: &Broker, msg: OutboundSms, replay: bool) -> Result<(), BrokerError> {
     let id = broker.crypto().digest(PURPOSE, msg.key.as_bytes());
-    let fresh = broker
-        .store()
-        .outbox_put(&id, &seal(broker, &msg), broker.now_ms())
+    let store = broker.store();
+    if replay && store.outbox_seen(&store.outbox_tag(None), &id).await? {
+        tracing::debug!(key = %msg.key, "outbound text queued before the upgrade");
+        return Ok(());
+    }
+    // A retried webhook comes from the same proxy number, so it finds its first copy in the
+    // same queue.
+    let shard = broker.shard_of_number(&msg.from).await?;
+    let fresh = store
+        .outbox_put(
+            &store.outbox_tag(shard.as_ref()),
+            &id,
+            &seal(broker, &msg),
+            broker.now_ms(),
+        )
         .await?;
     if !fresh {
         tracing::debug!(key = %msg.key, "outbound text already queued");
@@ -227,7 +245,18 @@ pub async fn delivery_report(
     status: &str,
     last: bool,
 ) -> Result<bool, BrokerError> {
-    let Some(key) = broker.store().outbox_alias_of(provider, message_id).await? else {
+    // The report names the proxy number the text went from, so its shard; a text sent by an
+    // earlier version has its alias under the old shared tag.
+    let store = broker.store();
+    let shard = broker.shard_of_number(proxy).await?;
+    let mut key = None;
+    for tag in [store.outbox_tag(shard.as_ref()), store.outbox_tag(None)] {
+        key = store.outbox_alias_of(&tag, provider, message_id).await?;
+        if key.is_some() {
+            break;
+        }
+    }
+    let Some(key) = key else {
         return Ok(false);
     };
     let Some((provider, reference)) = key.split_once(':') else {
@@ -248,19 +277,35 @@ pub async fn deliver_once(
     use base64::Engine as _;
     let now = broker.now_ms();
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>());
-    let claimed = broker
-        .store()
-        .outbox_claim(now, LEASE_MS, BATCH, &token)
-        .await?;
-    let count = claimed.len();
-    if count == 0 {
-        return Ok(0);
-    }
     let providers = Arc::new(providers.clone());
     let mut attempts = JoinSet::new();
-    for item in claimed {
-        let (broker, http, providers) = (broker.clone(), http.clone(), providers.clone());
-        attempts.spawn(async move { deliver(&broker, &http, &providers, item, now).await });
+    let mut count = 0;
+    let mut unreachable = None;
+    for (i, tag) in broker.store().outbox_tags().await?.into_iter().enumerate() {
+        let room = BATCH - count;
+        if room == 0 {
+            break;
+        }
+        // A queue on a Redis Cluster node that is down holds up its own texts, not the rest.
+        let claimed = match broker
+            .store()
+            .outbox_claim(&tag, now, LEASE_MS, room, &format!("{token}.{i}"))
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                unreachable = Some(e);
+                continue;
+            }
+        };
+        count += claimed.len();
+        let tag = Arc::new(tag);
+        for item in claimed {
+            let (broker, http, providers, tag) =
+                (broker.clone(), http.clone(), providers.clone(), tag.clone());
+            attempts
+                .spawn(async move { deliver(&broker, &http, &providers, &tag, item, now).await });
+        }
     }
     while let Some(done) = attempts.join_next().await {
         match done {
@@ -270,7 +315,14 @@ pub async fn deliver_once(
             Err(e) => tracing::error!(error = %e, "an outbound text attempt panicked"),
         }
     }
-    Ok(count)
+    match unreachable {
+        Some(e) if count == 0 => Err(e.into()),
+        Some(e) => {
+            tracing::warn!(error = %e, "some outbound text queues could not be read");
+            Ok(count)
+        }
+        None => Ok(count),
+    }
 }
 
 /// The provider's answer to one attempt: its id for the message, when it gives one.
@@ -285,11 +337,12 @@ async fn attempt(
     }
 }
 
-/// Sends one claimed text and settles it.
+/// Sends one claimed text of the queue `tag` and settles it.
 async fn deliver(
     broker: &Broker,
     http: &reqwest::Client,
     providers: &Providers,
+    tag: &str,
     item: Leased,
     claimed_at: Millis,
 ) -> Result<(), BrokerError> {
@@ -303,7 +356,9 @@ async fn deliver(
                 keep_ms: FAILED_KEEP_MS,
                 reason: "unreadable",
             };
-            store.outbox_settle(&item.id, &item.token, failed).await?;
+            store
+                .outbox_settle(tag, &item.id, &item.token, failed)
+                .await?;
             return Ok(());
         }
     };
@@ -311,7 +366,9 @@ async fn deliver(
         let release = Settle::Release {
             due: broker.now_ms(),
         };
-        store.outbox_settle(&item.id, &item.token, release).await?;
+        store
+            .outbox_settle(tag, &item.id, &item.token, release)
+            .await?;
         return Ok(());
     }
     let result = attempt(http, providers, &msg).await;
@@ -344,7 +401,7 @@ async fn deliver(
             Some(("failed", true)),
         ),
     };
-    settle_surely(broker, &item, settle).await?;
+    settle_surely(broker, tag, &item, settle).await?;
     count_text(
         msg.via.label(),
         match settle {
@@ -367,7 +424,7 @@ async fn deliver(
     };
     if let Ok(Some(message_id)) = &result
         && let Err(e) = store
-            .outbox_alias(provider, message_id, &msg.key, PROVIDER_REF_TTL_MS)
+            .outbox_alias(tag, provider, message_id, &msg.key, PROVIDER_REF_TTL_MS)
             .await
     {
         tracing::warn!(error = %e, "delivery reports for a sent text will not be matched");
@@ -384,12 +441,17 @@ async fn deliver(
 
 /// Settles, trying again a few times over a short Redis outage: an unsettled text that was
 /// sent would be sent again once its lease runs out.
-async fn settle_surely(broker: &Broker, item: &Leased, how: Settle<'_>) -> Result<(), BrokerError> {
+async fn settle_surely(
+    broker: &Broker,
+    tag: &str,
+    item: &Leased,
+    how: Settle<'_>,
+) -> Result<(), BrokerError> {
     let mut tries = 0;
     loop {
         match broker
             .store()
-            .outbox_settle(&item.id, &item.token, how)
+            .outbox_settle(tag, &item.id, &item.token, how)
             .await
         {
             Ok(true) => return Ok(()),

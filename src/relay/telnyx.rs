@@ -70,9 +70,7 @@ impl Dialect for Telnyx {
         match inbound.kind {
             Kind::Voice => texml(render_call(Some(&outcome.decision))),
             Kind::Sms => {
-                let decision = outcome.decision;
-                outbound::queue_answer(&state.broker, Via::Telnyx, inbound, decision, accepted)
-                    .await
+                outbound::queue_answer(&state.broker, Via::Telnyx, inbound, outcome, accepted).await
             }
         }
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::{Mutex, OnceCell};
@@ -122,6 +123,92 @@ impl Conn {
                     db: target.db,
                 })))
             }
+        }
+    }
+}
+
+/// One Redis server a key scan walks: the only one, or a Cluster primary by address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    Only,
+    Primary { host: String, port: u16 },
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Node::Only => f.write_str("the primary"),
+            Node::Primary { host, port } => write!(f, "primary {host}:{port}"),
+        }
+    }
+}
+
+impl Conn {
+    /// The servers that together hold every key: each Cluster primary (from the slot map
+    /// `CLUSTER SLOTS` gives, as the cluster client itself routes by), else the one server.
+    pub async fn nodes(&self) -> RedisResult<Vec<Node>> {
+        let Conn::Cluster(c) = self else {
+            return Ok(vec![Node::Only]);
+        };
+        let slots = c
+            .get()
+            .await?
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let mut nodes = Vec::new();
+        let Value::Array(ranges) = slots else {
+            return Err(RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "CLUSTER SLOTS",
+            )));
+        };
+        for range in ranges {
+            // [start, end, [host, port, id, ...] of the primary, replicas...]
+            let Value::Array(parts) = range else { continue };
+            let Some(Value::Array(primary)) = parts.get(2) else {
+                continue;
+            };
+            let (Some(host), Some(port)) = (primary.first(), primary.get(1)) else {
+                continue;
+            };
+            let node = Node::Primary {
+                host: redis::from_redis_value_ref(host)?,
+                port: redis::from_redis_value_ref(port)?,
+            };
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// One `SCAN` step on `node`: the next cursor (0 when the walk is over) and keys.
+    pub async fn scan_step(
+        &self,
+        node: &Node,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> RedisResult<(u64, Vec<String>)> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        match (self, node) {
+            (Conn::Cluster(c), Node::Primary { host, port }) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let reply = c.get().await?.route_command(cmd, routing).await?;
+                Ok(redis::from_redis_value(reply)?)
+            }
+            _ => cmd.query_async(&mut self.clone()).await,
         }
     }
 }

@@ -119,6 +119,11 @@ impl ShardKeys {
     pub fn events_tag(&self) -> String {
         format!("{}ev:", self.tag)
     }
+    /// The start of the shard's outbound text queue keys (see `store::outbox`): texts sent
+    /// from the shard's proxy numbers through a provider's API.
+    pub fn outbox_tag(&self) -> String {
+        format!("{}ox:", self.tag)
+    }
     /// ZSET number → holding count, for active numbers of a class (`v`, `s`, `b`) at a
     /// geo level (`*`, `c1`, `a1415`).
     pub fn load(&self, class: &str, geo: &str) -> String {

@@ -100,38 +100,26 @@ impl Endpoint {
         })
     }
 
-    /// Every key under `prefix:`. A Cluster has no cluster-wide SCAN; the client sends KEYS to
-    /// every primary and joins the answers, which blocks each node for a moment, acceptable
-    /// while nothing serves from it (the target before hush moves, or a paused source).
+    /// Every key under `prefix:`, scanned on every server that holds keys (each Cluster
+    /// primary, or the one server), so no node is blocked as a `KEYS` would.
     async fn keys(&self, prefix: &str) -> Result<Vec<String>, MigrateError> {
         let pattern = format!("{prefix}:*");
-        let mut conn = self.conn.clone();
-        let mut keys: Vec<String> = if self.target.kind == StoreKind::Cluster {
-            redis::cmd("KEYS")
-                .arg(&pattern)
-                .query_async(&mut conn)
-                .await
-                .map_err(self.fail("listing keys"))?
-        } else {
+        let mut keys = Vec::new();
+        for node in self.conn.nodes().await.map_err(self.fail("listing keys"))? {
             let mut cursor: u64 = 0;
-            let mut keys = Vec::new();
             loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(BATCH)
-                    .query_async(&mut conn)
+                let (next, batch) = self
+                    .conn
+                    .scan_step(&node, cursor, &pattern, BATCH)
                     .await
                     .map_err(self.fail("listing keys"))?;
                 keys.extend(batch);
                 if next == 0 {
-                    break keys;
+                    break;
                 }
                 cursor = next;
             }
-        };
+        }
         keys.sort();
         keys.dedup();
         Ok(keys)

@@ -19,6 +19,7 @@ pub mod migrate;
 mod numbers;
 pub mod outbox;
 mod pools;
+pub mod rotation;
 mod routes;
 mod sessions;
 pub mod target;
@@ -159,6 +160,17 @@ fn strings(v: Value) -> Result<Vec<String>> {
 }
 
 impl Store {
+    /// Every shard of every pool: what the workers that serve per-shard queues (events,
+    /// outbound texts) walk on each pass.
+    pub async fn every_shard(&self) -> Result<Vec<ShardKeys>> {
+        Ok(self
+            .pool_list()
+            .await?
+            .iter()
+            .flat_map(|row| (0..row.shards).map(|s| self.keys.shard(row.id, s)))
+            .collect())
+    }
+
     /// Connects lazily: hush starts while Redis is down and reconnects by itself.
     pub fn connect(url: &str, prefix: &str) -> Result<Store> {
         Store::connect_to(&RedisTarget::parse(url)?, &Access::default(), prefix)
@@ -261,6 +273,7 @@ mod tests {
             include_str!("lua/pool_set.lua"),
             include_str!("lua/pool_shard_delete.lua"),
             include_str!("lua/events_pending.lua"),
+            include_str!("lua/reseal.lua"),
         ] {
             for (i, _) in body.match_indices("redis.call(") {
                 let call = &body[i..body[i..].find(')').map(|e| i + e).unwrap_or(body.len())];

@@ -1,12 +1,19 @@
 //! The outbound text queue: texts hush must still send through a provider's API.
 //!
-//! Keys, all under the hash tag `{ox}` so each script touches one slot:
-//! - `<prefix>:{ox}:q` ZSET text id → time it may next be claimed (due time, or the end of
-//!   the lease of the worker holding it);
-//! - `<prefix>:{ox}:m:<id>` HASH: `b` the sealed text, `s` state (`q` queued, `d` done,
-//!   `f` failed), `n` claims so far, `l` the current lease token, `r` why it failed;
-//! - `<prefix>:{ox}:r:<provider>:<provider's message id>` STRING: the inbound reference a
-//!   sent text belongs to, so the provider's delivery reports find its interaction.
+//! One queue per pool shard, under the shard's hash tag (`<prefix>:{p7.0}:ox:`), so each
+//! script touches one slot and a Redis Cluster node that fails holds up only the texts of
+//! its own shards. A text waits in the shard of the proxy number it is sent from:
+//! - `<tag>q` ZSET text id → time it may next be claimed (due time, or the end of the lease
+//!   of the worker holding it);
+//! - `<tag>m:<id>` HASH: `b` the sealed text, `s` state (`q` queued, `d` done, `f` failed),
+//!   `n` claims so far, `l` the current lease token, `r` why it failed;
+//! - `<tag>r:<provider>:<provider's message id>` STRING: the inbound reference a sent text
+//!   belongs to, so the provider's delivery reports (which name the proxy number, hence the
+//!   shard) find its interaction.
+//!
+//! Earlier versions kept every text under the one tag `<prefix>:{ox}:`. Workers still serve
+//! that queue, so texts queued before an upgrade are sent; it also takes a text whose proxy
+//! number no pool owns any more.
 //!
 //! Ids are keyed digests of the relayed text's key, so putting the same text twice is a
 //! no-op, and a done or failed record is kept (without its text) long enough to absorb a
@@ -19,7 +26,7 @@ use std::sync::LazyLock;
 
 use redis::{Script, Value};
 
-use super::{Result, Store, StoreError, script, strings};
+use super::{Result, ShardKeys, Store, StoreError, script, strings};
 
 struct Scripts {
     put: Script,
@@ -57,27 +64,41 @@ pub enum Settle<'a> {
     Failed { keep_ms: i64, reason: &'a str },
 }
 
-/// The common start of every outbox key; scripts derive their keys from it.
-fn tag(prefix: &str) -> String {
+/// The queue every text shared before texts were queued per pool shard: still served until
+/// it is empty, so texts queued by an earlier version are sent after an upgrade.
+fn legacy_tag(prefix: &str) -> String {
     format!("{prefix}:{{ox}}:")
 }
 
 impl Store {
-    fn outbox_tag(&self) -> String {
-        tag(self.keys.prefix())
+    /// Where a text from a proxy number of `shard` waits; `None` (a number no pool owns any
+    /// more) is the old shared queue, which every worker serves too.
+    pub fn outbox_tag(&self, shard: Option<&ShardKeys>) -> String {
+        match shard {
+            Some(shard) => shard.outbox_tag(),
+            None => legacy_tag(self.keys.prefix()),
+        }
     }
 
-    fn outbox_queue(&self) -> String {
-        format!("{}q", self.outbox_tag())
+    /// Every text queue: each pool shard's, then the old shared one.
+    pub async fn outbox_tags(&self) -> Result<Vec<String>> {
+        let mut tags: Vec<String> = self
+            .every_shard()
+            .await?
+            .iter()
+            .map(ShardKeys::outbox_tag)
+            .collect();
+        tags.push(self.outbox_tag(None));
+        Ok(tags)
     }
 
-    /// Queues a sealed text under `id`, due at `due`. False when the id was queued before
-    /// (whether it is still waiting, sent or failed).
-    pub async fn outbox_put(&self, id: &str, sealed: &str, due: i64) -> Result<bool> {
+    /// Queues a sealed text under `id` in the queue `tag`, due at `due`. False when the id
+    /// was queued there before (whether it is still waiting, sent or failed).
+    pub async fn outbox_put(&self, tag: &str, id: &str, sealed: &str, due: i64) -> Result<bool> {
         let added: i64 = SCRIPTS
             .put
-            .key(self.outbox_queue())
-            .arg(self.outbox_tag())
+            .key(format!("{tag}q"))
+            .arg(tag)
             .arg(id)
             .arg(sealed)
             .arg(due)
@@ -86,23 +107,34 @@ impl Store {
         Ok(added == 1)
     }
 
-    /// Claims up to `limit` texts due at `now` for `lease_ms`. Each gets a token made of
-    /// `token` and its position, so `token` must be unique per call.
+    /// Whether the queue `tag` has a record of `id` (waiting, sent or given up).
+    pub async fn outbox_seen(&self, tag: &str, id: &str) -> Result<bool> {
+        self.query("EXISTS", format!("{tag}m:{id}")).await
+    }
+
+    /// Claims up to `limit` texts of the queue `tag` due at `now` for `lease_ms`. Each gets a
+    /// token made of `token` and its position, so `token` must be unique per call.
     pub async fn outbox_claim(
         &self,
+        tag: &str,
         now: i64,
         lease_ms: i64,
         limit: usize,
         token: &str,
     ) -> Result<Vec<Leased>> {
-        self.queue_claim(&self.outbox_tag(), now, lease_ms, limit, token)
-            .await
+        self.queue_claim(tag, now, lease_ms, limit, token).await
     }
 
-    /// Settles a claimed text. False when the lease was lost (another worker holds it now).
-    pub async fn outbox_settle(&self, id: &str, token: &str, how: Settle<'_>) -> Result<bool> {
-        self.queue_settle(&self.outbox_tag(), id, token, how, false, "")
-            .await
+    /// Settles a claimed text of the queue `tag`. False when the lease was lost (another
+    /// worker holds it now).
+    pub async fn outbox_settle(
+        &self,
+        tag: &str,
+        id: &str,
+        token: &str,
+        how: Settle<'_>,
+    ) -> Result<bool> {
+        self.queue_settle(tag, id, token, how, false, "").await
     }
 
     /// Claims due items of the leased queue under `tag` (the outbound texts, or one shard's
@@ -175,9 +207,11 @@ impl Store {
         Ok(changed == 1)
     }
 
-    /// Remembers which inbound reference a provider's outbound message id belongs to.
+    /// Remembers which inbound reference a provider's outbound message id belongs to, in the
+    /// queue `tag` the text was sent from.
     pub async fn outbox_alias(
         &self,
+        tag: &str,
         provider: &str,
         message_id: &str,
         reference: &str,
@@ -187,7 +221,7 @@ impl Store {
             .query(
                 "SET",
                 (
-                    format!("{}r:{provider}:{message_id}", self.outbox_tag()),
+                    format!("{tag}r:{provider}:{message_id}"),
                     reference,
                     "PX",
                     keep_ms,
@@ -197,38 +231,57 @@ impl Store {
         Ok(())
     }
 
-    /// The inbound reference of a provider's outbound message id, if hush sent it.
+    /// The inbound reference of a provider's outbound message id, if hush sent it from the
+    /// queue `tag`.
     pub async fn outbox_alias_of(
         &self,
+        tag: &str,
         provider: &str,
         message_id: &str,
     ) -> Result<Option<String>> {
-        self.query(
-            "GET",
-            format!("{}r:{provider}:{message_id}", self.outbox_tag()),
-        )
-        .await
+        self.query("GET", format!("{tag}r:{provider}:{message_id}"))
+            .await
     }
 
-    /// How many texts wait to be sent (due or leased).
+    /// How many texts wait to be sent (due or leased), in every queue.
     pub async fn outbox_pending(&self) -> Result<u64> {
-        self.query("ZCARD", self.outbox_queue()).await
+        let mut n = 0;
+        for tag in self.outbox_tags().await? {
+            n += self.query::<u64>("ZCARD", format!("{tag}q")).await?;
+        }
+        Ok(n)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::keys::hash_slot;
-    use super::tag;
+    use super::super::keys::{Keys, hash_slot};
+    use super::legacy_tag;
 
     #[test]
     fn outbox_keys_share_a_slot_and_scripts_derive_keys_from_the_tag() {
-        let tag = tag("hush");
-        assert!(tag.starts_with("hush:"));
-        let slot = hash_slot(&format!("{tag}q"));
-        for k in ["m:abc", "r:telnyx:40"] {
-            assert_eq!(hash_slot(&format!("{tag}{k}")), slot);
+        let keys = Keys::new("hush");
+        let tags = [
+            legacy_tag("hush"),
+            keys.shard(7, 0).outbox_tag(),
+            keys.shard(7, 1).outbox_tag(),
+        ];
+        for tag in &tags {
+            assert!(tag.starts_with("hush:"));
+            let slot = hash_slot(&format!("{tag}q"));
+            for k in ["m:abc", "r:telnyx:40"] {
+                assert_eq!(hash_slot(&format!("{tag}{k}")), slot);
+            }
         }
+        // A shard's texts live in its slot, beside its sessions, not in a slot of their own.
+        assert_eq!(
+            hash_slot(&format!("{}q", tags[1])),
+            hash_slot(&keys.shard(7, 0).transitions())
+        );
+        assert_ne!(
+            hash_slot(&format!("{}q", tags[1])),
+            hash_slot(&format!("{}q", tags[2]))
+        );
         for body in [
             include_str!("lua/outbox_put.lua"),
             include_str!("lua/outbox_claim.lua"),

@@ -24,7 +24,7 @@ fn create_body(pool: &str, a: &str, b: &str) -> Value {
 }
 
 /// `POST /v1/sessions` with this key and body, as the admin.
-async fn send(app: &TestApp, key: &str, body: &Value) -> Resp {
+pub(crate) async fn send(app: &TestApp, key: &str, body: &Value) -> Resp {
     app.send(
         app.client
             .post(app.url("/v1/sessions"))

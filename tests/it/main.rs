@@ -29,6 +29,7 @@ mod relay_twilio;
 mod relay_vonage;
 mod replicas;
 mod restart;
+mod rotate;
 mod sessions;
 mod slow_clients;
 mod ssrf;

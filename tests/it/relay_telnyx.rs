@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-const API_KEY: &str = "KEYtelnyx-test-api-key";
+pub(crate) const API_KEY: &str = "KEYtelnyx-test-api-key";
 const MESSAGE: &str = "This conversation has ended. <Bye> & \"thanks\"";
 const XML_HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 
@@ -52,8 +52,8 @@ struct ApiState {
 }
 
 #[derive(Clone)]
-struct FakeTelnyx {
-    base: String,
+pub(crate) struct FakeTelnyx {
+    pub(crate) base: String,
     state: Arc<Mutex<ApiState>>,
 }
 
@@ -92,7 +92,7 @@ async fn messages(
 }
 
 impl FakeTelnyx {
-    async fn start() -> FakeTelnyx {
+    pub(crate) async fn start() -> FakeTelnyx {
         let state = Arc::new(Mutex::new(ApiState::default()));
         let app = axum::Router::new()
             .route("/v2/messages", axum::routing::post(messages))
@@ -115,7 +115,7 @@ impl FakeTelnyx {
         self.state.lock().unwrap().requests.clone()
     }
 
-    fn delivered(&self) -> Vec<Value> {
+    pub(crate) fn delivered(&self) -> Vec<Value> {
         self.requests()
             .into_iter()
             .filter(|r| r.status == 200)
@@ -124,7 +124,7 @@ impl FakeTelnyx {
     }
 
     /// Waits until `n` texts were accepted, and returns them.
-    async fn wait_delivered(&self, n: usize, limit: Duration) -> Vec<Value> {
+    pub(crate) async fn wait_delivered(&self, n: usize, limit: Duration) -> Vec<Value> {
         eventually(limit, &format!("{n} texts sent through the API"), || {
             let got = self.delivered();
             async move { (got.len() >= n).then_some(got) }
@@ -296,13 +296,7 @@ struct World {
 /// two numbers.
 async fn world() -> World {
     let api = FakeTelnyx::start().await;
-    let base = api.base.clone();
-    let app = TestApp::start_with(|c| {
-        c.providers.telnyx_public_key = Some(Secret::new(public_key(&signing_key())));
-        c.providers.telnyx_api_key = Some(Secret::new(API_KEY.into()));
-        c.providers.telnyx_api_base = base;
-    })
-    .await;
+    let app = telnyx_app(&api).await;
     app.pool(
         "tx",
         json!({ "cooloff_secs": 0, "out_of_session_message": MESSAGE }),
@@ -319,6 +313,17 @@ async fn world() -> World {
         a,
         b,
     }
+}
+
+/// hush with Telnyx's webhooks and its API, at the stand-in `api`.
+async fn telnyx_app(api: &FakeTelnyx) -> TestApp {
+    let base = api.base.clone();
+    TestApp::start_with(|c| {
+        c.providers.telnyx_public_key = Some(Secret::new(public_key(&signing_key())));
+        c.providers.telnyx_api_key = Some(Secret::new(API_KEY.into()));
+        c.providers.telnyx_api_base = base;
+    })
+    .await
 }
 
 impl World {
@@ -633,7 +638,7 @@ async fn bad_signatures_are_refused_before_anything_is_read() {
         "a forged webhook was recorded"
     );
     assert!(
-        w.app.scan_keys("{ox}*").await.is_empty(),
+        w.app.scan_keys("*:ox:*").await.is_empty() && w.app.scan_keys("{ox}*").await.is_empty(),
         "a forged text was queued"
     );
 
@@ -722,7 +727,8 @@ async fn a_restart_between_receipt_and_send_sends_the_text_once() {
 
     // While hush is down the text waits in Redis, sealed: neither the numbers nor the words
     // can be read there.
-    assert_eq!(w.app.scan_keys("{ox}:q").await.len(), 1);
+    // It waits in the queue of the proxy number's shard.
+    assert_eq!(w.app.scan_keys("{p*}:ox:q").await.len(), 1);
     let mut needles = vec![text.to_string()];
     for n in [&w.a, &w.b] {
         needles.push(n.clone());
@@ -752,7 +758,156 @@ async fn a_restart_between_receipt_and_send_sends_the_text_once() {
         .expect(200);
     settle().await;
     assert_eq!(w.api.delivered().len(), 1);
-    assert_eq!(w.app.scan_keys("{ox}:q").await.len(), 0);
+    assert_eq!(w.app.scan_keys("*:ox:q").await.len(), 0);
+}
+
+#[tokio::test]
+async fn texts_wait_in_their_shards_slot_and_two_instances_send_each_once() {
+    let api = FakeTelnyx::start().await;
+    let app = telnyx_app(&api).await;
+    let peer = app.peer().await;
+    let policy = json!({ "cooloff_secs": 0 });
+    app.pool("tx-a", policy.clone(), &[proxy(0)]).await;
+    app.pool("tx-b", policy, &[proxy(1)]).await;
+    let (a, b) = (participant(10), participant(11));
+    let (c, d) = (participant(12), participant(13));
+    app.open_session("tx-a", &a, &b, None).await;
+    app.open_session("tx-b", &c, &d, None).await;
+    let (to_app, to_peer) = (Hook::new(&app), Hook::new(&peer));
+    let send = |round: &'static str| {
+        let (to_app, to_peer, a, c) = (&to_app, &to_peer, &a, &c);
+        async move {
+            for i in 0..3 {
+                // Each instance takes webhooks for both pools.
+                let hook = if i % 2 == 0 { to_app } else { to_peer };
+                for (from, proxy) in [(a, proxy(0)), (c, proxy(1))] {
+                    let id = format!("msg-{round}-{i}-{}", &proxy[proxy.len() - 2..]);
+                    hook.text(&id, from, &proxy, &format!("text {id}"), &[])
+                        .await
+                        .expect(200);
+                }
+            }
+        }
+    };
+
+    // While the API fails, the texts wait: each pool's in its own shard's queue, in the
+    // shard's slot, which on a Cluster is not one node for every text.
+    api.set_down(true);
+    send("first").await;
+    api.wait_requests(6).await;
+    let queues = app.scan_keys("*:ox:q").await;
+    assert_eq!(queues.len(), 2, "{queues:?}");
+    assert!(app.scan_keys("{ox}*").await.is_empty());
+    let slots: Vec<u16> = queues
+        .iter()
+        .map(|k| hush::store::keys::hash_slot(k))
+        .collect();
+    assert_ne!(slots[0], slots[1], "{queues:?}");
+    for q in &queues {
+        let tag = &q[..q.len() - "ox:q".len()];
+        let transitions = format!("{tag}x");
+        assert_eq!(
+            hush::store::keys::hash_slot(q),
+            hush::store::keys::hash_slot(&transitions),
+            "{q} is not in its shard's slot"
+        );
+    }
+
+    // Once it answers, both instances work both queues; with more texts arriving meanwhile,
+    // every text goes out exactly once.
+    api.set_down(false);
+    send("second").await;
+    api.wait_delivered(12, Duration::from_secs(20)).await;
+    settle().await;
+    let sent = api.delivered();
+    assert_eq!(sent.len(), 12, "{sent:?}");
+    let mut texts: Vec<&str> = sent.iter().map(|s| s["text"].as_str().unwrap()).collect();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), 12, "a text went out twice: {sent:?}");
+    for s in &sent {
+        let pool_a = s["from"] == json!(proxy(0));
+        assert_eq!(s["to"], json!(if pool_a { &b } else { &d }), "{s}");
+    }
+    let broker = broker_at(&app.config, 0);
+    assert_eq!(broker.store().outbox_pending().await.unwrap(), 0);
+    assert!(app.scan_keys("*:ox:q").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_text_queued_by_an_earlier_version_is_sent_after_the_upgrade() {
+    let mut w = world().await;
+    // A text relayed while the API is down waits in the queue...
+    w.api.set_down(true);
+    let hook = Hook::new(&w.app);
+    hook.text("msg-old", &w.a, &w.proxy, "queued before the upgrade", &[])
+        .await
+        .expect(200);
+    w.api.wait_requests(1).await;
+    w.app.stop().await;
+    // ...which is moved, as it is, to where every text waited before texts were queued per
+    // shard: the shared `{ox}` tag, due now.
+    let mut con = w.app.redis().await;
+    let queue = w.app.scan_keys("{p*}:ox:q").await.pop().unwrap();
+    let tag = queue.strip_suffix("q").unwrap();
+    let old = format!("{}:{{ox}}:", w.app.prefix);
+    let ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&queue)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    let record: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(format!("{tag}m:{}", ids[0]))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut hset = redis::cmd("HSET");
+    hset.arg(format!("{old}m:{}", ids[0]));
+    for (f, v) in &record {
+        hset.arg(f).arg(v);
+    }
+    let _: () = hset.query_async(&mut con).await.unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{old}q"))
+        .arg(0)
+        .arg(&ids[0])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    for k in [queue.clone(), format!("{tag}m:{}", ids[0])] {
+        let _: () = redis::cmd("DEL")
+            .arg(k)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+
+    w.api.set_down(false);
+    w.app.restart().await;
+    let sent = w.api.wait_delivered(1, Duration::from_secs(10)).await;
+    assert_eq!(sent[0]["text"], "queued before the upgrade");
+    assert_eq!(sent[0]["to"], json!(w.b));
+    w.wait_interaction_status("sent").await;
+    assert!(w.app.scan_keys("{ox}:q").await.is_empty());
+    // Its delivery report still finds the interaction.
+    let out_id = format!("out-{}", w.api.requests().len() - 1);
+    let report = json!({ "data": { "event_type": "message.finalized", "id": "evt-old",
+        "payload": { "id": out_id, "direction": "outbound",
+            "from": { "phone_number": w.proxy },
+            "to": [{ "phone_number": w.b, "status": "delivered" }] } } });
+    Hook::new(&w.app).status_json(&report).await.expect(200);
+    w.wait_interaction_status("delivered").await;
+    // Telnyx sending the webhook again finds the text it sent before the upgrade.
+    Hook::new(&w.app)
+        .text("msg-old", &w.a, &w.proxy, "queued before the upgrade", &[])
+        .await
+        .expect(200);
+    settle().await;
+    assert_eq!(w.api.delivered().len(), 1);
+    assert!(w.app.scan_keys("{p*}:ox:m:*").await.is_empty());
 }
 
 #[tokio::test]
@@ -805,11 +960,13 @@ async fn a_worker_that_dies_holding_a_text_leaves_it_to_another_and_none_sends_t
         key: format!("telnyx:{key}"),
     };
 
-    // An instance claims a text and dies before sending it.
+    // An instance claims a text and dies before sending it. No pool owns the number, so the
+    // text waits in the shared queue.
     outbound::enqueue(&broker, msg("crash")).await.unwrap();
+    let tag = broker.store().outbox_tag(None);
     let held = broker
         .store()
-        .outbox_claim(now_ms(), outbound::LEASE_MS, 10, "dead")
+        .outbox_claim(&tag, now_ms(), outbound::LEASE_MS, 10, "dead")
         .await
         .unwrap();
     assert_eq!(held.len(), 1);
@@ -824,6 +981,7 @@ async fn a_worker_that_dies_holding_a_text_leaves_it_to_another_and_none_sends_t
     let stale = broker
         .store()
         .outbox_settle(
+            &tag,
             &held[0].id,
             &held[0].token,
             hush::store::outbox::Settle::Retry { due: 0 },

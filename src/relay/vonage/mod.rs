@@ -71,8 +71,7 @@ impl Dialect for Vonage {
             // Queued even when this is a resent webhook: if the first attempt failed after
             // the broker recorded it, this is the text's only chance.
             Kind::Sms => {
-                let decision = outcome.decision;
-                outbound::queue_answer(&s.broker, Via::Vonage, inbound, decision, no_content).await
+                outbound::queue_answer(&s.broker, Via::Vonage, inbound, outcome, no_content).await
             }
         }
     }

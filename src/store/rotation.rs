@@ -1,0 +1,285 @@
+//! Re-sealing stored ciphertexts under the first data key: which keys hold one, where in
+//! their value it sits, and a compare-and-set that rewrites a value only while it is still
+//! what was read. Keys are found by `SCAN` on every server that holds keys (each Cluster
+//! primary), so nothing depends on an index that could miss a kind of record.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use redis::Script;
+
+pub use super::conn::Node;
+use super::{Result, Store, script};
+
+static RESEAL: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/reseal.lua")));
+
+/// How many keys one `SCAN` step asks for.
+const SCAN_COUNT: usize = 500;
+
+/// The most bytes of a session's sealed blob one field holds (see `put_blob` in common.lua).
+const BLOB_CHUNK: usize = 60;
+
+/// One ciphertext in a stored value: the value is `head` followed by `sealed`, spread over
+/// `fields` of a hash (several for a session's chunked blob) or the whole string (none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spot {
+    pub fields: Vec<String>,
+    pub purpose: &'static str,
+    pub head: String,
+    pub sealed: String,
+}
+
+/// What kind of key may hold ciphertexts, by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holder {
+    /// `{p..}:s:<key>`: the session's blob, in `z` or chunks `z1`, `z2`, ...
+    Session,
+    /// `{p..}:u:<idx>`: route records, the other party's number last.
+    Routes,
+    /// A hash with sealed fields: `{p..}:ev:m:<id>` (`z`), `{..}:ox:m:<id>` and
+    /// `{ox}:m:<id>` (`b`), `pool:<id>` (`sec`, `sec_old`).
+    Fields(&'static [&'static str], &'static str),
+    /// `idem:<digest>`: `d|<fingerprint>|<sealed response>` once answered.
+    Idempotency,
+    /// `{p..}:ref:<provider>:<ref>`: `b|<session>|<interaction>|<sealed message>`.
+    BlockedRef,
+}
+
+impl Holder {
+    fn of(prefix: &str, key: &str) -> Option<Holder> {
+        let rest = key.strip_prefix(prefix)?.strip_prefix(':')?;
+        if let Some(tagged) = rest.strip_prefix('{') {
+            let (tag, within) = tagged.split_once("}:")?;
+            if tag == "ox" {
+                return within
+                    .starts_with("m:")
+                    .then_some(Holder::Fields(&["b"], "outbox"));
+            }
+            return Some(match within.split_once(':')?.0 {
+                "s" => Holder::Session,
+                "u" => Holder::Routes,
+                "ref" => Holder::BlockedRef,
+                "ev" if within.starts_with("ev:m:") => Holder::Fields(&["z"], "event-numbers"),
+                "ox" if within.starts_with("ox:m:") => Holder::Fields(&["b"], "outbox"),
+                _ => return None,
+            });
+        }
+        if rest.starts_with("idem:") {
+            return Some(Holder::Idempotency);
+        }
+        let id = rest.strip_prefix("pool:")?;
+        (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+            .then_some(Holder::Fields(&["sec", "sec_old"], "callback-secret"))
+    }
+
+    fn is_hash(self) -> bool {
+        !matches!(self, Holder::Idempotency | Holder::BlockedRef)
+    }
+}
+
+/// `value` split before its last `|`-separated part, which is the ciphertext.
+fn last_part(value: &str) -> (String, String) {
+    match value.rfind('|') {
+        Some(i) => (value[..=i].to_string(), value[i + 1..].to_string()),
+        None => (String::new(), value.to_string()),
+    }
+}
+
+/// The ciphertexts a hash of kind `holder` holds.
+fn hash_spots(holder: Holder, hash: &HashMap<String, String>) -> Vec<Spot> {
+    let spot = |fields: Vec<String>, purpose, (head, sealed): (String, String)| Spot {
+        fields,
+        purpose,
+        head,
+        sealed,
+    };
+    match holder {
+        Holder::Session => {
+            if let Some(whole) = hash.get("z") {
+                return vec![spot(
+                    vec!["z".into()],
+                    "session",
+                    (String::new(), whole.clone()),
+                )];
+            }
+            let fields: Vec<String> = (1..)
+                .map(|i| format!("z{i}"))
+                .take_while(|f| hash.contains_key(f))
+                .collect();
+            if fields.is_empty() {
+                return Vec::new();
+            }
+            let blob = fields.iter().map(|f| hash[f].as_str()).collect();
+            vec![spot(fields, "session", (String::new(), blob))]
+        }
+        Holder::Routes => hash
+            .iter()
+            .filter(|(_, v)| v.contains('|'))
+            .map(|(f, v)| spot(vec![f.clone()], "number", last_part(v)))
+            .collect(),
+        Holder::Fields(names, purpose) => names
+            .iter()
+            .filter_map(|f| hash.get(*f).filter(|v| !v.is_empty()).map(|v| (f, v)))
+            .map(|(f, v)| spot(vec![f.to_string()], purpose, (String::new(), v.clone())))
+            .collect(),
+        Holder::Idempotency | Holder::BlockedRef => Vec::new(),
+    }
+}
+
+/// The ciphertext a string of kind `holder` holds, if any.
+fn string_spot(holder: Holder, value: &str) -> Option<Spot> {
+    let parts: Vec<&str> = value.splitn(4, '|').collect();
+    let (purpose, at) = match (holder, parts.as_slice()) {
+        (Holder::Idempotency, ["d", _, sealed, ..]) if !sealed.is_empty() => ("idempotency", 2),
+        (Holder::BlockedRef, ["b", _, _, sealed]) if !sealed.is_empty() => ("block", 3),
+        _ => return None,
+    };
+    let head: String = parts[..at].iter().map(|p| format!("{p}|")).collect();
+    Some(Spot {
+        fields: Vec::new(),
+        purpose,
+        sealed: value[head.len()..].to_string(),
+        head,
+    })
+}
+
+impl Store {
+    /// The servers a key scan must walk to see every key.
+    pub async fn key_nodes(&self) -> Result<Vec<Node>> {
+        Ok(self.conn.nodes().await?)
+    }
+
+    /// One `SCAN` step over this prefix's keys on `node`: the next cursor (0 at the end) and
+    /// the keys that may hold a ciphertext.
+    pub async fn sealed_keys_step(&self, node: &Node, cursor: u64) -> Result<(u64, Vec<String>)> {
+        let prefix = self.keys.prefix();
+        let (next, keys) = self
+            .conn
+            .scan_step(node, cursor, &format!("{prefix}:*"), SCAN_COUNT)
+            .await?;
+        let keys = keys
+            .into_iter()
+            .filter(|k| Holder::of(prefix, k).is_some())
+            .collect();
+        Ok((next, keys))
+    }
+
+    /// The ciphertexts `key` holds now (none when it is gone).
+    pub async fn sealed_spots(&self, key: &str) -> Result<Vec<Spot>> {
+        let Some(holder) = Holder::of(self.keys.prefix(), key) else {
+            return Ok(Vec::new());
+        };
+        if holder.is_hash() {
+            let hash: HashMap<String, String> = self.query("HGETALL", key).await?;
+            return Ok(hash_spots(holder, &hash));
+        }
+        let value: Option<String> = self.query("GET", key).await?;
+        Ok(value
+            .and_then(|v| string_spot(holder, &v))
+            .into_iter()
+            .collect())
+    }
+
+    /// Replaces each spot's ciphertext with its new one (`fresh`, in the same order), all or
+    /// none, and only while every value is still what was read. False when one had changed.
+    pub async fn reseal_spots(&self, key: &str, spots: &[(&Spot, String)]) -> Result<bool> {
+        let hash = spots.iter().any(|(s, _)| !s.fields.is_empty());
+        let mut inv = RESEAL.key(key);
+        inv.arg("").arg(if hash { "h" } else { "s" });
+        for (spot, fresh) in spots {
+            if spot.fields.is_empty() {
+                inv.arg("")
+                    .arg(format!("{}{}", spot.head, spot.sealed))
+                    .arg(format!("{}{fresh}", spot.head));
+                continue;
+            }
+            // A session's blob keeps its chunks: the new ciphertext is as long as the old.
+            let chunks = |s: &str| -> Vec<String> {
+                if spot.fields.len() == 1 {
+                    return vec![format!("{}{s}", spot.head)];
+                }
+                s.as_bytes()
+                    .chunks(BLOB_CHUNK)
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect()
+            };
+            let (old, new) = (chunks(&spot.sealed), chunks(fresh));
+            if old.len() != spot.fields.len() || new.len() != old.len() {
+                return Ok(false);
+            }
+            for ((field, o), n) in spot.fields.iter().zip(old).zip(new) {
+                inv.arg(field).arg(o).arg(n);
+            }
+        }
+        let done: i64 = inv.invoke_async(&mut self.c()).await?;
+        Ok(done == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_told_apart_by_name() {
+        let of = |k: &str| Holder::of("hush", k);
+        assert_eq!(of("hush:{p7.0}:s:abc"), Some(Holder::Session));
+        assert_eq!(of("hush:{p7.0}:u:idx"), Some(Holder::Routes));
+        assert_eq!(of("hush:{p7.0}:ref:telnyx:r1"), Some(Holder::BlockedRef));
+        assert_eq!(
+            of("hush:{p7.0}:ev:m:e1"),
+            Some(Holder::Fields(&["z"], "event-numbers"))
+        );
+        assert_eq!(
+            of("hush:{p7.0}:ox:m:t1"),
+            Some(Holder::Fields(&["b"], "outbox"))
+        );
+        assert_eq!(of("hush:{ox}:m:t1"), Some(Holder::Fields(&["b"], "outbox")));
+        assert_eq!(of("hush:idem:d"), Some(Holder::Idempotency));
+        assert!(matches!(
+            of("hush:pool:12"),
+            Some(Holder::Fields(_, "callback-secret"))
+        ));
+        for other in [
+            "hush:pools",
+            "hush:pool_seq",
+            "hush:{p7.0}:ev:q",
+            "hush:{p7.0}:ox:q",
+            "hush:{ox}:q",
+            "hush:{p7.0}:nums",
+            "hush:{p7.0}:k:idx",
+            "hush:{p7.0}:x",
+            "hushx:idem:d",
+            "other:idem:d",
+        ] {
+            assert_eq!(of(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_ciphertext_is_found_where_each_record_keeps_it() {
+        let s = string_spot(Holder::Idempotency, "d|fp|SEALED").unwrap();
+        assert_eq!((s.head.as_str(), s.sealed.as_str()), ("d|fp|", "SEALED"));
+        assert!(string_spot(Holder::Idempotency, "p|fp|123|tok").is_none());
+        let s = string_spot(Holder::BlockedRef, "b|sk|int_1|MSG").unwrap();
+        assert_eq!((s.head.as_str(), s.sealed.as_str()), ("b|sk|int_1|", "MSG"));
+        assert!(string_spot(Holder::BlockedRef, "b|sk|int_1").is_none());
+        assert!(string_spot(Holder::BlockedRef, "c|sk|int_1").is_none());
+
+        let routes: HashMap<String, String> =
+            [("+15550001111".into(), "sk|v|1|2|SEALED".into())].into();
+        let spots = hash_spots(Holder::Routes, &routes);
+        assert_eq!(spots[0].head, "sk|v|1|2|");
+        assert_eq!(spots[0].sealed, "SEALED");
+
+        let session: HashMap<String, String> = [
+            ("t".into(), "o".into()),
+            ("z1".into(), "a".repeat(60)),
+            ("z2".into(), "b".repeat(7)),
+        ]
+        .into();
+        let spots = hash_spots(Holder::Session, &session);
+        assert_eq!(spots[0].fields, ["z1", "z2"]);
+        assert_eq!(spots[0].sealed.len(), 67);
+    }
+}
