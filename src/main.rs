@@ -90,6 +90,10 @@ enum PoolsCmd {
         geo_match: Option<String>,
         #[arg(long)]
         out_of_session_message: Option<String>,
+        /// Shards to spread the pool over (1 to 64; default 1). It can only grow; numbers
+        /// added later fill the new shards first, numbers already added stay where they are.
+        #[arg(long)]
+        shards: Option<u16>,
     },
     List,
     Show {
@@ -270,6 +274,7 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
             cooloff_secs,
             geo_match,
             out_of_session_message,
+            shards,
         } => {
             let pool = pool_name(&name)?;
             let geo_match = geo_match
@@ -291,6 +296,9 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
                 if let Some(v) = &out_of_session_message {
                     policy.out_of_session_message = v.clone();
                 }
+                if let Some(v) = shards {
+                    policy.shards = v;
+                }
                 // The rule names the API's field; say it as the option the user typed.
                 policy.check().map_err(|e| {
                     let (field, rule) = e.split_once(' ').unwrap_or((&e, ""));
@@ -301,7 +309,7 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
             let exists = broker.pool_policy(&pool).await?.is_some();
             let view = if replace || !exists {
                 let (view, created) = broker
-                    .put_pool(&pool, &change(&PoolPolicy::default())?)
+                    .put_pool(&pool, &change(&PoolPolicy::default())?, shards.is_none())
                     .await?;
                 eprintln!(
                     "{} pool `{name}`{}",

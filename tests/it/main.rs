@@ -28,6 +28,7 @@ mod relay_vonage;
 mod replicas;
 mod restart;
 mod sessions;
+mod shards;
 mod slow_clients;
 mod ssrf;
 mod tenancy;
