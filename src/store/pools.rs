@@ -242,10 +242,11 @@ impl Store {
             pipe.cmd("HMGET")
                 .arg(shard.nums())
                 .arg(&["#total", "#draining", "#open"]);
-            // Without a pair, a stand-in keeps every shard's reply the same shape.
+            // Without a pair, a read of a field no shard has keeps every shard's reply the
+            // same shape, on a key of the shard's slot so a Cluster sends it with the rest.
             match pair {
                 Some((a, b)) => pipe.cmd("HGET").arg(shard.sticky(a)).arg(b),
-                None => pipe.cmd("ECHO").arg(""),
+                None => pipe.cmd("HGET").arg(shard.nums()).arg("#none"),
             };
         };
         let replies: Vec<Survey> = if self.kind() == StoreKind::Cluster {

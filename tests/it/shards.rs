@@ -146,8 +146,10 @@ async fn numbers_added_after_a_grow_fill_the_new_shards_and_stay_put() {
     let list = app.get("/v1/pools/fill/numbers").await.expect(200);
     assert_eq!(list["numbers"].as_array().unwrap().len(), 7, "{list}");
 
-    // Sessions still reach numbers in every shard, and the pool empties and deletes whole.
+    // One participant's sessions take every number left, in every shard; the pool empties
+    // and deletes whole.
     let mut used = HashSet::new();
+    let mut ids = Vec::new();
     for i in 0..7 {
         let s = app
             .open_session("fill", &participant(0), &participant(10 + i), None)
@@ -160,11 +162,15 @@ async fn numbers_added_after_a_grow_fill_the_new_shards_and_stay_put() {
             s["id"].as_str().unwrap(),
         )
         .await;
-        app.close_session(s["id"].as_str().unwrap())
-            .await
-            .expect(200);
+        ids.push(s["id"].as_str().unwrap().to_string());
     }
     assert_eq!(used.len(), 4, "sessions used shards {used:?}");
+    app.create_session("fill", &participant(0), &participant(30), None)
+        .await
+        .expect_problem(409, "pool_exhausted");
+    for id in &ids {
+        app.close_session(id).await.expect(200);
+    }
     let r = app.delete("/v1/pools/fill").await;
     assert_eq!(r.status, 204, "{}", r.text);
     assert!(
