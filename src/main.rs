@@ -331,8 +331,13 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
         PoolsCmd::List => {
             for p in broker.list_pools(&PoolLimit::All).await? {
                 println!(
-                    "{}\tnumbers={} active={} draining={}\topen_sessions={}",
-                    p.name, p.numbers.total, p.numbers.active, p.numbers.draining, p.open_sessions
+                    "{}\tnumbers={} active={} draining={}\topen_sessions={}\tshards={}",
+                    p.name,
+                    p.numbers.total,
+                    p.numbers.active,
+                    p.numbers.draining,
+                    p.open_sessions,
+                    p.shards
                 );
             }
             Ok(())

@@ -440,3 +440,29 @@ async fn the_shards_of_a_pool_are_in_different_slots() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn the_cli_grows_a_pool_and_refuses_to_shrink_it() {
+    let app = TestApp::start().await;
+    app.cli(&["pools", "put", "clip", "--shards", "3"]);
+    assert_eq!(app.get("/v1/pools/clip").await.expect(200)["shards"], 3);
+    // A replacement that does not name the shards keeps them.
+    app.cli(&["pools", "put", "clip", "--replace", "--cooloff-secs", "0"]);
+    let view = app.get("/v1/pools/clip").await.expect(200);
+    assert_eq!(
+        (view["shards"].clone(), view["cooloff_secs"].clone()),
+        (json!(3), json!(0))
+    );
+    for (asked, says) in [
+        ("2", "can only grow"),
+        ("65", "--shards must be between 1 and 64"),
+    ] {
+        let out = cli_output(&app.config, &["pools", "put", "clip", "--shards", asked]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "--shards {asked}: {err}"
+        );
+    }
+    assert!(app.cli(&["pools", "list"]).contains("shards=3"));
+}
