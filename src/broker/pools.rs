@@ -190,12 +190,8 @@ impl Broker {
             draining: 0,
         };
         let mut open = 0;
-        for s in 0..row.shards {
-            let c = self
-                .inner
-                .store
-                .shard_counts(&self.shard(row.id, s))
-                .await?;
+        let shards: Vec<ShardKeys> = (0..row.shards).map(|s| self.shard(row.id, s)).collect();
+        for (c, _) in self.inner.store.shard_survey(&shards, None).await? {
             counts.total += c.total;
             counts.draining += c.draining;
             open += c.open;
@@ -340,8 +336,14 @@ impl Broker {
                 .await?;
             // A number this pool already owns stays in its shard; adding it there again is
             // harmless and finishes an add that stopped between the claim and the shard.
-            if owner_pool != row.id || owner_shard >= row.shards {
+            if owner_pool != row.id {
                 report.skipped.push(skip("in_another_pool"));
+                continue;
+            }
+            // In a shard a grow added after this batch read the pool: another batch put it
+            // there.
+            if owner_shard >= row.shards {
+                report.skipped.push(skip("duplicate"));
                 continue;
             }
             let shard = &shards[owner_shard as usize];

@@ -286,15 +286,4 @@ impl Store {
             })
             .collect())
     }
-
-    pub async fn shard_counts(&self, shard: &ShardKeys) -> Result<ShardCounts> {
-        let v: (Option<i64>, Option<i64>, Option<i64>) = self
-            .query("HMGET", (shard.nums(), "#total", "#draining", "#open"))
-            .await?;
-        Ok(ShardCounts {
-            total: v.0.unwrap_or(0),
-            draining: v.1.unwrap_or(0),
-            open: v.2.unwrap_or(0),
-        })
-    }
 }
