@@ -466,3 +466,46 @@ async fn the_cli_grows_a_pool_and_refuses_to_shrink_it() {
     }
     assert!(app.cli(&["pools", "list"]).contains("shards=3"));
 }
+
+/// What walks every shard of a pool (event listing, erasure) finds what lives in the shards a
+/// grow added.
+#[tokio::test]
+async fn listing_events_and_erasure_reach_the_shards_a_grow_added() {
+    let app = TestApp::start().await;
+    let policy = json!({ "callback_url": "https://app.example.com/hooks" });
+    app.pool("walk", policy, &[proxy(0)]).await;
+    let a = participant(0);
+    let mut sessions = vec![app.open_session("walk", &a, &participant(1), None).await];
+    grow(&app, "walk", 3).await;
+    app.add_numbers("walk", &[proxy(1), proxy(2)])
+        .await
+        .expect(200);
+    for b in [2, 3] {
+        sessions.push(app.open_session("walk", &a, &participant(b), None).await);
+    }
+    let shards: HashSet<u16> = sessions.iter().map(shard_of_session).collect();
+    assert_eq!(shards.len(), 3, "sessions in shards {shards:?}");
+
+    let events = app.get("/v1/events?pool=walk").await.expect(200);
+    let created = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "session.created")
+        .count();
+    assert_eq!(created, 3, "{events}");
+
+    let erased = app
+        .delete(&format!("/v1/participants/{}", path_number(&a)))
+        .await
+        .expect(200);
+    assert_eq!(erased["closed_sessions"], 3, "{erased}");
+    for s in &sessions {
+        let now = app.get_session(s["id"].as_str().unwrap()).await.expect(200);
+        assert_eq!(
+            (now["status"].as_str(), now["close_reason"].as_str()),
+            (Some("closed"), Some("erased")),
+            "{now}"
+        );
+    }
+}
