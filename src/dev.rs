@@ -181,7 +181,9 @@ async fn admin_key(broker: &Broker, dir: &Path) -> anyhow::Result<String> {
 async fn demo_pool(broker: &Broker) -> anyhow::Result<()> {
     let name = PoolName::parse("demo").expect("static pool name");
     if broker.get_pool(&name).await.is_err() {
-        broker.put_pool(&name, &PoolPolicy::default()).await?;
+        broker
+            .put_pool(&name, &PoolPolicy::default(), false)
+            .await?;
     }
     let numbers: Vec<(String, Option<Vec<String>>)> = DEMO_NUMBERS
         .map(|n| (format!("+1201555{n:04}"), None))

@@ -101,6 +101,10 @@ enum PoolsCmd {
         geo_match: Option<String>,
         #[arg(long)]
         out_of_session_message: Option<String>,
+        /// Shards to spread the pool over (1 to 64; default 1). It can only grow; numbers
+        /// added later fill the new shards first, numbers already added stay where they are.
+        #[arg(long)]
+        shards: Option<u16>,
     },
     List,
     Show {
@@ -371,6 +375,7 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
             cooloff_secs,
             geo_match,
             out_of_session_message,
+            shards,
         } => {
             let pool = pool_name(&name)?;
             let geo_match = geo_match
@@ -392,6 +397,9 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
                 if let Some(v) = &out_of_session_message {
                     policy.out_of_session_message = v.clone();
                 }
+                if let Some(v) = shards {
+                    policy.shards = v;
+                }
                 // The rule names the API's field; say it as the option the user typed.
                 policy.check().map_err(|e| {
                     let (field, rule) = e.split_once(' ').unwrap_or((&e, ""));
@@ -402,7 +410,7 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
             let exists = broker.pool_policy(&pool).await?.is_some();
             let view = if replace || !exists {
                 let (view, created) = broker
-                    .put_pool(&pool, &change(&PoolPolicy::default())?)
+                    .put_pool(&pool, &change(&PoolPolicy::default())?, shards.is_none())
                     .await?;
                 eprintln!(
                     "{} pool `{name}`{}",
@@ -424,8 +432,13 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
         PoolsCmd::List => {
             for p in broker.list_pools(&PoolLimit::All).await? {
                 println!(
-                    "{}\tnumbers={} active={} draining={}\topen_sessions={}",
-                    p.name, p.numbers.total, p.numbers.active, p.numbers.draining, p.open_sessions
+                    "{}\tnumbers={} active={} draining={}\topen_sessions={}\tshards={}",
+                    p.name,
+                    p.numbers.total,
+                    p.numbers.active,
+                    p.numbers.draining,
+                    p.open_sessions,
+                    p.shards
                 );
             }
             Ok(())

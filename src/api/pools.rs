@@ -51,6 +51,8 @@ pub struct PoolBody {
     intercept_fallback: Option<Option<String>>,
     #[serde(default, deserialize_with = "given")]
     low_threshold_pct: Option<Option<u8>>,
+    #[serde(default, deserialize_with = "given")]
+    shards: Option<Option<u16>>,
 }
 
 /// A field that is present, as its value or `null`; serde calls this only for present fields.
@@ -143,6 +145,7 @@ impl PoolBody {
                 d.low_threshold_pct,
                 Ok,
             )?,
+            shards: merge(self.shards, base.shards, d.shards, Ok)?,
         };
         policy.check().map_err(ApiError::Validation)?;
         Ok(policy)
@@ -192,10 +195,13 @@ pub async fn put(
         )
     })?;
     auth.pool_visible(&name)?;
+    // A PUT that leaves `shards` out keeps the pool's count: it can only grow, so the
+    // default would refuse every PUT to a grown pool that does not repeat it.
+    let keep_shards = body.value.shards.is_none();
     let policy = body
         .value
         .apply(PoolPolicy::default(), s.config.callback_allow_private)?;
-    let (view, created) = s.broker.put_pool(&name, &policy).await?;
+    let (view, created) = s.broker.put_pool(&name, &policy, keep_shards).await?;
     let status = if created {
         StatusCode::CREATED
     } else {

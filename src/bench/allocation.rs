@@ -1,30 +1,41 @@
 //! Allocation: `Broker::create_session` throughput with a pool of 10,000 numbers against a
-//! pool of 100, measured in turns. Every session gets two participants never seen before,
-//! so no pool runs out.
+//! pool of 100, and with the 10,000 spread over [`SHARDS`] shards, measured in turns. Every
+//! session gets two participants never seen before, so no pool runs out.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 
+use hush::domain::PoolPolicy;
+
 use super::fixtures::{
-    LARGE_POOL, Participants, SMALL_POOL, bench_config, bench_pool, new_session,
+    LARGE_POOL, Participants, SMALL_POOL, bench_config, bench_pool_with, new_session,
 };
 use super::load::{ROUNDS, Rate, Samples, Tally, Window};
 
-/// Session creation with a pool of 100 numbers and one of 10,000, measured in turns.
+/// The shards of the multi-shard pool measured: what a create pays for reading every
+/// shard's load before it allocates.
+pub(super) const SHARDS: u16 = 8;
+
+/// Session creation with a pool of 100 numbers, one of 10,000, and one of 10,000 over
+/// [`SHARDS`] shards, measured in turns.
 pub(super) async fn allocation(
     url: &str,
     concurrency: usize,
     slice: Duration,
-) -> anyhow::Result<(Rate, Rate)> {
+) -> anyhow::Result<(Rate, Rate, Rate)> {
     let mut pools = Vec::new();
-    for size in [SMALL_POOL, LARGE_POOL] {
+    for (size, shards) in [(SMALL_POOL, 1), (LARGE_POOL, 1), (LARGE_POOL, SHARDS)] {
         let broker = hush::build_broker(&bench_config(url, "alloc"))?;
-        let pool = bench_pool(&broker, size).await?;
+        let policy = PoolPolicy {
+            shards,
+            ..PoolPolicy::default()
+        };
+        let pool = bench_pool_with(&broker, size, &policy).await?;
         pools.push((broker, pool, Arc::new(Participants::default())));
     }
-    let mut samples = [Samples::default(); 2];
+    let mut samples = [Samples::default(); 3];
     for _ in 0..ROUNDS {
         for ((broker, pool, people), samples) in pools.iter().zip(samples.iter_mut()) {
             let window = Window::after_warmup(slice);
@@ -47,5 +58,6 @@ pub(super) async fn allocation(
     Ok((
         samples[0].rate("allocation, pool of 100")?,
         samples[1].rate("allocation, pool of 10000")?,
+        samples[2].rate("allocation, pool of 10000 over shards")?,
     ))
 }

@@ -50,7 +50,7 @@ pub(super) async fn bench_pool_with(
     policy: &PoolPolicy,
 ) -> anyhow::Result<PoolName> {
     let pool = PoolName::parse("bench").context("pool name")?;
-    broker.put_pool(&pool, policy).await?;
+    broker.put_pool(&pool, policy, false).await?;
     let numbers = proxy_numbers(size);
     if numbers.len() < size {
         bail!(

@@ -82,9 +82,12 @@ async fn measure(args: &BenchArgs, redis: &PrivateRedis) -> anyhow::Result<Repor
     redis.flush().await?;
     let (raw, minimal, route) = routing::routing(&redis.url, c, slice).await?;
 
-    progress(args, "allocation: pools of 100 and 10000 numbers");
+    progress(
+        args,
+        "allocation: pools of 100 and 10000 numbers, and 10000 over shards",
+    );
     redis.flush().await?;
-    let (small, large) = allocation::allocation(&redis.url, c, slice).await?;
+    let (small, large, sharded) = allocation::allocation(&redis.url, c, slice).await?;
 
     progress(args, "memory: open sessions");
     redis.flush().await?;
@@ -104,6 +107,7 @@ async fn measure(args: &BenchArgs, redis: &PrivateRedis) -> anyhow::Result<Repor
         route,
         small,
         large,
+        sharded,
         memory,
         events,
     })
@@ -115,6 +119,8 @@ struct Report {
     route: Rate,
     small: Rate,
     large: Rate,
+    /// The large pool spread over [`allocation::SHARDS`] shards.
+    sharded: Rate,
     memory: Memory,
     events: Events,
 }
@@ -125,6 +131,9 @@ impl Report {
     }
     fn alloc_ratio(&self) -> f64 {
         self.large.per_sec / self.small.per_sec
+    }
+    fn shards_ratio(&self) -> f64 {
+        self.sharded.per_sec / self.large.per_sec
     }
     fn routing_met(&self) -> bool {
         self.route_ratio() >= ROUTE_TARGET
@@ -183,6 +192,13 @@ impl Report {
             self.large.per_sec,
             self.alloc_ratio(),
             failed(&self.large)
+        );
+        println!(
+            "  {LARGE_POOL} over {:<2} shards      {:>10.0} /s   {:.2}x one shard{}",
+            allocation::SHARDS,
+            self.sharded.per_sec,
+            self.shards_ratio(),
+            failed(&self.sharded)
         );
         println!(
             "memory ({} open sessions, pool of {SMALL_POOL}, Redis used_memory)",
@@ -275,7 +291,13 @@ impl Report {
             "allocation": {
                 "pool_small": { "numbers": SMALL_POOL, "sessions": rate(&self.small) },
                 "pool_large": { "numbers": LARGE_POOL, "sessions": rate(&self.large) },
+                "pool_sharded": {
+                    "numbers": LARGE_POOL,
+                    "shards": allocation::SHARDS,
+                    "sessions": rate(&self.sharded),
+                },
                 "large_vs_small": self.alloc_ratio(),
+                "sharded_vs_large": self.shards_ratio(),
                 "target": ALLOC_TARGET,
                 "met": self.allocation_met(),
             },

@@ -63,6 +63,15 @@ pub enum BrokerError {
     SessionNotFound,
     #[error("{0}")]
     NumberNotFound(String),
+    #[error(
+        "pool `{pool}` has {current} shards and shards can only grow (asked for {asked}): \
+         its numbers stay in the shards they were added to"
+    )]
+    ShardsShrink {
+        pool: String,
+        current: u16,
+        asked: u16,
+    },
     #[error("pool `{0}` has no number free for these participants")]
     PoolExhausted(String),
     #[error("number {0} still carries a session (open or cooling off)")]
@@ -153,6 +162,7 @@ fn policy_of(row: &PoolRow) -> PoolPolicy {
             .get("low")
             .and_then(|v| v.parse().ok())
             .unwrap_or(d.low_threshold_pct),
+        shards: row.shards,
     }
 }
 

@@ -5,13 +5,14 @@ use std::collections::HashSet;
 
 use crate::domain::{
     Capabilities, E164, InterceptFallback, Millis, NumberState, PoolName, PoolPolicy,
+    emptiest_shard,
 };
 use crate::store::{PoolRow, PoolSet, ShardKeys};
 use crate::telemetry::METRICS;
 
 use super::{
     AddReport, Broker, BrokerError, NumberCounts, NumberView, PoolLimit, PoolView, Result, Skipped,
-    policy_of, shard_of,
+    policy_of,
 };
 
 /// A policy as the pool hash stores it.
@@ -27,6 +28,7 @@ fn policy_fields(policy: &PoolPolicy) -> Vec<(&'static str, String)> {
         ("iu", policy.intercept_url.clone().unwrap_or_default()),
         ("it", policy.intercept_timeout_ms.to_string()),
         ("low", policy.low_threshold_pct.to_string()),
+        ("shards", policy.shards.to_string()),
         (
             "if",
             match policy.intercept_fallback {
@@ -49,13 +51,28 @@ impl Broker {
             .map(|row| policy_of(&row)))
     }
 
-    /// Creates a pool with this policy, or replaces the policy of an existing one whole.
-    pub async fn put_pool(&self, name: &PoolName, policy: &PoolPolicy) -> Result<(PoolView, bool)> {
+    /// Creates a pool with this policy, or replaces the policy of an existing one whole;
+    /// with `keep_shards`, an existing pool keeps its shard count (a new one gets one shard).
+    pub async fn put_pool(
+        &self,
+        name: &PoolName,
+        policy: &PoolPolicy,
+        keep_shards: bool,
+    ) -> Result<(PoolView, bool)> {
+        let mut fields = policy_fields(policy);
+        if keep_shards {
+            fields.retain(|(k, _)| *k != "shards");
+        }
         let (row, created) = self
             .inner
             .store
-            .pool_put(name.as_str(), &policy_fields(policy), 1)
-            .await?;
+            .pool_put(name.as_str(), &fields)
+            .await?
+            .map_err(|current| BrokerError::ShardsShrink {
+                pool: name.to_string(),
+                current,
+                asked: policy.shards,
+            })?;
         // Every pool has a signing secret from the start, so callbacks can be turned on
         // later without a separate step.
         let secret = crate::crypto::webhook::SigningSecret::generate().to_text();
@@ -96,6 +113,14 @@ impl Broker {
                 }
                 PoolSet::Moved => tokio::task::yield_now().await,
                 PoolSet::Gone => return Err(BrokerError::PoolNotFound(name.to_string()).into()),
+                PoolSet::Shrink(current) => {
+                    return Err(BrokerError::ShardsShrink {
+                        pool: name.to_string(),
+                        current,
+                        asked: policy.shards,
+                    }
+                    .into());
+                }
             }
         }
         Err(BrokerError::Validation(format!(
@@ -107,9 +132,13 @@ impl Broker {
     /// Deletes a pool: its numbers, settings, signing secrets and event queue. Refused while
     /// any of its numbers carries a session, open or cooling off.
     pub async fn delete_pool(&self, name: &PoolName) -> Result<()> {
-        let row = self.pool_row(name).await?;
-        for sh in 0..row.shards {
-            let shard = self.shard(row.id, sh);
+        let mut row = self.pool_row(name).await?;
+        let mut emptied = 0;
+        // A grow that lands while the shards are emptied adds shards this pass has not seen:
+        // read the count again until it stays put.
+        while emptied < row.shards {
+            let shard = self.shard(row.id, emptied);
+            emptied += 1;
             // Sessions whose cool-off has ended no longer hold their number, even if no
             // reaper has visited them yet.
             const REAP_BATCH: usize = 1000;
@@ -122,9 +151,14 @@ impl Broker {
             let Some(numbers) = self.inner.store.pool_shard_delete(&shard).await? else {
                 return Err(BrokerError::PoolInUse(name.to_string()));
             };
-            let mut owners = self.inner.owners.write().expect("lock poisoned");
-            for n in &numbers {
-                owners.remove(n);
+            {
+                let mut owners = self.inner.owners.write().expect("lock poisoned");
+                for n in &numbers {
+                    owners.remove(n);
+                }
+            }
+            if emptied == row.shards {
+                row = self.pool_row(name).await?;
             }
         }
         self.inner.store.pool_forget(row.id, name.as_str()).await?;
@@ -156,12 +190,8 @@ impl Broker {
             draining: 0,
         };
         let mut open = 0;
-        for s in 0..row.shards {
-            let c = self
-                .inner
-                .store
-                .shard_counts(&self.shard(row.id, s))
-                .await?;
+        let shards: Vec<ShardKeys> = (0..row.shards).map(|s| self.shard(row.id, s)).collect();
+        for (c, _) in self.inner.store.shard_survey(&shards, None).await? {
             counts.total += c.total;
             counts.draining += c.draining;
             open += c.open;
@@ -179,6 +209,7 @@ impl Broker {
             intercept_timeout_ms: policy.intercept_timeout_ms,
             intercept_fallback: policy.intercept_fallback,
             low_threshold_pct: policy.low_threshold_pct,
+            shards: policy.shards,
             numbers: counts,
             open_sessions: open,
         })
@@ -261,6 +292,17 @@ impl Broker {
         numbers: &[(String, Option<Vec<String>>)],
     ) -> Result<AddReport> {
         let row = self.pool_row(pool).await?;
+        let shards: Vec<ShardKeys> = (0..row.shards).map(|s| self.shard(row.id, s)).collect();
+        // Counted once for the whole batch and kept up to date as it goes: a concurrent
+        // batch may tilt the balance a little, never the correctness.
+        let mut totals: Vec<i64> = self
+            .inner
+            .store
+            .shard_survey(&shards, None)
+            .await?
+            .iter()
+            .map(|(c, _)| c.total)
+            .collect();
         let mut report = AddReport::default();
         let mut seen = HashSet::new();
         for (raw, caps) in numbers {
@@ -286,23 +328,32 @@ impl Broker {
                 report.skipped.push(skip("duplicate"));
                 continue;
             }
-            let shard = self.shard(row.id, shard_of(number.reveal(), row.shards));
-            let owner = self
+            let emptiest = emptiest_shard(&totals);
+            let (owner_pool, owner_shard) = self
                 .inner
                 .store
-                .number_claim(number.reveal(), &shard)
+                .number_claim(number.reveal(), &shards[emptiest as usize])
                 .await?;
-            if owner != (shard.pool_id, shard.shard) {
+            // A number this pool already owns stays in its shard; adding it there again is
+            // harmless and finishes an add that stopped between the claim and the shard.
+            if owner_pool != row.id {
                 report.skipped.push(skip("in_another_pool"));
                 continue;
             }
+            // In a shard a grow added after this batch read the pool: another batch put it
+            // there.
+            if owner_shard >= row.shards {
+                report.skipped.push(skip("duplicate"));
+                continue;
+            }
+            let shard = &shards[owner_shard as usize];
             let geo = number.geo();
             let mut geos = vec![geo.country_tag()];
             geos.extend(geo.area_tag());
             let Some(added) = self
                 .inner
                 .store
-                .number_add(&shard, number.reveal(), caps.code(), &geos.join(","))
+                .number_add(shard, number.reveal(), caps.code(), &geos.join(","))
                 .await?
             else {
                 // The pool was deleted while these numbers were added.
@@ -310,6 +361,7 @@ impl Broker {
                 return Err(BrokerError::PoolNotFound(pool.to_string()));
             };
             if added {
+                totals[owner_shard as usize] += 1;
                 report.added.push(number.reveal().to_string());
             } else {
                 report.skipped.push(skip("duplicate"));
@@ -335,10 +387,17 @@ impl Broker {
         Ok(out)
     }
 
-    async fn number_shard(&self, pool: &PoolName, number: &E164) -> Result<(PoolRow, ShardKeys)> {
+    /// The shard of `pool` that holds `number`, as its owner entry says: where a number was
+    /// added depends on the shards' fill at the time, not on the number.
+    async fn number_shard(&self, pool: &PoolName, number: &E164) -> Result<ShardKeys> {
         let row = self.pool_row(pool).await?;
-        let shard = self.shard(row.id, shard_of(number.reveal(), row.shards));
-        Ok((row, shard))
+        match self.owner(number, true).await? {
+            Some((id, shard)) if id == row.id => Ok(self.shard(row.id, shard)),
+            _ => Err(BrokerError::NumberNotFound(format!(
+                "number {} is not in pool `{pool}`",
+                number.reveal()
+            ))),
+        }
     }
 
     pub async fn set_number_state(
@@ -347,7 +406,7 @@ impl Broker {
         number: &E164,
         state: NumberState,
     ) -> Result<NumberView> {
-        let (_, shard) = self.number_shard(pool, number).await?;
+        let shard = self.number_shard(pool, number).await?;
         if !self
             .inner
             .store
@@ -369,7 +428,7 @@ impl Broker {
     }
 
     pub async fn remove_number(&self, pool: &PoolName, number: &E164) -> Result<()> {
-        let (_, shard) = self.number_shard(pool, number).await?;
+        let shard = self.number_shard(pool, number).await?;
         // Sessions whose cool-off has ended no longer hold the number, even if no reaper
         // has visited them yet.
         self.reap_shard(&shard, self.now(), 1000).await?;

@@ -3,9 +3,12 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{CloseReason, E164, GeoMatch, Millis, Mode, PoolName, SessionId, rfc3339};
+use crate::domain::{
+    CloseReason, E164, GeoMatch, Millis, Mode, PoolName, SessionId, ShardLoad, rfc3339, shard_order,
+};
 use crate::store::{
-    CreateArgs, Created, EndEvents, EndOp, Ended, IdemMark, RouteRow, ShardKeys, StoreError,
+    CreateArgs, Created, EndEvents, EndOp, Ended, IdemMark, PoolRow, RouteRow, ShardKeys,
+    StoreError,
 };
 use crate::telemetry::METRICS;
 
@@ -133,13 +136,14 @@ impl Broker {
             }
         }
 
-        // A pair of participants tries shards in an order of its own, so sticky memory
-        // (kept per shard) is found again.
         let mut pair = [idx_a.as_str(), idx_b.as_str()];
         pair.sort();
         let start = shard_of(&pair.concat(), row.shards);
-        for i in 0..row.shards {
-            let shard = self.shard(row.id, (start + i) % row.shards);
+        for s in self
+            .allocation_order(&row, &idx_a, &idx_b, start, now)
+            .await?
+        {
+            let shard = self.shard(row.id, s);
             let id = SessionId::new(row.id, shard.shard);
             let key = id.key();
             let event = policy.callback_url.is_some().then(|| {
@@ -272,6 +276,49 @@ impl Broker {
                 .await?;
         }
         Err(BrokerError::PoolExhausted(row.name))
+    }
+
+    /// The order a create tries `row`'s shards in (see [`shard_order`]): the shard where the
+    /// pair last shared a number, then by load. One pipelined read of every shard's counters
+    /// and sticky entry; a pool of one shard needs none.
+    async fn allocation_order(
+        &self,
+        row: &PoolRow,
+        idx_a: &str,
+        idx_b: &str,
+        start: u16,
+        now: Millis,
+    ) -> Result<Vec<u16>> {
+        if row.shards <= 1 {
+            return Ok(vec![0]);
+        }
+        let shards: Vec<ShardKeys> = (0..row.shards).map(|s| self.shard(row.id, s)).collect();
+        let survey = self
+            .inner
+            .store
+            .shard_survey(&shards, Some((idx_a, idx_b)))
+            .await?;
+        let mut sticky: Option<(u16, Millis)> = None;
+        for (s, (_, entry)) in survey.iter().enumerate() {
+            let at = entry
+                .as_deref()
+                .and_then(|e| e.rsplit_once('|'))
+                .and_then(|(_, ms)| ms.parse::<Millis>().ok());
+            if let Some(at) = at
+                && at + STICKY_WINDOW_MS > now
+                && sticky.is_none_or(|(_, newest)| at > newest)
+            {
+                sticky = Some((s as u16, at));
+            }
+        }
+        let loads: Vec<ShardLoad> = survey
+            .iter()
+            .map(|(c, _)| ShardLoad {
+                active: c.total - c.draining,
+                open: c.open,
+            })
+            .collect();
+        Ok(shard_order(&loads, sticky.map(|(s, _)| s), start))
     }
 
     /// The raw record of a live (readable) session, with its shard.

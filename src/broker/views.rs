@@ -70,6 +70,7 @@ pub struct PoolView {
     pub intercept_timeout_ms: u32,
     pub intercept_fallback: InterceptFallback,
     pub low_threshold_pct: u8,
+    pub shards: u16,
     pub numbers: NumberCounts,
     pub open_sessions: i64,
 }

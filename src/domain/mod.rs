@@ -8,7 +8,9 @@ pub mod session;
 
 pub use ids::{PoolName, SessionId};
 pub use number::{Capabilities, E164, Geo, NumberError};
-pub use pool::{GeoMatch, InterceptFallback, NumberState, PoolPolicy};
+pub use pool::{
+    GeoMatch, InterceptFallback, NumberState, PoolPolicy, ShardLoad, emptiest_shard, shard_order,
+};
 pub use session::{CloseReason, Mode, Status};
 
 /// Milliseconds since the Unix epoch; the unit every stored time uses.

@@ -78,6 +78,9 @@ pub struct PoolPolicy {
     pub intercept_fallback: InterceptFallback,
     /// pool.low fires when this percentage of the numbers carries an open session.
     pub low_threshold_pct: u8,
+    /// How many shards the pool's numbers and sessions are spread over. It only grows:
+    /// numbers never move, so a shard once used keeps its numbers for good.
+    pub shards: u16,
 }
 
 impl PoolPolicy {
@@ -86,6 +89,7 @@ impl PoolPolicy {
     pub const MESSAGE_MAX: usize = 1000;
     pub const DEFAULT_MESSAGE: &'static str = "This number is no longer in service for you.";
     pub const INTERCEPT_TIMEOUT_MAX_MS: u32 = 5000;
+    pub const SHARDS_MAX: u16 = 64;
 
     /// The first rule the policy breaks, as a sentence naming the field; the API and the
     /// command line refuse a policy with the same words.
@@ -107,6 +111,9 @@ impl PoolPolicy {
         if !(1..=100).contains(&self.low_threshold_pct) {
             return Err("low_threshold_pct must be between 1 and 100".into());
         }
+        if !(1..=Self::SHARDS_MAX).contains(&self.shards) {
+            return Err("shards must be between 1 and 64".into());
+        }
         Ok(())
     }
 }
@@ -124,6 +131,104 @@ impl Default for PoolPolicy {
             intercept_timeout_ms: 1500,
             intercept_fallback: InterceptFallback::Allow,
             low_threshold_pct: 80,
+            shards: 1,
+        }
+    }
+}
+
+/// What allocation knows of one shard when it orders a pool's shards: its active numbers
+/// (added, not draining) and its open sessions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardLoad {
+    pub active: i64,
+    pub open: i64,
+}
+
+/// The order a new session tries a pool's shards in. First `sticky`, the shard where the two
+/// participants last shared a number; then the shards with active numbers, fewest open
+/// sessions per active number first; then those without any (a number may have been added
+/// since they were read). Ties go in the pair's own rotation from `start`, so equal shards
+/// share the pairs between them instead of all pairs crowding the first one.
+pub fn shard_order(loads: &[ShardLoad], sticky: Option<u16>, start: u16) -> Vec<u16> {
+    let n = loads.len() as u16;
+    let mut order: Vec<u16> = (0..n).filter(|&s| Some(s) != sticky).collect();
+    let rotation = |s: u16| (s + n - start % n.max(1)) % n.max(1);
+    order.sort_by(|&x, &y| {
+        let (a, b) = (loads[x as usize], loads[y as usize]);
+        let empty = |l: ShardLoad| l.active <= 0;
+        empty(a)
+            .cmp(&empty(b))
+            // a.open / a.active against b.open / b.active, without division.
+            .then((a.open as i128 * b.active as i128).cmp(&(b.open as i128 * a.active as i128)))
+            .then(rotation(x).cmp(&rotation(y)))
+    });
+    if let Some(s) = sticky.filter(|&s| s < n) {
+        order.insert(0, s);
+    }
+    order
+}
+
+/// The shard a new number goes to: the one with the fewest numbers, the lowest index among
+/// equals, so the shards a grow adds fill first and adding is repeatable.
+pub fn emptiest_shard(totals: &[i64]) -> u16 {
+    (0..totals.len())
+        .min_by_key(|&s| (totals[s], s))
+        .unwrap_or(0) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn load(active: i64, open: i64) -> ShardLoad {
+        ShardLoad { active, open }
+    }
+
+    #[test]
+    fn sticky_first_then_least_loaded_then_empty() {
+        let loads = [load(2, 10), load(0, 0), load(4, 4), load(2, 1)];
+        assert_eq!(shard_order(&loads, None, 0), vec![3, 2, 0, 1]);
+        assert_eq!(shard_order(&loads, Some(0), 0), vec![0, 3, 2, 1]);
+    }
+
+    #[test]
+    fn ties_follow_the_pair_rotation() {
+        let loads = [load(1, 0); 4];
+        assert_eq!(shard_order(&loads, None, 2), vec![2, 3, 0, 1]);
+        assert_eq!(shard_order(&loads, None, 0), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn new_numbers_go_to_the_emptiest_shard() {
+        assert_eq!(emptiest_shard(&[5, 0, 0, 3]), 1);
+        assert_eq!(emptiest_shard(&[2, 2]), 0);
+        assert_eq!(emptiest_shard(&[]), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn every_shard_is_tried_once(
+            raw in proptest::collection::vec((0i64..50, 0i64..500), 1..64),
+            sticky in proptest::option::of(0u16..80),
+            start in 0u16..64,
+        ) {
+            let loads: Vec<ShardLoad> = raw.iter().map(|&(a, o)| load(a, o)).collect();
+            let mut order = shard_order(&loads, sticky, start);
+            if let Some(s) = sticky.filter(|&s| (s as usize) < loads.len()) {
+                prop_assert_eq!(order[0], s);
+            }
+            // Past the sticky shard, no shard with room comes after a busier one.
+            let rest: Vec<u16> = order.iter().copied().skip(usize::from(sticky.is_some_and(|s| (s as usize) < loads.len()))).collect();
+            for w in rest.windows(2) {
+                let (a, b) = (loads[w[0] as usize], loads[w[1] as usize]);
+                if a.active > 0 && b.active > 0 {
+                    prop_assert!(a.open * b.active <= b.open * a.active);
+                }
+                prop_assert!(!(a.active <= 0 && b.active > 0));
+            }
+            order.sort();
+            prop_assert_eq!(order, (0..loads.len() as u16).collect::<Vec<_>>());
         }
     }
 }

@@ -141,6 +141,12 @@ impl ApiError {
                     "Validation failed",
                     scrub(d),
                 ),
+                B::ShardsShrink { .. } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "shards_cannot_shrink",
+                    "Shards cannot shrink",
+                    e.to_string(),
+                ),
                 B::PoolNotFound(_) => (
                     StatusCode::NOT_FOUND,
                     "pool_not_found",

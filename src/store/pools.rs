@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use redis::Value;
 
-use super::{Result, ShardKeys, Store, StoreError, strings};
+use super::{Result, ShardKeys, Store, StoreError, StoreKind, strings};
 
 /// A pool as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +24,12 @@ pub enum PoolSet {
     Moved,
     /// The pool no longer exists.
     Gone,
+    /// The change would lower the pool's shard count (this one); nothing was written.
+    Shrink(u16),
 }
+
+/// One shard's `#total`, `#draining`, `#open` counters and a sticky entry, as read.
+type Survey = (Vec<Option<i64>>, Option<String>);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShardCounts {
@@ -68,27 +73,29 @@ impl Store {
         }
     }
 
-    /// Creates a pool, or replaces the fields given of an existing one. Returns the row and
-    /// whether it was new.
+    /// Creates a pool (of one shard unless `fields` says `shards`), or replaces the fields
+    /// given of an existing one. Returns the row and whether it was new, or the shard count a
+    /// change would have lowered.
     pub async fn pool_put(
         &self,
         name: &str,
         fields: &[(&str, String)],
-        shards: u16,
-    ) -> Result<(PoolRow, bool)> {
+    ) -> Result<std::result::Result<(PoolRow, bool), u16>> {
         // A pool deleted between finding its id and writing to it is made anew.
         for _ in 0..3 {
             let (id, created) = match self.pool_id(name).await? {
-                Some(id) => {
-                    if self.pool_set(id, "*", fields).await? == PoolSet::Gone {
-                        continue;
-                    }
-                    (id, false)
-                }
-                None => self.pool_create(name, fields, shards).await?,
+                Some(id) => match self.pool_set(id, "*", fields).await? {
+                    PoolSet::Gone => continue,
+                    PoolSet::Shrink(current) => return Ok(Err(current)),
+                    PoolSet::Written | PoolSet::Moved => (id, false),
+                },
+                None => match self.pool_create(name, fields).await? {
+                    Ok(made) => made,
+                    Err(current) => return Ok(Err(current)),
+                },
             };
             if let Some(row) = self.pool_by_id(id).await? {
-                return Ok((row, created));
+                return Ok(Ok((row, created)));
             }
         }
         Err(StoreError::Corrupt("pool vanished while written"))
@@ -99,8 +106,7 @@ impl Store {
         &self,
         name: &str,
         fields: &[(&str, String)],
-        shards: u16,
-    ) -> Result<(u32, bool)> {
+    ) -> Result<std::result::Result<(u32, bool), u16>> {
         let fresh: u32 = self.query("INCR", self.keys.pool_seq()).await?;
         // Write the policy before publishing the name, so a reader that finds the name
         // always finds a whole pool.
@@ -109,7 +115,7 @@ impl Store {
             .arg("name")
             .arg(name)
             .arg("shards")
-            .arg(shards);
+            .arg(1);
         for (k, v) in fields {
             init.arg(*k).arg(v);
         }
@@ -118,17 +124,18 @@ impl Store {
             .query("HSETNX", (self.keys.pools(), name, fresh))
             .await?;
         if won {
-            return Ok((fresh, true));
+            return Ok(Ok((fresh, true)));
         }
         let _: i64 = self.query("DEL", self.keys.pool(fresh)).await?;
         let id = self
             .pool_id(name)
             .await?
             .ok_or(StoreError::Corrupt("pool vanished while created"))?;
-        if self.pool_set(id, "*", fields).await? == PoolSet::Gone {
-            return Err(StoreError::Corrupt("pool vanished while created"));
+        match self.pool_set(id, "*", fields).await? {
+            PoolSet::Gone => Err(StoreError::Corrupt("pool vanished while created")),
+            PoolSet::Shrink(current) => Ok(Err(current)),
+            PoolSet::Written | PoolSet::Moved => Ok(Ok((id, false))),
         }
-        Ok((id, false))
     }
 
     /// Writes policy fields of pool `id` if its version is still `version` (`*`: any).
@@ -143,10 +150,11 @@ impl Store {
         for (k, v) in fields {
             call.arg(*k).arg(v);
         }
-        let r: i64 = call.invoke_async(&mut self.c()).await?;
-        Ok(match r {
-            1 => PoolSet::Written,
-            0 => PoolSet::Moved,
+        let r: Vec<i64> = call.invoke_async(&mut self.c()).await?;
+        Ok(match r.as_slice() {
+            [1] => PoolSet::Written,
+            [0] => PoolSet::Moved,
+            [-2, current] => PoolSet::Shrink(u16::try_from(*current).unwrap_or(u16::MAX)),
             _ => PoolSet::Gone,
         })
     }
@@ -220,14 +228,62 @@ impl Store {
         Ok(rows)
     }
 
-    pub async fn shard_counts(&self, shard: &ShardKeys) -> Result<ShardCounts> {
-        let v: (Option<i64>, Option<i64>, Option<i64>) = self
-            .query("HMGET", (shard.nums(), "#total", "#draining", "#open"))
-            .await?;
-        Ok(ShardCounts {
-            total: v.0.unwrap_or(0),
-            draining: v.1.unwrap_or(0),
-            open: v.2.unwrap_or(0),
-        })
+    /// Each shard's counters and, when `pair` names two participants' indexes, the first
+    /// one's sticky entry for the second (`<number>|<ms>`) in that shard: what allocation
+    /// orders the shards by. One pipelined round trip on one server or Sentinel; on a Cluster,
+    /// whose client refuses a pipeline across slots, one small pipeline per shard, all sent
+    /// at once.
+    pub async fn shard_survey(
+        &self,
+        shards: &[ShardKeys],
+        pair: Option<(&str, &str)>,
+    ) -> Result<Vec<(ShardCounts, Option<String>)>> {
+        let ask = |pipe: &mut redis::Pipeline, shard: &ShardKeys| {
+            pipe.cmd("HMGET")
+                .arg(shard.nums())
+                .arg(&["#total", "#draining", "#open"]);
+            // Without a pair, a read of a field no shard has keeps every shard's reply the
+            // same shape, on a key of the shard's slot so a Cluster sends it with the rest.
+            match pair {
+                Some((a, b)) => pipe.cmd("HGET").arg(shard.sticky(a)).arg(b),
+                None => pipe.cmd("HGET").arg(shard.nums()).arg("#none"),
+            };
+        };
+        let replies: Vec<Survey> = if self.kind() == StoreKind::Cluster {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, shard) in shards.iter().enumerate() {
+                let mut pipe = redis::pipe();
+                ask(&mut pipe, shard);
+                let mut conn = self.c();
+                tasks.spawn(async move {
+                    let v: Vec<Survey> = pipe.query_async(&mut conn).await?;
+                    Ok::<_, StoreError>((i, v))
+                });
+            }
+            let mut replies = vec![Survey::default(); shards.len()];
+            while let Some(done) = tasks.join_next().await {
+                let (i, v) = done.map_err(|_| StoreError::Corrupt("shard survey task"))??;
+                replies[i] = v.into_iter().next().unwrap_or_default();
+            }
+            replies
+        } else {
+            let mut pipe = redis::pipe();
+            for shard in shards {
+                ask(&mut pipe, shard);
+            }
+            pipe.query_async(&mut self.c()).await?
+        };
+        Ok(replies
+            .into_iter()
+            .map(|(c, sticky)| {
+                let c = |i: usize| c.get(i).copied().flatten().unwrap_or(0);
+                let counts = ShardCounts {
+                    total: c(0),
+                    draining: c(1),
+                    open: c(2),
+                };
+                (counts, sticky.filter(|s| !s.is_empty()))
+            })
+            .collect())
     }
 }

@@ -629,9 +629,17 @@ async fn store_calls_take_empty_input() {
     assert!(store.events(&shard, 10).await.expect("events").is_empty());
     assert!(store.events(&shard, 0).await.expect("events").is_empty());
 
-    let (row, created) = store.pool_put("bare", &[], 1).await.expect("pool");
+    let (row, created) = store
+        .pool_put("bare", &[])
+        .await
+        .expect("pool")
+        .expect("no shrink");
     assert!(created);
-    let (again, created) = store.pool_put("bare", &[], 1).await.expect("pool");
+    let (again, created) = store
+        .pool_put("bare", &[])
+        .await
+        .expect("pool")
+        .expect("no shrink");
     assert!(!created);
     assert_eq!(again.id, row.id);
     store.pool_fields_set(row.id, &[]).await.expect("no fields");

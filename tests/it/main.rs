@@ -31,6 +31,7 @@ mod replicas;
 mod restart;
 mod rotate;
 mod sessions;
+mod shards;
 mod slow_clients;
 mod ssrf;
 mod tenancy;
