@@ -1,7 +1,8 @@
 -- KEYS: 1 nums, 2 x. ARGV: 1 tag.
 -- Empties one shard of a pool being deleted, unless one of its numbers still holds a session
 -- (open or cooling off): checking and emptying in one step means no session can be created
--- between them. The shard's numbers, load indexes, transitions and events go; `nums` stays
+-- between them. The shard's numbers, load indexes, transitions, events and the texts still
+-- queued to go out from its numbers go (their sessions have ended and cooled off); `nums` stays
 -- for a day as a tombstone (`#deleted`) so a number added by a request already under way
 -- does not bring the shard back.
 -- Returns {0} when a number holds a session, else {1, number, ...} (the numbers removed,
@@ -24,7 +25,10 @@ end
 for _, id in ipairs(redis.call('ZRANGE', EV .. 'all', 0, -1)) do
   redis.call('DEL', EV .. 'm:' .. id)
 end
-redis.call('DEL', EV .. 'q', EV .. 'all', x, nums)
+for _, id in ipairs(redis.call('ZRANGE', TAG .. 'ox:q', 0, -1)) do
+  redis.call('DEL', TAG .. 'ox:m:' .. id)
+end
+redis.call('DEL', EV .. 'q', EV .. 'all', TAG .. 'ox:q', x, nums)
 redis.call('HSET', nums, '#deleted', 1)
 redis.call('PEXPIRE', nums, 86400000)
 table.insert(numbers, 1, 1)
