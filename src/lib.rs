@@ -38,6 +38,14 @@ pub fn build_broker(config: &Config) -> anyhow::Result<Broker> {
         None => None,
     };
     let store = store::Store::connect_to(&target, ca.as_deref(), &config.redis_prefix)
+        .and_then(|s| {
+            s.wait_for_replicas(
+                &target,
+                ca.as_deref(),
+                config.redis_wait_replicas,
+                config.redis_wait_timeout_ms,
+            )
+        })
         .context("HUSH_REDIS_URL is not a usable Redis URL")?;
     Ok(Broker::new(store, crypto, Arc::new(domain::SystemClock)))
 }

@@ -1,15 +1,17 @@
 //! The one connection every typed call and script runs on, whatever the [`RedisTarget`]: a
 //! connection manager for one server, the crate's async cluster client for a Cluster, and a
-//! connection manager re-pointed through Sentinel when the primary moves. All three connect
+//! multiplexed connection re-pointed through Sentinel when the primary moves. All three connect
 //! lazily so hush starts while Redis is down.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::{Mutex, OnceCell};
 
@@ -24,6 +26,38 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(1))
+}
+
+fn connection_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+}
+
+fn timed_out() -> RedisError {
+    RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+}
+
+/// A client trusting `ca` (PEM) instead of the system roots when given.
+fn client_for(info: redis::ConnectionInfo, ca: Option<&[u8]>) -> RedisResult<redis::Client> {
+    match ca {
+        Some(ca) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
+}
+
+/// No sentinel names a primary that answers as one: a failover is under way.
+fn not_a_primary() -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::MasterNameNotFoundBySentinel,
+        "no sentinel names a reachable primary",
+    ))
 }
 
 /// Cloning is cheap and shares the underlying connection, like `ConnectionManager`'s.
@@ -41,10 +75,20 @@ pub struct LazyCluster {
 
 /// The primary's connection as Sentinel last named it; dropped when the primary stops
 /// answering or turns read-only, so the next call asks Sentinel again.
+///
+/// A plain multiplexed connection, not a `ConnectionManager`: a manager reconnects by itself
+/// to the address it was given, so once a killed primary is started again (empty, or still
+/// believing it is the primary until Sentinel demotes it) it would quietly serve and take
+/// writes there. A dead connection here stays dead and the next call asks Sentinel.
+///
+/// Sentinels that have not yet heard of a failover still name the old primary, and a killed
+/// primary started again answers `ROLE` as a primary until Sentinel demotes it: so hush asks
+/// every sentinel and follows the one with the newest configuration epoch, then checks the
+/// role of the node it names.
 pub struct Followed {
-    sentinel: Mutex<SentinelClient>,
-    current: Mutex<Option<ConnectionManager>>,
-    db: i64,
+    target: RedisTarget,
+    ca: Option<Vec<u8>>,
+    current: Mutex<Option<MultiplexedConnection>>,
 }
 
 impl Conn {
@@ -56,10 +100,7 @@ impl Conn {
         match target.kind {
             StoreKind::Single => {
                 let info = target.info(&target.nodes[0], true);
-                let client = match ca {
-                    Some(_) => redis::Client::build_with_tls(info, certs())?,
-                    None => redis::Client::open(info)?,
-                };
+                let client = client_for(info, ca)?;
                 let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
                 Ok(Conn::Single(conn))
             }
@@ -80,34 +121,11 @@ impl Conn {
                     conn: OnceCell::new(),
                 })))
             }
-            StoreKind::Sentinel => {
-                let sentinels: Vec<_> =
-                    target.nodes.iter().map(|n| target.info(n, false)).collect();
-                let mut redis = redis::RedisConnectionInfo::default().set_db(target.db);
-                if let Some(u) = &target.username {
-                    redis = redis.set_username(u);
-                }
-                if let Some(p) = target.password() {
-                    redis = redis.set_password(p);
-                }
-                let mut node =
-                    SentinelNodeConnectionInfo::default().set_redis_connection_info(redis);
-                if target.tls {
-                    node = node.set_tls_mode(redis::TlsMode::Secure);
-                }
-                let master = target.master.clone().unwrap_or_default();
-                let client = SentinelClient::build(
-                    sentinels,
-                    master,
-                    Some(node),
-                    SentinelServerType::Master,
-                )?;
-                Ok(Conn::Sentinel(Arc::new(Followed {
-                    sentinel: Mutex::new(client),
-                    current: Mutex::new(None),
-                    db: target.db,
-                })))
-            }
+            StoreKind::Sentinel => Ok(Conn::Sentinel(Arc::new(Followed {
+                target: target.clone(),
+                ca: ca.map(<[u8]>::to_vec),
+                current: Mutex::new(None),
+            }))),
         }
     }
 }
@@ -122,20 +140,71 @@ impl LazyCluster {
 }
 
 impl Followed {
-    async fn get(&self) -> RedisResult<ConnectionManager> {
+    async fn get(&self) -> RedisResult<MultiplexedConnection> {
         let mut current = self.current.lock().await;
         if let Some(c) = &*current {
             return Ok(c.clone());
         }
-        let client = self.sentinel.lock().await.async_get_client().await?;
-        let conn = tokio::time::timeout(
+        let (host, port) = self.primary().await?;
+        let client = client_for(self.target.info(&(host, port), true), self.ca.as_deref())?;
+        let mut conn = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            ConnectionManager::new_with_config(client, manager_config()),
+            client.get_multiplexed_async_connection_with_config(&connection_config()),
         )
         .await
-        .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+        .map_err(|_| timed_out())??;
+        let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+        if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
+            return Err(not_a_primary());
+        }
         *current = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Where the sentinels that know most recently say the primary is.
+    async fn primary(&self) -> RedisResult<(String, u16)> {
+        let master = self.target.master.clone().unwrap_or_default();
+        let mut asks = tokio::task::JoinSet::new();
+        for node in &self.target.nodes {
+            let client = client_for(self.target.info(node, false), self.ca.as_deref());
+            let master = master.clone();
+            asks.spawn(async move {
+                let ask = async {
+                    let mut c = client?
+                        .get_multiplexed_async_connection_with_config(&connection_config())
+                        .await?;
+                    let m: HashMap<String, String> = redis::cmd("SENTINEL")
+                        .arg("MASTER")
+                        .arg(&master)
+                        .query_async(&mut c)
+                        .await?;
+                    Ok::<_, RedisError>(m)
+                };
+                tokio::time::timeout(CONNECT_TIMEOUT, ask).await.ok()?.ok()
+            });
+        }
+        let mut best: Option<(u64, String, u16)> = None;
+        while let Some(answer) = asks.join_next().await {
+            let Some(m) = answer.ok().flatten() else {
+                continue;
+            };
+            let flags = m.get("flags").map(String::as_str).unwrap_or("");
+            if flags.contains("s_down") || flags.contains("o_down") {
+                continue;
+            }
+            let (Some(ip), Some(port), Some(epoch)) = (
+                m.get("ip"),
+                m.get("port").and_then(|p| p.parse().ok()),
+                m.get("config-epoch").and_then(|e| e.parse().ok()),
+            ) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(e, _, _)| epoch > *e) {
+                best = Some((epoch, ip.clone(), port));
+            }
+        }
+        best.map(|(_, ip, port)| (ip, port))
+            .ok_or_else(not_a_primary)
     }
 
     /// Forgets the primary after an error that means it may have moved.
@@ -209,7 +278,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(_) => 0,
-            Conn::Sentinel(f) => f.db,
+            Conn::Sentinel(f) => f.target.db,
         }
     }
 }
