@@ -18,13 +18,31 @@ pub(super) async fn allocation(
     concurrency: usize,
     slice: Duration,
 ) -> anyhow::Result<(Rate, Rate)> {
-    let mut pools = Vec::new();
-    for size in [SMALL_POOL, LARGE_POOL] {
+    let pool_of = |size| async move {
         let broker = hush::build_broker(&bench_config(url, "alloc"))?;
         let pool = bench_pool(&broker, size).await?;
-        pools.push((broker, pool, Arc::new(Participants::default())));
-    }
-    let mut samples = [Samples::default(); 2];
+        anyhow::Ok((broker, pool, Arc::new(Participants::default())))
+    };
+    let pools = [pool_of(SMALL_POOL).await?, pool_of(LARGE_POOL).await?];
+    let samples = create_in_turns(&pools, concurrency, slice).await?;
+    Ok((
+        samples[0].rate("allocation, pool of 100")?,
+        samples[1].rate("allocation, pool of 10000")?,
+    ))
+}
+
+/// Session creates through each broker on its pool in turn, [`ROUNDS`] times, so a drift in
+/// the machine's speed touches every measurement alike.
+pub(super) async fn create_in_turns<const N: usize>(
+    pools: &[(
+        hush::broker::Broker,
+        hush::domain::PoolName,
+        Arc<Participants>,
+    ); N],
+    concurrency: usize,
+    slice: Duration,
+) -> anyhow::Result<[Samples; N]> {
+    let mut samples = [Samples::default(); N];
     for _ in 0..ROUNDS {
         for ((broker, pool, people), samples) in pools.iter().zip(samples.iter_mut()) {
             let window = Window::after_warmup(slice);
@@ -44,8 +62,5 @@ pub(super) async fn allocation(
             samples.add(workers, window).await?;
         }
     }
-    Ok((
-        samples[0].rate("allocation, pool of 100")?,
-        samples[1].rate("allocation, pool of 10000")?,
-    ))
+    Ok(samples)
 }

@@ -126,9 +126,19 @@ impl Topology {
                 let node_dir = dir.path().join(p.to_string());
                 std::fs::create_dir_all(&node_dir).unwrap();
                 let mut args = base_args(p, &node_dir);
+                // No diskless-sync delay: a replica must hold its primary's data within
+                // moments, or a failover promotes an empty node (or refuses to, its data
+                // being too old).
                 args.extend(
-                    ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
-                        .map(String::from),
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--repl-diskless-sync-delay",
+                        "0",
+                    ]
+                    .map(String::from),
                 );
                 Proc::spawn(&args)
             })
@@ -149,6 +159,13 @@ impl Topology {
             .all(|&p| cli(p, &["cluster", "info"]).contains("cluster_state:ok"))
         {
             assert!(Instant::now() < deadline, "cluster never reached state ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        while !ports.iter().all(|&p| {
+            let r = cli(p, &["info", "replication"]);
+            r.contains("role:master") || r.contains("master_link_status:up")
+        }) {
+            assert!(Instant::now() < deadline, "a replica never synced");
             std::thread::sleep(Duration::from_millis(100));
         }
         Topology {
