@@ -98,12 +98,17 @@ impl Store {
         command: &str,
         args: impl ToRedisArgs,
     ) -> Result<T> {
-        let Some(acked) = &self.acked else {
-            return self.query(command, args).await;
-        };
         let mut write = redis::cmd(command);
         write.arg(args);
-        acked.confirm(&mut acked.conn(), write).await
+        self.cmd_acked(write).await
+    }
+
+    /// As [`Store::query_acked`] for a command already built.
+    pub(super) async fn cmd_acked<T: FromRedisValue>(&self, write: Cmd) -> Result<T> {
+        match &self.acked {
+            Some(acked) => acked.confirm(&mut acked.conn(), write).await,
+            None => Ok(write.query_async(&mut self.c()).await?),
+        }
     }
 }
 
