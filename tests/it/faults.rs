@@ -306,6 +306,8 @@ async fn assert_no_half_session(app: &TestApp) {
 async fn two_instances(url: &str, wait: u32) -> (TestApp, TestApp) {
     let mut config = fresh_config(url);
     config.redis_wait_replicas = wait;
+    // Long enough that a read sent while a write waits clearly overlaps it.
+    config.redis_wait_timeout_ms = 2000;
     let one = TestApp::start_on(config).await;
     let two = one.peer().await;
     one.pool("faults", json!({ "cooloff_secs": 0 }), &proxies(PROXIES))
@@ -602,8 +604,28 @@ async fn an_unconfirmed_write_is_a_503_and_its_retry_is_safe() {
         "participants": [{ "number": participant(0) }, { "number": participant(1) }] });
     let api = Api::of(&one);
 
+    let s = one
+        .open_session("faults", &participant(2), &participant(3), None)
+        .await;
     t.procs[1].kill();
-    let (status, retry_after, problem) = api.post("/v1/sessions", &body, Some("k1")).await;
+    let waiting = {
+        let (api, body) = (api.clone(), body.clone());
+        tokio::spawn(async move { api.post("/v1/sessions", &body, Some("k1")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A write waiting for its replica holds only a connection of its own: routing goes on.
+    one.assert_connects(
+        &participant(2),
+        s["proxy_number"].as_str().unwrap(),
+        &participant(3),
+        s["id"].as_str().unwrap(),
+    )
+    .await;
+    assert!(
+        !waiting.is_finished(),
+        "the create should still be waiting for its replica"
+    );
+    let (status, retry_after, problem) = waiting.await.unwrap();
     assert_eq!((status, retry_after), (503, true), "{problem}");
     assert_eq!(problem["code"], "store_unavailable");
     let detail = problem["detail"].as_str().unwrap();
@@ -634,7 +656,7 @@ async fn an_unconfirmed_write_is_a_503_and_its_retry_is_safe() {
         .into_iter()
         .map(|r| r.session_id)
         .collect();
-    assert_eq!(ids.len(), 1, "the retry made a second session: {ids:?}");
+    assert_eq!(ids.len(), 2, "the retry made a second session: {ids:?}");
     one.assert_connects(
         &participant(0),
         made.1["proxy_number"].as_str().unwrap(),
