@@ -86,6 +86,12 @@ pub struct Config {
     pub redis_sentinel_password: Option<Secret<String>>,
     /// `HUSH_REDIS_PREFIX`: every key starts with this, so deployments can share a Redis.
     pub redis_prefix: String,
+    /// `HUSH_REDIS_WAIT_REPLICAS`: how many replicas must confirm a write before hush
+    /// acknowledges it (Redis `WAIT`); a write they do not confirm in time is answered 503.
+    /// Default 0: acknowledge as soon as the primary has it, which a failover can lose.
+    pub redis_wait_replicas: u32,
+    /// `HUSH_REDIS_WAIT_TIMEOUT_MS`: how long a write waits for those replicas (default 500).
+    pub redis_wait_timeout_ms: u64,
     /// `HUSH_PUBLIC_URL`: the URL providers call; default `http://<listen>`.
     pub public_url: Option<String>,
     /// `HUSH_INDEX_KEY`: base64 of 32 bytes, the blind-index key. It never rotates: changing
@@ -178,6 +184,8 @@ impl Default for Config {
             redis_client_key_file: None,
             redis_sentinel_password: None,
             redis_prefix: "hush".into(),
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 500,
             public_url: None,
             index_key: None,
             data_keys: Vec::new(),
@@ -213,6 +221,8 @@ struct FileConfig {
     redis_client_key_file: Option<String>,
     redis_sentinel_password: Option<String>,
     redis_prefix: Option<String>,
+    redis_wait_replicas: Option<u64>,
+    redis_wait_timeout_ms: Option<u64>,
     public_url: Option<String>,
     index_key: Option<String>,
     data_keys: Option<String>,
@@ -325,6 +335,8 @@ impl Config {
             (&mut raw.keepalive_idle_ms, "HUSH_KEEPALIVE_IDLE_MS"),
             (&mut raw.max_connections, "HUSH_MAX_CONNECTIONS"),
             (&mut raw.readiness_timeout_ms, "HUSH_READINESS_TIMEOUT_MS"),
+            (&mut raw.redis_wait_replicas, "HUSH_REDIS_WAIT_REPLICAS"),
+            (&mut raw.redis_wait_timeout_ms, "HUSH_REDIS_WAIT_TIMEOUT_MS"),
         ] {
             if let Some(v) = env(key).filter(|v| !v.is_empty()) {
                 *slot = Some(v.trim().parse().map_err(|_| ConfigError::Invalid {
@@ -473,6 +485,12 @@ impl Config {
         if let Some(v) = raw.readiness_timeout_ms {
             config.readiness_timeout_ms = v;
         }
+        if let Some(v) = raw.redis_wait_replicas {
+            config.redis_wait_replicas = u32::try_from(v).unwrap_or(u32::MAX);
+        }
+        if let Some(v) = raw.redis_wait_timeout_ms {
+            config.redis_wait_timeout_ms = v;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -567,6 +585,16 @@ impl Config {
                     reason: "must be between 1 and 3600000 milliseconds".into(),
                 });
             }
+        }
+        // The WAIT rides on the write's own round trip, which hush abandons after 3 s; a
+        // longer wait would turn every unconfirmed write into a timeout instead of an answer.
+        if self.redis_wait_replicas > 0 && !(1..=2000).contains(&self.redis_wait_timeout_ms) {
+            return Err(ConfigError::Invalid {
+                key: "HUSH_REDIS_WAIT_TIMEOUT_MS",
+                reason: "must be between 1 and 2000 milliseconds when HUSH_REDIS_WAIT_REPLICAS \
+                         is set"
+                    .into(),
+            });
         }
         if self.keepalive_idle_ms > HOUR_MS {
             return Err(ConfigError::Invalid {
@@ -702,6 +730,28 @@ mod tests {
         let c = Config::load_from(Some(&path), env(&[("HUSH_REDIS_PREFIX", "envp")])).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.redis_prefix, "envp");
+    }
+
+    #[test]
+    fn replica_wait_reads_from_file_and_env_and_refuses_a_long_timeout() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!((c.redis_wait_replicas, c.redis_wait_timeout_ms), (0, 500));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hush.toml");
+        std::fs::write(
+            &path,
+            "redis_wait_replicas = 1\nredis_wait_timeout_ms = 250\n",
+        )
+        .unwrap();
+        let c = Config::load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!((c.redis_wait_replicas, c.redis_wait_timeout_ms), (1, 250));
+        let c = Config::load_from(Some(&path), env(&[("HUSH_REDIS_WAIT_REPLICAS", "2")])).unwrap();
+        assert_eq!(c.redis_wait_replicas, 2);
+        let e = Config::load_from(Some(&path), env(&[("HUSH_REDIS_WAIT_TIMEOUT_MS", "5000")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("HUSH_REDIS_WAIT_TIMEOUT_MS"), "{e}");
+        let e = Config::load_from(None, env(&[("HUSH_REDIS_WAIT_REPLICAS", "one")])).unwrap_err();
+        assert!(e.to_string().contains("HUSH_REDIS_WAIT_REPLICAS"), "{e}");
     }
 
     #[test]

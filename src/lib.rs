@@ -33,6 +33,14 @@ pub fn build_broker(config: &Config) -> anyhow::Result<Broker> {
     let target = store::RedisTarget::parse(&config.redis_url)?;
     let access = config.redis_access()?;
     let store = store::Store::connect_to(&target, &access, &config.redis_prefix)
+        .and_then(|s| {
+            s.wait_for_replicas(
+                &target,
+                &access,
+                config.redis_wait_replicas,
+                config.redis_wait_timeout_ms,
+            )
+        })
         .context("HUSH_REDIS_URL is not a usable Redis URL")?;
     Ok(Broker::new(store, crypto, Arc::new(domain::SystemClock)))
 }

@@ -35,7 +35,29 @@ pub(super) async fn allocation(
         let pool = bench_pool_with(&broker, size, &policy).await?;
         pools.push((broker, pool, Arc::new(Participants::default())));
     }
-    let mut samples = [Samples::default(); 3];
+    let pools: [_; 3] = pools
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("three pools"))?;
+    let samples = create_in_turns(&pools, concurrency, slice).await?;
+    Ok((
+        samples[0].rate("allocation, pool of 100")?,
+        samples[1].rate("allocation, pool of 10000")?,
+        samples[2].rate("allocation, pool of 10000 over shards")?,
+    ))
+}
+
+/// Session creates through each broker on its pool in turn, [`ROUNDS`] times, so a drift in
+/// the machine's speed touches every measurement alike.
+pub(super) async fn create_in_turns<const N: usize>(
+    pools: &[(
+        hush::broker::Broker,
+        hush::domain::PoolName,
+        Arc<Participants>,
+    ); N],
+    concurrency: usize,
+    slice: Duration,
+) -> anyhow::Result<[Samples; N]> {
+    let mut samples = [Samples::default(); N];
     for _ in 0..ROUNDS {
         for ((broker, pool, people), samples) in pools.iter().zip(samples.iter_mut()) {
             let window = Window::after_warmup(slice);
@@ -55,9 +77,5 @@ pub(super) async fn allocation(
             samples.add(workers, window).await?;
         }
     }
-    Ok((
-        samples[0].rate("allocation, pool of 100")?,
-        samples[1].rate("allocation, pool of 10000")?,
-        samples[2].rate("allocation, pool of 10000 over shards")?,
-    ))
+    Ok(samples)
 }

@@ -10,6 +10,7 @@ mod fixtures;
 mod load;
 mod memory;
 mod private_redis;
+mod replicated;
 mod routing;
 
 use std::time::Duration;
@@ -101,6 +102,16 @@ async fn measure(args: &BenchArgs, redis: &PrivateRedis) -> anyhow::Result<Repor
     let events = events::events(&redis.url, c).await?;
     redis.flush().await?;
 
+    progress(
+        args,
+        "confirmed writes: session creates with and without WAIT 1, primary with one replica",
+    );
+    let replica = redis.replica().await?;
+    let confirmed = replicated::replicated(&redis.url, c, slice).await;
+    replica.stop().await;
+    let (unconfirmed, confirmed) = confirmed?;
+    redis.flush().await?;
+
     Ok(Report {
         raw,
         minimal,
@@ -110,6 +121,8 @@ async fn measure(args: &BenchArgs, redis: &PrivateRedis) -> anyhow::Result<Repor
         sharded,
         memory,
         events,
+        unconfirmed,
+        confirmed,
     })
 }
 
@@ -123,6 +136,9 @@ struct Report {
     sharded: Rate,
     memory: Memory,
     events: Events,
+    /// Session creates on a primary with one replica, without and with `WAIT 1`.
+    unconfirmed: Rate,
+    confirmed: Rate,
 }
 
 impl Report {
@@ -146,6 +162,10 @@ impl Report {
     }
     fn events_ratio(&self) -> f64 {
         self.events.hush.per_sec() / self.events.direct.per_sec()
+    }
+
+    fn wait_ratio(&self) -> f64 {
+        self.confirmed.per_sec / self.unconfirmed.per_sec
     }
 
     fn print(&self, args: &BenchArgs, version: &str) {
@@ -237,6 +257,18 @@ impl Report {
                 hush.secs
             );
         }
+        println!("confirmed writes (session creates, pool of {SMALL_POOL}, primary + 1 replica)");
+        println!(
+            "  without WAIT             {:>10.0} /s{}",
+            self.unconfirmed.per_sec,
+            failed(&self.unconfirmed)
+        );
+        println!(
+            "  with WAIT 1              {:>10.0} /s   {:.2}x{}",
+            self.confirmed.per_sec,
+            self.wait_ratio(),
+            failed(&self.confirmed)
+        );
         println!();
         println!(
             "routing     {:<8} route/raw GET {:.2} (target >= {ROUTE_TARGET:.2})",
@@ -330,6 +362,12 @@ impl Report {
                 "hush_vs_direct": self.events_ratio(),
                 "target": null,
                 "verdict": if self.events.hush.timed_out { "timeout" } else { "measured" },
+            },
+            "confirmed_writes": {
+                "without_wait": rate(&self.unconfirmed),
+                "wait_1": rate(&self.confirmed),
+                "wait_vs_without": self.wait_ratio(),
+                "target": null,
             },
         })
     }

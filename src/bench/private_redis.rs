@@ -26,7 +26,7 @@ impl PrivateRedis {
         ));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        match Self::spawn(&dir).await {
+        match Self::spawn(&dir, &[]).await {
             Ok((child, url, version)) => Ok(PrivateRedis {
                 child,
                 dir,
@@ -40,7 +40,41 @@ impl PrivateRedis {
         }
     }
 
-    async fn spawn(dir: &Path) -> anyhow::Result<(Child, String, String)> {
+    /// A second private server replicating this one, returned once it is in sync.
+    pub(super) async fn replica(&self) -> anyhow::Result<PrivateRedis> {
+        let port = self.url.rsplit(':').next().unwrap_or_default().to_string();
+        let dir = self.dir.join("replica");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let args = [
+            "--replicaof",
+            "127.0.0.1",
+            &port,
+            "--repl-diskless-sync-delay",
+            "0",
+        ];
+        let (child, url, version) = Self::spawn(&dir, &args).await?;
+        let replica = PrivateRedis {
+            child,
+            dir,
+            url,
+            version,
+        };
+        for _ in 0..200 {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut replica.conn().await?)
+                .await?;
+            if info_field(&info, "master_link_status").as_deref() == Some("up") {
+                return Ok(replica);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        replica.stop().await;
+        bail!("the bench's replica never synced")
+    }
+
+    async fn spawn(dir: &Path, extra: &[&str]) -> anyhow::Result<(Child, String, String)> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -53,6 +87,7 @@ impl PrivateRedis {
             .arg(dir)
             .arg("--logfile")
             .arg(dir.join("redis.log"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -121,14 +121,8 @@ impl Broker {
             .await?)
     }
 
-    /// Gives up the key after `failure`: freed when the failure created nothing, handed to
-    /// the next retry at once when that cannot be known (Redis may have run the step and
-    /// lost the answer), so the retry looks for what was made before making anything.
-    pub async fn idem_release(&self, ticket: &IdemTicket, failure: &BrokerError) -> Result<()> {
-        let lease = match failure {
-            BrokerError::Store(_) => Lease::Lapse,
-            _ => Lease::Drop,
-        };
+    /// Gives up the key as [`lease_after`] a failure says.
+    pub async fn idem_release(&self, ticket: &IdemTicket, lease: Lease) -> Result<()> {
         self.inner
             .store
             .idem_lease(&ticket.digest, &ticket.token, lease)
@@ -137,27 +131,30 @@ impl Broker {
     }
 
     /// Runs `work` while keeping the lease of `ticket` alive, so a slow request is not taken
-    /// over while a dead one frees its key within [`IDEMPOTENCY_LEASE_MS`].
+    /// over while a dead one frees its key within [`IDEMPOTENCY_LEASE_MS`]. The renewals run
+    /// on a task of their own: a renewal stuck on a frozen Redis must not hold back the
+    /// answer `work` already has.
     pub async fn idem_leased<T>(
         &self,
         ticket: &IdemTicket,
         work: impl std::future::Future<Output = T>,
     ) -> T {
         let every = std::time::Duration::from_millis(IDEMPOTENCY_LEASE_MS as u64 / 3);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                out = &mut work => return out,
-                _ = tick.tick() => {
-                    let renew = Lease::Renew(IDEMPOTENCY_LEASE_MS);
-                    let renewed = self.inner.store.idem_lease(&ticket.digest, &ticket.token, renew);
-                    if let Err(e) = renewed.await {
-                        tracing::warn!(error = %e, "idempotency lease not renewed");
-                    }
+        let store = self.inner.store.clone();
+        let (digest, token) = (ticket.digest.clone(), ticket.token.clone());
+        let renewer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                let renew = Lease::Renew(IDEMPOTENCY_LEASE_MS);
+                if let Err(e) = store.idem_lease(&digest, &token, renew).await {
+                    tracing::warn!(error = %e, "idempotency lease not renewed");
                 }
             }
-        }
+        });
+        let out = work.await;
+        renewer.abort();
+        out
     }
 
     /// Creates a session under an `Idempotency-Key`: at most one session per key and body,
@@ -201,11 +198,34 @@ impl Broker {
                 })
             }
             Err(e) => {
-                if let Err(release) = self.idem_release(&ticket, &e).await {
-                    tracing::warn!(error = %release, "idempotency key not released");
+                let lease = lease_after(&e);
+                let broker = self.clone();
+                let release = async move {
+                    if let Err(release) = broker.idem_release(&ticket, lease).await {
+                        tracing::warn!(error = %release, "idempotency key not released");
+                    }
+                };
+                if lease == Lease::Lapse {
+                    // Redis failed: the answer does not wait for the key to be handed on,
+                    // which on a Redis that is not answering would add a whole timeout; a
+                    // key not handed on lapses by itself within its lease.
+                    tokio::spawn(release);
+                } else {
+                    // Freed before the answer, so a retry right after it finds the key free.
+                    release.await;
                 }
                 Err(e)
             }
         }
+    }
+}
+
+/// How a failed request gives up its key: freed when the failure created nothing, handed to
+/// the next retry at once when that cannot be known (Redis may have run the step and lost the
+/// answer), so the retry looks for what was made before making anything.
+fn lease_after(failure: &BrokerError) -> Lease {
+    match failure {
+        BrokerError::Store(_) => Lease::Lapse,
+        _ => Lease::Drop,
     }
 }

@@ -213,6 +213,15 @@ impl ApiError {
                     "Store unavailable",
                     "the session store cannot be reached; retry shortly".into(),
                 ),
+                B::Store(e @ StoreError::NotReplicated { .. }) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "Store unavailable",
+                    format!(
+                        "the write may have happened, but {e}, so it might not survive a \
+                         failover; retrying with the same Idempotency-Key is safe"
+                    ),
+                ),
                 B::Store(_) | B::Crypto(_) => internal(),
             },
         }
@@ -256,7 +265,9 @@ impl IntoResponse for ApiError {
         }
         if let ApiError::Broker(e) = &self {
             match e {
-                BrokerError::Store(StoreError::Unavailable(_)) => {
+                BrokerError::Store(
+                    StoreError::Unavailable(_) | StoreError::NotReplicated { .. },
+                ) => {
                     tracing::warn!(error = %error_chain(e), "store unavailable")
                 }
                 BrokerError::Store(_) | BrokerError::Crypto(_) => {

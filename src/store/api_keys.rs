@@ -32,7 +32,7 @@ impl Store {
         if let Some(pools) = pools {
             put.arg("pools").arg(pools);
         }
-        let _: i64 = put.query_async(&mut self.c()).await?;
+        let _: i64 = self.cmd_acked(put).await?;
         Ok(true)
     }
 

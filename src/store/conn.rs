@@ -1,16 +1,19 @@
 //! The one connection every typed call and script runs on, whatever the [`RedisTarget`]: a
 //! connection manager for one server, the crate's async cluster client for a Cluster, and a
-//! connection manager re-pointed through Sentinel when the primary moves. All three connect
+//! multiplexed connection re-pointed through Sentinel when the primary moves. All three connect
 //! lazily so hush starts while Redis is down.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::IntoConnectionInfo;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::{Mutex, OnceCell};
 
@@ -25,6 +28,35 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(1))
+}
+
+fn connection_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+}
+
+fn timed_out() -> RedisError {
+    RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+}
+
+/// A client trusting `ca` (PEM) instead of the system roots when given.
+fn client_for(
+    info: redis::ConnectionInfo,
+    certs: Option<&redis::TlsCertificates>,
+) -> RedisResult<redis::Client> {
+    match certs {
+        Some(c) => redis::Client::build_with_tls(info, c.clone()),
+        None => redis::Client::open(info),
+    }
+}
+
+/// No sentinel names a primary that answers as one: a failover is under way.
+fn not_a_primary() -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::MasterNameNotFoundBySentinel,
+        "no sentinel names a reachable primary",
+    ))
 }
 
 /// Cloning is cheap and shares the underlying connection, like `ConnectionManager`'s.
@@ -42,10 +74,20 @@ pub struct LazyCluster {
 
 /// The primary's connection as Sentinel last named it; dropped when the primary stops
 /// answering or turns read-only, so the next call asks Sentinel again.
+///
+/// A plain multiplexed connection, not a `ConnectionManager`: a manager reconnects by itself
+/// to the address it was given, so once a killed primary is started again (empty, or still
+/// believing it is the primary until Sentinel demotes it) it would quietly serve and take
+/// writes there. A dead connection here stays dead and the next call asks Sentinel.
+///
+/// Sentinels that have not yet heard of a failover still name the old primary, and a killed
+/// primary started again answers `ROLE` as a primary until Sentinel demotes it: so hush asks
+/// every sentinel and follows the one with the newest configuration epoch, then checks the
+/// role of the node it names.
 pub struct Followed {
-    sentinel: Mutex<SentinelClient>,
-    current: Mutex<Option<ConnectionManager>>,
-    db: i64,
+    target: RedisTarget,
+    access: Access,
+    current: Mutex<Option<MultiplexedConnection>>,
 }
 
 /// What reaching Redis takes beside the URL. No `Debug`: it holds a password.
@@ -64,11 +106,7 @@ impl Conn {
         let certs = access.tls.as_ref().filter(|_| target.tls);
         match target.kind {
             StoreKind::Single => {
-                let info = target.info(&target.nodes[0]);
-                let client = match certs {
-                    Some(c) => redis::Client::build_with_tls(info, c.clone())?,
-                    None => redis::Client::open(info)?,
-                };
+                let client = client_for(target.info(&target.nodes[0]), certs)?;
                 let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
                 Ok(Conn::Single(conn))
             }
@@ -89,40 +127,11 @@ impl Conn {
                     conn: OnceCell::new(),
                 })))
             }
-            StoreKind::Sentinel => {
-                // With `rediss+sentinel://` the sentinels are reached over TLS too, trusting
-                // the same roots: a deployment that encrypts its data nodes encrypts its
-                // sentinels, and managed Sentinel offers nothing else.
-                let sentinels = target.nodes.iter().map(|n| target.addr(n));
-                let master = target.master.clone().unwrap_or_default();
-                let mut b =
-                    SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)?
-                        .set_client_to_redis_db(target.db);
-                if let Some(u) = &target.username {
-                    b = b.set_client_to_redis_username(u);
-                }
-                if let Some(p) = target.password() {
-                    b = b.set_client_to_redis_password(p);
-                }
-                if let Some(p) = &access.sentinel_password {
-                    b = b.set_client_to_sentinel_password(p);
-                }
-                if target.tls {
-                    b = b
-                        .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
-                        .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
-                }
-                if let Some(c) = certs {
-                    b = b
-                        .set_client_to_redis_certificates(c.clone())
-                        .set_client_to_sentinel_certificates(c.clone());
-                }
-                Ok(Conn::Sentinel(Arc::new(Followed {
-                    sentinel: Mutex::new(b.build()?),
-                    current: Mutex::new(None),
-                    db: target.db,
-                })))
-            }
+            StoreKind::Sentinel => Ok(Conn::Sentinel(Arc::new(Followed {
+                target: target.clone(),
+                access: access.clone(),
+                current: Mutex::new(None),
+            }))),
         }
     }
 }
@@ -223,20 +232,105 @@ impl LazyCluster {
 }
 
 impl Followed {
-    async fn get(&self) -> RedisResult<ConnectionManager> {
+    /// The TLS trust and identity for the sentinels and the primary alike: with
+    /// `rediss+sentinel://` both are reached over TLS (managed Sentinel offers nothing else).
+    fn certs(&self) -> Option<&redis::TlsCertificates> {
+        self.access.tls.as_ref().filter(|_| self.target.tls)
+    }
+
+    /// A sentinel's address, with the sentinels' own password rather than the primary's.
+    fn sentinel_info(&self, node: &(String, u16)) -> redis::ConnectionInfo {
+        let mut auth = redis::RedisConnectionInfo::default();
+        if let Some(p) = &self.access.sentinel_password {
+            auth = auth.set_password(p);
+        }
+        self.target
+            .addr(node)
+            .into_connection_info()
+            .expect("an address is always a connection info")
+            .set_redis_settings(auth)
+    }
+
+    async fn get(&self) -> RedisResult<MultiplexedConnection> {
         let mut current = self.current.lock().await;
         if let Some(c) = &*current {
             return Ok(c.clone());
         }
-        let client = self.sentinel.lock().await.async_get_client().await?;
-        let conn = tokio::time::timeout(
+        let (host, port) = self.primary().await?;
+        let client = client_for(self.target.info(&(host, port)), self.certs())?;
+        let mut conn = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            ConnectionManager::new_with_config(client, manager_config()),
+            client.get_multiplexed_async_connection_with_config(&connection_config()),
         )
         .await
-        .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+        .map_err(|_| timed_out())??;
+        let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+        if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
+            return Err(not_a_primary());
+        }
         *current = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Where the sentinels that know most recently say the primary is.
+    async fn primary(&self) -> RedisResult<(String, u16)> {
+        let master = self.target.master.clone().unwrap_or_default();
+        let mut asks = tokio::task::JoinSet::new();
+        for node in &self.target.nodes {
+            let client = client_for(self.sentinel_info(node), self.certs());
+            let master = master.clone();
+            asks.spawn(async move {
+                let ask = async {
+                    let mut c = client?
+                        .get_multiplexed_async_connection_with_config(&connection_config())
+                        .await?;
+                    let m: HashMap<String, String> = redis::cmd("SENTINEL")
+                        .arg("MASTER")
+                        .arg(&master)
+                        .query_async(&mut c)
+                        .await?;
+                    Ok::<_, RedisError>(m)
+                };
+                tokio::time::timeout(CONNECT_TIMEOUT, ask)
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out()))
+            });
+        }
+        let mut best: Option<(u64, String, u16)> = None;
+        // When no sentinel answers at all, why the last one did not (a refused password, an
+        // untrusted certificate) says more in the log than that no primary was found.
+        let mut answered = false;
+        let mut last_error = None;
+        while let Some(answer) = asks.join_next().await {
+            let m = match answer {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => {
+                    last_error = Some(e);
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            answered = true;
+            let flags = m.get("flags").map(String::as_str).unwrap_or("");
+            if flags.contains("s_down") || flags.contains("o_down") {
+                continue;
+            }
+            let (Some(ip), Some(port), Some(epoch)) = (
+                m.get("ip"),
+                m.get("port").and_then(|p| p.parse().ok()),
+                m.get("config-epoch").and_then(|e| e.parse().ok()),
+            ) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(e, _, _)| epoch > *e) {
+                best = Some((epoch, ip.clone(), port));
+            }
+        }
+        match (best, last_error) {
+            (Some((_, ip, port)), _) => Ok((ip, port)),
+            (None, Some(e)) if !answered => Err(e),
+            _ => Err(not_a_primary()),
+        }
     }
 
     /// Forgets the primary after an error that means it may have moved.
@@ -310,7 +404,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(_) => 0,
-            Conn::Sentinel(f) => f.db,
+            Conn::Sentinel(f) => f.target.db,
         }
     }
 }

@@ -102,7 +102,7 @@ impl Store {
     /// queued, or its body is gone.
     pub async fn event_redeliver(&self, shard: &ShardKeys, id: &str, now: i64) -> Result<bool> {
         let r: i64 = self
-            .run(
+            .run_acked(
                 &self.scripts.event_redeliver,
                 format!("{}q", shard.events_tag()),
                 (shard.events_tag(), id, now),

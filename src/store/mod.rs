@@ -10,6 +10,7 @@
 //! routes because every route record carries its own open-until and held-until times and
 //! readers compare them with the clock; the reaper only frees memory and fixes counters.
 
+mod acked;
 mod api_keys;
 pub mod conn;
 mod events;
@@ -48,6 +49,10 @@ pub enum StoreError {
     Unavailable(#[source] RedisError),
     #[error("redis command failed")]
     Redis(#[source] RedisError),
+    /// The primary applied the write but fewer replicas than required confirmed it in time:
+    /// it may survive a failover or not.
+    #[error("only {confirmed} of {wanted} replicas confirmed the write in time")]
+    NotReplicated { wanted: u32, confirmed: i64 },
     #[error("stored data is malformed: {0}")]
     Corrupt(&'static str),
     #[error(transparent)]
@@ -139,6 +144,7 @@ pub struct Store {
     kind: StoreKind,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
+    acked: Option<std::sync::Arc<acked::Acked>>,
 }
 
 fn strings(v: Value) -> Result<Vec<String>> {
@@ -184,6 +190,7 @@ impl Store {
             kind: target.kind,
             keys: Keys::new(prefix),
             scripts: std::sync::Arc::new(Scripts::load()),
+            acked: None,
         })
     }
 

@@ -26,7 +26,7 @@ impl Store {
     pub async fn number_claim(&self, number: &str, shard: &ShardKeys) -> Result<(u32, u16)> {
         let owner = format!("{}.{}", shard.pool_id, shard.shard);
         let set: Option<String> = self
-            .query("SET", (self.keys.owner(number), &owner, "NX"))
+            .query_acked("SET", (self.keys.owner(number), &owner, "NX"))
             .await?;
         if set.is_some() {
             return Ok((shard.pool_id, shard.shard));
@@ -51,7 +51,7 @@ impl Store {
         geos: &str,
     ) -> Result<Option<bool>> {
         let added: i64 = self
-            .run(
+            .run_acked(
                 &self.scripts.number_add,
                 &shard.number_script_keys(),
                 (shard.tag(), number, caps, geos),
@@ -67,7 +67,7 @@ impl Store {
         state: &str,
     ) -> Result<bool> {
         let r: i64 = self
-            .run(
+            .run_acked(
                 &self.scripts.number_state,
                 &shard.number_script_keys(),
                 (shard.tag(), number, state),
@@ -79,7 +79,7 @@ impl Store {
     /// `Some(true)` removed, `Some(false)` still held by a session, `None` not in the shard.
     pub async fn number_remove(&self, shard: &ShardKeys, number: &str) -> Result<Option<bool>> {
         let r: i64 = self
-            .run(
+            .run_acked(
                 &self.scripts.number_remove,
                 &shard.number_script_keys(),
                 (shard.tag(), number),

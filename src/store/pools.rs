@@ -121,7 +121,7 @@ impl Store {
         }
         let _: i64 = init.query_async(&mut self.c()).await?;
         let won: bool = self
-            .query("HSETNX", (self.keys.pools(), name, fresh))
+            .query_acked("HSETNX", (self.keys.pools(), name, fresh))
             .await?;
         if won {
             return Ok(Ok((fresh, true)));
@@ -145,12 +145,13 @@ impl Store {
         version: &str,
         fields: &[(&str, String)],
     ) -> Result<PoolSet> {
-        let mut call = self.scripts.pool_set.key(self.keys.pool(id));
-        call.arg("").arg(version);
+        let mut args = vec!["", version];
         for (k, v) in fields {
-            call.arg(*k).arg(v);
+            args.extend([*k, v.as_str()]);
         }
-        let r: Vec<i64> = call.invoke_async(&mut self.c()).await?;
+        let r: Vec<i64> = self
+            .run_acked(&self.scripts.pool_set, self.keys.pool(id), args)
+            .await?;
         Ok(match r.as_slice() {
             [1] => PoolSet::Written,
             [0] => PoolSet::Moved,

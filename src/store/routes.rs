@@ -56,7 +56,7 @@ impl Store {
 
     pub async fn forget_participant(&self, shard: &ShardKeys, idx: &str, now: i64) -> Result<()> {
         let _: i64 = self
-            .run(
+            .run_acked(
                 &self.scripts.participant_forget,
                 &shard.forget_script_keys(idx),
                 (shard.tag(), idx, now),

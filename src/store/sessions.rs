@@ -92,7 +92,7 @@ impl Store {
     pub async fn session_create(&self, a: &CreateArgs<'_>) -> Result<Created> {
         let s = a.shard;
         let reply: Value = self
-            .run(
+            .run_acked(
                 &self.scripts.session_create,
                 &s.create_script_keys(a.idx_a, a.idx_b, a.session_key),
                 (
@@ -167,32 +167,35 @@ impl Store {
         let expired = events.expired.as_ref();
         let own = events.own.as_ref();
         let numbers = expired.or(own).map(|e| e.numbers.as_str()).unwrap_or("");
+        // The reaper's changes are acknowledged to no one and redone by the next pass.
+        let acked = !matches!(op, EndOp::Reap);
         let (name, arg, blob, read) = match op {
             EndOp::Close => ("close", "closed".to_string(), "", ""),
             EndOp::Extend { expires } => ("extend", expires.to_string(), "", ""),
             EndOp::Erase { side, blob, read } => ("erase", side.to_string(), blob, read),
             EndOp::Reap => ("reap", String::new(), "", ""),
         };
-        let reply: Value = self
-            .run(
-                &self.scripts.session_end,
-                &shard.end_script_keys(key, idx_a, idx_b),
-                (
-                    shard.tag(),
-                    now,
-                    key,
-                    name,
-                    arg,
-                    blob,
-                    expired.map(|e| e.id.as_str()).unwrap_or(""),
-                    expired.map(|e| e.body.as_str()).unwrap_or(""),
-                    own.map(|e| e.id.as_str()).unwrap_or(""),
-                    own.map(|e| e.body.as_str()).unwrap_or(""),
-                    numbers,
-                    read,
-                ),
-            )
-            .await?;
+        let keys = shard.end_script_keys(key, idx_a, idx_b);
+        let args = (
+            shard.tag(),
+            now,
+            key,
+            name,
+            arg,
+            blob,
+            expired.map(|e| e.id.as_str()).unwrap_or(""),
+            expired.map(|e| e.body.as_str()).unwrap_or(""),
+            own.map(|e| e.id.as_str()).unwrap_or(""),
+            own.map(|e| e.body.as_str()).unwrap_or(""),
+            numbers,
+            read,
+        );
+        let script = &self.scripts.session_end;
+        let reply: Value = if acked {
+            self.run_acked(script, &keys, args).await?
+        } else {
+            self.run(script, &keys, args).await?
+        };
         let v = strings(reply)?;
         Ok(match v.first().map(String::as_str) {
             Some("ok") => Ended::Ok,

@@ -11,6 +11,7 @@ mod dev;
 mod edge;
 mod errors;
 mod events;
+mod faults;
 mod harness;
 mod idempotency;
 mod intercept;
