@@ -120,7 +120,7 @@ impl Delivery {
             let token = format!("{token}.{}.{}", shard.pool_id, shard.shard);
             let claimed = match broker
                 .store()
-                .queue_claim(&tag, now, LEASE_MS, room, &token)
+                .queue_claim(&tag, now, LEASE_MS, room, &token, None)
                 .await
             {
                 Ok(claimed) => claimed,

@@ -289,7 +289,14 @@ pub async fn deliver_once(
         // A queue on a Redis Cluster node that is down holds up its own texts, not the rest.
         let claimed = match broker
             .store()
-            .outbox_claim(&tag, now, LEASE_MS, room, &format!("{token}.{i}"))
+            .outbox_claim(
+                &tag,
+                now,
+                LEASE_MS,
+                room,
+                &format!("{token}.{i}"),
+                FAILED_KEEP_MS,
+            )
             .await
         {
             Ok(claimed) => claimed,
@@ -362,6 +369,22 @@ async fn deliver(
             return Ok(());
         }
     };
+    if item.token.is_empty() {
+        // Given up by the claim: an earlier attempt's worker died or hung before settling,
+        // maybe after the provider took the text. Sending it again could reach the person
+        // twice; the interaction says it failed instead.
+        count_text(msg.via.label(), "failed");
+        tracing::warn!(key = %msg.key, attempt = item.claims,
+            "outbound text given up: an earlier attempt ended without a known outcome");
+        if let Some((provider, reference)) = msg.key.split_once(':')
+            && let Err(e) = broker
+                .interaction_status(provider, reference, &msg.from, "failed", None, true)
+                .await
+        {
+            tracing::warn!(error = %e, "interaction status not recorded");
+        }
+        return Ok(());
+    }
     if broker.now_ms() > claimed_at + LEASE_MS - LEASE_MARGIN_MS {
         let release = Settle::Release {
             due: broker.now_ms(),

@@ -44,7 +44,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leased {
     pub id: String,
-    /// Proves the lease; settling with another token does nothing.
+    /// Proves the lease; settling with another token does nothing. Empty for a text given
+    /// up at claim time as of unknown outcome (see [`Store::outbox_claim`]).
     pub token: String,
     pub sealed: String,
     /// How many times the text has been claimed, this claim included.
@@ -114,6 +115,11 @@ impl Store {
 
     /// Claims up to `limit` texts of the queue `tag` due at `now` for `lease_ms`. Each gets a
     /// token made of `token` and its position, so `token` must be unique per call.
+    ///
+    /// A text is sent at most once: one whose earlier lease ran out unsettled (its worker died
+    /// or hung between claiming and settling, perhaps after the provider took it) is given up
+    /// as of unknown outcome, kept for `unknown_keep_ms`, and returned with an empty token
+    /// instead of being sent again.
     pub async fn outbox_claim(
         &self,
         tag: &str,
@@ -121,8 +127,10 @@ impl Store {
         lease_ms: i64,
         limit: usize,
         token: &str,
+        unknown_keep_ms: i64,
     ) -> Result<Vec<Leased>> {
-        self.queue_claim(tag, now, lease_ms, limit, token).await
+        self.queue_claim(tag, now, lease_ms, limit, token, Some(unknown_keep_ms))
+            .await
     }
 
     /// Settles a claimed text of the queue `tag`. False when the lease was lost (another
@@ -146,6 +154,7 @@ impl Store {
         lease_ms: i64,
         limit: usize,
         token: &str,
+        unknown_keep_ms: Option<i64>,
     ) -> Result<Vec<Leased>> {
         let reply: Value = SCRIPTS
             .claim
@@ -155,6 +164,7 @@ impl Store {
             .arg(lease_ms)
             .arg(limit)
             .arg(token)
+            .arg(unknown_keep_ms.map(|ms| ms.to_string()).unwrap_or_default())
             .invoke_async(&mut self.c())
             .await?;
         let flat = strings(reply)?;

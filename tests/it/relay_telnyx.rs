@@ -960,23 +960,42 @@ async fn a_worker_that_dies_holding_a_text_leaves_it_to_another_and_none_sends_t
         key: format!("telnyx:{key}"),
     };
 
-    // An instance claims a text and dies before sending it. No pool owns the number, so the
-    // text waits in the shared queue.
+    // An instance claims a text and dies holding it: it may have died before the request to
+    // the provider, or after the provider took the text and before it could record that.
+    // No pool owns the number, so the text waits in the shared queue.
     outbound::enqueue(&broker, msg("crash")).await.unwrap();
     let tag = broker.store().outbox_tag(None);
     let held = broker
         .store()
-        .outbox_claim(&tag, now_ms(), outbound::LEASE_MS, 10, "dead")
+        .outbox_claim(&tag, now_ms(), outbound::LEASE_MS, 10, "dead", 60_000)
         .await
         .unwrap();
     assert_eq!(held.len(), 1);
     // Nobody else may take it while the lease lasts...
     let p = &config.providers;
     assert_eq!(outbound::deliver_once(&broker, &http, p).await.unwrap(), 0);
-    // ...and once it has run out, another instance sends it.
+    // ...and once it has run out, the next instance gives it up instead of sending it a
+    // second time: a person never gets the same text twice.
     let later = broker_at(&config, outbound::LEASE_MS + 1_000);
     assert_eq!(outbound::deliver_once(&later, &http, p).await.unwrap(), 1);
-    assert_eq!(api.delivered().len(), 1);
+    assert_eq!(outbound::deliver_once(&later, &http, p).await.unwrap(), 0);
+    assert!(api.delivered().is_empty(), "{:?}", api.delivered());
+    let record: Vec<Option<String>> = {
+        let mut con = later.store().connection();
+        redis::cmd("HMGET")
+            .arg(format!("{tag}m:{}", held[0].id))
+            .arg("s")
+            .arg("r")
+            .arg("b")
+            .query_async(&mut con)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        record,
+        [Some("f".into()), Some("outcome unknown".into()), None],
+        "given up, its text forgotten"
+    );
     // The dead instance's token settles nothing now.
     let stale = broker
         .store()
@@ -990,6 +1009,28 @@ async fn a_worker_that_dies_holding_a_text_leaves_it_to_another_and_none_sends_t
         .unwrap();
     assert!(!stale);
     assert_eq!(outbound::deliver_once(&later, &http, p).await.unwrap(), 0);
+    assert!(api.delivered().is_empty());
+
+    // A worker that stops cleanly hands its texts back untried; they are sent, once.
+    outbound::enqueue(&broker, msg("handed-back"))
+        .await
+        .unwrap();
+    let held = broker
+        .store()
+        .outbox_claim(&tag, now_ms(), outbound::LEASE_MS, 10, "stopping", 60_000)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    let release = hush::store::outbox::Settle::Release { due: now_ms() };
+    assert!(
+        broker
+            .store()
+            .outbox_settle(&tag, &held[0].id, &held[0].token, release)
+            .await
+            .unwrap()
+    );
+    assert_eq!(outbound::deliver_once(&broker, &http, p).await.unwrap(), 1);
+    assert_eq!(api.delivered().len(), 1);
 
     // Many instances racing on the same due texts: each text goes out exactly once.
     for i in 0..5 {

@@ -1,8 +1,15 @@
 -- Claims due texts for a lease: each one's score moves to the end of the lease, so no other
 -- worker sees it until then, and it gets a fresh token that settling must present. A worker
 -- that dies holding a lease leaves the text to be claimed again once the lease has run out.
--- KEYS: 1 queue. ARGV: 1 tag, 2 now ms, 3 lease ms, 4 limit, 5 token (unique per call)
+-- KEYS: 1 queue. ARGV: 1 tag, 2 now ms, 3 lease ms, 4 limit, 5 token (unique per call),
+--       6 how long to keep a record given up as of unknown outcome, or '' (see below)
 -- Returns a flat list, four items per text: id, token, sealed text, claims so far.
+--
+-- With ARGV[6] (outbound texts), an item whose last lease ran out unsettled is not handed out
+-- again: its holder died or hung after claiming it, so the provider may have taken it, and a
+-- text sent twice reaches a person twice. It is given up as of unknown outcome instead and
+-- returned with an empty token, so the worker records that. Events (no ARGV[6]) go again:
+-- their receivers dedupe on the event id.
 local q = KEYS[1]
 local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
@@ -10,7 +17,16 @@ local due = redis.call('ZRANGEBYSCORE', q, '-inf', now, 'LIMIT', 0, tonumber(ARG
 for i, id in ipairs(due) do
   local m = TAG .. 'm:' .. id
   local sealed = redis.call('HGET', m, 'b')
-  if sealed then
+  if sealed and ARGV[6] and ARGV[6] ~= '' and redis.call('HEXISTS', m, 'l') == 1 then
+    redis.call('ZREM', q, id)
+    redis.call('HDEL', m, 'b', 'l')
+    redis.call('HSET', m, 's', 'f', 'r', 'outcome unknown')
+    redis.call('PEXPIRE', m, tonumber(ARGV[6]))
+    table.insert(out, id)
+    table.insert(out, '')
+    table.insert(out, sealed)
+    table.insert(out, redis.call('HGET', m, 'n') or '0')
+  elseif sealed then
     local token = ARGV[5] .. '.' .. i
     local claims = redis.call('HINCRBY', m, 'n', 1)
     redis.call('HSET', m, 'l', token)
