@@ -66,7 +66,7 @@ pub enum ConfigError {
 
 /// Everything hush needs to run. Build it with [`Config::load`], or start from
 /// `Config::default()` and set fields (tests do).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     /// `HUSH_LISTEN`: address the HTTP server binds (default `127.0.0.1:8080`).
     pub listen: SocketAddr,
@@ -207,6 +207,67 @@ impl Default for Config {
                 ..Providers::default()
             },
         }
+    }
+}
+
+/// By hand rather than derived: `redis_url` may carry a password, printed masked here. The
+/// destructuring makes a new field fail to compile until it is listed.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Config {
+            listen,
+            redis_url,
+            redis_ca_file,
+            redis_client_cert_file,
+            redis_client_key_file,
+            redis_sentinel_password,
+            redis_prefix,
+            redis_wait_replicas,
+            redis_wait_timeout_ms,
+            public_url,
+            index_key,
+            data_keys,
+            log,
+            log_format,
+            reaper_interval_ms,
+            providers,
+            callback_allow_private,
+            event_retry_schedule_ms,
+            header_read_timeout_ms,
+            body_read_timeout_ms,
+            keepalive_idle_ms,
+            max_connections,
+            readiness_timeout_ms,
+        } = self;
+        let masked_url = match crate::store::RedisTarget::parse(redis_url) {
+            Ok(target) => target.to_string(),
+            Err(_) => "(not a Redis URL)".to_string(),
+        };
+        f.debug_struct("Config")
+            .field("listen", listen)
+            .field("redis_url", &masked_url)
+            .field("redis_ca_file", redis_ca_file)
+            .field("redis_client_cert_file", redis_client_cert_file)
+            .field("redis_client_key_file", redis_client_key_file)
+            .field("redis_sentinel_password", redis_sentinel_password)
+            .field("redis_prefix", redis_prefix)
+            .field("redis_wait_replicas", redis_wait_replicas)
+            .field("redis_wait_timeout_ms", redis_wait_timeout_ms)
+            .field("public_url", public_url)
+            .field("index_key", index_key)
+            .field("data_keys", data_keys)
+            .field("log", log)
+            .field("log_format", log_format)
+            .field("reaper_interval_ms", reaper_interval_ms)
+            .field("providers", providers)
+            .field("callback_allow_private", callback_allow_private)
+            .field("event_retry_schedule_ms", event_retry_schedule_ms)
+            .field("header_read_timeout_ms", header_read_timeout_ms)
+            .field("body_read_timeout_ms", body_read_timeout_ms)
+            .field("keepalive_idle_ms", keepalive_idle_ms)
+            .field("max_connections", max_connections)
+            .field("readiness_timeout_ms", readiness_timeout_ms)
+            .finish()
     }
 }
 
@@ -814,6 +875,22 @@ mod tests {
             (c.max_connections, c.header_read_timeout_ms),
             (Some(50), 800)
         );
+    }
+
+    #[test]
+    fn redis_passwords_never_print() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("HUSH_REDIS_URL", "redis+sentinel://app:url-secret@s:26379/m"),
+                ("HUSH_REDIS_SENTINEL_PASSWORD", "sentinel-secret"),
+            ]),
+        )
+        .unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("url-secret"), "{printed}");
+        assert!(!printed.contains("sentinel-secret"), "{printed}");
+        assert!(printed.contains("redis+sentinel://app:"), "{printed}");
     }
 
     #[test]
