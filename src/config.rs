@@ -882,7 +882,10 @@ mod tests {
         let c = Config::load_from(
             None,
             env(&[
-                ("HUSH_REDIS_URL", "redis+sentinel://app:url-secret@s:26379/m"),
+                (
+                    "HUSH_REDIS_URL",
+                    "redis+sentinel://app:url-secret@s:26379/m",
+                ),
                 ("HUSH_REDIS_SENTINEL_PASSWORD", "sentinel-secret"),
             ]),
         )
