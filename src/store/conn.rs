@@ -213,6 +213,17 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// The primary as Sentinel names it now, for a connection of its own (a subscriber);
+    /// `None` for other kinds of Redis.
+    pub(crate) async fn sentinel_primary(&self) -> Option<RedisResult<redis::Client>> {
+        match self {
+            Conn::Sentinel(f) => Some(f.sentinel.lock().await.async_get_client().await),
+            _ => None,
+        }
+    }
+}
+
 impl LazyCluster {
     async fn get(&self) -> RedisResult<ClusterConnection> {
         self.conn

@@ -12,6 +12,7 @@
 
 mod api_keys;
 pub mod conn;
+mod doorbell;
 mod events;
 mod idempotency;
 pub mod keys;
@@ -139,6 +140,7 @@ pub struct Store {
     kind: StoreKind,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
+    bells: std::sync::Arc<doorbell::Bells>,
 }
 
 fn strings(v: Value) -> Result<Vec<String>> {
@@ -184,6 +186,7 @@ impl Store {
             kind: target.kind,
             keys: Keys::new(prefix),
             scripts: std::sync::Arc::new(Scripts::load()),
+            bells: std::sync::Arc::new(doorbell::Bells::new(target, access)?),
         })
     }
 

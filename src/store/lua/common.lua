@@ -106,6 +106,8 @@ local function put_event(id, etype, body, numbers, now, owners)
   end
   redis.call('ZADD', EV .. 'q', now, id)
   redis.call('ZADD', EV .. 'all', now, id)
+  -- Wakes the delivery workers (store::doorbell); the queue, not the message, is the truth.
+  redis.call('PUBLISH', EV .. 'bell', '')
   -- The listing index forgets what is older than any record can be (failed events are kept
   -- 30 days), so it does not grow without bound when nobody lists events.
   redis.call('ZREMRANGEBYSCORE', EV .. 'all', '-inf', now - 31 * 86400000)

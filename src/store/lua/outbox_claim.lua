@@ -2,14 +2,17 @@
 -- worker sees it until then, and it gets a fresh token that settling must present. A worker
 -- that dies holding a lease leaves the text to be claimed again once the lease has run out.
 -- KEYS: 1 queue. ARGV: 1 tag, 2 now ms, 3 lease ms, 4 limit, 5 token (unique per call)
--- Returns a flat list, four items per text: id, token, sealed text, claims so far.
+-- Returns a flat list, five items per text: id, token, sealed text, claims so far, and the
+-- sealed numbers beside it ('' when none; events of pools that send numbers), so a worker
+-- needs no further read to send what it claimed.
 local q = KEYS[1]
 local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local due = redis.call('ZRANGEBYSCORE', q, '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
 for i, id in ipairs(due) do
   local m = TAG .. 'm:' .. id
-  local sealed = redis.call('HGET', m, 'b')
+  local rec = redis.call('HMGET', m, 'b', 'z')
+  local sealed = rec[1]
   if sealed then
     local token = ARGV[5] .. '.' .. i
     local claims = redis.call('HINCRBY', m, 'n', 1)
@@ -19,6 +22,7 @@ for i, id in ipairs(due) do
     table.insert(out, token)
     table.insert(out, sealed)
     table.insert(out, claims)
+    table.insert(out, rec[2] or '')
   else
     -- The record is gone (deleted by hand): there is nothing left to send.
     redis.call('ZREM', q, id)
