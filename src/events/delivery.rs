@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::signing::{self, SigningSecret};
 use super::ssrf;
 use crate::broker::{Broker, BrokerError, EventId};
-use crate::store::ShardKeys;
 use crate::store::outbox::{Leased, Settle, Settlement};
+use crate::store::{Queue, ShardKeys};
 
 /// A delivery attempt gives up waiting for the app after this long.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -340,7 +340,7 @@ pub async fn run(
     let bell = Arc::new(Notify::new());
     let listener = tokio::spawn({
         let (store, bell, shutdown) = (broker.store().clone(), bell.clone(), shutdown.clone());
-        async move { store.listen_for_events(bell, shutdown).await }
+        async move { store.listen(Queue::Events, bell, shutdown).await }
     });
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +28,7 @@ use crate::config::Providers;
 use crate::crypto::CryptoError;
 use crate::domain::{E164, Millis};
 use crate::http::ApiError;
+use crate::store::Queue;
 use crate::store::outbox::{Leased, Settle};
 
 /// Which provider API sends the text.
@@ -476,8 +478,10 @@ pub fn needed(p: &Providers) -> bool {
         || p.vonage_api_key.is_some()
 }
 
-/// Runs [`deliver_once`] until `shutdown`, at once again after a full batch, otherwise every
-/// `IDLE_POLL`. A pass in hand is finished (its texts sent and settled) before it returns.
+/// Runs [`deliver_once`] until `shutdown`: at once again after a full batch, when a text is
+/// queued (the queues' doorbell, see `store::doorbell`), and otherwise every `IDLE_POLL` for
+/// retries that fall due and rings that were lost. A pass in hand is finished (its texts
+/// sent and settled) before it returns.
 pub async fn run_worker(broker: Broker, providers: Providers, shutdown: CancellationToken) {
     let http = match reqwest::Client::builder()
         .timeout(SEND_TIMEOUT)
@@ -490,6 +494,11 @@ pub async fn run_worker(broker: Broker, providers: Providers, shutdown: Cancella
             return;
         }
     };
+    let bell = Arc::new(Notify::new());
+    let listener = tokio::spawn({
+        let (store, bell, shutdown) = (broker.store().clone(), bell.clone(), shutdown.clone());
+        async move { store.listen(Queue::Texts, bell, shutdown).await }
+    });
     while !shutdown.is_cancelled() {
         let pause = match deliver_once(&broker, &http, &providers).await {
             Ok(n) if n >= BATCH => Duration::ZERO,
@@ -501,10 +510,12 @@ pub async fn run_worker(broker: Broker, providers: Providers, shutdown: Cancella
         };
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
+            _ = bell.notified() => {}
             _ = tokio::time::sleep(pause) => {}
         }
     }
+    let _ = listener.await;
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
-//! The event doorbell: every script that records or requeues an event publishes on its
-//! shard's bell channel (`<tag>ev:bell`), and the delivery worker listens with one pattern
-//! subscription, so an event is claimed as soon as it is written rather than at the next
-//! sweep. Classic pub/sub reaches a subscriber on any node of a Cluster (PUBLISH goes over
+//! The doorbells of the leased queues: every script that records or requeues an event
+//! publishes on its shard's bell channel (`<tag>ev:bell`), every queued text on its queue's
+//! (`<tag>ox:bell`), and each worker listens with one pattern subscription, so an item is
+//! claimed as soon as it is written rather than at the next sweep. Classic pub/sub reaches a subscriber on any node of a Cluster (PUBLISH goes over
 //! the cluster bus) and on replicas, so one connection (to the primary, under Sentinel)
 //! hears every shard. A ring lost while reconnecting only delays an event until the sweep.
 
@@ -49,7 +49,7 @@ impl Bells {
         &self,
         conn: &Conn,
         attempt: usize,
-        pattern: &str,
+        patterns: &[String],
     ) -> RedisResult<redis::aio::PubSub> {
         let client = match conn.sentinel_primary().await {
             Some(primary) => primary?,
@@ -59,7 +59,7 @@ impl Bells {
         let mut pubsub = tokio::time::timeout(RECONNECT, client.get_async_pubsub())
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        pubsub.psubscribe(pattern).await?;
+        pubsub.psubscribe(patterns).await?;
         Ok(pubsub)
     }
 }
@@ -74,20 +74,39 @@ fn glob_escape(s: &str) -> String {
         .collect()
 }
 
+/// Which queue's bells a worker listens to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queue {
+    /// Every shard's events.
+    Events,
+    /// Every outbound text queue: each shard's and the old shared one (`{ox}`).
+    Texts,
+}
+
 impl Store {
-    /// The channel pattern every shard's bell matches.
-    fn bell_pattern(&self) -> String {
-        format!("{}:{{p*}}:ev:bell", glob_escape(self.keys.prefix()))
+    /// The channel patterns the bells of `queue` match.
+    fn bell_patterns(&self, queue: Queue) -> Vec<String> {
+        let prefix = glob_escape(self.keys.prefix());
+        match queue {
+            Queue::Events => vec![format!("{prefix}:{{p*}}:ev:bell")],
+            Queue::Texts => vec![
+                format!("{prefix}:{{p*}}:ox:bell"),
+                format!("{prefix}:{{ox}}:bell"),
+            ],
+        }
     }
 
-    /// Wakes `ring` whenever an event is written in any shard, until `shutdown`. It also
-    /// wakes `ring` after each (re)connection, as rings may have been missed meanwhile.
-    pub async fn listen_for_events(&self, ring: Arc<Notify>, shutdown: CancellationToken) {
-        let pattern = self.bell_pattern();
+    /// Wakes `ring` whenever an item is written in any queue of `queue`, until `shutdown`.
+    /// It also wakes `ring` after each (re)connection, as rings may have been missed
+    /// meanwhile.
+    pub async fn listen(&self, queue: Queue, ring: Arc<Notify>, shutdown: CancellationToken) {
+        let patterns = self.bell_patterns(queue);
         let mut attempt = 0;
+        let mut failing = false;
         while !shutdown.is_cancelled() {
-            match self.bells.subscribe(&self.conn, attempt, &pattern).await {
+            match self.bells.subscribe(&self.conn, attempt, &patterns).await {
                 Ok(mut pubsub) => {
+                    failing = false;
                     ring.notify_one();
                     let mut rings = pubsub.on_message();
                     loop {
@@ -99,11 +118,17 @@ impl Store {
                             },
                         }
                     }
-                    tracing::debug!("event doorbell disconnected; reconnecting");
+                    tracing::debug!(?queue, "doorbell disconnected; reconnecting");
                 }
                 Err(e) => {
                     attempt += 1;
-                    tracing::debug!(error = %e, "event doorbell unavailable; the sweep delivers meanwhile");
+                    // Once per outage, not every second of it.
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %e, ?queue, "doorbell unavailable; the sweep delivers meanwhile");
+                    } else {
+                        tracing::debug!(error = %e, ?queue, "doorbell still unavailable");
+                    }
                 }
             }
             tokio::select! {
@@ -120,10 +145,15 @@ mod tests {
     use super::glob_escape;
 
     #[test]
-    fn the_bell_pattern_matches_every_shard_of_its_prefix_only() {
+    fn bells_are_named_as_their_patterns_expect() {
         assert_eq!(glob_escape("hush"), "hush");
         assert_eq!(glob_escape("a*b?[c]"), r"a\*b\?\[c\]");
-        let channel = format!("{}bell", Keys::new("hush").shard(7, 3).events_tag());
-        assert_eq!(channel, "hush:{p7.3}:ev:bell");
+        let shard = Keys::new("hush").shard(7, 3);
+        assert_eq!(format!("{}bell", shard.events_tag()), "hush:{p7.3}:ev:bell");
+        assert_eq!(format!("{}bell", shard.outbox_tag()), "hush:{p7.3}:ox:bell");
+        assert_eq!(
+            format!("{}bell", super::super::outbox::legacy_tag("hush")),
+            "hush:{ox}:bell"
+        );
     }
 }

@@ -79,7 +79,7 @@ pub enum Settle<'a> {
 
 /// The queue every text shared before texts were queued per pool shard: still served until
 /// it is empty, so texts queued by an earlier version are sent after an upgrade.
-fn legacy_tag(prefix: &str) -> String {
+pub(super) fn legacy_tag(prefix: &str) -> String {
     format!("{prefix}:{{ox}}:")
 }
 
