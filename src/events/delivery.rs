@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +17,7 @@ use super::signing::{self, SigningSecret};
 use super::ssrf;
 use crate::broker::{Broker, BrokerError, EventId};
 use crate::store::outbox::{Leased, Settle, Settlement};
-use crate::store::{Queue, ShardKeys};
+use crate::store::{Queue, Rings, ShardKeys};
 
 /// A delivery attempt gives up waiting for the app after this long.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,7 +84,10 @@ impl Delivery {
     /// Returns how many attempts it made.
     pub async fn deliver_once(&self, broker: &Broker) -> Result<usize, BrokerError> {
         let mut tasks = JoinSet::new();
-        let claimed = self.claim(broker, &mut tasks, BATCH).await;
+        let claimed = match broker.store().every_shard().await {
+            Ok(shards) => self.claim(broker, shards, &mut tasks, BATCH).await,
+            Err(e) => Err(e.into()),
+        };
         let mut finished = Vec::new();
         while let Some(done) = tasks.join_next().await {
             collect(done, &mut finished);
@@ -102,21 +104,22 @@ impl Delivery {
         }
     }
 
-    /// Claims due events across every shard, one script per shard, until `tasks` holds
-    /// `room` attempts, and starts an attempt for each claimed event without waiting for
-    /// any. Returns whether it stopped for want of room (more may be due). A shard whose
-    /// queue cannot be read (its Redis Cluster node is down) is passed over, so the shards
-    /// after it are still served; the error is returned once every shard was tried.
+    /// Claims due events of `shards`, one script per shard, until `tasks` holds `room`
+    /// attempts, and starts an attempt for each claimed event without waiting for any.
+    /// Returns whether it stopped for want of room (more may be due). A shard whose queue
+    /// cannot be read (its Redis Cluster node is down) is passed over, so the shards after
+    /// it are still served; the error is returned once every shard was tried.
     async fn claim(
         &self,
         broker: &Broker,
+        shards: Vec<ShardKeys>,
         tasks: &mut JoinSet<Attempted>,
         room: usize,
     ) -> Result<bool, BrokerError> {
         let now = broker.now_ms();
         let token = format!("{}", rand::random::<u64>());
         let mut unreachable = None;
-        for shard in broker.store().every_shard().await? {
+        for shard in shards {
             let room = room.saturating_sub(tasks.len());
             if room == 0 {
                 return unreachable.map_or(Ok(true), |e| Err(BrokerError::from(e)));
@@ -142,6 +145,23 @@ impl Delivery {
         }
         let full = tasks.len() >= room;
         unreachable.map_or(Ok(full), |e| Err(e.into()))
+    }
+
+    /// The shards a pass looks at: those whose doorbell rang, or every shard when `everything`
+    /// is asked for or any may have rung unheard.
+    async fn shards_to_look_at(
+        broker: &Broker,
+        rings: &Rings,
+        everything: bool,
+    ) -> Result<Vec<ShardKeys>, BrokerError> {
+        let rung = rings.take();
+        match rung {
+            Some(tags) if !everything => {
+                let keys = broker.store().keys();
+                Ok(tags.iter().filter_map(|t| keys.shard_of(t)).collect())
+            }
+            _ => Ok(broker.store().every_shard().await?),
+        }
     }
 
     /// Makes one attempt and says how to settle it; settling is left to the caller, which
@@ -337,31 +357,40 @@ pub async fn run(
     // holds up nobody else's events.
     let mut tasks = JoinSet::new();
     let mut finished = Vec::new();
-    let bell = Arc::new(Notify::new());
+    let rings = Arc::new(Rings::default());
     let listener = tokio::spawn({
-        let (store, bell, shutdown) = (broker.store().clone(), bell.clone(), shutdown.clone());
-        async move { store.listen(Queue::Events, bell, shutdown).await }
+        let (store, rings, shutdown) = (broker.store().clone(), rings.clone(), shutdown.clone());
+        async move { store.listen(Queue::Events, rings, shutdown).await }
     });
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The last claim stopped for want of room: events may be due that nobody holds.
     let mut more_due = false;
     loop {
+        // What to look at: nothing, the shards that rang, or every shard.
         let look = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 collect(done, &mut finished);
-                more_due
+                more_due.then_some(true)
             }
-            _ = bell.notified() => true,
-            _ = tick.tick() => true,
+            _ = rings.wait() => Some(false),
+            _ = tick.tick() => Some(true),
         };
         while let Some(done) = tasks.try_join_next() {
             collect(done, &mut finished);
         }
         settle_all(&broker, std::mem::take(&mut finished)).await;
-        if look {
-            match delivery.claim(&broker, &mut tasks, MAX_IN_FLIGHT).await {
+        if let Some(everything) = look {
+            let claimed = match Delivery::shards_to_look_at(&broker, &rings, everything).await {
+                Ok(shards) => {
+                    delivery
+                        .claim(&broker, shards, &mut tasks, MAX_IN_FLIGHT)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match claimed {
                 Ok(full) => more_due = full,
                 Err(e) => {
                     more_due = false;

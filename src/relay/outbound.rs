@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -28,8 +27,8 @@ use crate::config::Providers;
 use crate::crypto::CryptoError;
 use crate::domain::{E164, Millis};
 use crate::http::ApiError;
-use crate::store::Queue;
 use crate::store::outbox::{Leased, Settle};
+use crate::store::{Queue, Rings};
 
 /// Which provider API sends the text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -494,10 +493,11 @@ pub async fn run_worker(broker: Broker, providers: Providers, shutdown: Cancella
             return;
         }
     };
-    let bell = Arc::new(Notify::new());
+    // Texts are few beside events: a ring starts a pass over every queue.
+    let rings = Arc::new(Rings::default());
     let listener = tokio::spawn({
-        let (store, bell, shutdown) = (broker.store().clone(), bell.clone(), shutdown.clone());
-        async move { store.listen(Queue::Texts, bell, shutdown).await }
+        let (store, rings, shutdown) = (broker.store().clone(), rings.clone(), shutdown.clone());
+        async move { store.listen(Queue::Texts, rings, shutdown).await }
     });
     while !shutdown.is_cancelled() {
         let pause = match deliver_once(&broker, &http, &providers).await {
@@ -511,7 +511,9 @@ pub async fn run_worker(broker: Broker, providers: Providers, shutdown: Cancella
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = bell.notified() => {}
+            _ = rings.wait() => {
+                rings.take();
+            }
             _ = tokio::time::sleep(pause) => {}
         }
     }

@@ -1,11 +1,14 @@
 //! The doorbells of the leased queues: every script that records or requeues an event
 //! publishes on its shard's bell channel (`<tag>ev:bell`), every queued text on its queue's
 //! (`<tag>ox:bell`), and each worker listens with one pattern subscription, so an item is
-//! claimed as soon as it is written rather than at the next sweep. Classic pub/sub reaches a subscriber on any node of a Cluster (PUBLISH goes over
-//! the cluster bus) and on replicas, so one connection (to the primary, under Sentinel)
-//! hears every shard. A ring lost while reconnecting only delays an event until the sweep.
+//! claimed as soon as it is written rather than at the next sweep. Classic pub/sub reaches a
+//! subscriber on any node of a Cluster (PUBLISH goes over the cluster bus) and on replicas,
+//! so one connection (to the primary, under Sentinel) hears every shard. A ring names its
+//! queue, so a worker claims from the shards that rang, not from every shard of every pool.
+//! A ring lost while reconnecting only delays an item until the sweep.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -19,6 +22,56 @@ use super::target::{RedisTarget, StoreKind};
 
 /// How long connecting the subscriber may take, and the pause before trying again.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// Queues remembered between two looks; past this many the worker looks at every queue.
+const MAX_RUNG: usize = 4096;
+
+/// What rang since a worker last looked.
+#[derive(Default)]
+pub struct Rings {
+    notify: Notify,
+    rung: Mutex<Rung>,
+}
+
+#[derive(Default)]
+struct Rung {
+    /// Any queue may have rung unheard (the subscriber just (re)connected).
+    any: bool,
+    /// The queue tags that rang (`<prefix>:{p7.0}:ev:`).
+    tags: HashSet<String>,
+}
+
+impl Rings {
+    /// Waits for a ring (returns at once if one came since the last wait).
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+
+    /// The queue tags that rang since the last call, and forgets them; `None` when any queue
+    /// may have rung, so every queue is to be looked at.
+    pub fn take(&self) -> Option<HashSet<String>> {
+        let mut rung = self.rung.lock().expect("lock poisoned");
+        let any = std::mem::take(&mut rung.any);
+        let tags = std::mem::take(&mut rung.tags);
+        (!any).then_some(tags)
+    }
+
+    /// Records a ring of the queue `tag`, or of any queue (`None`).
+    fn ring(&self, tag: Option<&str>) {
+        {
+            let mut rung = self.rung.lock().expect("lock poisoned");
+            match tag {
+                Some(tag) if !rung.any && rung.tags.len() < MAX_RUNG => {
+                    rung.tags.insert(tag.to_string());
+                }
+                _ => {
+                    rung.any = true;
+                    rung.tags.clear();
+                }
+            }
+        }
+        self.notify.notify_one();
+    }
+}
 
 /// Where a subscriber connects: any of the configured servers, or the primary Sentinel
 /// names at the time.
@@ -96,10 +149,9 @@ impl Store {
         }
     }
 
-    /// Wakes `ring` whenever an item is written in any queue of `queue`, until `shutdown`.
-    /// It also wakes `ring` after each (re)connection, as rings may have been missed
-    /// meanwhile.
-    pub async fn listen(&self, queue: Queue, ring: Arc<Notify>, shutdown: CancellationToken) {
+    /// Records in `rings` which queue of `queue` had an item written, until `shutdown`, and
+    /// that any may have, after each (re)connection, as rings may have been missed meanwhile.
+    pub async fn listen(&self, queue: Queue, rings: Arc<Rings>, shutdown: CancellationToken) {
         let patterns = self.bell_patterns(queue);
         let mut attempt = 0;
         let mut failing = false;
@@ -107,13 +159,13 @@ impl Store {
             match self.bells.subscribe(&self.conn, attempt, &patterns).await {
                 Ok(mut pubsub) => {
                     failing = false;
-                    ring.notify_one();
-                    let mut rings = pubsub.on_message();
+                    rings.ring(None);
+                    let mut messages = pubsub.on_message();
                     loop {
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
-                            m = rings.next() => match m {
-                                Some(_) => ring.notify_one(),
+                            m = messages.next() => match m {
+                                Some(m) => rings.ring(m.get_channel_name().strip_suffix("bell")),
                                 None => break,
                             },
                         }

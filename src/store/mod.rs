@@ -28,7 +28,7 @@ pub mod tls;
 
 use redis::{FromRedisValue, RedisError, Script, ToRedisArgs, Value};
 
-pub use doorbell::Queue;
+pub use doorbell::{Queue, Rings};
 pub use events::EventDraft;
 pub use idempotency::{IdemBegin, IdemMark, Lease};
 pub use keys::{Keys, ShardKeys};

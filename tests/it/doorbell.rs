@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hush::store::{EventDraft, Queue};
-use tokio::sync::Notify;
+use hush::store::{EventDraft, Queue, Rings};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::fresh_config;
@@ -14,21 +13,35 @@ use crate::harness::fresh_config;
 const AT_MOST: Duration = Duration::from_secs(20);
 
 /// A listener on `queue`'s bells and the guard that stops it; returns after the first ring,
-/// which says it is subscribed.
+/// which says it is subscribed (and that any queue may have rung).
 async fn listening(
     store: &hush::store::Store,
     queue: Queue,
-) -> (Arc<Notify>, CancellationToken, tokio::task::JoinHandle<()>) {
-    let ring = Arc::new(Notify::new());
+) -> (Arc<Rings>, CancellationToken, tokio::task::JoinHandle<()>) {
+    let rings = Arc::new(Rings::default());
     let shutdown = CancellationToken::new();
     let listener = tokio::spawn({
-        let (store, ring, shutdown) = (store.clone(), ring.clone(), shutdown.clone());
-        async move { store.listen(queue, ring, shutdown).await }
+        let (store, rings, shutdown) = (store.clone(), rings.clone(), shutdown.clone());
+        async move { store.listen(queue, rings, shutdown).await }
     });
-    tokio::time::timeout(AT_MOST, ring.notified())
+    tokio::time::timeout(AT_MOST, rings.wait())
         .await
         .expect("the doorbell never connected");
-    (ring, shutdown, listener)
+    assert_eq!(
+        rings.take(),
+        None,
+        "a fresh subscription looks at every queue"
+    );
+    (rings, shutdown, listener)
+}
+
+/// Waits for the next ring and checks it named the queue `tag`.
+async fn rang(rings: &Rings, tag: &str) {
+    tokio::time::timeout(AT_MOST, rings.wait())
+        .await
+        .unwrap_or_else(|_| panic!("nothing rang for {tag}"));
+    let rung = rings.take().expect("a ring names its queue");
+    assert!(rung.contains(tag), "{tag} not among {rung:?}");
 }
 
 #[tokio::test]
@@ -36,13 +49,11 @@ async fn queueing_a_text_rings_the_text_doorbell_in_shard_and_shared_queues() {
     let config = fresh_config(&crate::topology::shared_url());
     let broker = hush::build_broker(&config).unwrap();
     let store = broker.store().clone();
-    let (ring, shutdown, listener) = listening(&store, Queue::Texts).await;
+    let (rings, shutdown, listener) = listening(&store, Queue::Texts).await;
     let shard = store.keys().shard(4, 0);
     for tag in [store.outbox_tag(Some(&shard)), store.outbox_tag(None)] {
         assert!(store.outbox_put(&tag, "t1", "sealed", 1).await.unwrap());
-        tokio::time::timeout(AT_MOST, ring.notified())
-            .await
-            .unwrap_or_else(|_| panic!("queueing a text in {tag} did not ring"));
+        rang(&rings, &tag).await;
     }
     shutdown.cancel();
     listener.await.unwrap();
@@ -53,7 +64,7 @@ async fn writing_or_redelivering_an_event_rings_the_doorbell() {
     let config = fresh_config(&crate::topology::shared_url());
     let broker = hush::build_broker(&config).unwrap();
     let store = broker.store().clone();
-    let (ring, shutdown, listener) = listening(&store, Queue::Events).await;
+    let (rings, shutdown, listener) = listening(&store, Queue::Events).await;
 
     let shard = store.keys().shard(9, 1);
     let draft = EventDraft {
@@ -65,9 +76,7 @@ async fn writing_or_redelivering_an_event_rings_the_doorbell() {
         .event_put(&shard, "pool.exhausted", &draft, 1)
         .await
         .unwrap();
-    tokio::time::timeout(AT_MOST, ring.notified())
-        .await
-        .expect("writing an event did not ring");
+    rang(&rings, &shard.events_tag()).await;
 
     // A delivered event put back in the queue rings too.
     let tag = shard.events_tag();
@@ -86,9 +95,7 @@ async fn writing_or_redelivering_an_event_rings_the_doorbell() {
         .await
         .unwrap();
     assert!(store.event_redeliver(&shard, "e1", 2).await.unwrap());
-    tokio::time::timeout(AT_MOST, ring.notified())
-        .await
-        .expect("redelivering an event did not ring");
+    rang(&rings, &shard.events_tag()).await;
 
     shutdown.cancel();
     listener.await.unwrap();
