@@ -84,6 +84,9 @@ pub(super) struct Events {
     pub(super) hush: Delivered,
     /// Seconds the sessions took to create; part of `hush.secs`.
     pub(super) create_secs: f64,
+    /// hush's worker alone: the events were queued before it started, so the clock runs
+    /// from its start to the last arrival and creating sessions is not part of the figure.
+    pub(super) backlog: Delivered,
 }
 
 /// Direct POSTs, then hush's delivery worker, to one local receiver.
@@ -101,12 +104,29 @@ pub(super) async fn events(url: &str, concurrency: usize) -> anyhow::Result<Even
     let measured = async {
         let direct = direct_posts(&target, &counts, concurrency).await?;
         // hush stops before the receiver does, so its last attempts find it answering.
-        let (hush, create_secs) =
-            hush_delivery(url, &target, &counts, concurrency, token.child_token()).await?;
+        let (hush, create_secs) = hush_delivery(
+            url,
+            &target,
+            &counts,
+            concurrency,
+            Start::WithCreation,
+            token.child_token(),
+        )
+        .await?;
+        let (backlog, _) = hush_delivery(
+            url,
+            &target,
+            &counts,
+            concurrency,
+            Start::AfterCreation,
+            token.child_token(),
+        )
+        .await?;
         Ok(Events {
             direct,
             hush,
             create_secs,
+            backlog,
         })
     }
     .await;
@@ -217,15 +237,25 @@ async fn signed_post(
     Ok(response.status().as_u16())
 }
 
+/// When the clock of a hush measurement starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// At the first creation, hush serving already: events are delivered as they are made.
+    WithCreation,
+    /// When hush starts, every event already queued: the worker alone is timed.
+    AfterCreation,
+}
+
 /// hush, in this process as it serves, with a pool whose `callback_url` is the receiver:
 /// [`EVENTS`] sessions are created as fast as `concurrency` callers can, and the clock runs
-/// from the first creation until the receiver holds all their `session.created` events.
+/// from `start` until the receiver holds all their `session.created` events.
 /// Returns the delivery and the seconds the creations took.
 async fn hush_delivery(
     url: &str,
     target: &str,
     counts: &Received,
     concurrency: usize,
+    start: Start,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Delivered, f64)> {
     let mut config = bench_config(url, "events");
@@ -239,14 +269,25 @@ async fn hush_delivery(
     let people = Arc::new(Participants::default());
     let (base, base_bytes) = counts.created();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let create = || async {
+        let began = Instant::now();
+        create_sessions(&broker, &pool, &people, EVENTS, concurrency)
+            .await
+            .context("creating the sessions")?;
+        anyhow::Ok(began.elapsed().as_secs_f64())
+    };
+    let created_before = match start {
+        Start::AfterCreation => Some(create().await?),
+        Start::WithCreation => None,
+    };
     let mut server = tokio::spawn(hush::run(config, listener, shutdown.clone()));
 
     let measured = async {
         let start = Instant::now();
-        create_sessions(&broker, &pool, &people, EVENTS, concurrency)
-            .await
-            .context("creating the sessions")?;
-        let create_secs = start.elapsed().as_secs_f64();
+        let create_secs = match created_before {
+            Some(secs) => secs,
+            None => create().await?,
+        };
         let arrived_all = tokio::select! {
             all = arrival(counts, base + EVENTS, start + EVENTS_WAIT) => all,
             ended = &mut server => bail!(

@@ -163,6 +163,9 @@ impl Report {
     fn events_ratio(&self) -> f64 {
         self.events.hush.per_sec() / self.events.direct.per_sec()
     }
+    fn backlog_ratio(&self) -> f64 {
+        self.events.backlog.per_sec() / self.events.direct.per_sec()
+    }
 
     fn wait_ratio(&self) -> f64 {
         self.confirmed.per_sec / self.unconfirmed.per_sec
@@ -255,6 +258,19 @@ impl Report {
                 hush.mean_body(),
                 self.events.create_secs,
                 hush.secs
+            );
+        }
+        let backlog = &self.events.backlog;
+        if backlog.timed_out {
+            println!(
+                "  hush worker, queued      timed out: {} of {EVENTS} events arrived in {:.0} s",
+                backlog.arrived, backlog.secs
+            );
+        } else {
+            println!(
+                "  hush worker, queued      {:>10.0} /s   {:.4}x direct   (events queued before the worker started)",
+                backlog.per_sec(),
+                self.backlog_ratio(),
             );
         }
         println!("confirmed writes (session creates, pool of {SMALL_POOL}, primary + 1 replica)");
@@ -360,6 +376,13 @@ impl Report {
                     "timed_out": self.events.hush.timed_out,
                 },
                 "hush_vs_direct": self.events_ratio(),
+                "queued": {
+                    "per_sec": self.events.backlog.per_sec(),
+                    "delivered": self.events.backlog.arrived,
+                    "secs": self.events.backlog.secs,
+                    "timed_out": self.events.backlog.timed_out,
+                },
+                "queued_vs_direct": self.backlog_ratio(),
                 "target": null,
                 "verdict": if self.events.hush.timed_out { "timeout" } else { "measured" },
             },

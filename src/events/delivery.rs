@@ -5,6 +5,8 @@
 //! the event to be claimed again when the lease ends, so every event is delivered at least
 //! once, or ends visibly failed. Order is not promised.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -14,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::signing::{self, SigningSecret};
 use super::ssrf;
 use crate::broker::{Broker, BrokerError, EventId};
-use crate::store::ShardKeys;
-use crate::store::outbox::{Leased, Settle};
+use crate::store::outbox::{Leased, Settle, Settlement};
+use crate::store::{Queue, Rings, ShardKeys};
 
 /// A delivery attempt gives up waiting for the app after this long.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,43 +80,49 @@ impl Delivery {
         }
     }
 
-    /// One pass: claims what is due in every shard and delivers it. Returns how many
-    /// attempts it made.
+    /// One pass: claims what is due in every shard, delivers it and settles the results.
+    /// Returns how many attempts it made.
     pub async fn deliver_once(&self, broker: &Broker) -> Result<usize, BrokerError> {
         let mut tasks = JoinSet::new();
-        let claimed = self.claim(broker, &mut tasks, BATCH).await;
-        let mut attempts = 0;
+        let claimed = match broker.store().every_shard().await {
+            Ok(shards) => self.claim(broker, shards, &mut tasks, BATCH).await,
+            Err(e) => Err(e.into()),
+        };
+        let mut finished = Vec::new();
         while let Some(done) = tasks.join_next().await {
-            attempts += 1;
-            report(done);
+            collect(done, &mut finished);
         }
+        let attempts = finished.len();
+        settle_all(broker, finished).await;
         match claimed {
             Err(e) if attempts == 0 => Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "some shards' events could not be claimed");
                 Ok(attempts)
             }
-            Ok(()) => Ok(attempts),
+            Ok(_) => Ok(attempts),
         }
     }
 
-    /// Claims up to `room` due events across every shard and starts an attempt for each
-    /// in `tasks`, without waiting for any. A shard whose queue cannot be read (its Redis
-    /// Cluster node is down) is passed over, so the shards after it are still served; the
-    /// error is returned once every shard was tried.
+    /// Claims due events of `shards`, one script per shard, until `tasks` holds `room`
+    /// attempts, and starts an attempt for each claimed event without waiting for any.
+    /// Returns whether it stopped for want of room (more may be due). A shard whose queue
+    /// cannot be read (its Redis Cluster node is down) is passed over, so the shards after
+    /// it are still served; the error is returned once every shard was tried.
     async fn claim(
         &self,
         broker: &Broker,
-        tasks: &mut JoinSet<Result<(), BrokerError>>,
+        shards: Vec<ShardKeys>,
+        tasks: &mut JoinSet<Attempted>,
         room: usize,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<bool, BrokerError> {
         let now = broker.now_ms();
         let token = format!("{}", rand::random::<u64>());
         let mut unreachable = None;
-        for shard in broker.store().every_shard().await? {
+        for shard in shards {
             let room = room.saturating_sub(tasks.len());
             if room == 0 {
-                break;
+                return unreachable.map_or(Ok(true), |e| Err(BrokerError::from(e)));
             }
             let tag = shard.events_tag();
             let token = format!("{token}.{}.{}", shard.pool_id, shard.shard);
@@ -129,20 +137,36 @@ impl Delivery {
                     continue;
                 }
             };
+            let shard = Arc::new(shard);
             for item in claimed {
                 let (me, broker, shard) = (self.clone(), broker.clone(), shard.clone());
-                tasks.spawn(async move { me.attempt(&broker, &shard, item).await });
+                tasks.spawn(async move { me.attempt(&broker, shard, item).await });
             }
         }
-        unreachable.map_or(Ok(()), |e| Err(e.into()))
+        let full = tasks.len() >= room;
+        unreachable.map_or(Ok(full), |e| Err(e.into()))
     }
 
-    async fn attempt(
-        &self,
+    /// The shards a pass looks at: those whose doorbell rang, or every shard when `everything`
+    /// is asked for or any may have rung unheard.
+    async fn shards_to_look_at(
         broker: &Broker,
-        shard: &ShardKeys,
-        item: Leased,
-    ) -> Result<(), BrokerError> {
+        rings: &Rings,
+        everything: bool,
+    ) -> Result<Vec<ShardKeys>, BrokerError> {
+        let rung = rings.take();
+        match rung {
+            Some(tags) if !everything => {
+                let keys = broker.store().keys();
+                Ok(tags.iter().filter_map(|t| keys.shard_of(t)).collect())
+            }
+            _ => Ok(broker.store().every_shard().await?),
+        }
+    }
+
+    /// Makes one attempt and says how to settle it; settling is left to the caller, which
+    /// settles many attempts of a shard at once.
+    async fn attempt(&self, broker: &Broker, shard: Arc<ShardKeys>, item: Leased) -> Attempted {
         let id = EventId {
             pool_id: shard.pool_id,
             shard: shard.shard,
@@ -151,14 +175,13 @@ impl Delivery {
         .to_string();
         let started = Instant::now();
         let at = broker.now_ms();
-        let outcome = self.send(broker, shard, &id, &item).await;
+        let outcome = self.send(broker, &shard, &id, &item).await;
         let latency = started.elapsed().as_millis() as u64;
         let (status, settle) = self.settle(&outcome, item.claims, at);
         crate::telemetry::METRICS
             .event_delivery_attempts
             .with_label_values(&[outcome.label()])
             .inc();
-        let log = format!("{at},{status},{latency}");
         match &outcome {
             Outcome::Delivered(_) => tracing::debug!(event = %id, "event delivered"),
             Outcome::Refused(why) => {
@@ -169,18 +192,12 @@ impl Delivery {
             }
             _ => tracing::info!(event = %id, status, attempt = item.claims, "event not delivered"),
         }
-        broker
-            .store()
-            .queue_settle(
-                &shard.events_tag(),
-                &item.id,
-                &item.token,
-                settle,
-                true,
-                &log,
-            )
-            .await?;
-        Ok(())
+        Attempted {
+            shard,
+            item,
+            settle,
+            log: format!("{at},{status},{latency}"),
+        }
     }
 
     /// The HTTP side of one attempt.
@@ -194,7 +211,7 @@ impl Delivery {
             Ok(u) => u,
             Err(e) => return Outcome::Refused(e.to_string()),
         };
-        let body = match self.body(broker, shard, item).await {
+        let body = match self.body(broker, item) {
             Ok(b) => b,
             Err(e) => return Outcome::NotTried(e),
         };
@@ -242,21 +259,13 @@ impl Delivery {
     }
 
     /// The body as stored, with the participants' numbers put in for pools that send them.
-    async fn body(
-        &self,
-        broker: &Broker,
-        shard: &ShardKeys,
-        item: &Leased,
-    ) -> Result<String, String> {
-        let rec = broker
-            .store()
-            .event(shard, &item.id)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(sealed) = rec.get("z").filter(|z| !z.is_empty()) else {
+    fn body(&self, broker: &Broker, item: &Leased) -> Result<String, String> {
+        if item.numbers.is_empty() {
             return Ok(item.sealed.clone());
-        };
-        let numbers = broker.event_numbers(sealed).map_err(|e| e.to_string())?;
+        }
+        let numbers = broker
+            .event_numbers(&item.numbers)
+            .map_err(|e| e.to_string())?;
         let mut body: serde_json::Value = serde_json::from_str(&item.sealed)
             .map_err(|_| "stored event is not JSON".to_string())?;
         if let Some(list) = body
@@ -325,41 +334,107 @@ impl Delivery {
     }
 }
 
-/// Runs [`Delivery::deliver_once`] every `interval` until `shutdown`.
+/// An attempt made, waiting to be settled.
+struct Attempted {
+    shard: Arc<ShardKeys>,
+    item: Leased,
+    settle: Settle<'static>,
+    /// The attempt's entry in the event's history: when, status, latency.
+    log: String,
+}
+
+/// Delivers until `shutdown`: claims when the doorbell rings (an event was written, see
+/// `store::doorbell`), again as soon as attempts end while events were left waiting for
+/// room, and every `interval` as a sweep for retries that fall due and rings that were
+/// lost; settles what finished in one script per shard.
 pub async fn run(
     broker: Broker,
     delivery: Delivery,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    // Attempts run side by side across ticks, so one slow app (up to the attempt timeout)
+    // Attempts run side by side across passes, so one slow app (up to the attempt timeout)
     // holds up nobody else's events.
     let mut tasks = JoinSet::new();
+    let mut finished = Vec::new();
+    let rings = Arc::new(Rings::default());
+    let listener = tokio::spawn({
+        let (store, rings, shutdown) = (broker.store().clone(), rings.clone(), shutdown.clone());
+        async move { store.listen(Queue::Events, rings, shutdown).await }
+    });
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last claim stopped for want of room: events may be due that nobody holds.
+    let mut more_due = false;
     loop {
-        tokio::select! {
+        // What to look at: nothing, the shards that rang, or every shard.
+        let look = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                collect(done, &mut finished);
+                more_due.then_some(true)
+            }
+            _ = rings.wait() => Some(false),
+            _ = tick.tick() => Some(true),
+        };
         while let Some(done) = tasks.try_join_next() {
-            report(done);
+            collect(done, &mut finished);
         }
-        if let Err(e) = delivery.claim(&broker, &mut tasks, MAX_IN_FLIGHT).await {
-            tracing::warn!(error = %e, "event delivery pass failed; retrying next tick");
+        settle_all(&broker, std::mem::take(&mut finished)).await;
+        if let Some(everything) = look {
+            let claimed = match Delivery::shards_to_look_at(&broker, &rings, everything).await {
+                Ok(shards) => {
+                    delivery
+                        .claim(&broker, shards, &mut tasks, MAX_IN_FLIGHT)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match claimed {
+                Ok(full) => more_due = full,
+                Err(e) => {
+                    more_due = false;
+                    tracing::warn!(error = %e, "event delivery pass failed; retrying next tick");
+                }
+            }
         }
     }
     // Attempts in hand finish (each within its timeout); their leases would otherwise hold
     // the events back for a minute.
     while let Some(done) = tasks.join_next().await {
-        report(done);
+        collect(done, &mut finished);
+    }
+    settle_all(&broker, finished).await;
+    let _ = listener.await;
+}
+
+fn collect(done: Result<Attempted, tokio::task::JoinError>, into: &mut Vec<Attempted>) {
+    match done {
+        Ok(attempted) => into.push(attempted),
+        // Its lease runs out and the event is claimed again.
+        Err(e) => tracing::error!(error = %e, "an event delivery panicked"),
     }
 }
 
-fn report(done: Result<Result<(), BrokerError>, tokio::task::JoinError>) {
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "settling an event delivery failed"),
-        Err(e) => tracing::error!(error = %e, "an event delivery panicked"),
+/// Settles finished attempts, one script per shard. A shard that cannot be written now
+/// keeps its events leased; they are claimed and sent again when the lease ends.
+async fn settle_all(broker: &Broker, finished: Vec<Attempted>) {
+    let mut by_shard: HashMap<String, Vec<&Attempted>> = HashMap::new();
+    for a in &finished {
+        by_shard.entry(a.shard.events_tag()).or_default().push(a);
+    }
+    for (tag, attempts) in by_shard {
+        let items: Vec<Settlement<'_>> = attempts
+            .iter()
+            .map(|a| Settlement {
+                id: &a.item.id,
+                token: &a.item.token,
+                how: a.settle,
+                attempt: &a.log,
+            })
+            .collect();
+        if let Err(e) = broker.store().queue_settle_many(&tag, &items, true).await {
+            tracing::warn!(error = %e, events = items.len(), "settling event deliveries failed");
+        }
     }
 }

@@ -28,6 +28,7 @@ use crate::crypto::CryptoError;
 use crate::domain::{E164, Millis};
 use crate::http::ApiError;
 use crate::store::outbox::{Leased, Settle};
+use crate::store::{Queue, Rings};
 
 /// Which provider API sends the text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -499,8 +500,10 @@ pub fn needed(p: &Providers) -> bool {
         || p.vonage_api_key.is_some()
 }
 
-/// Runs [`deliver_once`] until `shutdown`, at once again after a full batch, otherwise every
-/// `IDLE_POLL`. A pass in hand is finished (its texts sent and settled) before it returns.
+/// Runs [`deliver_once`] until `shutdown`: at once again after a full batch, when a text is
+/// queued (the queues' doorbell, see `store::doorbell`), and otherwise every `IDLE_POLL` for
+/// retries that fall due and rings that were lost. A pass in hand is finished (its texts
+/// sent and settled) before it returns.
 pub async fn run_worker(broker: Broker, providers: Providers, shutdown: CancellationToken) {
     let http = match reqwest::Client::builder()
         .timeout(SEND_TIMEOUT)
@@ -513,6 +516,12 @@ pub async fn run_worker(broker: Broker, providers: Providers, shutdown: Cancella
             return;
         }
     };
+    // Texts are few beside events: a ring starts a pass over every queue.
+    let rings = Arc::new(Rings::default());
+    let listener = tokio::spawn({
+        let (store, rings, shutdown) = (broker.store().clone(), rings.clone(), shutdown.clone());
+        async move { store.listen(Queue::Texts, rings, shutdown).await }
+    });
     while !shutdown.is_cancelled() {
         let pause = match deliver_once(&broker, &http, &providers).await {
             Ok(n) if n >= BATCH => Duration::ZERO,
@@ -524,10 +533,14 @@ pub async fn run_worker(broker: Broker, providers: Providers, shutdown: Cancella
         };
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
+            _ = rings.wait() => {
+                rings.take();
+            }
             _ = tokio::time::sleep(pause) => {}
         }
     }
+    let _ = listener.await;
 }
 
 #[cfg(test)]

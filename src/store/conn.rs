@@ -222,6 +222,17 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// The primary as Sentinel names it now, for a connection of its own (a subscriber);
+    /// `None` for other kinds of Redis.
+    pub(crate) async fn sentinel_primary(&self) -> Option<RedisResult<redis::Client>> {
+        match self {
+            Conn::Sentinel(f) => Some(f.primary_client().await),
+            _ => None,
+        }
+    }
+}
+
 impl LazyCluster {
     async fn get(&self) -> RedisResult<ClusterConnection> {
         self.conn
@@ -251,13 +262,18 @@ impl Followed {
             .set_redis_settings(auth)
     }
 
+    /// A client for the primary the sentinels name now (not yet checked with `ROLE`).
+    async fn primary_client(&self) -> RedisResult<redis::Client> {
+        let (host, port) = self.primary().await?;
+        client_for(self.target.info(&(host, port)), self.certs())
+    }
+
     async fn get(&self) -> RedisResult<MultiplexedConnection> {
         let mut current = self.current.lock().await;
         if let Some(c) = &*current {
             return Ok(c.clone());
         }
-        let (host, port) = self.primary().await?;
-        let client = client_for(self.target.info(&(host, port)), self.certs())?;
+        let client = self.primary_client().await?;
         let mut conn = tokio::time::timeout(
             CONNECT_TIMEOUT,
             client.get_multiplexed_async_connection_with_config(&connection_config()),

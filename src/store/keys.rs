@@ -63,6 +63,15 @@ impl Keys {
             shard,
         }
     }
+    /// The shard whose keys start with `key` (any of its keys or tags, such as a queue's
+    /// tag a doorbell names), if it is one of this prefix's shards.
+    pub fn shard_of(&self, key: &str) -> Option<ShardKeys> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{p")?;
+        let (ids, _) = rest.split_once("}:")?;
+        let (pool_id, shard) = ids.split_once('.')?;
+        let keys = self.shard(pool_id.parse().ok()?, shard.parse().ok()?);
+        key.starts_with(keys.tag()).then_some(keys)
+    }
 }
 
 /// Keys of one pool shard; all in one hash slot.
@@ -213,6 +222,23 @@ pub fn hash_slot(key: &str) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_is_found_from_its_keys_and_only_under_its_prefix() {
+        let keys = Keys::new("hush");
+        let shard = keys.shard(7, 3);
+        assert_eq!(keys.shard_of(&shard.events_tag()), Some(shard.clone()));
+        assert_eq!(keys.shard_of(&shard.outbox_tag()), Some(shard));
+        for other in [
+            "hush2:{p7.3}:ev:",
+            "hush:{ox}:",
+            "hush:{p7}:ev:",
+            "hush:{p7.x}:ev:",
+            "hush:{p07.3}:ev:",
+        ] {
+            assert_eq!(keys.shard_of(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn slot_matches_redis_reference_values() {

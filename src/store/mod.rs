@@ -13,6 +13,7 @@
 mod acked;
 mod api_keys;
 pub mod conn;
+mod doorbell;
 mod events;
 mod idempotency;
 pub mod keys;
@@ -28,6 +29,7 @@ pub mod tls;
 
 use redis::{FromRedisValue, RedisError, Script, ToRedisArgs, Value};
 
+pub use doorbell::{Queue, Rings};
 pub use events::EventDraft;
 pub use idempotency::{IdemBegin, IdemMark, Lease};
 pub use keys::{Keys, ShardKeys};
@@ -145,6 +147,7 @@ pub struct Store {
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
     acked: Option<std::sync::Arc<acked::Acked>>,
+    bells: std::sync::Arc<doorbell::Bells>,
 }
 
 fn strings(v: Value) -> Result<Vec<String>> {
@@ -191,6 +194,7 @@ impl Store {
             keys: Keys::new(prefix),
             scripts: std::sync::Arc::new(Scripts::load()),
             acked: None,
+            bells: std::sync::Arc::new(doorbell::Bells::new(target, access)?),
         })
     }
 

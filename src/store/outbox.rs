@@ -50,6 +50,19 @@ pub struct Leased {
     pub sealed: String,
     /// How many times the text has been claimed, this claim included.
     pub claims: u32,
+    /// The participants' numbers stored sealed beside an event, for pools that send them;
+    /// empty for texts and for other events.
+    pub numbers: String,
+}
+
+/// One claimed item's settlement, for [`Store::queue_settle_many`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settlement<'a> {
+    pub id: &'a str,
+    pub token: &'a str,
+    pub how: Settle<'a>,
+    /// An attempt to append to the item's log, or empty.
+    pub attempt: &'a str,
 }
 
 /// How a claimed text leaves the worker's hands.
@@ -67,7 +80,7 @@ pub enum Settle<'a> {
 
 /// The queue every text shared before texts were queued per pool shard: still served until
 /// it is empty, so texts queued by an earlier version are sent after an upgrade.
-fn legacy_tag(prefix: &str) -> String {
+pub(super) fn legacy_tag(prefix: &str) -> String {
     format!("{prefix}:{{ox}}:")
 }
 
@@ -168,10 +181,10 @@ impl Store {
             .invoke_async(&mut self.c())
             .await?;
         let flat = strings(reply)?;
-        if flat.len() % 4 != 0 {
+        if flat.len() % 5 != 0 {
             return Err(StoreError::Corrupt("queue claim reply"));
         }
-        flat.chunks(4)
+        flat.chunks(5)
             .map(|c| {
                 Ok(Leased {
                     id: c[0].clone(),
@@ -180,6 +193,7 @@ impl Store {
                     claims: c[3]
                         .parse()
                         .map_err(|_| StoreError::Corrupt("queue claim count"))?,
+                    numbers: c[4].clone(),
                 })
             })
             .collect()
@@ -195,26 +209,54 @@ impl Store {
         keep_body: bool,
         attempt: &str,
     ) -> Result<bool> {
-        let (op, at, reason) = match how {
-            Settle::Done { keep_ms } => ("done", keep_ms, ""),
-            Settle::Retry { due } => ("retry", due, ""),
-            Settle::Release { due } => ("release", due, ""),
-            Settle::Failed { keep_ms, reason } => ("failed", keep_ms, reason),
+        let one = Settlement {
+            id,
+            token,
+            how,
+            attempt,
         };
-        let changed: i64 = SCRIPTS
-            .settle
-            .key(format!("{tag}q"))
-            .arg(tag)
-            .arg(id)
-            .arg(token)
-            .arg(op)
-            .arg(at)
-            .arg(reason)
-            .arg(if keep_body { "1" } else { "0" })
-            .arg(attempt)
-            .invoke_async(&mut self.c())
+        let settled = self
+            .queue_settle_many(tag, std::slice::from_ref(&one), keep_body)
             .await?;
-        Ok(changed == 1)
+        Ok(settled.first() == Some(&true))
+    }
+
+    /// Settles many claimed items of the queue under `tag` in one script, so a busy worker
+    /// spends one round trip per shard, not one per item. One flag per item: false when
+    /// its lease was lost (another worker holds it now).
+    pub(crate) async fn queue_settle_many(
+        &self,
+        tag: &str,
+        items: &[Settlement<'_>],
+        keep_body: bool,
+    ) -> Result<Vec<bool>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = SCRIPTS.settle.key(format!("{tag}q"));
+        invocation.arg(tag).arg(if keep_body { "1" } else { "0" });
+        for item in items {
+            let (op, at, reason) = match item.how {
+                Settle::Done { keep_ms } => ("done", keep_ms, ""),
+                Settle::Retry { due } => ("retry", due, ""),
+                Settle::Release { due } => ("release", due, ""),
+                Settle::Failed { keep_ms, reason } => ("failed", keep_ms, reason),
+            };
+            invocation
+                .arg(item.id)
+                .arg(item.token)
+                .arg(op)
+                .arg(at)
+                .arg(reason)
+                .arg(item.attempt);
+        }
+        // Delivery bookkeeping: not confirmed by replicas (see HUSH_REDIS_WAIT_REPLICAS in
+        // docs/operations.md); a settle lost in a failover means one more delivery attempt.
+        let flags: Vec<i64> = invocation.invoke_async(&mut self.c()).await?;
+        if flags.len() != items.len() {
+            return Err(StoreError::Corrupt("queue settle reply"));
+        }
+        Ok(flags.into_iter().map(|f| f == 1).collect())
     }
 
     /// Remembers which inbound reference a provider's outbound message id belongs to, in the

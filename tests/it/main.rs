@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod deploy;
 mod dev;
+mod doorbell;
 mod edge;
 mod errors;
 mod events;

@@ -84,6 +84,13 @@ local function put_blob(s, blob)
   end
 end
 
+-- Wakes the workers listening on a queue's bell channel (store::doorbell); the queue, not the
+-- message, is the truth, so a ring nobody hears only leaves the item to the next sweep. A
+-- ring refused (an ACL user without the channel) must not undo the change it announces.
+local function ring(channel)
+  redis.pcall('PUBLISH', channel, '')
+end
+
 -- Events live in the shard's own queue, so a script records the event of a change in the same
 -- step as the change (written or not at all, together). `body` is the JSON the app receives
 -- (no numbers); `numbers` the participants' numbers, sealed, for pools that send them.
@@ -106,6 +113,7 @@ local function put_event(id, etype, body, numbers, now, owners)
   end
   redis.call('ZADD', EV .. 'q', now, id)
   redis.call('ZADD', EV .. 'all', now, id)
+  ring(EV .. 'bell')
   -- The listing index forgets what is older than any record can be (failed events are kept
   -- 30 days), so it does not grow without bound when nobody lists events.
   redis.call('ZREMRANGEBYSCORE', EV .. 'all', '-inf', now - 31 * 86400000)

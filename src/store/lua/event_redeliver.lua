@@ -8,4 +8,5 @@ redis.call('HSET', m, 's', 'q', 'n', 0)
 redis.call('HDEL', m, 'r')
 redis.call('PERSIST', m)
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+ring(TAG .. 'bell')
 return 1

@@ -3,7 +3,9 @@
 -- that dies holding a lease leaves the text to be claimed again once the lease has run out.
 -- KEYS: 1 queue. ARGV: 1 tag, 2 now ms, 3 lease ms, 4 limit, 5 token (unique per call),
 --       6 how long to keep a record given up as of unknown outcome, or '' (see below)
--- Returns a flat list, four items per text: id, token, sealed text, claims so far.
+-- Returns a flat list, five items per text: id, token, sealed text, claims so far, and the
+-- sealed numbers beside it ('' when none; events of pools that send numbers), so a worker
+-- needs no further read to send what it claimed.
 --
 -- With ARGV[6] (outbound texts), an item whose last lease ran out unsettled is not handed out
 -- again: its holder died or hung after claiming it, so the provider may have taken it, and a
@@ -16,7 +18,8 @@ local out = {}
 local due = redis.call('ZRANGEBYSCORE', q, '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
 for i, id in ipairs(due) do
   local m = TAG .. 'm:' .. id
-  local sealed = redis.call('HGET', m, 'b')
+  local rec = redis.call('HMGET', m, 'b', 'z')
+  local sealed = rec[1]
   if sealed and ARGV[6] and ARGV[6] ~= '' and redis.call('HEXISTS', m, 'l') == 1 then
     redis.call('ZREM', q, id)
     redis.call('HDEL', m, 'b', 'l')
@@ -26,6 +29,7 @@ for i, id in ipairs(due) do
     table.insert(out, '')
     table.insert(out, sealed)
     table.insert(out, redis.call('HGET', m, 'n') or '0')
+    table.insert(out, rec[2] or '')
   elseif sealed then
     local token = ARGV[5] .. '.' .. i
     local claims = redis.call('HINCRBY', m, 'n', 1)
@@ -35,6 +39,7 @@ for i, id in ipairs(due) do
     table.insert(out, token)
     table.insert(out, sealed)
     table.insert(out, claims)
+    table.insert(out, rec[2] or '')
   else
     -- The record is gone (deleted by hand): there is nothing left to send.
     redis.call('ZREM', q, id)

@@ -7,4 +7,5 @@ local m = TAG .. 'm:' .. ARGV[2]
 if redis.call('EXISTS', m) == 1 then return 0 end
 redis.call('HSET', m, 'b', ARGV[3], 's', 'q', 'n', 0)
 redis.call('ZADD', q, ARGV[4], ARGV[2])
+ring(TAG .. 'bell')
 return 1
