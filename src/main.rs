@@ -438,7 +438,7 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
                     p.numbers.active,
                     p.numbers.draining,
                     p.open_sessions,
-                    p.shards
+                    p.policy.shards
                 );
             }
             Ok(())

@@ -199,17 +199,7 @@ impl Broker {
         counts.active = counts.total - counts.draining;
         Ok(PoolView {
             name: row.name.clone(),
-            default_ttl_secs: policy.default_ttl_secs,
-            cooloff_secs: policy.cooloff_secs,
-            geo_match: policy.geo_match,
-            out_of_session_message: policy.out_of_session_message,
-            callback_url: policy.callback_url,
-            callback_include_numbers: policy.callback_include_numbers,
-            intercept_url: policy.intercept_url,
-            intercept_timeout_ms: policy.intercept_timeout_ms,
-            intercept_fallback: policy.intercept_fallback,
-            low_threshold_pct: policy.low_threshold_pct,
-            shards: policy.shards,
+            policy,
             numbers: counts,
             open_sessions: open,
         })

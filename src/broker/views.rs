@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{E164, GeoMatch, InterceptFallback, Mode, NumberState, PoolName};
+use crate::domain::{E164, InterceptFallback, Mode, NumberState, PoolName, PoolPolicy};
 
 /// One side of a session being created: a real number and the app's optional label.
 #[derive(Clone, Debug)]
@@ -60,17 +60,8 @@ pub struct NumberCounts {
 #[derive(Clone, Debug, Serialize)]
 pub struct PoolView {
     pub name: String,
-    pub default_ttl_secs: u32,
-    pub cooloff_secs: u32,
-    pub geo_match: GeoMatch,
-    pub out_of_session_message: String,
-    pub callback_url: Option<String>,
-    pub callback_include_numbers: bool,
-    pub intercept_url: Option<String>,
-    pub intercept_timeout_ms: u32,
-    pub intercept_fallback: InterceptFallback,
-    pub low_threshold_pct: u8,
-    pub shards: u16,
+    #[serde(flatten)]
+    pub policy: PoolPolicy,
     pub numbers: NumberCounts,
     pub open_sessions: i64,
 }

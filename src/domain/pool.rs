@@ -61,8 +61,9 @@ pub enum InterceptFallback {
     Block,
 }
 
-/// What a pool promises its sessions, and where it tells the app about them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a pool promises its sessions, and where it tells the app about them. Serialised as
+/// the API shows it, inside the pool's view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PoolPolicy {
     pub default_ttl_secs: u32,
     pub cooloff_secs: u32,
