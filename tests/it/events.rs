@@ -56,18 +56,8 @@ async fn hooked_pool(
 ) -> String {
     policy["callback_url"] = json!(receiver.url("/events"));
     app.pool(name, policy, numbers).await;
-    let secret = callback_secret(app, name).await;
+    let secret = app.callback_secret(name).await;
     receiver.set_secrets(vec![secret.clone()]);
-    secret
-}
-
-async fn callback_secret(app: &TestApp, pool: &str) -> String {
-    let body = app
-        .get(&format!("/v1/pools/{pool}/callback-secret"))
-        .await
-        .expect(200);
-    let secret = body["secret"].as_str().expect("a `secret`").to_string();
-    assert!(secret.starts_with("whsec_"), "{body}");
     secret
 }
 
@@ -794,7 +784,7 @@ async fn after_a_rotation_both_secrets_sign() {
         .expect(200);
     let new = rotated["secret"].as_str().expect("a `secret`").to_string();
     assert!(new.starts_with("whsec_") && new != old, "{rotated}");
-    assert_eq!(callback_secret(&app, "rotating").await, new);
+    assert_eq!(app.callback_secret("rotating").await, new);
 
     // An app that has not switched yet, and one that has, both accept what comes next.
     receiver.set_secrets(vec![old.clone(), new.clone()]);

@@ -245,6 +245,21 @@ impl Tally {
             .unwrap_or(0)
     }
 
+    /// From `at` to the answer of the first create sent after it that made a session.
+    fn served_again_ms(&self, at: Instant) -> Option<u128> {
+        self.answers
+            .iter()
+            .find(|a| a.sent >= at && a.create && a.status == 201)
+            .map(|a| (a.sent + a.took - at).as_millis())
+    }
+
+    /// Whether a request sent in `[from, to)` was answered 503.
+    fn any_503(&self, from: Instant, to: Instant) -> bool {
+        self.answers
+            .iter()
+            .any(|a| a.sent >= from && a.sent < to && a.status == 503)
+    }
+
     /// The slowest answer sent in `[from, to)`.
     fn slowest_ms(&self, from: Instant, to: Instant) -> u128 {
         self.answers
@@ -505,11 +520,7 @@ async fn redis_restarted_under_load() {
     let lost = lost(&one, &tally.acked).await;
     assert_no_half_session(&one).await;
     let during = tally.slowest_ms(killed, back);
-    let served_again = tally
-        .answers
-        .iter()
-        .find(|a| a.sent >= back && a.create && a.status == 201)
-        .map(|a| (a.sent + a.took - back).as_millis());
+    let served_again = tally.served_again_ms(back);
     eprintln!(
         "FAULT redis-restart aof=always acked={} lost={lost} slowest_during_ms={during} \
          served_after_return_ms={served_again:?} codes={:?}",
@@ -521,10 +532,7 @@ async fn redis_restarted_under_load() {
         "an fsync-always AOF keeps every acknowledged session"
     );
     assert!(
-        tally
-            .answers
-            .iter()
-            .any(|a| a.sent >= killed && a.sent < back && a.status == 503),
+        tally.any_503(killed, back),
         "nothing was answered 503 while Redis was down"
     );
     assert!(
@@ -566,11 +574,7 @@ async fn redis_frozen_under_load() {
     tally.assert_clean("freeze");
     let lost = lost(&one, &tally.acked).await;
     assert_no_half_session(&one).await;
-    let served_again = tally
-        .answers
-        .iter()
-        .find(|a| a.sent >= thawed && a.create && a.status == 201)
-        .map(|a| (a.sent + a.took - thawed).as_millis());
+    let served_again = tally.served_again_ms(thawed);
     eprintln!(
         "FAULT redis-freeze secs=5 acked={} lost={lost} slowest_during_ms={} \
          served_after_thaw_ms={served_again:?} connections_before={before} during={during} \
@@ -581,10 +585,7 @@ async fn redis_frozen_under_load() {
     );
     assert_eq!(lost, 0);
     assert!(
-        tally
-            .answers
-            .iter()
-            .any(|a| a.sent >= frozen && a.sent < thawed && a.status == 503),
+        tally.any_503(frozen, thawed),
         "nothing was answered 503 while Redis was frozen"
     );
     assert!(
@@ -695,13 +696,7 @@ async fn a_hush_process_killed_mid_load_and_mid_delivery() {
         &proxies(PROXIES),
     )
     .await;
-    let secret = one
-        .get("/v1/pools/faults/callback-secret")
-        .await
-        .expect(200)["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = one.callback_secret("faults").await;
     receiver.set_secrets(vec![secret]);
     // Slow answers keep deliveries in flight, so the kill lands in the middle of some.
     receiver.delay(Duration::from_millis(800));

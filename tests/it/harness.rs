@@ -576,6 +576,17 @@ impl TestApp {
     // --- API helpers --------------------------------------------------------------------------
 
     /// `PUT /v1/pools/{name}` with this body.
+    /// The pool's current signing secret for callbacks, `whsec_...`.
+    pub async fn callback_secret(&self, pool: &str) -> String {
+        let body = self
+            .get(&format!("/v1/pools/{pool}/callback-secret"))
+            .await
+            .expect(200);
+        let secret = body["secret"].as_str().expect("a `secret`").to_string();
+        assert!(secret.starts_with("whsec_"), "{body}");
+        secret
+    }
+
     pub async fn put_pool(&self, name: &str, body: Value) -> Resp {
         self.put(&format!("/v1/pools/{name}"), &body).await
     }

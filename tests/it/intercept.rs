@@ -36,10 +36,7 @@ async fn setup(policy: Value) -> Setup {
         body[k] = v.clone();
     }
     app.pool("asks", body, &proxies(1)).await;
-    let secret = app.get("/v1/pools/asks/callback-secret").await.expect(200)["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = app.callback_secret("asks").await;
     receiver.set_secrets(vec![secret]);
     let (a, b) = (participant(40), participant(41));
     let s = app.open_session("asks", &a, &b, None).await;
@@ -207,13 +204,7 @@ pub async fn blocking_pool(app: &TestApp) -> Blocking {
         &[proxy202(7)],
     )
     .await;
-    let secret = app
-        .get("/v1/pools/blocks/callback-secret")
-        .await
-        .expect(200)["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = app.callback_secret("blocks").await;
     receiver.set_secrets(vec![secret]);
     receiver.intercept_answer(200, Some(json!({ "action": "block", "message": BLOCKED })));
     let (a, b) = (participant(60), participant(61));
@@ -357,10 +348,7 @@ async fn the_route_api_records_interactions_sends_events_and_asks_the_intercept(
         &proxies(1),
     )
     .await;
-    let secret = app.get("/v1/pools/api/callback-secret").await.expect(200)["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = app.callback_secret("api").await;
     receiver.set_secrets(vec![secret]);
     let (a, b) = (participant(70), participant(71));
     let s = app.open_session("api", &a, &b, None).await;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::harness::*;
 use crate::topology::Topology;
@@ -39,17 +39,6 @@ async fn ttls_at(url: &str, keys: &[String]) -> BTreeMap<String, i64> {
         out.insert(key.clone(), ttl);
     }
     out
-}
-
-async fn idempotent_create(app: &TestApp, key: &str, body: &Value) -> Resp {
-    app.send(
-        app.client
-            .post(app.url("/v1/sessions"))
-            .bearer_auth(&app.admin_key)
-            .header("Idempotency-Key", key)
-            .json(body),
-    )
-    .await
 }
 
 /// `(id, type)` of every event of `pool`: delivery attempts may go on after the move.
@@ -131,7 +120,7 @@ async fn moves_to(target: &Topology) {
 
     let body = json!({ "pool": "single",
         "participants": [{ "number": participant(50) }, { "number": participant(51) }] });
-    let first = idempotent_create(&app, "order-77", &body).await;
+    let first = super::idempotency::send(&app, "order-77", &body).await;
     let first = first.expect(201);
 
     let app_key = app.key(&["sessions"]).await;
@@ -224,7 +213,7 @@ async fn moves_to(target: &Topology) {
         )
         .await;
     assert_eq!(r.status, 200, "the app's key after the move: {}", r.text);
-    let again = idempotent_create(&moved, "order-77", &body).await;
+    let again = super::idempotency::send(&moved, "order-77", &body).await;
     assert_eq!(again.header("idempotent-replayed").as_deref(), Some("true"));
     assert_eq!(again.expect(201)["id"], first["id"]);
     // The calls above add interaction events; every event from before is still listed.

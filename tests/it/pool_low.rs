@@ -26,10 +26,7 @@ async fn pool_low_fires_once_per_crossing() {
         &proxies(4),
     )
     .await;
-    let secret = app.get("/v1/pools/busy/callback-secret").await.expect(200)["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = app.callback_secret("busy").await;
     receiver.set_secrets(vec![secret]);
 
     // One participant in every session, so each takes a number of its own: 1/4, then 2/4.

@@ -80,10 +80,7 @@ async fn every_record_is_resealed_and_hush_then_runs_on_the_new_key_alone() {
         &proxies(3),
     )
     .await;
-    let secret = app.get("/v1/pools/rot/callback-secret").await.expect(200)["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = app.callback_secret("rot").await;
     receiver.set_secrets(vec![secret]);
     let (a1, b1) = (participant(30), participant(31));
     let (a2, b2) = (participant(32), participant(33));
