@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::domain::{CloseReason, E164, Millis, SessionId};
-use crate::store::{EndOp, Ended, RouteRow, ShardKeys, StoreError};
+use crate::store::{EndOp, Ended, ShardKeys, StoreError};
 use crate::telemetry::METRICS;
 
 use super::{Broker, BrokerError, PoolLimit, Result};
@@ -24,10 +24,11 @@ impl Broker {
                 let keys: HashSet<String> = self
                     .inner
                     .store
-                    .routes_of(&shard, &idx)
+                    .entry_of(&shard, &idx)
                     .await?
-                    .values()
-                    .filter_map(|r| RouteRow::parse(r).map(|r| r.session_key))
+                    .routes
+                    .into_iter()
+                    .map(|(_, key)| key)
                     .collect();
                 for key in keys {
                     let Some(id) = SessionId::from_key(row.id, s, &key) else {
@@ -95,8 +96,6 @@ impl Broker {
                 .session_end(
                     shard,
                     &key,
-                    g("a"),
-                    g("b"),
                     now,
                     EndOp::Erase {
                         side,

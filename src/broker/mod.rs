@@ -173,18 +173,6 @@ fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-/// A session record's sealed blob: whole in `z`, or in the chunks `z1`, `z2`, ... that keep
-/// the record's hash in Redis's compact encoding.
-fn blob_text(rec: &HashMap<String, String>) -> String {
-    if let Some(whole) = rec.get("z") {
-        return whole.clone();
-    }
-    (1..)
-        .map_while(|i| rec.get(&format!("z{i}")))
-        .map(String::as_str)
-        .collect()
-}
-
 /// Which shard of a pool a number lives in: stable for a given shard count.
 fn shard_of(number: &str, shards: u16) -> u16 {
     let h = Sha256::digest(number.as_bytes());
@@ -233,7 +221,11 @@ impl Broker {
 
     /// Opens the sealed part of a session record.
     fn open_blob(&self, rec: &HashMap<String, String>) -> Result<Blob> {
-        serde_json::from_slice(&self.inner.crypto.open("session", &blob_text(rec))?)
+        self.open_sealed_blob(rec.get("z").map(String::as_str).unwrap_or(""))
+    }
+
+    fn open_sealed_blob(&self, sealed: &str) -> Result<Blob> {
+        serde_json::from_slice(&self.inner.crypto.open("session", sealed)?)
             .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))
     }
 

@@ -10,6 +10,7 @@ use crate::domain::{
 use crate::store::{PoolRow, PoolSet, ShardKeys};
 use crate::telemetry::METRICS;
 
+use super::reaper::BUCKETS_PER_PASS;
 use super::{
     AddReport, Broker, BrokerError, NumberCounts, NumberView, PoolLimit, PoolView, Result, Skipped,
     policy_of,
@@ -141,13 +142,8 @@ impl Broker {
             emptied += 1;
             // Sessions whose cool-off has ended no longer hold their number, even if no
             // reaper has visited them yet.
-            const REAP_BATCH: usize = 1000;
-            for _ in 0..10 {
-                let r = self.reap_shard(&shard, self.now(), REAP_BATCH).await?;
-                if r.expired + r.released < REAP_BATCH {
-                    break;
-                }
-            }
+            self.reap_shard(&shard, self.now(), BUCKETS_PER_PASS)
+                .await?;
             let Some(numbers) = self.inner.store.pool_shard_delete(&shard).await? else {
                 return Err(BrokerError::PoolInUse(name.to_string()));
             };
@@ -421,7 +417,8 @@ impl Broker {
         let shard = self.number_shard(pool, number).await?;
         // Sessions whose cool-off has ended no longer hold the number, even if no reaper
         // has visited them yet.
-        self.reap_shard(&shard, self.now(), 1000).await?;
+        self.reap_shard(&shard, self.now(), BUCKETS_PER_PASS)
+            .await?;
         match self
             .inner
             .store

@@ -8,6 +8,13 @@ use crate::telemetry::METRICS;
 
 use super::{Broker, Result};
 
+/// Session buckets one pass works through per shard: a shard has at most 4,096, and a
+/// bucket's due sessions are all handled in one visit.
+pub(super) const BUCKETS_PER_PASS: usize = 4096;
+/// Participant buckets tidied per shard and pass.
+const TIDY_PER_PASS: usize = 4;
+const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
 /// What a reaper pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reaped {
@@ -16,46 +23,76 @@ pub struct Reaped {
 }
 
 impl Broker {
-    /// Advances due sessions of one shard: expiry, end of cool-off, end of readability.
+    /// Advances due sessions of one shard (expiry, end of hold), working through at most
+    /// `limit` session buckets, and tidies a few participant buckets.
     pub async fn reap_shard(&self, shard: &ShardKeys, now: Millis, limit: usize) -> Result<Reaped> {
         let mut done = Reaped::default();
-        for key in self.inner.store.due(shard, now, limit).await? {
-            let rec = self.inner.store.session(shard, &key).await?;
-            let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
-            let expiring = g("t") == "o";
-            // A record whose events cannot be built (a blob sealed under a key no longer
-            // configured) still expires and frees its number: one bad record must not stop
-            // the reaper.
-            let events = match SessionId::from_key(shard.pool_id, shard.shard, &key) {
-                Some(id) if expiring && !rec.is_empty() => {
-                    match self.end_events(&id, &rec, None).await {
-                        Ok(events) => events,
-                        Err(e) => {
-                            tracing::warn!(session = %id, error = %e, "expiry event not built");
-                            EndEvents::default()
-                        }
-                    }
+        let store = &self.inner.store;
+        for bucket in store.due_buckets(shard, now, limit).await? {
+            for (key, rec) in store.bucket_sessions(shard, &bucket).await? {
+                let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
+                let expiring = g("t") == "o";
+                let next: Millis = g(if expiring { "e" } else { "h" }).parse().unwrap_or(0);
+                if next > now {
+                    continue;
                 }
-                _ => EndEvents::default(),
-            };
-            let ended = self
-                .inner
-                .store
-                .session_end(shard, &key, g("a"), g("b"), now, EndOp::Reap, &events)
-                .await?;
-            if expiring && g("e").parse::<Millis>().unwrap_or(i64::MAX) <= now {
-                done.expired += 1;
-                let pool = self.pool_name(shard.pool_id).await.unwrap_or_default();
-                METRICS
-                    .sessions_closed
-                    .with_label_values(&[pool.as_str(), "expired"])
-                    .inc();
+                self.reap_session(shard, &key, &rec, now, &mut done).await?;
             }
-            if ended == Ended::Ok {
-                done.released += 1;
-            }
+            store.bucket_settle(shard, &bucket).await?;
+        }
+        // Sticky memory past its window leaves the participant buckets that nothing else
+        // rewrites: a few random ones per pass visit each of the 4,096 every few minutes.
+        for _ in 0..TIDY_PER_PASS {
+            let pick: [u8; 2] = rand::random();
+            let name: String = pick
+                .iter()
+                .map(|b| BASE64URL[(*b & 63) as usize] as char)
+                .collect();
+            store.entries_tidy(shard, &name).await?;
         }
         Ok(done)
+    }
+
+    async fn reap_session(
+        &self,
+        shard: &ShardKeys,
+        key: &str,
+        rec: &std::collections::HashMap<String, String>,
+        now: Millis,
+        done: &mut Reaped,
+    ) -> Result<()> {
+        let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
+        let expiring = g("t") == "o";
+        // A record whose events cannot be built (a blob sealed under a key no longer
+        // configured) still expires and frees its number: one bad record must not stop
+        // the reaper.
+        let events = match SessionId::from_key(shard.pool_id, shard.shard, key) {
+            Some(id) if expiring => match self.end_events(&id, rec, None).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "expiry event not built");
+                    EndEvents::default()
+                }
+            },
+            _ => EndEvents::default(),
+        };
+        let ended = self
+            .inner
+            .store
+            .session_end(shard, key, now, EndOp::Reap, &events)
+            .await?;
+        if expiring {
+            done.expired += 1;
+            let pool = self.pool_name(shard.pool_id).await.unwrap_or_default();
+            METRICS
+                .sessions_closed
+                .with_label_values(&[pool.as_str(), "expired"])
+                .inc();
+        }
+        if ended == Ended::Ok {
+            done.released += 1;
+        }
+        Ok(())
     }
 
     /// One reaper pass over every pool. Idempotent; any instance may run it at any time.
@@ -64,19 +101,14 @@ impl Broker {
         for row in self.inner.store.pool_list().await? {
             for s in 0..row.shards {
                 let shard = self.shard(row.id, s);
-                loop {
-                    let r = match self.reap_shard(&shard, now, 500).await {
-                        Ok(r) => r,
-                        // Other shards still get their pass.
-                        Err(e) => {
-                            tracing::warn!(pool = %row.name, error = %e, "reaping a shard failed");
-                            break;
-                        }
-                    };
-                    total.expired += r.expired;
-                    total.released += r.released;
-                    if r.expired + r.released < 500 {
-                        break;
+                match self.reap_shard(&shard, now, BUCKETS_PER_PASS).await {
+                    Ok(r) => {
+                        total.expired += r.expired;
+                        total.released += r.released;
+                    }
+                    // Other shards still get their pass.
+                    Err(e) => {
+                        tracing::warn!(pool = %row.name, error = %e, "reaping a shard failed")
                     }
                 }
             }

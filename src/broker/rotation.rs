@@ -108,6 +108,9 @@ impl Broker {
     async fn reseal_key(&self, key: &str) -> Result<Rotation> {
         let (store, crypto) = (&self.inner.store, &self.inner.crypto);
         let mut r = Rotation::default();
+        // Each value is rewritten only while it is still what was read; those hush changed
+        // meanwhile are read again.
+        let mut resealed = 0;
         let mut racing = 0;
         for _ in 0..TRIES_PER_KEY {
             let spots = store.sealed_spots(key).await?;
@@ -124,16 +127,23 @@ impl Broker {
                     }
                 }
             }
-            if fresh.is_empty() || store.reseal_spots(key, &fresh).await? {
-                r.current += current;
+            let written = if fresh.is_empty() {
+                0
+            } else {
+                store.reseal_spots(key, &fresh).await?
+            };
+            if written == fresh.len() as u64 {
+                // Values re-sealed by an earlier try read as current now.
+                r.current += current - resealed.min(current);
                 r.skipped += unreadable;
-                r.resealed += fresh.len() as u64;
+                r.resealed += resealed + written;
                 return Ok(r);
             }
-            // hush changed the key since it was read: read it again.
-            racing = fresh.len() as u64;
+            resealed += written;
+            racing = fresh.len() as u64 - written;
         }
         tracing::warn!("a record kept changing while being re-sealed; left as it is");
+        r.resealed += resealed;
         r.skipped += racing;
         Ok(r)
     }

@@ -4,7 +4,7 @@
 
 use crate::crypto::CryptoError;
 use crate::domain::{E164, PoolPolicy, SessionId, session::Kind};
-use crate::store::{RouteRow, ShardKeys, StoreError};
+use crate::store::{Reach, ShardKeys, StoreError};
 use crate::telemetry::METRICS;
 
 use super::{Broker, BrokerError, Decision, PoolLimit, RelayOutcome, Result, kind_name, policy_of};
@@ -79,11 +79,18 @@ impl Broker {
         &self,
         pool_id: u32,
         shard: u16,
-        r: &RouteRow,
+        r: &Reach,
         proxy: &E164,
         kind: Kind,
     ) -> Result<Decision> {
-        let other = self.inner.crypto.open_number(&r.sealed_other)?;
+        // The script answers only while the other side is still in the session.
+        let mut blob = self.open_sealed_blob(&r.blob)?;
+        let other = blob.p[1 - r.side]
+            .n
+            .take()
+            .ok_or(StoreError::Corrupt("session blob without the other party"))?;
+        let other =
+            E164::parse(&other).map_err(|_| StoreError::Corrupt("number in session blob"))?;
         let session_id = SessionId::from_key(pool_id, shard, &r.session_key)
             .map(|s| s.to_string())
             .ok_or(StoreError::Corrupt("session key in route record"))?;
@@ -205,19 +212,16 @@ impl Broker {
                 .await?;
             return match claimed {
                 crate::store::Claimed::Connect {
-                    record,
+                    reach,
                     interaction,
                     replay,
                     pending,
-                } => {
-                    let r = RouteRow::parse(&record).ok_or(StoreError::Corrupt("route record"))?;
-                    Ok(RelayOutcome {
-                        decision: self.decide(pool_id, shard, &r, to, kind)?,
-                        interaction: Some(interaction),
-                        replay,
-                        pending,
-                    })
-                }
+                } => Ok(RelayOutcome {
+                    decision: self.decide(pool_id, shard, &reach, to, kind)?,
+                    interaction: Some(interaction),
+                    replay,
+                    pending,
+                }),
                 crate::store::Claimed::Block {
                     sealed_message,
                     interaction,

@@ -7,8 +7,7 @@ use crate::domain::{
     CloseReason, E164, GeoMatch, Millis, Mode, PoolName, SessionId, ShardLoad, rfc3339, shard_order,
 };
 use crate::store::{
-    CreateArgs, Created, EndEvents, EndOp, Ended, IdemMark, PoolRow, RouteRow, ShardKeys,
-    StoreError,
+    CreateArgs, Created, EndEvents, EndOp, Ended, IdemMark, PoolRow, ShardKeys, StoreError,
 };
 use crate::telemetry::METRICS;
 
@@ -17,8 +16,7 @@ use super::{
     ParticipantView, PoolLimit, Result, SessionView, policy_of, shard_of,
 };
 
-/// How long two participants who shared a number get it again when free.
-pub const STICKY_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
+pub use crate::store::STICKY_WINDOW_MS;
 
 /// Longest session a client may ask for (30 days).
 pub const MAX_TTL_SECS: u32 = 2_592_000;
@@ -88,8 +86,6 @@ impl Broker {
         let expires = now + ttl as i64 * 1000;
         let (idx_a, idx_b) = (self.idx(&a.number), self.idx(&b.number));
         let crypto = &self.inner.crypto;
-        let sealed_a = crypto.seal_number(&a.number);
-        let sealed_b = crypto.seal_number(&b.number);
         let blob = Blob {
             p: [
                 BlobParticipant {
@@ -191,8 +187,6 @@ impl Broker {
                     idx_a: &idx_a,
                     idx_b: &idx_b,
                     levels: &levels,
-                    sealed_a: &sealed_a,
-                    sealed_b: &sealed_b,
                     blob: &sealed_blob,
                     sticky_window_ms: STICKY_WINDOW_MS,
                     area_tag: &area_tag,
@@ -383,21 +377,19 @@ impl Broker {
         })
     }
 
-    /// Applies `op` to a live session, naming the two routes its record holds.
+    /// Applies `op` to a live session.
     async fn end(
         &self,
         shard: &ShardKeys,
         id: &SessionId,
-        rec: &HashMap<String, String>,
         now: Millis,
         op: EndOp<'_>,
         events: &EndEvents,
     ) -> Result<Ended> {
-        let g = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
         Ok(self
             .inner
             .store
-            .session_end(shard, &id.key(), g("a"), g("b"), now, op, events)
+            .session_end(shard, &id.key(), now, op, events)
             .await?)
     }
 
@@ -412,15 +404,12 @@ impl Broker {
                 "ttl_secs must be between 1 and {MAX_TTL_SECS}"
             )));
         }
-        let (shard, rec) = self.record(id).await?;
+        let (shard, _) = self.record(id).await?;
         let now = self.now();
         let op = EndOp::Extend {
             expires: now + ttl_secs as i64 * 1000,
         };
-        match self
-            .end(&shard, id, &rec, now, op, &EndEvents::default())
-            .await?
-        {
+        match self.end(&shard, id, now, op, &EndEvents::default()).await? {
             Ended::Ok => self.get_session(id).await,
             Ended::Missing => Err(BrokerError::SessionNotFound),
             _ => Err(BrokerError::SessionClosed),
@@ -432,9 +421,7 @@ impl Broker {
         let (shard, rec) = self.record(id).await?;
         let now = self.now();
         let events = self.end_events(id, &rec, Some(CloseReason::Closed)).await?;
-        let ended = self
-            .end(&shard, id, &rec, now, EndOp::Close, &events)
-            .await?;
+        let ended = self.end(&shard, id, now, EndOp::Close, &events).await?;
         match ended {
             Ended::Ok => {
                 let pool = self.pool_name(id.pool_id).await?;
@@ -465,19 +452,13 @@ impl Broker {
     ) -> Result<Vec<SessionView>> {
         let rows = self.pool_rows(pool, within).await?;
         let idx = self.idx(participant);
-        let now = self.now();
         let mut out = Vec::new();
         for row in rows {
             for s in 0..row.shards {
                 let shard = self.shard(row.id, s);
-                for rec in self.inner.store.routes_of(&shard, &idx).await?.values() {
-                    let Some(r) = RouteRow::parse(rec) else {
-                        continue;
-                    };
-                    if r.open_until <= now {
-                        continue;
-                    }
-                    let Some(id) = SessionId::from_key(row.id, s, &r.session_key) else {
+                let entry = self.inner.store.entry_of(&shard, &idx).await?;
+                for (_, key) in entry.routes {
+                    let Some(id) = SessionId::from_key(row.id, s, &key) else {
                         continue;
                     };
                     match self.get_session(&id).await {

@@ -92,22 +92,23 @@ impl ShardKeys {
     pub fn nums(&self) -> String {
         format!("{}nums", self.tag)
     }
-    /// ZSET session key → time of its next transition (expiry, end of cool-off).
-    pub fn transitions(&self) -> String {
-        format!("{}x", self.tag)
+    /// ZSET session bucket key → the earliest next transition (expiry, end of hold) among
+    /// the bucket's records; early, never late (the reaper sets it exactly).
+    pub fn due_buckets(&self) -> String {
+        format!("{}xb", self.tag)
     }
-    /// HASH proxy number → route record, one per participant: the routes and the set of
-    /// numbers the participant holds.
-    pub fn routes(&self, idx: &str) -> String {
-        format!("{}u:{idx}", self.tag)
+    /// HASH participant index → entry: the routes the participant holds and its sticky
+    /// memory (see `lua/common.lua`). One bucket per first two characters of the index.
+    pub fn entries(&self, idx: &str) -> String {
+        format!("{}u:{}", self.tag, idx.get(..2).unwrap_or(idx))
     }
-    /// HASH other participant's index → `number|ms`: who shared which number (sticky).
-    pub fn sticky(&self, idx: &str) -> String {
-        format!("{}k:{idx}", self.tag)
+    /// HASH session key → session record. One bucket per first twelve bits of the key.
+    pub fn session_bucket(&self, key: &str) -> String {
+        self.session_bucket_named(&session_bucket_name(key))
     }
-    /// HASH session record.
-    pub fn session(&self, key: &str) -> String {
-        format!("{}s:{key}", self.tag)
+    /// The session bucket `name`s (as `xb` lists them).
+    pub fn session_bucket_named(&self, name: &str) -> String {
+        format!("{}s:{name}", self.tag)
     }
     /// STRING `<session key>|<request fingerprint>`: the session an idempotent create made
     /// in this shard (24 h), so a retry of a create whose answer was lost finds it.
@@ -146,36 +147,24 @@ impl ShardKeys {
     pub fn number_script_keys(&self) -> [String; 1] {
         [self.nums()]
     }
-    pub fn create_script_keys(&self, idx_a: &str, idx_b: &str, session: &str) -> [String; 7] {
+    pub fn create_script_keys(&self, idx_a: &str, idx_b: &str, session: &str) -> [String; 5] {
         [
             self.nums(),
-            self.transitions(),
-            self.routes(idx_a),
-            self.routes(idx_b),
-            self.sticky(idx_a),
-            self.sticky(idx_b),
-            self.session(session),
+            self.due_buckets(),
+            self.entries(idx_a),
+            self.entries(idx_b),
+            self.session_bucket(session),
         ]
     }
-    /// An erased side has no index left; a throwaway key in the same slot stands in.
-    pub fn end_script_keys(&self, session: &str, idx_a: &str, idx_b: &str) -> [String; 5] {
-        let or_none = |idx: &str| {
-            if idx.is_empty() {
-                "-".to_string()
-            } else {
-                idx.to_string()
-            }
-        };
+    pub fn end_script_keys(&self, session: &str) -> [String; 3] {
         [
             self.nums(),
-            self.transitions(),
-            self.session(session),
-            self.routes(&or_none(idx_a)),
-            self.routes(&or_none(idx_b)),
+            self.due_buckets(),
+            self.session_bucket(session),
         ]
     }
-    pub fn forget_script_keys(&self, idx: &str) -> [String; 2] {
-        [self.sticky(idx), self.routes(idx)]
+    pub fn forget_script_keys(&self, idx: &str) -> [String; 1] {
+        [self.entries(idx)]
     }
     /// A withheld caller has no index; a throwaway key in the same slot stands in.
     pub fn relay_script_keys(
@@ -185,13 +174,25 @@ impl ShardKeys {
         reference: &str,
     ) -> [String; 2] {
         [
-            self.routes(idx.unwrap_or("-")),
+            self.entries(idx.unwrap_or("-")),
             self.provider_ref(provider, reference),
         ]
     }
     pub fn interaction_script_keys(&self, provider: &str, reference: &str) -> [String; 1] {
         [self.provider_ref(provider, reference)]
     }
+}
+
+/// The bucket of a session key (base32, see `domain::ids`): its first two characters and the
+/// top two bits of the third, as `sbucket` in `lua/common.lua` names it.
+fn session_bucket_name(key: &str) -> String {
+    const ALPHABET: &str = "0123456789abcdefghjkmnpqrstvwxyz";
+    let third = key
+        .chars()
+        .nth(2)
+        .and_then(|c| ALPHABET.find(c))
+        .unwrap_or(0);
+    format!("{}{}", key.get(..2).unwrap_or(key), third / 8)
 }
 
 /// The Redis Cluster hash slot of a key (CRC16/XMODEM of the hash tag, mod 16384).
@@ -222,6 +223,15 @@ pub fn hash_slot(key: &str) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_are_named_by_the_start_of_a_key() {
+        let s = Keys::new("hush").shard(7, 0);
+        assert_eq!(s.entries("AbCdEf"), "hush:{p7.0}:u:Ab");
+        // 'z' is the last of 32 letters: its top two bits are 3.
+        assert_eq!(s.session_bucket("k9z0000000000000"), "hush:{p7.0}:s:k93");
+        assert_eq!(s.session_bucket("k970000000000000"), "hush:{p7.0}:s:k90");
+    }
 
     #[test]
     fn a_shard_is_found_from_its_keys_and_only_under_its_prefix() {
@@ -255,10 +265,9 @@ mod tests {
         let s = k.shard(7, 3);
         let all = [
             s.nums(),
-            s.transitions(),
-            s.routes("abc"),
-            s.sticky("abc"),
-            s.session("xyz"),
+            s.due_buckets(),
+            s.entries("abc"),
+            s.session_bucket("xyz"),
             s.load("b", "a1415"),
             s.interactions("xyz"),
             s.provider_ref("twilio", "CA123"),
@@ -279,7 +288,7 @@ mod tests {
         let lists: Vec<Vec<String>> = vec![
             s.number_script_keys().to_vec(),
             s.create_script_keys("AAAA", "BBBB", "sess").to_vec(),
-            s.end_script_keys("sess", "AAAA", "").to_vec(),
+            s.end_script_keys("sess").to_vec(),
             s.forget_script_keys("AAAA").to_vec(),
             s.relay_script_keys(None, "twilio", "CA1").to_vec(),
             s.relay_script_keys(Some("AAAA"), "plivo", "x-y").to_vec(),

@@ -35,8 +35,8 @@ pub use idempotency::{IdemBegin, IdemMark, Lease};
 pub use keys::{Keys, ShardKeys};
 pub use numbers::NumberRow;
 pub use pools::{PoolRow, PoolSet, ShardCounts};
-pub use routes::{Claimed, RouteRow};
-pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended};
+pub use routes::{Claimed, Entry, Reach, Stub};
+pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended, STICKY_WINDOW_MS};
 pub use target::{RedisTarget, StoreKind, TargetError};
 
 pub use conn::{Access, Conn};
@@ -115,6 +115,8 @@ struct Scripts {
     pool_set: Script,
     pool_shard_delete: Script,
     events_pending: Script,
+    bucket_settle: Script,
+    entries_tidy: Script,
 }
 
 impl Scripts {
@@ -135,6 +137,8 @@ impl Scripts {
             pool_set: script(include_str!("lua/pool_set.lua")),
             pool_shard_delete: script(include_str!("lua/pool_shard_delete.lua")),
             events_pending: script(include_str!("lua/events_pending.lua")),
+            bucket_settle: script(include_str!("lua/bucket_settle.lua")),
+            entries_tidy: script(include_str!("lua/entries_tidy.lua")),
         }
     }
 }
@@ -247,15 +251,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::numbers::parse_owner;
-    use super::*;
 
     #[test]
-    fn route_rows_parse() {
-        let r = RouteRow::parse("abc|b|10|20|AAAA|x").unwrap();
-        assert_eq!(r.session_key, "abc");
-        assert_eq!(r.held_until, 20);
-        assert_eq!(r.sealed_other, "AAAA|x");
-        assert!(RouteRow::parse("abc|b|x|20|A").is_none());
+    fn owners_parse() {
         assert_eq!(parse_owner("7.0"), Some((7, 0)));
         assert_eq!(parse_owner("7"), None);
     }
@@ -285,6 +283,8 @@ mod tests {
             include_str!("lua/pool_shard_delete.lua"),
             include_str!("lua/events_pending.lua"),
             include_str!("lua/reseal.lua"),
+            include_str!("lua/bucket_settle.lua"),
+            include_str!("lua/entries_tidy.lua"),
         ] {
             for (i, _) in body.match_indices("redis.call(") {
                 let call = &body[i..body[i..].find(')').map(|e| i + e).unwrap_or(body.len())];
@@ -294,6 +294,9 @@ mod tests {
                     // EV is TAG .. 'ev:' (common.lua): the shard's event queue.
                     || key_arg.starts_with("EV ..")
                     || key_arg.starts_with("KEYS[")
+                    // Bucket names (common.lua) are built from TAG as well.
+                    || key_arg.starts_with("sbucket(")
+                    || key_arg.starts_with("ubucket(")
                     || key_arg
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '_');

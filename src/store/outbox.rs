@@ -328,7 +328,7 @@ mod tests {
         // A shard's texts live in its slot, beside its sessions, not in a slot of their own.
         assert_eq!(
             hash_slot(&format!("{}q", tags[1])),
-            hash_slot(&keys.shard(7, 0).transitions())
+            hash_slot(&keys.shard(7, 0).due_buckets())
         );
         assert_ne!(
             hash_slot(&format!("{}q", tags[1])),

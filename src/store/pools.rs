@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use redis::Value;
 
-use super::{Result, ShardKeys, Store, StoreError, StoreKind, strings};
+use super::{Entry, Result, ShardKeys, Store, StoreError, StoreKind, strings};
 
 /// A pool as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,7 +166,7 @@ impl Store {
         let reply: Value = self
             .run(
                 &self.scripts.pool_shard_delete,
-                (shard.nums(), shard.transitions()),
+                (shard.nums(), shard.due_buckets()),
                 shard.tag(),
             )
             .await?;
@@ -246,7 +246,7 @@ impl Store {
             // Without a pair, a read of a field no shard has keeps every shard's reply the
             // same shape, on a key of the shard's slot so a Cluster sends it with the rest.
             match pair {
-                Some((a, b)) => pipe.cmd("HGET").arg(shard.sticky(a)).arg(b),
+                Some((a, _)) => pipe.cmd("HGET").arg(shard.entries(a)).arg(a),
                 None => pipe.cmd("HGET").arg(shard.nums()).arg("#none"),
             };
         };
@@ -276,14 +276,19 @@ impl Store {
         };
         Ok(replies
             .into_iter()
-            .map(|(c, sticky)| {
+            .map(|(c, entry)| {
                 let c = |i: usize| c.get(i).copied().flatten().unwrap_or(0);
                 let counts = ShardCounts {
                     total: c(0),
                     draining: c(1),
                     open: c(2),
                 };
-                (counts, sticky.filter(|s| !s.is_empty()))
+                let sticky = pair.zip(entry).and_then(|((_, b), raw)| {
+                    Entry::parse(&raw)
+                        .sticky_for(b)
+                        .map(|s| format!("{}|{}", s.number, s.at))
+                });
+                (counts, sticky)
             })
             .collect())
     }

@@ -16,11 +16,8 @@ static RESEAL: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/rese
 /// How many keys one `SCAN` step asks for.
 const SCAN_COUNT: usize = 500;
 
-/// The most bytes of a session's sealed blob one field holds (see `put_blob` in common.lua).
-const BLOB_CHUNK: usize = 60;
-
-/// One ciphertext in a stored value: the value is `head` followed by `sealed`, spread over
-/// `fields` of a hash (several for a session's chunked blob) or the whole string (none).
+/// One ciphertext in a stored value: the value is `head` followed by `sealed`, in `fields`
+/// of a hash (one) or the whole string (none).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spot {
     pub fields: Vec<String>,
@@ -32,10 +29,8 @@ pub struct Spot {
 /// What kind of key may hold ciphertexts, by its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Holder {
-    /// `{p..}:s:<key>`: the session's blob, in `z` or chunks `z1`, `z2`, ...
-    Session,
-    /// `{p..}:u:<idx>`: route records, the other party's number last.
-    Routes,
+    /// `{p..}:s:<bucket>`: session records, each with its sealed blob last.
+    Sessions,
     /// A hash with sealed fields: `{p..}:ev:m:<id>` (`z`), `{..}:ox:m:<id>` and
     /// `{ox}:m:<id>` (`b`), `pool:<id>` (`sec`, `sec_old`).
     Fields(&'static [&'static str], &'static str),
@@ -56,8 +51,7 @@ impl Holder {
                     .then_some(Holder::Fields(&["b"], "outbox"));
             }
             return Some(match within.split_once(':')?.0 {
-                "s" => Holder::Session,
-                "u" => Holder::Routes,
+                "s" => Holder::Sessions,
                 "ref" => Holder::BlockedRef,
                 "ev" if within.starts_with("ev:m:") => Holder::Fields(&["z"], "event-numbers"),
                 "ox" if within.starts_with("ox:m:") => Holder::Fields(&["b"], "outbox"),
@@ -94,28 +88,10 @@ fn hash_spots(holder: Holder, hash: &HashMap<String, String>) -> Vec<Spot> {
         sealed,
     };
     match holder {
-        Holder::Session => {
-            if let Some(whole) = hash.get("z") {
-                return vec![spot(
-                    vec!["z".into()],
-                    "session",
-                    (String::new(), whole.clone()),
-                )];
-            }
-            let fields: Vec<String> = (1..)
-                .map(|i| format!("z{i}"))
-                .take_while(|f| hash.contains_key(f))
-                .collect();
-            if fields.is_empty() {
-                return Vec::new();
-            }
-            let blob = fields.iter().map(|f| hash[f].as_str()).collect();
-            vec![spot(fields, "session", (String::new(), blob))]
-        }
-        Holder::Routes => hash
+        Holder::Sessions => hash
             .iter()
-            .filter(|(_, v)| v.contains('|'))
-            .map(|(f, v)| spot(vec![f.clone()], "number", last_part(v)))
+            .map(|(f, v)| spot(vec![f.clone()], "session", last_part(v)))
+            .filter(|s| !s.sealed.is_empty())
             .collect(),
         Holder::Fields(names, purpose) => names
             .iter()
@@ -180,9 +156,9 @@ impl Store {
             .collect())
     }
 
-    /// Replaces each spot's ciphertext with its new one (`fresh`, in the same order), all or
-    /// none, and only while every value is still what was read. False when one had changed.
-    pub async fn reseal_spots(&self, key: &str, spots: &[(&Spot, String)]) -> Result<bool> {
+    /// Replaces each spot's ciphertext with its new one, each only while its value is still
+    /// what was read. How many were replaced.
+    pub async fn reseal_spots(&self, key: &str, spots: &[(&Spot, String)]) -> Result<u64> {
         let hash = spots.iter().any(|(s, _)| !s.fields.is_empty());
         let mut inv = RESEAL.key(key);
         inv.arg("").arg(if hash { "h" } else { "s" });
@@ -193,26 +169,14 @@ impl Store {
                     .arg(format!("{}{fresh}", spot.head));
                 continue;
             }
-            // A session's blob keeps its chunks: the new ciphertext is as long as the old.
-            let chunks = |s: &str| -> Vec<String> {
-                if spot.fields.len() == 1 {
-                    return vec![format!("{}{s}", spot.head)];
-                }
-                s.as_bytes()
-                    .chunks(BLOB_CHUNK)
-                    .map(|c| String::from_utf8_lossy(c).into_owned())
-                    .collect()
-            };
-            let (old, new) = (chunks(&spot.sealed), chunks(fresh));
-            if old.len() != spot.fields.len() || new.len() != old.len() {
-                return Ok(false);
-            }
-            for ((field, o), n) in spot.fields.iter().zip(old).zip(new) {
-                inv.arg(field).arg(o).arg(n);
+            for field in &spot.fields {
+                inv.arg(field)
+                    .arg(format!("{}{}", spot.head, spot.sealed))
+                    .arg(format!("{}{fresh}", spot.head));
             }
         }
-        let done: i64 = inv.invoke_async(&mut self.c()).await?;
-        Ok(done == 1)
+        let done: u64 = inv.invoke_async(&mut self.c()).await?;
+        Ok(done)
     }
 }
 
@@ -223,8 +187,7 @@ mod tests {
     #[test]
     fn keys_are_told_apart_by_name() {
         let of = |k: &str| Holder::of("hush", k);
-        assert_eq!(of("hush:{p7.0}:s:abc"), Some(Holder::Session));
-        assert_eq!(of("hush:{p7.0}:u:idx"), Some(Holder::Routes));
+        assert_eq!(of("hush:{p7.0}:s:ab3"), Some(Holder::Sessions));
         assert_eq!(of("hush:{p7.0}:ref:telnyx:r1"), Some(Holder::BlockedRef));
         assert_eq!(
             of("hush:{p7.0}:ev:m:e1"),
@@ -247,8 +210,8 @@ mod tests {
             "hush:{p7.0}:ox:q",
             "hush:{ox}:q",
             "hush:{p7.0}:nums",
-            "hush:{p7.0}:k:idx",
-            "hush:{p7.0}:x",
+            "hush:{p7.0}:u:Ab",
+            "hush:{p7.0}:xb",
             "hushx:idem:d",
             "other:idem:d",
         ] {
@@ -266,20 +229,18 @@ mod tests {
         assert!(string_spot(Holder::BlockedRef, "b|sk|int_1").is_none());
         assert!(string_spot(Holder::BlockedRef, "c|sk|int_1").is_none());
 
-        let routes: HashMap<String, String> =
-            [("+15550001111".into(), "sk|v|1|2|SEALED".into())].into();
-        let spots = hash_spots(Holder::Routes, &routes);
-        assert_eq!(spots[0].head, "sk|v|1|2|");
-        assert_eq!(spots[0].sealed, "SEALED");
-
-        let session: HashMap<String, String> = [
-            ("t".into(), "o".into()),
-            ("z1".into(), "a".repeat(60)),
-            ("z2".into(), "b".repeat(7)),
+        let sessions: HashMap<String, String> = [
+            (
+                "k93".into(),
+                "o|v|+12125550100|1|2|3|0|A|B|any||||SEALED".into(),
+            ),
+            ("k94".into(), "r|v|+12125550100|1|2|3|0|||any||||".into()),
         ]
         .into();
-        let spots = hash_spots(Holder::Session, &session);
-        assert_eq!(spots[0].fields, ["z1", "z2"]);
-        assert_eq!(spots[0].sealed.len(), 67);
+        let spots = hash_spots(Holder::Sessions, &sessions);
+        assert_eq!(spots.len(), 1);
+        assert_eq!(spots[0].fields, ["k93"]);
+        assert_eq!(spots[0].head, "o|v|+12125550100|1|2|3|0|A|B|any||||");
+        assert_eq!(spots[0].sealed, "SEALED");
     }
 }

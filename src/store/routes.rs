@@ -7,25 +7,71 @@ use redis::Value;
 
 use super::{EventDraft, Result, ShardKeys, Store, StoreError, strings};
 
-/// A route record: what one participant reaches through one proxy number.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteRow {
-    pub session_key: String,
-    pub mode: String,
-    pub open_until: i64,
-    pub held_until: i64,
-    pub sealed_other: String,
+/// A participant's entry in its bucket (see `lua/common.lua`): the routes it holds, proxy
+/// number → session key, and its sticky memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub routes: Vec<(String, String)>,
+    pub stubs: Vec<Stub>,
 }
 
-impl RouteRow {
-    pub fn parse(rec: &str) -> Option<RouteRow> {
-        let mut it = rec.splitn(5, '|');
-        Some(RouteRow {
+/// Which number a participant last shared with another, named by the first eight
+/// characters of the other's index, and when that ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stub {
+    pub number: String,
+    pub other: String,
+    pub at: i64,
+}
+
+impl Entry {
+    pub fn parse(raw: &str) -> Entry {
+        let mut entry = Entry::default();
+        for item in raw.split(',').filter(|i| !i.is_empty()) {
+            if let Some((number, key)) = item.split_once('=') {
+                entry.routes.push((number.to_string(), key.to_string()));
+            } else {
+                let mut parts = item.splitn(3, '~');
+                if let (Some(number), Some(other), Some(Ok(at))) =
+                    (parts.next(), parts.next(), parts.next().map(str::parse))
+                {
+                    entry.stubs.push(Stub {
+                        number: number.to_string(),
+                        other: other.to_string(),
+                        at,
+                    });
+                }
+            }
+        }
+        entry
+    }
+
+    /// The number this participant last shared with `other_idx`, and when that ended.
+    pub fn sticky_for(&self, other_idx: &str) -> Option<&Stub> {
+        let short = other_idx.get(..8).unwrap_or(other_idx);
+        self.stubs
+            .iter()
+            .filter(|s| s.other == short)
+            .max_by_key(|s| s.at)
+    }
+}
+
+/// What a caller reaches: the session, the caller's side (0 or 1) and the session's sealed
+/// blob, whose other participant is the one to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reach {
+    pub session_key: String,
+    pub side: usize,
+    pub blob: String,
+}
+
+impl Reach {
+    pub fn parse(raw: &str) -> Option<Reach> {
+        let mut it = raw.splitn(3, '|');
+        Some(Reach {
             session_key: it.next()?.to_string(),
-            mode: it.next()?.to_string(),
-            open_until: it.next()?.parse().ok()?,
-            held_until: it.next()?.parse().ok()?,
-            sealed_other: it.next()?.to_string(),
+            side: it.next()?.parse().ok().filter(|s| *s < 2)?,
+            blob: it.next()?.to_string(),
         })
     }
 }
@@ -34,7 +80,7 @@ impl RouteRow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claimed {
     Connect {
-        record: String,
+        reach: Reach,
         interaction: String,
         replay: bool,
         /// The pool's intercept has not answered for this interaction yet.
@@ -50,8 +96,10 @@ pub enum Claimed {
 }
 
 impl Store {
-    pub async fn routes_of(&self, shard: &ShardKeys, idx: &str) -> Result<HashMap<String, String>> {
-        self.query("HGETALL", shard.routes(idx)).await
+    /// A participant's entry in one shard (empty when it holds nothing there).
+    pub async fn entry_of(&self, shard: &ShardKeys, idx: &str) -> Result<Entry> {
+        let raw: Option<String> = self.query("HGET", (shard.entries(idx), idx)).await?;
+        Ok(raw.map(|r| Entry::parse(&r)).unwrap_or_default())
     }
 
     pub async fn forget_participant(&self, shard: &ShardKeys, idx: &str, now: i64) -> Result<()> {
@@ -59,7 +107,7 @@ impl Store {
             .run_acked(
                 &self.scripts.participant_forget,
                 &shard.forget_script_keys(idx),
-                (shard.tag(), idx, now),
+                (shard.tag(), idx, now, super::STICKY_WINDOW_MS),
             )
             .await?;
         Ok(())
@@ -115,7 +163,7 @@ impl Store {
         let v = strings(reply)?;
         match v.first().map(String::as_str) {
             Some("connect") if v.len() == 5 => Ok(Claimed::Connect {
-                record: v[1].clone(),
+                reach: Reach::parse(&v[1]).ok_or(StoreError::Corrupt("relay_claim reach"))?,
                 interaction: v[2].clone(),
                 replay: v[3] == "1",
                 pending: v[4] == "1",
@@ -171,5 +219,31 @@ impl Store {
         session_key: &str,
     ) -> Result<HashMap<String, String>> {
         self.query("HGETALL", shard.interactions(session_key)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_parse_routes_and_sticky_memory() {
+        let e = Entry::parse("+12125550100=k9z0,+12125550101~AbCdEfGh~100,+1212~AbCdEfGh~200,bad");
+        assert_eq!(e.routes, vec![("+12125550100".into(), "k9z0".into())]);
+        assert_eq!(e.stubs.len(), 2);
+        assert_eq!(e.sticky_for("AbCdEfGhIjKl").unwrap().number, "+1212");
+        assert!(e.sticky_for("Zz").is_none());
+        assert_eq!(Entry::parse(""), Entry::default());
+    }
+
+    #[test]
+    fn a_reach_names_its_side() {
+        let r = Reach::parse("k9z0|1|c2Vh|x").unwrap();
+        assert_eq!(
+            (r.session_key.as_str(), r.side, r.blob.as_str()),
+            ("k9z0", 1, "c2Vh|x")
+        );
+        assert!(Reach::parse("k9z0|2|c2Vh").is_none());
+        assert!(Reach::parse("k9z0").is_none());
     }
 }

@@ -18,8 +18,6 @@ pub struct CreateArgs<'a> {
     pub idx_a: &'a str,
     pub idx_b: &'a str,
     pub levels: &'a str,
-    pub sealed_a: &'a str,
-    pub sealed_b: &'a str,
     pub blob: &'a str,
     pub sticky_window_ms: i64,
     pub area_tag: &'a str,
@@ -107,8 +105,8 @@ impl Store {
                         a.levels,
                         rand::random::<u32>(),
                         a.session_key,
-                        a.sealed_a,
-                        a.sealed_b,
+                        "",
+                        "",
                     ),
                     (
                         a.blob,
@@ -147,19 +145,18 @@ impl Store {
         }
     }
 
+    /// A session record as its fields (the names of `SFIELDS` in `lua/common.lua`; empty
+    /// fields left out); empty when there is none.
     pub async fn session(&self, shard: &ShardKeys, key: &str) -> Result<HashMap<String, String>> {
-        self.query("HGETALL", shard.session(key)).await
+        let raw: Option<String> = self.query("HGET", (shard.session_bucket(key), key)).await?;
+        Ok(raw.map(|r| session_fields(&r)).unwrap_or_default())
     }
 
-    /// Runs one change on a session. `idx_a`/`idx_b` are the participants' blind indexes as
-    /// stored in the record (empty when that side was erased).
-    #[allow(clippy::too_many_arguments)]
+    /// Runs one change on a session.
     pub async fn session_end(
         &self,
         shard: &ShardKeys,
         key: &str,
-        idx_a: &str,
-        idx_b: &str,
         now: i64,
         op: EndOp<'_>,
         events: &EndEvents,
@@ -175,20 +172,23 @@ impl Store {
             EndOp::Erase { side, blob, read } => ("erase", side.to_string(), blob, read),
             EndOp::Reap => ("reap", String::new(), "", ""),
         };
-        let keys = shard.end_script_keys(key, idx_a, idx_b);
+        let keys = shard.end_script_keys(key);
         let args = (
-            shard.tag(),
-            now,
-            key,
-            name,
-            arg,
-            blob,
-            expired.map(|e| e.id.as_str()).unwrap_or(""),
-            expired.map(|e| e.body.as_str()).unwrap_or(""),
-            own.map(|e| e.id.as_str()).unwrap_or(""),
-            own.map(|e| e.body.as_str()).unwrap_or(""),
-            numbers,
-            read,
+            (
+                shard.tag(),
+                now,
+                key,
+                name,
+                arg,
+                blob,
+                expired.map(|e| e.id.as_str()).unwrap_or(""),
+                expired.map(|e| e.body.as_str()).unwrap_or(""),
+                own.map(|e| e.id.as_str()).unwrap_or(""),
+                own.map(|e| e.body.as_str()).unwrap_or(""),
+                numbers,
+                read,
+            ),
+            STICKY_WINDOW_MS,
         );
         let script = &self.scripts.session_end;
         let reply: Value = if acked {
@@ -207,12 +207,99 @@ impl Store {
         })
     }
 
-    /// Sessions whose next transition is due, oldest first.
-    pub async fn due(&self, shard: &ShardKeys, now: i64, limit: usize) -> Result<Vec<String>> {
+    /// Session buckets holding a record whose next transition may be due, earliest first.
+    pub async fn due_buckets(
+        &self,
+        shard: &ShardKeys,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<String>> {
         self.query(
             "ZRANGEBYSCORE",
-            (shard.transitions(), "-inf", now, "LIMIT", 0, limit),
+            (shard.due_buckets(), "-inf", now, "LIMIT", 0, limit),
         )
         .await
+    }
+
+    /// Every record of a session bucket (by its name in `xb`), by session key.
+    pub async fn bucket_sessions(
+        &self,
+        shard: &ShardKeys,
+        bucket: &str,
+    ) -> Result<Vec<(String, HashMap<String, String>)>> {
+        let all: HashMap<String, String> = self
+            .query("HGETALL", shard.session_bucket_named(bucket))
+            .await?;
+        Ok(all
+            .into_iter()
+            .map(|(key, raw)| (key, session_fields(&raw)))
+            .collect())
+    }
+
+    /// Puts a bucket back in the due order at its earliest transition, once the reaper has
+    /// worked through it.
+    pub async fn bucket_settle(&self, shard: &ShardKeys, bucket: &str) -> Result<()> {
+        let _: i64 = self
+            .run(
+                &self.scripts.bucket_settle,
+                &[shard.due_buckets()],
+                (shard.tag(), bucket),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Drops sticky memory past its window from every entry of one participant bucket (named
+    /// by its two characters).
+    pub async fn entries_tidy(&self, shard: &ShardKeys, bucket: &str) -> Result<usize> {
+        let n: i64 = self
+            .run(
+                &self.scripts.entries_tidy,
+                &[shard.entries(bucket)],
+                (shard.tag(), 0, STICKY_WINDOW_MS),
+            )
+            .await?;
+        Ok(n as usize)
+    }
+}
+
+/// How long two participants' last shared number is preferred for them again.
+pub const STICKY_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// The fields of a session record in the order `lua/common.lua` writes them; the sealed
+/// blob, last, is the rest of the string.
+const SESSION_FIELDS: [&str; 14] = [
+    "t", "m", "n", "c", "e", "h", "co", "a", "b", "g", "x", "r", "i", "z",
+];
+
+fn session_fields(raw: &str) -> HashMap<String, String> {
+    SESSION_FIELDS
+        .iter()
+        .zip(raw.splitn(SESSION_FIELDS.len(), '|'))
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_back_by_field_names() {
+        let rec = session_fields("o|v|+12125550100|1|2|3|0|AAA|BBB|any||||c2Vh");
+        assert_eq!(rec["t"], "o");
+        assert_eq!(rec["n"], "+12125550100");
+        assert_eq!(rec["b"], "BBB");
+        assert_eq!(rec["z"], "c2Vh");
+        assert!(!rec.contains_key("x"));
+        assert!(session_fields("").is_empty());
+    }
+
+    #[test]
+    fn the_scripts_know_the_same_fields() {
+        let common = include_str!("lua/common.lua");
+        let list: Vec<String> = SESSION_FIELDS.iter().map(|f| format!("'{f}'")).collect();
+        assert!(common.contains(&list.join(", ")), "SFIELDS differs");
     }
 }

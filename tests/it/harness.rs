@@ -836,7 +836,8 @@ pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
 // Route records, read straight from Redis
 // ---------------------------------------------------------------------------------------------
 
-/// One route record: the hash field of a participant's `u:<blind index>` key.
+/// One route: a `<proxy>=<session key>` item of a participant's entry in its `u:<bucket>`
+/// hash, with what the session record says of it.
 #[derive(Debug, Clone)]
 pub struct RouteRecord {
     pub key: String,
@@ -845,37 +846,57 @@ pub struct RouteRecord {
     pub mode: String,
     pub open_until_ms: i64,
     pub held_until_ms: i64,
-    /// The other party's number, sealed (empty once that party was erased).
-    pub sealed_other: String,
+    /// The other side's blind index as the session record names it (empty once erased).
+    pub other: String,
 }
 
-/// Every route record under the app's prefix (`<prefix>:{...}:u:<index>` hashes,
-/// field = proxy number, value = `id|mode|open until|held until|sealed other party`).
+/// Every route under the app's prefix: each participant entry's routes (`<prefix>:{...}:u:`
+/// buckets, field = blind index, value = items `<proxy>=<session key>` or sticky memory),
+/// joined to their session records (`s:` buckets, field = session key, value =
+/// `t|m|n|c|e|h|co|a|b|...`).
 pub async fn route_records(app: &TestApp) -> Vec<RouteRecord> {
+    const ALPHABET: &str = "0123456789abcdefghjkmnpqrstvwxyz";
     let mut con = app.redis().await;
     let mut out = Vec::new();
     for key in app.scan_keys("*:u:*").await {
-        let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+        let tag = &key[..key.rfind(":u:").expect("a bucket key") + 1];
+        let entries: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(&key)
             .query_async(&mut con)
             .await
             .unwrap_or_else(|e| panic!("HGETALL {key}: {e}"));
-        for (proxy, value) in fields {
-            let text = String::from_utf8_lossy(&value);
-            let parts: Vec<&str> = text.splitn(5, '|').collect();
-            assert!(
-                parts.len() == 5,
-                "route record {key} / {proxy} is not id|mode|open|held|other: {text:?}"
-            );
-            out.push(RouteRecord {
-                key: key.clone(),
-                proxy,
-                session_id: parts[0].to_string(),
-                mode: parts[1].to_string(),
-                open_until_ms: parts[2].parse().expect("open-until is unix ms"),
-                held_until_ms: parts[3].parse().expect("held-until is unix ms"),
-                sealed_other: parts[4].to_string(),
-            });
+        for (idx, entry) in entries {
+            for item in entry.split(',') {
+                let Some((proxy, skey)) = item.split_once('=') else {
+                    assert!(
+                        item.split('~').count() == 3,
+                        "entry {key} / {idx} has an item that is neither a route nor sticky: {item:?}"
+                    );
+                    continue;
+                };
+                let third = ALPHABET.find(&skey[2..3]).expect("a base32 session key");
+                let bucket = format!("{tag}s:{}{}", &skey[..2], third / 8);
+                let rec: Option<String> = redis::cmd("HGET")
+                    .arg(&bucket)
+                    .arg(skey)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                let rec =
+                    rec.unwrap_or_else(|| panic!("route {item} of {key} has no session record"));
+                let f: Vec<&str> = rec.splitn(14, '|').collect();
+                assert_eq!(f.len(), 14, "session record {bucket} / {skey}: {rec:?}");
+                let other = if f[7] == idx { f[8] } else { f[7] };
+                out.push(RouteRecord {
+                    key: key.clone(),
+                    proxy: proxy.to_string(),
+                    session_id: skey.to_string(),
+                    mode: f[1].to_string(),
+                    open_until_ms: f[4].parse().expect("open-until is unix ms"),
+                    held_until_ms: f[5].parse().expect("held-until is unix ms"),
+                    other: other.to_string(),
+                });
+            }
         }
     }
     out

@@ -8,17 +8,126 @@ local function clock_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- A route record: session key | mode | open until ms | held until ms | sealed other party.
-local function parse_route(rec)
-  local sid, mode, open_until, held_until, other =
-    string.match(rec, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  if not sid then return nil end
-  return { sid = sid, mode = mode, open_until = tonumber(open_until),
-           held_until = tonumber(held_until), other = other }
+local function push_expiry(key, at)
+  local current = redis.call('PEXPIRETIME', key)
+  if current < 0 or current < at then
+    redis.call('PEXPIREAT', key, at)
+  end
 end
 
-local function format_route(r)
-  return r.sid .. '|' .. r.mode .. '|' .. r.open_until .. '|' .. r.held_until .. '|' .. r.other
+-- Records live as fields of bucket hashes, so one key's overhead is shared by many records
+-- and the hashes stay in Redis's compact listpack encoding (docs/architecture.md, Memory).
+-- A participant's bucket is named by the first two characters of its blind index (4,096
+-- buckets of a shard); a session's by the first two characters of its key and the top bits
+-- of the third (4,096 too).
+local B32 = {}
+for i = 1, 32 do B32[string.sub('0123456789abcdefghjkmnpqrstvwxyz', i, i)] = i - 1 end
+
+local function sbucket_name(skey)
+  return string.sub(skey, 1, 2) .. math.floor((B32[string.sub(skey, 3, 3)] or 0) / 8)
+end
+
+local function sbucket(skey)
+  return TAG .. 's:' .. sbucket_name(skey)
+end
+
+local function ubucket(idx)
+  return TAG .. 'u:' .. string.sub(idx, 1, 2)
+end
+
+-- A session record, one string: the fields below in this order, `|` between them. The
+-- sealed blob (both numbers, labels, metadata) comes last; base64 has no `|`.
+local SFIELDS = { 't', 'm', 'n', 'c', 'e', 'h', 'co', 'a', 'b', 'g', 'x', 'r', 'i', 'z' }
+
+local function get_session(skey)
+  local raw = redis.call('HGET', sbucket(skey), skey)
+  if not raw then return nil end
+  local rec, i = {}, 1
+  for v in string.gmatch(raw .. '|', '([^|]*)|') do
+    local name = SFIELDS[i]
+    if not name then break end
+    rec[name] = v
+    i = i + 1
+  end
+  rec.e, rec.h, rec.co = tonumber(rec.e), tonumber(rec.h), tonumber(rec.co)
+  return rec
+end
+
+local function put_session(skey, rec)
+  local out = {}
+  for i, name in ipairs(SFIELDS) do out[i] = tostring(rec[name] or '') end
+  redis.call('HSET', sbucket(skey), skey, table.concat(out, '|'))
+end
+
+-- When the session's next transition falls due: its expiry while open, then the end of
+-- its hold.
+local function next_due(rec)
+  if rec.t == 'o' then return rec.e end
+  return rec.h
+end
+
+-- `xb` orders the session buckets (by name) by the earliest transition among their records
+-- (a score may be early, never late: the reaper sets it exactly when it visits the bucket).
+local function due_push(skey, at)
+  redis.call('ZADD', TAG .. 'xb', 'LT', at, sbucket_name(skey))
+end
+
+local function del_session(skey)
+  redis.call('HDEL', sbucket(skey), skey)
+end
+
+-- A participant's entry in its bucket: items separated by `,`. A route the participant
+-- holds is `<proxy>=<session key>` (what it reaches, its times and mode are the session
+-- record's); once the hold ends it becomes sticky memory, `<proxy>~<other's index, first 8
+-- characters>~<ms>`: which number the two last shared, and when.
+local STUBS_KEPT = 16
+
+local function get_entry(idx)
+  local raw = redis.call('HGET', ubucket(idx), idx)
+  local e = { routes = {}, stubs = {} }
+  if not raw then return e end
+  for item in string.gmatch(raw, '[^,]+') do
+    local number, sid = string.match(item, '^([^=~]+)=(.+)$')
+    if number then
+      e.routes[number] = sid
+    else
+      local n, other, at = string.match(item, '^([^~]+)~([^~]*)~(%d+)$')
+      if n then table.insert(e.stubs, { number = n, other = other, at = tonumber(at) }) end
+    end
+  end
+  return e
+end
+
+-- Writes an entry back, keeping the newest stubs that are inside the sticky window; an
+-- entry left with nothing is removed. The bucket lives as long as its longest hold or
+-- sticky memory.
+local function put_entry(idx, e, now, window, hold)
+  local items = {}
+  for number, sid in pairs(e.routes) do table.insert(items, number .. '=' .. sid) end
+  table.sort(e.stubs, function(x, y) return x.at > y.at end)
+  local kept = 0
+  for _, st in ipairs(e.stubs) do
+    if kept < STUBS_KEPT and st.at + window > now then
+      table.insert(items, st.number .. '~' .. st.other .. '~' .. st.at)
+      kept = kept + 1
+    end
+  end
+  local key = ubucket(idx)
+  if #items == 0 then
+    redis.call('HDEL', key, idx)
+    return
+  end
+  redis.call('HSET', key, idx, table.concat(items, ','))
+  push_expiry(key, math.max(hold or 0, now + window))
+end
+
+-- Sticky memory of one participant about another: one stub per other participant.
+local function add_stub(e, number, other, at)
+  local short = string.sub(other, 1, 8)
+  for i = #e.stubs, 1, -1 do
+    if e.stubs[i].other == short then table.remove(e.stubs, i) end
+  end
+  table.insert(e.stubs, { number = number, other = short, at = at })
 end
 
 -- Number metadata in the nums hash: caps | state | geo tags (comma separated).
@@ -49,13 +158,6 @@ local function load_keys(meta)
   return keys
 end
 
-local function push_expiry(key, at)
-  local current = redis.call('PEXPIRETIME', key)
-  if current < 0 or current < at then
-    redis.call('PEXPIREAT', key, at)
-  end
-end
-
 -- Change a number's holding count, keeping its load indexes in step while it is active.
 local function add_load(nums, number, delta)
   local meta = redis.call('HGET', nums, number)
@@ -67,20 +169,6 @@ local function add_load(nums, number, delta)
         redis.call('ZINCRBY', k, delta, number)
       end
     end
-  end
-end
-
--- A session's sealed blob is kept in fields of at most 60 bytes (`z1`, `z2`, ...): Redis
--- keeps a hash whose values are all under 64 bytes in its compact listpack encoding, which
--- roughly halves the session record's memory.
-local function put_blob(s, blob)
-  local n = 1
-  while redis.call('HDEL', s, 'z' .. n) == 1 do n = n + 1 end
-  redis.call('HDEL', s, 'z')
-  n = 1
-  for i = 1, #blob, 60 do
-    redis.call('HSET', s, 'z' .. n, string.sub(blob, i, i + 59))
-    n = n + 1
   end
 end
 

@@ -1,22 +1,39 @@
 -- Removes what a shard still holds under an erased participant's blind index: its sticky
 -- memory on both sides and route records that no live session owns any more.
--- KEYS: 1 k:<idx>, 2 u:<idx>. ARGV: 1 tag, 2 idx, 3 now ms.
-local k, u = KEYS[1], KEYS[2]
-local idx, now = ARGV[2], clock_ms()
-local partners = redis.call('HKEYS', k)
-for _, other in ipairs(partners) do
-  redis.call('HDEL', TAG .. 'k:' .. other, idx)
+-- KEYS: 1 the participant's bucket. ARGV: 1 tag, 2 idx, 3 now ms, 4 sticky window ms.
+local idx, now, window = ARGV[2], clock_ms(), tonumber(ARGV[4])
+local short = string.sub(idx, 1, 8)
+local e = get_entry(idx)
+-- A stub names the other participant by the start of their index, which also names their
+-- bucket: their stubs about this participant are found there.
+local partners = 0
+for _, st in ipairs(e.stubs) do
+  local bucket = redis.call('HGETALL', TAG .. 'u:' .. string.sub(st.other, 1, 2))
+  for i = 1, #bucket, 2 do
+    local other = bucket[i]
+    if string.sub(other, 1, 8) == st.other then
+      local oe = get_entry(other)
+      local before = #oe.stubs
+      for j = #oe.stubs, 1, -1 do
+        if oe.stubs[j].other == short then table.remove(oe.stubs, j) end
+      end
+      if #oe.stubs ~= before then
+        partners = partners + 1
+        put_entry(other, oe, now, window, 0)
+      end
+    end
+  end
 end
-redis.call('DEL', k)
+e.stubs = {}
 -- Events that carry the participant's number (pools that send numbers) lose their numbers.
 local events = TAG .. 'ev:p:' .. idx
 for _, id in ipairs(redis.call('SMEMBERS', events)) do
   redis.call('HDEL', TAG .. 'ev:m:' .. id, 'z')
 end
 redis.call('DEL', events)
-local all = redis.call('HGETALL', u)
-for i = 1, #all, 2 do
-  local r = parse_route(all[i + 1])
-  if not r or r.held_until <= now then redis.call('HDEL', u, all[i]) end
+for number, sid in pairs(e.routes) do
+  local rec = get_session(sid)
+  if not rec or rec.h <= now then e.routes[number] = nil end
 end
-return #partners
+put_entry(idx, e, now, window, 0)
+return partners

@@ -1,13 +1,13 @@
--- KEYS: 1 nums, 2 x. ARGV: 1 tag.
+-- KEYS: 1 nums, 2 xb. ARGV: 1 tag.
 -- Empties one shard of a pool being deleted, unless one of its numbers still holds a session
 -- (open or cooling off): checking and emptying in one step means no session can be created
--- between them. The shard's numbers, load indexes, transitions, events and the texts still
+-- between them. The shard's numbers, load indexes, due order, events and the texts still
 -- queued to go out from its numbers go (their sessions have ended and cooled off); `nums` stays
 -- for a day as a tombstone (`#deleted`) so a number added by a request already under way
 -- does not bring the shard back.
 -- Returns {0} when a number holds a session, else {1, number, ...} (the numbers removed,
 -- whose owner entries the caller deletes).
-local nums, x = KEYS[1], KEYS[2]
+local nums, xb = KEYS[1], KEYS[2]
 local all = redis.call('HGETALL', nums)
 local numbers = {}
 for i = 1, #all, 2 do
@@ -28,7 +28,16 @@ end
 for _, id in ipairs(redis.call('ZRANGE', TAG .. 'ox:q', 0, -1)) do
   redis.call('DEL', TAG .. 'ox:m:' .. id)
 end
-redis.call('DEL', EV .. 'q', EV .. 'all', TAG .. 'ox:q', x, nums)
+-- Participant buckets keep sticky memory after their routes end: none is left to anyone.
+local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+for i = 1, 64 do
+  local names = {}
+  for j = 1, 64 do
+    table.insert(names, TAG .. 'u:' .. string.sub(B64, i, i) .. string.sub(B64, j, j))
+  end
+  redis.call('DEL', unpack(names))
+end
+redis.call('DEL', EV .. 'q', EV .. 'all', TAG .. 'ox:q', xb, nums)
 redis.call('HSET', nums, '#deleted', 1)
 redis.call('PEXPIRE', nums, 86400000)
 table.insert(numbers, 1, 1)

@@ -1,10 +1,11 @@
 -- Claims a proxy number for a new session: both routes, the number's load and the session
 -- record, in one step, or nothing (invariants 1 and 4).
--- KEYS: 1 nums, 2 x (transitions), 3 u:A, 4 u:B, 5 k:A, 6 k:B, 7 s:<session>
+-- KEYS: 1 nums, 2 xb (session buckets by next transition), 3 A's bucket, 4 B's bucket,
+--       5 the session's bucket
 -- ARGV: 1 tag, 2 created ms (as the caller reports it; checks use Redis's clock),
 --       3 expires ms, 4 cool-off ms, 5 mode class (v|s|b), 6 idx A, 7 idx B,
 --       8 geo levels to try in order ('a1415,c1,*'), 9 random, 10 session key,
---       11 sealed A, 12 sealed B, 13 sealed session blob, 14 sticky window ms,
+--       11, 12 (unused), 13 sealed session blob, 14 sticky window ms,
 --       15 A's area tag or '', 16 A's country tag, 17 session.created event id or '',
 --       18 its body (`__PROXY__` stands for the number chosen), 19 sealed numbers or '',
 --       20 pool.low event id or '', 21 the pool's low threshold (percent), 22 its body
@@ -14,7 +15,7 @@
 -- Returns {0, due} when no number is free, {1, number, level, due} on success, and
 -- {2, session key, fingerprint, due} when this shard already holds the session of the
 -- idempotent request (a retry of a create whose answer was lost).
-local nums, x, ua, ub, ka, kb, s = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local nums = KEYS[1]
 -- Redis's clock, not the caller's: a request delayed on its way still sees time as it is.
 local now = clock_ms()
 local expires = tonumber(ARGV[3])
@@ -23,11 +24,11 @@ local class = ARGV[5]
 local idx_a, idx_b = ARGV[6], ARGV[7]
 local rnd = tonumber(ARGV[9])
 local skey = ARGV[10]
-local sealed_a, sealed_b, blob = ARGV[11], ARGV[12], ARGV[13]
+local blob = ARGV[13]
 local sticky_window = tonumber(ARGV[14])
 local area_tag, country_tag = ARGV[15], ARGV[16]
 
-local due = redis.call('ZCOUNT', x, '-inf', now) > 0 and 1 or 0
+local due = #redis.call('ZRANGEBYSCORE', TAG .. 'xb', '-inf', now, 'LIMIT', 0, 1) > 0 and 1 or 0
 
 -- The marker `ik:<digest>` is written with the session, in this same step: a request that
 -- ran here and never heard back left it, and its retry finds the session instead of
@@ -43,18 +44,27 @@ if idem ~= '' then
 end
 
 -- Numbers either participant holds: open or cooling off. Records past their hold time are
--- free whatever the reaper's lag.
+-- free whatever the reaper's lag; such a record of these two is sticky memory already.
+local ea, eb = get_entry(idx_a), get_entry(idx_b)
 local held = {}
 local nheld = 0
-for _, key in ipairs({ ua, ub }) do
-  local all = redis.call('HGETALL', key)
-  for i = 1, #all, 2 do
-    local r = parse_route(all[i + 1])
-    if r and r.held_until > now and not held[all[i]] then
-      held[all[i]] = true
-      nheld = nheld + 1
+local sticky, sticky_at = nil, 0
+for side, e in ipairs({ ea, eb }) do
+  for number, sid in pairs(e.routes) do
+    local rec = get_session(sid)
+    if rec and rec.h > now then
+      if not held[number] then
+        held[number] = true
+        nheld = nheld + 1
+      end
+    elseif rec and side == 1 and (rec.a == idx_b or rec.b == idx_b) and rec.h > sticky_at then
+      sticky, sticky_at = number, rec.h
     end
   end
+end
+local short_b = string.sub(idx_b, 1, 8)
+for _, st in ipairs(ea.stubs) do
+  if st.other == short_b and st.at > sticky_at then sticky, sticky_at = st.number, st.at end
 end
 
 local function eligible(number)
@@ -84,12 +94,8 @@ local function walk(z)
 end
 
 local chosen = nil
-local sticky = redis.call('HGET', ka, idx_b)
-if sticky then
-  local number, at = string.match(sticky, '^([^|]*)|(%d+)$')
-  if number and tonumber(at) + sticky_window > now and not held[number] and eligible(number) then
-    chosen = number
-  end
+if sticky and sticky_at + sticky_window > now and not held[sticky] and eligible(sticky) then
+  chosen = sticky
 end
 if not chosen then
   for level in string.gmatch(ARGV[8], '[^,]+') do
@@ -109,26 +115,17 @@ elseif string.find(geos, ',' .. country_tag .. ',', 1, true) then
 end
 
 local held_until = expires + cooloff
-redis.call('HSET', ua, chosen, format_route({ sid = skey, mode = class, open_until = expires,
-  held_until = held_until, other = sealed_b }))
-redis.call('HSET', ub, chosen, format_route({ sid = skey, mode = class, open_until = expires,
-  held_until = held_until, other = sealed_a }))
-push_expiry(ua, held_until)
-push_expiry(ub, held_until)
+-- A record of theirs on this number past its hold is replaced: that session let it go.
+ea.routes[chosen] = skey
+eb.routes[chosen] = skey
+put_entry(idx_a, ea, now, sticky_window, held_until)
+put_entry(idx_b, eb, now, sticky_window, held_until)
 
-local stamp = chosen .. '|' .. now
-redis.call('HSET', ka, idx_b, stamp)
-redis.call('HSET', kb, idx_a, stamp)
-redis.call('PEXPIREAT', ka, now + sticky_window)
-redis.call('PEXPIREAT', kb, now + sticky_window)
-
-redis.call('HSET', s, 't', 'o', 'n', chosen, 'm', class, 'c', tonumber(ARGV[2]), 'e', expires,
-  'h', held_until, 'co', cooloff, 'a', idx_a, 'b', idx_b, 'g', level)
-put_blob(s, blob)
-redis.call('ZADD', x, expires, skey)
+put_session(skey, { t = 'o', n = chosen, m = class, c = tonumber(ARGV[2]), e = expires,
+  h = held_until, co = cooloff, a = idx_a, b = idx_b, g = level, i = idem, z = blob })
+due_push(skey, expires)
 if idem ~= '' then
   -- The record names its marker so erasing a participant removes it too.
-  redis.call('HSET', s, 'i', idem)
   redis.call('SET', marker, skey .. '|' .. ARGV[24], 'PX', ARGV[25])
 end
 

@@ -1,38 +1,34 @@
 -- Ends, extends or advances one session; the only script that changes a live session.
--- KEYS: 1 nums, 2 x, 3 s:<session>, 4 u:A, 5 u:B
+-- KEYS: 1 nums, 2 xb, 3 the session's bucket
 -- ARGV: 1 tag, 2 (unused: the time is Redis's own), 3 session key, 4 op, 5 op argument,
 --       6 sealed blob or '', 7 event id for an expiry noticed now, 8 its body, 9 event id
 --       for the op's own ending (close, erase), 10 its body, 11 sealed numbers or '',
---       12 (erase) the record's `a` and `b` as the caller read them, `a|b`
+--       12 (erase) the record's `a` and `b` as the caller read them, `a|b`,
+--       13 sticky window ms
 -- Each ending records its session.closed event in this same step, so it is sent once.
 --   op 'close'  : arg = reason ('closed'); routes stay held for the cool-off.
 --   op 'erase'  : arg = the erased side ('a' or 'b'). Its route goes now; the other side's
---                 route stays held for the cool-off, without the erased number; the record
---                 is scrubbed (ARGV[6] is the new blob). Refused ('retry') when the record
---                 changed since the caller read it, so two erasures cannot undo each other.
+--                 route stays held for the cool-off, and reaches nobody: the record no
+--                 longer names the erased side, whose number leaves the blob (ARGV[6] is
+--                 the new blob). Refused ('retry') when the record changed since the caller
+--                 read it, so two erasures cannot undo each other.
 --   op 'extend' : arg = new expiry ms.
 --   op 'reap'   : advance whatever is due (expiry, end of cool-off).
 -- Returns {status, state} where status is 'ok', 'missing', 'closed', 'not_due' or 'retry'.
-local nums, x, s, ua, ub = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local nums = KEYS[1]
 -- Every instance's requests meet here: Redis's clock is the one that orders them, so a
 -- request delayed on its way cannot act on a state that has already moved on.
 local now = clock_ms()
 local skey, op, arg = ARGV[3], ARGV[4], ARGV[5]
+local window = tonumber(ARGV[13])
 
-local f = redis.call('HMGET', s, 't', 'e', 'h', 'n', 'co', 'a', 'b')
-local t, e, h, number, co = f[1], tonumber(f[2]), tonumber(f[3]), f[4], tonumber(f[5])
-if not t then
-  redis.call('ZREM', x, skey)
-  return { 'missing', '' }
-end
+local rec = get_session(skey)
+if not rec then return { 'missing', '' } end
+local number = rec.n
 
--- This session's route records, leaving alone any that a later session now owns.
-local function each_route(fn)
-  for _, key in ipairs({ ua, ub }) do
-    local rec = redis.call('HGET', key, number)
-    local r = rec and parse_route(rec)
-    if r and r.sid == skey then fn(key, r) end
-  end
+-- Whether a side still holds this session's route (a later session may own the pair now).
+local function holds(idx)
+  return idx ~= '' and get_entry(idx).routes[number] == skey
 end
 
 local function stop_open(at)
@@ -40,110 +36,110 @@ local function stop_open(at)
     redis.call('HINCRBY', nums, '#busy', -1)
   end
   redis.call('HINCRBY', nums, '#open', -1)
-  redis.call('HSET', s, 'x', at)
+  rec.x = at
 end
 
--- The end of the cool-off: routes, load, record and interactions go.
+-- The end of the hold: routes become sticky memory; load, record and interactions go.
 local function release()
-  each_route(function(key) redis.call('HDEL', key, number) end)
+  local sides = { rec.a, rec.b }
+  for i, idx in ipairs(sides) do
+    if idx ~= '' then
+      local e = get_entry(idx)
+      if e.routes[number] == skey then
+        e.routes[number] = nil
+        local other = sides[3 - i]
+        if other ~= '' then add_stub(e, number, other, now) end
+        put_entry(idx, e, now, window, 0)
+      end
+    end
+  end
   add_load(nums, number, -1)
-  redis.call('DEL', s, TAG .. 'i:' .. skey)
-  redis.call('ZREM', x, skey)
+  del_session(skey)
+  redis.call('DEL', TAG .. 'i:' .. skey)
 end
 
-local open = (t == 'o' and e > now)
+local open = (rec.t == 'o' and rec.e > now)
 
 if op == 'extend' then
-  if not open then return { 'closed', t } end
+  if not open then return { 'closed', rec.t } end
   -- Both sides must still hold their routes: a session one of whose routes is gone (its
   -- side erased) cannot come back.
-  local held = 0
-  each_route(function() held = held + 1 end)
-  if held < 2 then return { 'closed', t } end
-  local new_e = tonumber(arg)
-  h = new_e + co
-  each_route(function(key, r)
-    r.open_until, r.held_until = new_e, h
-    redis.call('HSET', key, number, format_route(r))
-    push_expiry(key, h)
-  end)
-  redis.call('HSET', s, 'e', new_e, 'h', h)
-  redis.call('ZADD', x, new_e, skey)
+  if not (holds(rec.a) and holds(rec.b)) then return { 'closed', rec.t } end
+  rec.e = tonumber(arg)
+  rec.h = rec.e + rec.co
+  put_session(skey, rec)
+  due_push(skey, rec.e)
+  push_expiry(ubucket(rec.a), rec.h)
+  push_expiry(ubucket(rec.b), rec.h)
   return { 'ok', 'o' }
 end
 
 -- A session past its expiry is expired, whoever notices first.
-if t == 'o' and not open then
-  redis.call('HSET', s, 't', 'c', 'r', 'expired')
-  stop_open(e)
-  t = 'c'
-  put_event(ARGV[7], 'session.closed', ARGV[8] or '', ARGV[11], now, { f[6], f[7] })
+if rec.t == 'o' and not open then
+  rec.t, rec.r = 'c', 'expired'
+  stop_open(rec.e)
+  put_session(skey, rec)
+  put_event(ARGV[7], 'session.closed', ARGV[8] or '', ARGV[11], now, { rec.a, rec.b })
+end
+
+-- The record is kept until its hold ends, then released.
+local function settle()
+  if rec.h <= now then release() else
+    put_session(skey, rec)
+    due_push(skey, rec.h)
+  end
 end
 
 if op == 'close' then
-  if not open then return { 'closed', t } end
-  h = now + co
-  each_route(function(key, r)
-    r.open_until, r.held_until = now, h
-    redis.call('HSET', key, number, format_route(r))
-  end)
-  redis.call('HSET', s, 't', 'c', 'r', arg, 'e', now, 'h', h)
+  if not open then return { 'closed', rec.t } end
+  rec.t, rec.r, rec.e, rec.h = 'c', arg, now, now + rec.co
   stop_open(now)
-  put_event(ARGV[9], 'session.closed', ARGV[10] or '', ARGV[11], now, { f[6], f[7] })
-  if h <= now then release() else redis.call('ZADD', x, h, skey) end
+  put_event(ARGV[9], 'session.closed', ARGV[10] or '', ARGV[11], now, { rec.a, rec.b })
+  settle()
   return { 'ok', 'c' }
 end
 
 if op == 'erase' then
-  if (f[6] or '') .. '|' .. (f[7] or '') ~= ARGV[12] then return { 'retry', t } end
+  if rec.a .. '|' .. rec.b ~= ARGV[12] then return { 'retry', rec.t } end
   -- The marker of the idempotent create that made this session would lead a retry back to
   -- the erased participant's session: it goes with them.
-  local idem = redis.call('HGET', s, 'i')
-  if idem then
-    redis.call('DEL', TAG .. 'ik:' .. idem)
-    redis.call('HDEL', s, 'i')
+  if rec.i ~= '' then
+    redis.call('DEL', TAG .. 'ik:' .. rec.i)
+    rec.i = ''
   end
-  if t ~= 'o' and h <= now then
+  -- The erased side's route goes now, leaving no sticky memory on either side; the other
+  -- side keeps its cool-off (so the number reaches nobody new).
+  local erased = rec[arg]
+  if erased ~= '' then
+    local e = get_entry(erased)
+    if e.routes[number] == skey then
+      e.routes[number] = nil
+      put_entry(erased, e, now, window, 0)
+    end
+  end
+  rec[arg] = ''
+  if rec.t ~= 'o' and rec.h <= now then
     release()
     return { 'ok', 'gone' }
   end
-  local erased_key = (arg == 'a') and ua or ub
   if open then
-    h = now + co
-    redis.call('HSET', s, 't', 'c', 'r', 'erased', 'e', now, 'h', h)
+    rec.t, rec.r, rec.e, rec.h = 'c', 'erased', now, now + rec.co
     stop_open(now)
     put_event(ARGV[9], 'session.closed', ARGV[10] or '', '', now)
   end
-  each_route(function(key, r)
-    if key == erased_key then
-      redis.call('HDEL', key, number)
-    else
-      -- The other side keeps its cool-off (so the number reaches nobody new), but no
-      -- longer holds the erased number.
-      r.open_until, r.held_until, r.other = math.min(r.open_until, now), h, ''
-      redis.call('HSET', key, number, format_route(r))
-    end
-  end)
-  redis.call('HSET', s, arg, '')
-  put_blob(s, ARGV[6])
-  if h <= now then release() else redis.call('ZADD', x, h, skey) end
-  return { 'ok', open and 'erased' or t }
+  rec.z = ARGV[6]
+  settle()
+  return { 'ok', open and 'erased' or rec.t }
 end
 
 -- op == 'reap'
-if t == 'o' then
-  redis.call('ZADD', x, e, skey)
-  return { 'not_due', t }
+if rec.t == 'o' then
+  due_push(skey, rec.e)
+  return { 'not_due', rec.t }
 end
-if h > now then
-  redis.call('ZADD', x, h, skey)
-  return { 'not_due', t }
+if rec.h > now then
+  due_push(skey, rec.h)
+  return { 'not_due', rec.t }
 end
-if t == 'r' then
-  -- Records from before erasure kept the other side's route: nothing is held any more.
-  redis.call('DEL', s, TAG .. 'i:' .. skey)
-  redis.call('ZREM', x, skey)
-else
-  release()
-end
+release()
 return { 'ok', 'gone' }
