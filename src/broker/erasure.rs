@@ -74,10 +74,7 @@ impl Broker {
             let erased = &mut blob.p[if side == "a" { 0 } else { 1 }];
             erased.n = None;
             erased.l = None;
-            let sealed = self.inner.crypto.seal(
-                "session",
-                &serde_json::to_vec(&blob).expect("blob serialises"),
-            );
+            let (sealed, _) = self.seal_blob(&blob);
             let now = self.now();
             let was_open = g("t") == "o" && g("e").parse::<Millis>().unwrap_or(0) > now;
             // The events describe the scrubbed session: no trace of the erased side.

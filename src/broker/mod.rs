@@ -220,13 +220,62 @@ impl Broker {
     }
 
     /// Opens the sealed part of a session record.
+    /// Opens the sealed parts of a session record: numbers and labels (`z`) and metadata
+    /// (`y`, when the session has any).
     fn open_blob(&self, rec: &HashMap<String, String>) -> Result<Blob> {
-        self.open_sealed_blob(rec.get("z").map(String::as_str).unwrap_or(""))
+        let mut blob = self.open_sealed_blob(rec.get("z").map(String::as_str).unwrap_or(""))?;
+        if let Some(sealed) = rec.get("y") {
+            blob.m = serde_json::from_slice(&self.inner.crypto.open("metadata", sealed)?)
+                .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))?;
+        }
+        Ok(blob)
     }
 
+    /// Opens a session's numbers and labels; its metadata is not in this part.
     fn open_sealed_blob(&self, sealed: &str) -> Result<Blob> {
-        serde_json::from_slice(&self.inner.crypto.open("session", sealed)?)
-            .map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))
+        let plain = self.inner.crypto.open("session", sealed)?;
+        let corrupt = |_| BrokerError::Crypto(CryptoError::Corrupt);
+        if plain.first() == Some(&b'{') {
+            // Records written before numbers and metadata were sealed apart.
+            return serde_json::from_slice(&plain).map_err(corrupt);
+        }
+        let mut parts: Vec<Option<String>> = serde_json::from_slice(&plain).map_err(corrupt)?;
+        if !(2..=4).contains(&parts.len()) {
+            return Err(BrokerError::Crypto(CryptoError::Corrupt));
+        }
+        parts.resize(4, None);
+        let mut parts = parts.into_iter();
+        let mut next = || parts.next().flatten();
+        let (n0, n1, l0, l1) = (next(), next(), next(), next());
+        Ok(Blob {
+            p: [
+                BlobParticipant { n: n0, l: l0 },
+                BlobParticipant { n: n1, l: l1 },
+            ],
+            m: BTreeMap::new(),
+        })
+    }
+
+    /// Seals a session's numbers and labels as one short array (`[n0, n1, l0, l1]`, the
+    /// most common case `[n0, n1]` without labels), and its metadata apart, if any.
+    fn seal_blob(&self, blob: &Blob) -> (String, Option<String>) {
+        let [a, b] = &blob.p;
+        let mut parts = vec![&a.n, &b.n, &a.l, &b.l];
+        while parts.len() > 2 && parts.last().is_some_and(|p| p.is_none()) {
+            parts.pop();
+        }
+        let crypto = &self.inner.crypto;
+        let numbers = crypto.seal(
+            "session",
+            &serde_json::to_vec(&parts).expect("strings serialise"),
+        );
+        let metadata = (!blob.m.is_empty()).then(|| {
+            crypto.seal(
+                "metadata",
+                &serde_json::to_vec(&blob.m).expect("strings serialise"),
+            )
+        });
+        (numbers, metadata)
     }
 
     pub async fn ping(&self) -> Result<()> {

@@ -36,7 +36,11 @@ impl Broker {
                 if next > now {
                     continue;
                 }
-                self.reap_session(shard, &key, &rec, now, &mut done).await?;
+                // Whole, with its metadata, which the expiry's event carries.
+                let rec = store.session(shard, &key).await?;
+                if !rec.is_empty() {
+                    self.reap_session(shard, &key, &rec, now, &mut done).await?;
+                }
             }
             store.bucket_settle(shard, &bucket).await?;
         }

@@ -85,7 +85,6 @@ impl Broker {
         let now = self.now();
         let expires = now + ttl as i64 * 1000;
         let (idx_a, idx_b) = (self.idx(&a.number), self.idx(&b.number));
-        let crypto = &self.inner.crypto;
         let blob = Blob {
             p: [
                 BlobParticipant {
@@ -99,10 +98,7 @@ impl Broker {
             ],
             m: req.metadata.clone(),
         };
-        let sealed_blob = crypto.seal(
-            "session",
-            &serde_json::to_vec(&blob).expect("blob serialises"),
-        );
+        let (sealed_blob, sealed_metadata) = self.seal_blob(&blob);
         let geo = a.number.geo();
         let area_tag = geo.area_tag().unwrap_or_default();
         let country_tag = geo.country_tag();
@@ -188,6 +184,7 @@ impl Broker {
                     idx_b: &idx_b,
                     levels: &levels,
                     blob: &sealed_blob,
+                    metadata: sealed_metadata.as_deref().unwrap_or(""),
                     sticky_window_ms: STICKY_WINDOW_MS,
                     area_tag: &area_tag,
                     country_tag: &country_tag,

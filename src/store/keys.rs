@@ -106,6 +106,10 @@ impl ShardKeys {
     pub fn session_bucket(&self, key: &str) -> String {
         self.session_bucket_named(&session_bucket_name(key))
     }
+    /// STRING a session's metadata, sealed, when it has any; goes with the record.
+    pub fn metadata(&self, key: &str) -> String {
+        format!("{}y:{key}", self.tag)
+    }
     /// The session bucket `name`s (as `xb` lists them).
     pub fn session_bucket_named(&self, name: &str) -> String {
         format!("{}s:{name}", self.tag)
@@ -268,6 +272,7 @@ mod tests {
             s.due_buckets(),
             s.entries("abc"),
             s.session_bucket("xyz"),
+            s.metadata("xyz"),
             s.load("b", "a1415"),
             s.interactions("xyz"),
             s.provider_ref("twilio", "CA123"),

@@ -38,6 +38,8 @@ enum Holder {
     Idempotency,
     /// `{p..}:ref:<provider>:<ref>`: `b|<session>|<interaction>|<sealed message>`.
     BlockedRef,
+    /// `{p..}:y:<session>`: a session's metadata, the whole string sealed.
+    Metadata,
 }
 
 impl Holder {
@@ -53,6 +55,7 @@ impl Holder {
             return Some(match within.split_once(':')?.0 {
                 "s" => Holder::Sessions,
                 "ref" => Holder::BlockedRef,
+                "y" => Holder::Metadata,
                 "ev" if within.starts_with("ev:m:") => Holder::Fields(&["z"], "event-numbers"),
                 "ox" if within.starts_with("ox:m:") => Holder::Fields(&["b"], "outbox"),
                 _ => return None,
@@ -67,7 +70,10 @@ impl Holder {
     }
 
     fn is_hash(self) -> bool {
-        !matches!(self, Holder::Idempotency | Holder::BlockedRef)
+        !matches!(
+            self,
+            Holder::Idempotency | Holder::BlockedRef | Holder::Metadata
+        )
     }
 }
 
@@ -98,12 +104,20 @@ fn hash_spots(holder: Holder, hash: &HashMap<String, String>) -> Vec<Spot> {
             .filter_map(|f| hash.get(*f).filter(|v| !v.is_empty()).map(|v| (f, v)))
             .map(|(f, v)| spot(vec![f.to_string()], purpose, (String::new(), v.clone())))
             .collect(),
-        Holder::Idempotency | Holder::BlockedRef => Vec::new(),
+        Holder::Idempotency | Holder::BlockedRef | Holder::Metadata => Vec::new(),
     }
 }
 
 /// The ciphertext a string of kind `holder` holds, if any.
 fn string_spot(holder: Holder, value: &str) -> Option<Spot> {
+    if holder == Holder::Metadata {
+        return (!value.is_empty()).then(|| Spot {
+            fields: Vec::new(),
+            purpose: "metadata",
+            head: String::new(),
+            sealed: value.to_string(),
+        });
+    }
     let parts: Vec<&str> = value.splitn(4, '|').collect();
     let (purpose, at) = match (holder, parts.as_slice()) {
         (Holder::Idempotency, ["d", _, sealed, ..]) if !sealed.is_empty() => ("idempotency", 2),
@@ -188,6 +202,7 @@ mod tests {
     fn keys_are_told_apart_by_name() {
         let of = |k: &str| Holder::of("hush", k);
         assert_eq!(of("hush:{p7.0}:s:ab3"), Some(Holder::Sessions));
+        assert_eq!(of("hush:{p7.0}:y:k9z0"), Some(Holder::Metadata));
         assert_eq!(of("hush:{p7.0}:ref:telnyx:r1"), Some(Holder::BlockedRef));
         assert_eq!(
             of("hush:{p7.0}:ev:m:e1"),

@@ -19,6 +19,8 @@ pub struct CreateArgs<'a> {
     pub idx_b: &'a str,
     pub levels: &'a str,
     pub blob: &'a str,
+    /// The session's metadata, sealed, or `""` when it has none.
+    pub metadata: &'a str,
     pub sticky_window_ms: i64,
     pub area_tag: &'a str,
     pub country_tag: &'a str,
@@ -105,7 +107,7 @@ impl Store {
                         a.levels,
                         rand::random::<u32>(),
                         a.session_key,
-                        "",
+                        a.metadata,
                         "",
                     ),
                     (
@@ -145,11 +147,26 @@ impl Store {
         }
     }
 
-    /// A session record as its fields (the names of `SFIELDS` in `lua/common.lua`; empty
-    /// fields left out); empty when there is none.
+    /// A session record as its fields (the names of `SFIELDS` in `lua/common.lua`, `h` the
+    /// end of its hold, and `y` its sealed metadata; empty fields left out); empty when there
+    /// is none. One round trip.
     pub async fn session(&self, shard: &ShardKeys, key: &str) -> Result<HashMap<String, String>> {
-        let raw: Option<String> = self.query("HGET", (shard.session_bucket(key), key)).await?;
-        Ok(raw.map(|r| session_fields(&r)).unwrap_or_default())
+        let (raw, metadata): (Option<String>, Option<String>) = redis::pipe()
+            .cmd("HGET")
+            .arg(shard.session_bucket(key))
+            .arg(key)
+            .cmd("GET")
+            .arg(shard.metadata(key))
+            .query_async(&mut self.c())
+            .await?;
+        let Some(raw) = raw else {
+            return Ok(HashMap::new());
+        };
+        let mut rec = session_fields(&raw);
+        if let Some(m) = metadata {
+            rec.insert("y".into(), m);
+        }
+        Ok(rec)
     }
 
     /// Runs one change on a session.
@@ -268,17 +285,21 @@ pub const STICKY_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// The fields of a session record in the order `lua/common.lua` writes them; the sealed
 /// blob, last, is the rest of the string.
-const SESSION_FIELDS: [&str; 14] = [
-    "t", "m", "n", "c", "e", "h", "co", "a", "b", "g", "x", "r", "i", "z",
+const SESSION_FIELDS: [&str; 13] = [
+    "t", "m", "n", "c", "e", "co", "a", "b", "g", "x", "r", "i", "z",
 ];
 
 fn session_fields(raw: &str) -> HashMap<String, String> {
-    SESSION_FIELDS
+    let mut rec: HashMap<String, String> = SESSION_FIELDS
         .iter()
         .zip(raw.splitn(SESSION_FIELDS.len(), '|'))
         .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        .collect();
+    let ms = |k: &str| rec.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let held = ms("e") + ms("co");
+    rec.insert("h".into(), held.to_string());
+    rec
 }
 
 #[cfg(test)]
@@ -287,13 +308,14 @@ mod tests {
 
     #[test]
     fn a_record_reads_back_by_field_names() {
-        let rec = session_fields("o|v|+12125550100|1|2|3|0|AAA|BBB|any||||c2Vh");
+        let rec = session_fields("o|v|+12125550100|1|2000|60|AAA|BBB|any||||c2Vh");
         assert_eq!(rec["t"], "o");
+        assert_eq!(rec["h"], "2060");
         assert_eq!(rec["n"], "+12125550100");
         assert_eq!(rec["b"], "BBB");
         assert_eq!(rec["z"], "c2Vh");
         assert!(!rec.contains_key("x"));
-        assert!(session_fields("").is_empty());
+        assert_eq!(session_fields("").get("t"), None);
     }
 
     #[test]

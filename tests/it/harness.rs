@@ -853,7 +853,7 @@ pub struct RouteRecord {
 /// Every route under the app's prefix: each participant entry's routes (`<prefix>:{...}:u:`
 /// buckets, field = blind index, value = items `<proxy>=<session key>` or sticky memory),
 /// joined to their session records (`s:` buckets, field = session key, value =
-/// `t|m|n|c|e|h|co|a|b|...`).
+/// `t|m|n|c|e|co|a|b|...`; held until is `e` + `co`).
 pub async fn route_records(app: &TestApp) -> Vec<RouteRecord> {
     const ALPHABET: &str = "0123456789abcdefghjkmnpqrstvwxyz";
     let mut con = app.redis().await;
@@ -884,16 +884,18 @@ pub async fn route_records(app: &TestApp) -> Vec<RouteRecord> {
                     .unwrap();
                 let rec =
                     rec.unwrap_or_else(|| panic!("route {item} of {key} has no session record"));
-                let f: Vec<&str> = rec.splitn(14, '|').collect();
-                assert_eq!(f.len(), 14, "session record {bucket} / {skey}: {rec:?}");
-                let other = if f[7] == idx { f[8] } else { f[7] };
+                let f: Vec<&str> = rec.splitn(13, '|').collect();
+                assert_eq!(f.len(), 13, "session record {bucket} / {skey}: {rec:?}");
+                let other = if f[6] == idx { f[7] } else { f[6] };
+                let open_until: i64 = f[4].parse().expect("open-until is unix ms");
+                let cooloff: i64 = f[5].parse().expect("cool-off is ms");
                 out.push(RouteRecord {
                     key: key.clone(),
                     proxy: proxy.to_string(),
                     session_id: skey.to_string(),
                     mode: f[1].to_string(),
-                    open_until_ms: f[4].parse().expect("open-until is unix ms"),
-                    held_until_ms: f[5].parse().expect("held-until is unix ms"),
+                    open_until_ms: open_until,
+                    held_until_ms: open_until + cooloff,
                     other: other.to_string(),
                 });
             }

@@ -90,7 +90,11 @@ async fn every_record_is_resealed_and_hush_then_runs_on_the_new_key_alone() {
     app.close_session(cooling["id"].as_str().unwrap())
         .await
         .expect(200);
-    let idem_body = json!({ "pool": "rot", "participants": [{ "number": a3 }, { "number": b3 }] });
+    let idem_body = json!({
+        "pool": "rot",
+        "participants": [{ "number": a3 }, { "number": b3 }],
+        "metadata": { "order": "r-1" },
+    });
     let first = idempotent_create(&app, "rot-key-1", &idem_body).await;
     assert_eq!(first.status, 201, "{}", first.text);
     let idem_id = first.expect(201)["id"].as_str().unwrap().to_string();

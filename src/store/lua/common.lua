@@ -36,8 +36,11 @@ local function ubucket(idx)
 end
 
 -- A session record, one string: the fields below in this order, `|` between them. The
--- sealed blob (both numbers, labels, metadata) comes last; base64 has no `|`.
-local SFIELDS = { 't', 'm', 'n', 'c', 'e', 'h', 'co', 'a', 'b', 'g', 'x', 'r', 'i', 'z' }
+-- sealed blob (both numbers and labels) comes last; base64 has no `|`. The end of the hold
+-- is not stored: it is always the expiry (or the moment of closing) plus the cool-off.
+-- Metadata, when a session has any, is sealed apart in `y:<session key>`, so one session's
+-- large metadata cannot push a whole bucket out of the compact encoding.
+local SFIELDS = { 't', 'm', 'n', 'c', 'e', 'co', 'a', 'b', 'g', 'x', 'r', 'i', 'z' }
 
 local function get_session(skey)
   local raw = redis.call('HGET', sbucket(skey), skey)
@@ -49,7 +52,8 @@ local function get_session(skey)
     rec[name] = v
     i = i + 1
   end
-  rec.e, rec.h, rec.co = tonumber(rec.e), tonumber(rec.h), tonumber(rec.co)
+  rec.e, rec.co = tonumber(rec.e) or 0, tonumber(rec.co) or 0
+  rec.h = rec.e + rec.co
   return rec
 end
 
@@ -74,6 +78,7 @@ end
 
 local function del_session(skey)
   redis.call('HDEL', sbucket(skey), skey)
+  redis.call('DEL', TAG .. 'y:' .. skey)
 end
 
 -- A participant's entry in its bucket: items separated by `,`. A route the participant

@@ -31,11 +31,9 @@ end
 -- Participant buckets keep sticky memory after their routes end: none is left to anyone.
 local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 for i = 1, 64 do
-  local names = {}
   for j = 1, 64 do
-    table.insert(names, TAG .. 'u:' .. string.sub(B64, i, i) .. string.sub(B64, j, j))
+    redis.call('DEL', TAG .. 'u:' .. string.sub(B64, i, i) .. string.sub(B64, j, j))
   end
-  redis.call('DEL', unpack(names))
 end
 redis.call('DEL', EV .. 'q', EV .. 'all', TAG .. 'ox:q', xb, nums)
 redis.call('HSET', nums, '#deleted', 1)

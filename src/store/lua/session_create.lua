@@ -5,7 +5,7 @@
 -- ARGV: 1 tag, 2 created ms (as the caller reports it; checks use Redis's clock),
 --       3 expires ms, 4 cool-off ms, 5 mode class (v|s|b), 6 idx A, 7 idx B,
 --       8 geo levels to try in order ('a1415,c1,*'), 9 random, 10 session key,
---       11, 12 (unused), 13 sealed session blob, 14 sticky window ms,
+--       11 sealed metadata or '', 12 (unused), 13 sealed session blob, 14 sticky window ms,
 --       15 A's area tag or '', 16 A's country tag, 17 session.created event id or '',
 --       18 its body (`__PROXY__` stands for the number chosen), 19 sealed numbers or '',
 --       20 pool.low event id or '', 21 the pool's low threshold (percent), 22 its body
@@ -122,7 +122,8 @@ put_entry(idx_a, ea, now, sticky_window, held_until)
 put_entry(idx_b, eb, now, sticky_window, held_until)
 
 put_session(skey, { t = 'o', n = chosen, m = class, c = tonumber(ARGV[2]), e = expires,
-  h = held_until, co = cooloff, a = idx_a, b = idx_b, g = level, i = idem, z = blob })
+  co = cooloff, a = idx_a, b = idx_b, g = level, i = idem, z = blob })
+if ARGV[11] ~= '' then redis.call('SET', TAG .. 'y:' .. skey, ARGV[11]) end
 due_push(skey, expires)
 if idem ~= '' then
   -- The record names its marker so erasing a participant removes it too.
