@@ -58,6 +58,19 @@ pub async fn run(
         tracing::warn!("{warning}");
     }
     let broker = build_broker(&config)?;
+    // Data an earlier version wrote would be invisible to this one: refuse rather than
+    // answer as if its sessions did not exist. Redis being down is not a reason to refuse
+    // (hush answers 503 until it is back); the check is made again at the next start.
+    match broker.store().layout().await {
+        Ok(Ok(())) => {}
+        Ok(Err(found)) => anyhow::bail!(
+            "the data under the prefix `{}` is of layout {found}, written by an earlier hush; \
+             this version reads layout {}: see \"Upgrading\" in docs/operations.md",
+            config.redis_prefix,
+            store::LAYOUT
+        ),
+        Err(e) => tracing::warn!(error = %e, "the data layout could not be checked at start"),
+    }
     let delivery = tokio::spawn(events::delivery::run(
         broker.clone(),
         events::delivery::Delivery::new(

@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also measure memory with 1,000,000 open sessions on a pool of 50 numbers (minutes).
+    #[arg(long)]
+    million: bool,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -92,7 +95,7 @@ async fn measure(args: &BenchArgs, redis: &PrivateRedis) -> anyhow::Result<Repor
 
     progress(args, "memory: open sessions");
     redis.flush().await?;
-    let memory = memory::memory(redis, c).await?;
+    let memory = memory::memory(redis, c, args.million).await?;
     redis.flush().await?;
 
     progress(
@@ -231,6 +234,21 @@ impl Report {
             "  per open session         {:>10.0} B    {:.1} keys; naive layout about {MEMORY_NAIVE:.0} B",
             self.memory.bytes_per_session, self.memory.keys_per_session
         );
+        println!(
+            "  with deploy/redis.conf   {:>10.0} B    (its hash-max-listpack-* settings)",
+            self.memory.tuned_bytes_per_session
+        );
+        if let Some(scale) = &self.memory.scale {
+            println!(
+                "  {} sessions, pool of {} {:>6.0} B    {:.2} keys; {} of {} sampled calls routed right",
+                scale.sessions,
+                scale.numbers,
+                scale.bytes_per_session,
+                scale.keys_per_session,
+                scale.routed - scale.misrouted,
+                scale.routed
+            );
+        }
         let (direct, hush) = (&self.events.direct, &self.events.hush);
         println!(
             "event delivery ({EVENTS} session.created events to a local receiver, signed, same concurrency)"
@@ -353,6 +371,15 @@ impl Report {
                 "sessions": self.memory.sessions,
                 "bytes_per_session": self.memory.bytes_per_session,
                 "keys_per_session": self.memory.keys_per_session,
+                "tuned_bytes_per_session": self.memory.tuned_bytes_per_session,
+                "scale": self.memory.scale.as_ref().map(|s| serde_json::json!({
+                    "sessions": s.sessions,
+                    "numbers": s.numbers,
+                    "bytes_per_session": s.bytes_per_session,
+                    "keys_per_session": s.keys_per_session,
+                    "routed": s.routed,
+                    "misrouted": s.misrouted,
+                })),
                 "naive_bytes_per_session": MEMORY_NAIVE,
                 "target_bytes": MEMORY_LIMIT,
                 "aim_bytes": MEMORY_AIM,

@@ -137,6 +137,31 @@ impl PrivateRedis {
         Ok(())
     }
 
+    /// Sets each `(name, value)` with `CONFIG SET` and returns the values it replaced.
+    pub(super) async fn encoding(
+        &self,
+        settings: &[(String, String)],
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let mut c = self.conn().await?;
+        let mut before = Vec::with_capacity(settings.len());
+        for (name, value) in settings {
+            let old: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut c)
+                .await?;
+            before.push((name.clone(), old.get(1).cloned().unwrap_or_default()));
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(value)
+                .query_async(&mut c)
+                .await
+                .with_context(|| format!("CONFIG SET {name} {value}"))?;
+        }
+        Ok(before)
+    }
+
     /// `(used_memory, keys)`.
     pub(super) async fn usage(&self) -> anyhow::Result<(u64, u64)> {
         let mut c = self.conn().await?;

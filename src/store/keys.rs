@@ -21,6 +21,10 @@ impl Keys {
     pub fn pools(&self) -> String {
         format!("{}:pools", self.prefix)
     }
+    /// STRING the layout of the data under the prefix (see `Store::layout`).
+    pub fn layout(&self) -> String {
+        format!("{}:layout", self.prefix)
+    }
     /// Counter handing out pool ids.
     pub fn pool_seq(&self) -> String {
         format!("{}:pool_seq", self.prefix)

@@ -34,7 +34,7 @@ pub use events::EventDraft;
 pub use idempotency::{IdemBegin, IdemMark, Lease};
 pub use keys::{Keys, ShardKeys};
 pub use numbers::NumberRow;
-pub use pools::{PoolRow, PoolSet, ShardCounts};
+pub use pools::{LAYOUT, PoolRow, PoolSet, ShardCounts};
 pub use routes::{Claimed, Entry, Reach, Stub};
 pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended, STICKY_WINDOW_MS};
 pub use target::{RedisTarget, StoreKind, TargetError};

@@ -5,6 +5,10 @@ use std::collections::HashMap;
 
 use redis::Value;
 
+/// The layout of the data this version writes and reads (`P:layout`): 2 keeps session
+/// records and participant entries in bucket hashes.
+pub const LAYOUT: &str = "2";
+
 use super::{Entry, Result, ShardKeys, Store, StoreError, StoreKind, strings};
 
 /// A pool as stored.
@@ -73,6 +77,25 @@ impl Store {
         }
     }
 
+    /// Whether the data under the prefix is of the layout this version reads: `Err` with the
+    /// layout found when it is older (pools made by a version that kept a hash per
+    /// participant and per session).
+    pub async fn layout(&self) -> Result<std::result::Result<(), String>> {
+        let (layout, pools): (Option<String>, u64) = redis::pipe()
+            .cmd("GET")
+            .arg(self.keys.layout())
+            .cmd("HLEN")
+            .arg(self.keys.pools())
+            .query_async(&mut self.c())
+            .await?;
+        Ok(match layout {
+            Some(l) if l == LAYOUT => Ok(()),
+            None if pools == 0 => Ok(()),
+            Some(l) => Err(l),
+            None => Err("1".into()),
+        })
+    }
+
     /// Creates a pool (of one shard unless `fields` says `shards`), or replaces the fields
     /// given of an existing one. Returns the row and whether it was new, or the shard count a
     /// change would have lowered.
@@ -107,6 +130,10 @@ impl Store {
         name: &str,
         fields: &[(&str, String)],
     ) -> Result<std::result::Result<(u32, bool), u16>> {
+        // Pools made from now on are of the current layout (see [`Store::layout`]).
+        let _: Option<String> = self
+            .query("SET", (self.keys.layout(), LAYOUT, "NX"))
+            .await?;
         let fresh: u32 = self.query("INCR", self.keys.pool_seq()).await?;
         // Write the policy before publishing the name, so a reader that finds the name
         // always finds a whole pool.

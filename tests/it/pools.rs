@@ -607,3 +607,41 @@ async fn sessions_created_during_a_deletion_never_land_in_a_deleted_pool() {
         }
     }
 }
+
+/// Data an earlier layout wrote (pools, no layout marker) makes hush refuse to start, naming
+/// the way to upgrade; a prefix whose first pool this version made starts as before.
+#[tokio::test]
+async fn hush_refuses_data_of_an_earlier_layout() {
+    let app = TestApp::start().await;
+    app.pool("current", json!({}), &proxies(1)).await;
+    let mut con = app.redis().await;
+    let marker = format!("{}:layout", app.prefix);
+    let layout: Option<String> = redis::cmd("GET")
+        .arg(&marker)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(layout.as_deref(), Some(hush::store::LAYOUT));
+
+    let _: () = redis::cmd("DEL")
+        .arg(&marker)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        hush::run(
+            app.config.clone(),
+            listener,
+            tokio_util::sync::CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("hush started on data of an earlier layout");
+    let message = format!("{:#}", refused.expect_err("hush started"));
+    assert!(
+        message.contains("layout 1") && message.contains("Upgrading"),
+        "{message}"
+    );
+}
