@@ -20,11 +20,11 @@ end
 -- A participant's bucket is named by the first two characters of its blind index (4,096
 -- buckets of a shard); a session's by the first two characters of its key and the top bits
 -- of the third (4,096 too).
-local B32 = {}
-for i = 1, 32 do B32[string.sub('0123456789abcdefghjkmnpqrstvwxyz', i, i)] = i - 1 end
-
 local function sbucket_name(skey)
-  return string.sub(skey, 1, 2) .. math.floor((B32[string.sub(skey, 3, 3)] or 0) / 8)
+  -- Position in the base32 alphabet of domain::ids (a table built here would be built on
+  -- every call of every script).
+  local at = string.find('0123456789abcdefghjkmnpqrstvwxyz', string.sub(skey, 3, 3), 1, true)
+  return string.sub(skey, 1, 2) .. math.floor(((at or 1) - 1) / 8)
 end
 
 local function sbucket(skey)
