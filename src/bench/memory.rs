@@ -12,10 +12,11 @@ use tokio::task::JoinSet;
 
 use hush::broker::{Broker, Decision};
 use hush::domain::session::Kind;
-use hush::domain::{E164, PoolName};
+use hush::domain::{E164, PoolName, PoolPolicy, SessionId};
 
 use super::fixtures::{
-    Participants, SMALL_POOL, bench_config, bench_pool, create_sessions, new_session,
+    Participants, SMALL_POOL, bench_config, bench_pool, bench_pool_with, create_sessions,
+    new_session,
 };
 use super::private_redis::PrivateRedis;
 
@@ -35,6 +36,9 @@ pub(super) struct Memory {
     pub(super) keys_per_session: f64,
     /// The same with deploy/redis.conf's `hash-max-listpack-*` settings.
     pub(super) tuned_bytes_per_session: f64,
+    /// What a session leaves once it has ended and its cool-off is over (its pair's sticky
+    /// memory), with Redis's defaults.
+    pub(super) ended_bytes_per_session: f64,
     pub(super) scale: Option<Scale>,
 }
 
@@ -58,6 +62,8 @@ pub(super) async fn memory(
     let tuned = per_session(redis, concurrency).await;
     redis.encoding(&defaults).await?;
     let (tuned_bytes_per_session, _) = tuned?;
+    redis.flush().await?;
+    let ended_bytes_per_session = left_behind(redis, concurrency).await?;
     let scale = if million {
         redis.flush().await?;
         Some(at_scale(redis, concurrency).await?)
@@ -69,6 +75,7 @@ pub(super) async fn memory(
         bytes_per_session,
         keys_per_session,
         tuned_bytes_per_session,
+        ended_bytes_per_session,
         scale,
     })
 }
@@ -104,6 +111,48 @@ async fn per_session(redis: &PrivateRedis, concurrency: usize) -> anyhow::Result
         (mem_after as f64 - mem_before as f64) / n,
         (keys_after as f64 - keys_before as f64) / n,
     ))
+}
+
+/// Memory per session once sessions between new pairs have been created and closed on a pool
+/// without cool-off (so each is released as it closes).
+async fn left_behind(redis: &PrivateRedis, concurrency: usize) -> anyhow::Result<f64> {
+    let config = bench_config(&redis.url, "ended");
+    let broker = hush::build_broker(&config)?;
+    let policy = PoolPolicy {
+        cooloff_secs: 0,
+        ..PoolPolicy::default()
+    };
+    let pool = bench_pool_with(&broker, SMALL_POOL, &policy)
+        .await
+        .context("setting up the pool")?;
+    let people = Arc::new(Participants::default());
+    create_sessions(&broker, &pool, &people, 100, concurrency)
+        .await
+        .context("creating the first sessions")?;
+    let (mem_before, _) = redis.usage().await?;
+    let left = Arc::new(AtomicU64::new(MEMORY_SESSIONS));
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency {
+        let (broker, pool, people, left) =
+            (broker.clone(), pool.clone(), people.clone(), left.clone());
+        workers.spawn(async move {
+            while left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let (a, b) = people.pair();
+                let view = broker.create_session(new_session(&pool, &a, &b)).await?;
+                let id = SessionId::parse(&view.id).context("a session id")?;
+                broker.close_session(&id).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.context("bench worker panicked")??;
+    }
+    let (mem_after, _) = redis.usage().await?;
+    Ok((mem_after as f64 - mem_before as f64) / MEMORY_SESSIONS as f64)
 }
 
 /// `count` distinct valid numbers of area code `area`, the same on every call.

@@ -238,6 +238,10 @@ impl Report {
             "  with deploy/redis.conf   {:>10.0} B    (its hash-max-listpack-* settings)",
             self.memory.tuned_bytes_per_session
         );
+        println!(
+            "  left by an ended session {:>10.0} B    (sticky memory, kept 30 days)",
+            self.memory.ended_bytes_per_session
+        );
         if let Some(scale) = &self.memory.scale {
             println!(
                 "  {} sessions, pool of {} {:>6.0} B    {:.2} keys; {} of {} sampled calls routed right",
@@ -372,6 +376,7 @@ impl Report {
                 "bytes_per_session": self.memory.bytes_per_session,
                 "keys_per_session": self.memory.keys_per_session,
                 "tuned_bytes_per_session": self.memory.tuned_bytes_per_session,
+                "ended_bytes_per_session": self.memory.ended_bytes_per_session,
                 "scale": self.memory.scale.as_ref().map(|s| serde_json::json!({
                     "sessions": s.sessions,
                     "numbers": s.numbers,
