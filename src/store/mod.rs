@@ -2,7 +2,7 @@
 //! typed calls in one file per concern, each adding its own `impl Store` block.
 //!
 //! Why each step is atomic: everything that must change together — creating a session
-//! (both routes, the number's load, the session record, its transition entry), ending or
+//! (both routes, the number's load, the session record, its bucket's due time), ending or
 //! extending one, adding, draining or removing a number — is one Lua script over the keys of
 //! one pool shard, which Redis runs without interleaving. Invariant 1 only involves one
 //! proxy number's routes, and a number lives in exactly one shard, so a shard-local script

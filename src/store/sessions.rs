@@ -1,5 +1,5 @@
 //! Sessions on the Redis side: creating one (routes, the number's load, the record and its
-//! transition entry in one script), reading it, ending or extending it, and what is due.
+//! bucket's due time in one script), reading it, ending or extending it, and what is due.
 
 use std::collections::HashMap;
 

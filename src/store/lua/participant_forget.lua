@@ -1,5 +1,5 @@
 -- Removes what a shard still holds under an erased participant's blind index: its sticky
--- memory on both sides and route records that no live session owns any more.
+-- memory on both sides and routes that no live session owns any more.
 -- KEYS: 1 the participant's bucket. ARGV: 1 tag, 2 idx, 3 now ms, 4 sticky window ms.
 local idx, now, window = ARGV[2], clock_ms(), tonumber(ARGV[4])
 local short = string.sub(idx, 1, 8)
