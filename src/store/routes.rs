@@ -1,5 +1,6 @@
-//! Routes and the relay on the Redis side: a participant's entry (routes and sticky memory), forgetting a
-//! participant, single-use tokens, and claiming and updating an inbound interaction.
+//! Routes and the relay on the Redis side: a participant's entry (routes and sticky memory),
+//! forgetting a participant, single-use tokens, and claiming and updating an inbound
+//! interaction.
 
 use std::collections::HashMap;
 
