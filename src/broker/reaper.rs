@@ -24,7 +24,7 @@ pub struct Reaped {
 
 impl Broker {
     /// Advances due sessions of one shard (expiry, end of hold), working through at most
-    /// `limit` session buckets, and tidies a few participant buckets.
+    /// `limit` session buckets.
     pub async fn reap_shard(&self, shard: &ShardKeys, now: Millis, limit: usize) -> Result<Reaped> {
         let mut done = Reaped::default();
         let store = &self.inner.store;
@@ -44,17 +44,21 @@ impl Broker {
             }
             store.bucket_settle(shard, &bucket).await?;
         }
-        // Sticky memory past its window leaves the participant buckets that nothing else
-        // rewrites: a few random ones per pass visit each of the 4,096 every few minutes.
+        Ok(done)
+    }
+
+    /// Sticky memory past its window leaves the participant buckets that nothing else
+    /// rewrites: a few random ones per pass visit each of the 4,096 every few minutes.
+    async fn tidy_shard(&self, shard: &ShardKeys) -> Result<()> {
         for _ in 0..TIDY_PER_PASS {
             let pick: [u8; 2] = rand::random();
             let name: String = pick
                 .iter()
                 .map(|b| BASE64URL[(*b & 63) as usize] as char)
                 .collect();
-            store.entries_tidy(shard, &name).await?;
+            self.inner.store.entries_tidy(shard, &name).await?;
         }
-        Ok(done)
+        Ok(())
     }
 
     async fn reap_session(
@@ -114,6 +118,9 @@ impl Broker {
                     Err(e) => {
                         tracing::warn!(pool = %row.name, error = %e, "reaping a shard failed")
                     }
+                }
+                if let Err(e) = self.tidy_shard(&shard).await {
+                    tracing::warn!(pool = %row.name, error = %e, "tidying a shard failed");
                 }
             }
         }

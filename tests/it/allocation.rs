@@ -454,3 +454,54 @@ async fn geo_match_prefers_the_area_code_then_the_country() {
     assert_ne!(s["proxy_number"], local);
     assert_eq!(s["geo_match"], "country");
 }
+
+/// Sticky memory lives in the participants' entries once a session's hold ends: each keeps
+/// its 16 newest partners, the newest still gets its number back, and erasing a participant
+/// leaves no sticky memory about them on either side.
+#[tokio::test]
+async fn sticky_memory_keeps_the_newest_partners_and_goes_with_erasure() {
+    let app = TestApp::start().await;
+    app.pool("kept", json!({ "cooloff_secs": 0 }), &proxies(3))
+        .await;
+    let a = participant(0);
+    let partners: Vec<String> = (1..=18).map(participant).collect();
+    let mut last = Value::Null;
+    for b in &partners {
+        last = app.open_session("kept", &a, b, None).await;
+        app.close_session(last["id"].as_str().unwrap())
+            .await
+            .expect(200);
+    }
+    let entries = app.dump().await;
+    let sticky_items = |value: &[u8]| String::from_utf8_lossy(value).matches('~').count() / 2;
+    let most: usize = entries
+        .iter()
+        .filter(|(k, _)| k.contains(":u:"))
+        .flat_map(|(_, values)| values.iter().map(|v| sticky_items(v)))
+        .max()
+        .unwrap_or(0);
+    assert_eq!(most, 16, "a participant keeps its 16 newest partners");
+
+    // The newest pair gets its number back, whichever number is least loaded.
+    let newest = partners.last().unwrap();
+    let again = app.open_session("kept", &a, newest, None).await;
+    assert_eq!(again["proxy_number"], last["proxy_number"]);
+    app.close_session(again["id"].as_str().unwrap())
+        .await
+        .expect(200);
+
+    app.delete(&format!("/v1/participants/{}", path_number(&a)))
+        .await
+        .expect(200);
+    for (key, values) in app.dump().await {
+        if key.contains(":u:") {
+            for v in values {
+                assert_eq!(
+                    sticky_items(&v),
+                    0,
+                    "sticky memory about the erased participant is left in {key}"
+                );
+            }
+        }
+    }
+}

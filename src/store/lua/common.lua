@@ -103,18 +103,28 @@ local function get_entry(idx)
   return e
 end
 
+-- Removes the sticky memory the participants whose index starts with `other` (8
+-- characters, which also name their bucket) keep about `short` (the start of another
+-- index). Returns how many entries changed.
+local drop_stubs_about
+
 -- Writes an entry back, keeping the newest stubs that are inside the sticky window; an
--- entry left with nothing is removed. The bucket lives as long as its longest hold or
--- sticky memory.
+-- entry left with nothing is removed. A stub dropped for room is dropped on the other side
+-- too, so sticky memory of a pair is on both sides or neither (erasing either finds it all).
+-- The bucket lives as long as its longest hold or sticky memory.
 local function put_entry(idx, e, now, window, hold)
   local items = {}
   for number, sid in pairs(e.routes) do table.insert(items, number .. '=' .. sid) end
   table.sort(e.stubs, function(x, y) return x.at > y.at end)
   local kept = 0
   for _, st in ipairs(e.stubs) do
-    if kept < STUBS_KEPT and st.at + window > now then
+    if st.at + window <= now then
+      -- Past the window on both sides alike: each side drops it when next written.
+    elseif kept < STUBS_KEPT then
       table.insert(items, st.number .. '~' .. st.other .. '~' .. st.at)
       kept = kept + 1
+    else
+      drop_stubs_about(st.other, string.sub(idx, 1, 8), now, window)
     end
   end
   local key = ubucket(idx)
@@ -124,6 +134,26 @@ local function put_entry(idx, e, now, window, hold)
   end
   redis.call('HSET', key, idx, table.concat(items, ','))
   push_expiry(key, math.max(hold or 0, now + window))
+end
+
+drop_stubs_about = function(other, short, now, window)
+  local changed = 0
+  local bucket = redis.call('HGETALL', TAG .. 'u:' .. string.sub(other, 1, 2))
+  for i = 1, #bucket, 2 do
+    local idx = bucket[i]
+    if string.sub(idx, 1, 8) == other then
+      local e = get_entry(idx)
+      local before = #e.stubs
+      for j = #e.stubs, 1, -1 do
+        if e.stubs[j].other == short then table.remove(e.stubs, j) end
+      end
+      if #e.stubs ~= before then
+        changed = changed + 1
+        put_entry(idx, e, now, window, 0)
+      end
+    end
+  end
+  return changed
 end
 
 -- Sticky memory of one participant about another: one stub per other participant.

@@ -8,21 +8,7 @@ local e = get_entry(idx)
 -- bucket: their stubs about this participant are found there.
 local partners = 0
 for _, st in ipairs(e.stubs) do
-  local bucket = redis.call('HGETALL', TAG .. 'u:' .. string.sub(st.other, 1, 2))
-  for i = 1, #bucket, 2 do
-    local other = bucket[i]
-    if string.sub(other, 1, 8) == st.other then
-      local oe = get_entry(other)
-      local before = #oe.stubs
-      for j = #oe.stubs, 1, -1 do
-        if oe.stubs[j].other == short then table.remove(oe.stubs, j) end
-      end
-      if #oe.stubs ~= before then
-        partners = partners + 1
-        put_entry(other, oe, now, window, 0)
-      end
-    end
-  end
+  partners = partners + drop_stubs_about(st.other, short, now, window)
 end
 e.stubs = {}
 -- Events that carry the participant's number (pools that send numbers) lose their numbers.
