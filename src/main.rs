@@ -151,6 +151,10 @@ enum StoreCmd {
         #[arg(long)]
         replace: bool,
     },
+    /// Convert data written by an earlier hush (layout 1) to the layout this version reads,
+    /// in place. Stop every hush instance and back Redis up first; running it again after an
+    /// interruption finishes the job. See "Upgrading" in docs/operations.md.
+    Upgrade,
 }
 
 #[derive(Subcommand)]
@@ -189,6 +193,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             migrate(&config, &from, &to, replace).await
+        }
+        Command::Store(StoreCmd::Upgrade) => {
+            require_redis(cli.config.as_deref())?;
+            upgrade(&config).await
         }
         Command::Keys(cmd) => keys(&ops()?, cmd).await,
         Command::Pools(cmd) => pools(&ops()?, cmd).await,
@@ -258,6 +266,41 @@ async fn migrate(config: &Config, from: &str, to: &str, replace: bool) -> anyhow
         report.sampled,
         report.total_time.as_secs_f64()
     );
+    Ok(())
+}
+
+/// `hush store upgrade`: progress on stderr, the summary on stdout. Needs no secret: nothing
+/// is decrypted.
+async fn upgrade(config: &Config) -> anyhow::Result<()> {
+    use hush::store::upgrade::Outcome;
+    let target = hush::store::RedisTarget::parse(&config.redis_url)?;
+    eprintln!(
+        "hush: upgrading the data on Redis {target} with key prefix `{}`",
+        config.redis_prefix
+    );
+    let store =
+        hush::store::Store::connect_to(&target, &config.redis_access()?, &config.redis_prefix)?;
+    match store.upgrade(&mut |line| eprintln!("hush: {line}")).await? {
+        Outcome::Empty => println!(
+            "nothing to upgrade: no pool under the prefix `{}`",
+            config.redis_prefix
+        ),
+        Outcome::Upgraded(r) => println!(
+            "upgraded to layout {} in {:.2} s: {} sessions, {} routes, {} sticky entries converted \
+             over {} shards; left out {} erased records, {} routes of ended sessions, {} sticky \
+             entries past their window; {} keys of deleted pools left alone",
+            hush::store::LAYOUT,
+            r.elapsed.as_secs_f64(),
+            r.sessions,
+            r.routes,
+            r.sticky,
+            r.shards,
+            r.sessions_dropped,
+            r.routes_dropped,
+            r.sticky_dropped,
+            r.orphans
+        ),
+    }
     Ok(())
 }
 

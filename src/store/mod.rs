@@ -26,6 +26,7 @@ mod routes;
 mod sessions;
 pub mod target;
 pub mod tls;
+pub mod upgrade;
 
 use redis::{FromRedisValue, RedisError, Script, ToRedisArgs, Value};
 
@@ -117,6 +118,7 @@ struct Scripts {
     events_pending: Script,
     bucket_settle: Script,
     entries_tidy: Script,
+    upgrade: Script,
 }
 
 impl Scripts {
@@ -139,6 +141,7 @@ impl Scripts {
             events_pending: script(include_str!("lua/events_pending.lua")),
             bucket_settle: script(include_str!("lua/bucket_settle.lua")),
             entries_tidy: script(include_str!("lua/entries_tidy.lua")),
+            upgrade: script(include_str!("lua/upgrade.lua")),
         }
     }
 }
@@ -285,6 +288,7 @@ mod tests {
             include_str!("lua/reseal.lua"),
             include_str!("lua/bucket_settle.lua"),
             include_str!("lua/entries_tidy.lua"),
+            include_str!("lua/upgrade.lua"),
         ] {
             for (i, _) in body.match_indices("redis.call(") {
                 let call = &body[i..body[i..].find(')').map(|e| i + e).unwrap_or(body.len())];

@@ -41,3 +41,4 @@ mod times;
 mod tls;
 mod topology;
 mod ttl;
+mod upgrade;
