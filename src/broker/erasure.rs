@@ -74,7 +74,9 @@ impl Broker {
             let erased = &mut blob.p[if side == "a" { 0 } else { 1 }];
             erased.n = None;
             erased.l = None;
-            let (sealed, _) = self.seal_blob(&blob);
+            // A record of layout 1 held its metadata inside the blob: it moves out now.
+            let (sealed, metadata) = self.seal_blob(&blob);
+            let metadata = metadata.filter(|_| !rec.contains_key("y"));
             let now = self.now();
             let was_open = g("t") == "o" && g("e").parse::<Millis>().unwrap_or(0) > now;
             // The events describe the scrubbed session: no trace of the erased side.
@@ -98,6 +100,7 @@ impl Broker {
                         side,
                         blob: &sealed,
                         read: &read,
+                        metadata: metadata.as_deref().unwrap_or(""),
                     },
                     &events,
                 )

@@ -130,10 +130,13 @@ impl Store {
         name: &str,
         fields: &[(&str, String)],
     ) -> Result<std::result::Result<(u32, bool), u16>> {
-        // Pools made from now on are of the current layout (see [`Store::layout`]).
-        let _: Option<String> = self
-            .query("SET", (self.keys.layout(), LAYOUT, "NX"))
-            .await?;
+        // A prefix whose first pool this is takes the current layout (see [`Store::layout`]);
+        // one holding data of an earlier layout keeps its mark until `hush store upgrade`.
+        if self.layout().await?.is_ok() {
+            let _: Option<String> = self
+                .query("SET", (self.keys.layout(), LAYOUT, "NX"))
+                .await?;
+        }
         let fresh: u32 = self.query("INCR", self.keys.pool_seq()).await?;
         // Write the policy before publishing the name, so a reader that finds the name
         // always finds a whole pool.

@@ -74,6 +74,9 @@ pub enum EndOp<'a> {
         side: &'a str,
         blob: &'a str,
         read: &'a str,
+        /// The session's metadata sealed apart, when the blob being replaced held it
+        /// (records of layout 1 keep metadata inside their blob).
+        metadata: &'a str,
     },
     Reap,
 }
@@ -183,11 +186,16 @@ impl Store {
         let numbers = expired.or(own).map(|e| e.numbers.as_str()).unwrap_or("");
         // The reaper's changes are acknowledged to no one and redone by the next pass.
         let acked = !matches!(op, EndOp::Reap);
-        let (name, arg, blob, read) = match op {
-            EndOp::Close => ("close", "closed".to_string(), "", ""),
-            EndOp::Extend { expires } => ("extend", expires.to_string(), "", ""),
-            EndOp::Erase { side, blob, read } => ("erase", side.to_string(), blob, read),
-            EndOp::Reap => ("reap", String::new(), "", ""),
+        let (name, arg, blob, read, metadata) = match op {
+            EndOp::Close => ("close", "closed".to_string(), "", "", ""),
+            EndOp::Extend { expires } => ("extend", expires.to_string(), "", "", ""),
+            EndOp::Erase {
+                side,
+                blob,
+                read,
+                metadata,
+            } => ("erase", side.to_string(), blob, read, metadata),
+            EndOp::Reap => ("reap", String::new(), "", "", ""),
         };
         let keys = shard.end_script_keys(key);
         let args = (
@@ -205,7 +213,7 @@ impl Store {
                 numbers,
                 read,
             ),
-            STICKY_WINDOW_MS,
+            (STICKY_WINDOW_MS, metadata),
         );
         let script = &self.scripts.session_end;
         let reply: Value = if acked {

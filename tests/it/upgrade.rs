@@ -222,6 +222,14 @@ async fn layout_1_data_is_converted_in_place_and_serves_as_before() {
     .await
     .expect_err("hush started on layout-1 data");
     assert!(format!("{refused:#}").contains("Upgrading"), "{refused:#}");
+    // A pool made meanwhile does not mark the old data as converted.
+    app.cli(&["pools", "put", "another"]);
+    let mark: Option<String> = redis::cmd("GET")
+        .arg(format!("{}:layout", app.prefix))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(mark, None, "creating a pool marked layout-1 data as converted");
 
     let out = app.cli(&["store", "upgrade"]);
     assert!(
@@ -307,4 +315,12 @@ async fn layout_1_data_is_converted_in_place_and_serves_as_before() {
     app.create_session("old", &c, &participant(9), None)
         .await
         .expect_problem(409, "pool_exhausted");
+
+    // Erasing a side of a converted session keeps its metadata, which the old blob held.
+    app.delete(&format!("/v1/participants/{}", path_number(&b)))
+        .await
+        .expect(200);
+    let s = app.get_session(&open.to_string()).await.expect(200);
+    assert_eq!(s["metadata"], json!({ "trip": "t-1" }), "{s}");
+    assert!(s["participants"][1]["number"].is_null(), "{s}");
 }

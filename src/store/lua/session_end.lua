@@ -4,7 +4,7 @@
 --       6 sealed blob or '', 7 event id for an expiry noticed now, 8 its body, 9 event id
 --       for the op's own ending (close, erase), 10 its body, 11 sealed numbers or '',
 --       12 (erase) the record's `a` and `b` as the caller read them, `a|b`,
---       13 sticky window ms
+--       13 sticky window ms, 14 (erase) the metadata sealed apart, or '' to leave it
 -- Each ending records its session.closed event in this same step, so it is sent once.
 --   op 'close'  : arg = reason ('closed'); routes stay held for the cool-off.
 --   op 'erase'  : arg = the erased side ('a' or 'b'). Its route goes now; the other side's
@@ -128,6 +128,7 @@ if op == 'erase' then
     put_event(ARGV[9], 'session.closed', ARGV[10] or '', '', now)
   end
   rec.z = ARGV[6]
+  if (ARGV[14] or '') ~= '' then redis.call('SET', TAG .. 'y:' .. skey, ARGV[14]) end
   settle()
   return { 'ok', open and 'erased' or rec.t }
 end
