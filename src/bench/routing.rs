@@ -121,6 +121,7 @@ pub(super) async fn routing(
         let mut hooks = vec![Samples::default(); Hook::ALL.len()];
         let mut sent = 1u64;
         for _ in 0..ROUNDS {
+            let raw_before = raw.ok();
             let (w, window) = raw_get(&client, concurrency, slice).await?;
             raw.add_sampled(w, window, redis_cpu(&client, window))
                 .await?;
@@ -133,10 +134,12 @@ pub(super) async fn routing(
             route
                 .add_sampled(w, window, redis_cpu(&client, window))
                 .await?;
-            // Enough fresh requests for the floor's pace over the slice and its warm-up,
-            // with room to spare; no webhook is expected to be faster than the floor.
-            let floor_per_sec = (floor.ok() - before) as f64 / slice.as_secs_f64();
-            let count = (floor_per_sec * (slice.as_secs_f64() + 0.5) * 2.0) as usize + 2_000;
+            // Enough fresh requests for the slice and its warm-up at the pace of raw GETs or
+            // of the floor router, whichever was faster in this round, with room to spare: no
+            // webhook is faster than either, and running out would end the bench.
+            let per_sec =
+                (raw.ok() - raw_before).max(floor.ok() - before) as f64 / slice.as_secs_f64();
+            let count = (per_sec * (slice.as_secs_f64() + 0.5) * 1.5) as usize + 2_000;
             for (hook, samples) in Hook::ALL.into_iter().zip(hooks.iter_mut()) {
                 let fresh = Arc::new(
                     fresh_requests(&signers, &pairs, hook, count, sent)
