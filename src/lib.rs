@@ -95,6 +95,7 @@ pub async fn run(
     });
     let app = server::app(http::AppState {
         broker,
+        public_url: config.public_url().into(),
         config: Arc::new(config.clone()),
         http: events::ssrf::client(
             config.callback_allow_private,

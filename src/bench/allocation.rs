@@ -57,7 +57,7 @@ pub(super) async fn create_in_turns<const N: usize>(
     concurrency: usize,
     slice: Duration,
 ) -> anyhow::Result<[Samples; N]> {
-    let mut samples = [Samples::default(); N];
+    let mut samples: [Samples; N] = std::array::from_fn(|_| Samples::default());
     for _ in 0..ROUNDS {
         for ((broker, pool, people), samples) in pools.iter().zip(samples.iter_mut()) {
             let window = Window::after_warmup(slice);
@@ -68,8 +68,9 @@ pub(super) async fn create_in_turns<const N: usize>(
                     let mut tally = Tally::default();
                     while window.running() {
                         let (a, b) = people.pair();
+                        let started = std::time::Instant::now();
                         let made = broker.create_session(new_session(&pool, &a, &b)).await;
-                        tally.record(&window, made.is_ok());
+                        tally.record(&window, started, made.is_ok());
                     }
                     Ok(tally)
                 });

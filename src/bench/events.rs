@@ -3,8 +3,8 @@
 //! size and headers, sent straight to that receiver at the same concurrency. A figure
 //! without a target.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -15,11 +15,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use hdrhistogram::Histogram;
+
 use hush::broker::EventId;
 use hush::domain::{PoolPolicy, SessionId};
 use hush::events::signing::{self, SigningSecret};
 
 use super::fixtures::{Participants, SMALL_POOL, bench_config, bench_pool_with, create_sessions};
+use super::load::{Latency, histogram};
 
 /// Events the delivery measurement sends, each way.
 pub(super) const EVENTS: u64 = 3_000;
@@ -36,6 +39,9 @@ struct Received {
     /// `session.created` events, and their bodies' bytes.
     created: AtomicU64,
     created_bytes: AtomicU64,
+    /// While hush delivers: each `session.created` event's age on arrival (from the
+    /// `timestamp` hush wrote into it, which has millisecond precision), in µs.
+    ages: Mutex<Option<Histogram<u64>>>,
 }
 
 impl Received {
@@ -50,12 +56,29 @@ impl Received {
 async fn receive(State(counts): State<Arc<Received>>, body: Bytes) -> StatusCode {
     counts.posts.fetch_add(1, Ordering::SeqCst);
     if body.windows(CREATED_MARK.len()).any(|w| w == CREATED_MARK) {
+        if let Some(ages) = counts.ages.lock().expect("lock poisoned").as_mut()
+            && let Some(age) = age_us(&body)
+        {
+            ages.saturating_record(age.max(1));
+        }
         counts
             .created_bytes
             .fetch_add(body.len() as u64, Ordering::SeqCst);
         counts.created.fetch_add(1, Ordering::SeqCst);
     }
     StatusCode::OK
+}
+
+/// Microseconds since the `timestamp` of an event body.
+fn age_us(body: &[u8]) -> Option<u64> {
+    const MARK: &[u8] = br#""timestamp":""#;
+    let at = body.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let end = at + body[at..].iter().position(|&b| b == b'"')?;
+    let stamp = std::str::from_utf8(&body[at..end]).ok()?;
+    let made =
+        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+    let age = time::OffsetDateTime::now_utc() - made;
+    u64::try_from(age.whole_microseconds()).ok()
 }
 
 /// One way of getting [`EVENTS`] events to the receiver.
@@ -68,6 +91,8 @@ pub(super) struct Delivered {
     pub(super) secs: f64,
     body_bytes: u64,
     pub(super) timed_out: bool,
+    /// Direct POSTs: each POST's round trip. hush: each event's age on arrival.
+    pub(super) latency: Latency,
 }
 
 impl Delivered {
@@ -166,20 +191,27 @@ async fn direct_posts(
         );
         workers.spawn(async move {
             let mut failed = 0u64;
+            let mut latency = histogram();
             while left
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                 .is_ok()
             {
-                if !matches!(signed_post(&client, &target, &secret).await, Ok(200)) {
+                let started = Instant::now();
+                if matches!(signed_post(&client, &target, &secret).await, Ok(200)) {
+                    latency.saturating_record((started.elapsed().as_micros() as u64).max(1));
+                } else {
                     failed += 1;
                 }
             }
-            failed
+            (failed, latency)
         });
     }
     let mut failed = 0;
+    let mut latency = histogram();
     while let Some(done) = workers.join_next().await {
-        failed += done.context("bench worker panicked")?;
+        let (f, l) = done.context("bench worker panicked")?;
+        failed += f;
+        latency.add(&l).context("merging latency histograms")?;
     }
     // Every answer is in, and the receiver counts before it answers.
     let secs = start.elapsed().as_secs_f64();
@@ -190,6 +222,7 @@ async fn direct_posts(
         secs,
         body_bytes: bytes - base_bytes,
         timed_out: false,
+        latency: Latency::of(&latency),
     })
 }
 
@@ -280,6 +313,7 @@ async fn hush_delivery(
         Start::AfterCreation => Some(create().await?),
         Start::WithCreation => None,
     };
+    *counts.ages.lock().expect("lock poisoned") = Some(histogram());
     let mut server = tokio::spawn(hush::run(config, listener, shutdown.clone()));
 
     let measured = async {
@@ -301,6 +335,7 @@ async fn hush_delivery(
         };
         let secs = start.elapsed().as_secs_f64();
         let (n, bytes) = counts.created();
+        let ages = counts.ages.lock().expect("lock poisoned").take();
         Ok((
             Delivered {
                 arrived: n - base,
@@ -308,6 +343,7 @@ async fn hush_delivery(
                 secs,
                 body_bytes: bytes - base_bytes,
                 timed_out: !arrived_all,
+                latency: ages.as_ref().map(Latency::of).unwrap_or_default(),
             },
             create_secs,
         ))
@@ -336,5 +372,111 @@ async fn arrival(counts: &Received, want: u64, deadline: Instant) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+impl Events {
+    fn hush_ratio(&self) -> f64 {
+        self.hush.per_sec() / self.direct.per_sec()
+    }
+    fn backlog_ratio(&self) -> f64 {
+        self.backlog.per_sec() / self.direct.per_sec()
+    }
+
+    pub(super) fn print(&self) {
+        let (direct, hush, backlog) = (&self.direct, &self.hush, &self.backlog);
+        println!(
+            "event delivery ({EVENTS} session.created events to a local receiver, signed, same concurrency)"
+        );
+        println!(
+            "  {:<24} {:>8.0} /s  {:<22} {}   (round trip){}",
+            "direct reqwest POSTs",
+            direct.per_sec(),
+            format!("{:.0} B bodies", direct.mean_body()),
+            direct.latency.columns(),
+            if direct.failed > 0 {
+                format!("   ({} failed)", direct.failed)
+            } else {
+                String::new()
+            }
+        );
+        for (label, d, note) in [
+            (
+                "hush delivery worker",
+                hush,
+                format!(
+                    "(age on arrival); {:.2} s to create the sessions, {:.2} s in all",
+                    self.create_secs, hush.secs
+                ),
+            ),
+            (
+                "hush worker, queued",
+                backlog,
+                "(age on arrival; events queued before the worker started)".to_string(),
+            ),
+        ] {
+            if d.timed_out {
+                println!(
+                    "  {label:<24} timed out: {} of {EVENTS} events arrived in {:.0} s",
+                    d.arrived, d.secs
+                );
+            } else {
+                println!(
+                    "  {label:<24} {:>8.0} /s  {:<22} {}   {note}",
+                    d.per_sec(),
+                    format!("{:.4}x direct", d.per_sec() / direct.per_sec()),
+                    d.latency.columns(),
+                );
+            }
+        }
+    }
+
+    pub(super) fn verdict(&self) {
+        if self.hush.timed_out {
+            println!(
+                "events      {:<8} {} of {EVENTS} events delivered in {:.0} s",
+                "TIMEOUT", self.hush.arrived, self.hush.secs
+            );
+        } else {
+            println!(
+                "events      {:<8} hush/direct {:.4} ({:.0} events/s; no target)",
+                "measured",
+                self.hush_ratio(),
+                self.hush.per_sec()
+            );
+        }
+    }
+
+    pub(super) fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "events": EVENTS,
+            "direct": {
+                "per_sec": self.direct.per_sec(),
+                "failed": self.direct.failed,
+                "secs": self.direct.secs,
+                "mean_body_bytes": self.direct.mean_body(),
+                "latency": self.direct.latency.json(),
+            },
+            "hush": {
+                "per_sec": self.hush.per_sec(),
+                "delivered": self.hush.arrived,
+                "secs": self.hush.secs,
+                "create_secs": self.create_secs,
+                "mean_body_bytes": self.hush.mean_body(),
+                "timed_out": self.hush.timed_out,
+                "latency": self.hush.latency.json(),
+            },
+            "hush_vs_direct": self.hush_ratio(),
+            "queued": {
+                "per_sec": self.backlog.per_sec(),
+                "delivered": self.backlog.arrived,
+                "secs": self.backlog.secs,
+                "timed_out": self.backlog.timed_out,
+                "latency": self.backlog.latency.json(),
+            },
+            "queued_vs_direct": self.backlog_ratio(),
+            "target": null,
+            "verdict": if self.hush.timed_out { "timeout" } else { "measured" },
+        })
     }
 }

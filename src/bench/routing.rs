@@ -1,13 +1,14 @@
-//! Routing: `POST /v1/route` through a hush server in this process, against raw Redis GETs
-//! (one connection per caller, one GET in flight each) and against a minimal axum handler
-//! doing one GET, all at the same concurrency and from the same client. The three are
-//! measured in turns, a slice at a time, so a change in the machine's load touches all alike.
+//! Routing: `POST /v1/route` and each provider's signed webhook through a hush server in
+//! this process, against a *floor router* (a minimal axum handler that parses the same
+//! JSON body, does one Redis GET of a route-sized value and answers JSON) and, for context,
+//! raw Redis GETs (one connection per caller, one GET in flight each), all at the same
+//! concurrency and from the same client. They are measured in turns, a slice at a time, so
+//! a change in the machine's load touches all alike.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
-use axum::body::Bytes;
+use anyhow::{Context as _, bail};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,23 +17,38 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use hush::domain::Mode;
+
 use super::fixtures::{Participants, bench_config, bench_pool, new_session};
-use super::load::{Http, ROUNDS, Rate, Samples, Tally, Window, drive_http};
+use super::load::{
+    Http, ROUNDS, Rate, Samples, Tally, Window, drive_http, drive_http_once, redis_cpu,
+};
+use super::webhooks::{Hook, Signers};
 
 const ROUTE_NUMBERS: usize = 20;
 const ROUTE_SESSIONS: usize = 200;
-/// A stand-in for a route record: the value the raw and minimal baselines GET.
+/// A stand-in for a route record: the value the raw and floor baselines GET.
 const BASELINE_KEY: &str = "bench:baseline";
-const BASELINE_VALUE: &str = "s0123456789abcdef|v|1767225600000|1767229200000|\
-                              c2VhbGVkLW51bWJlci1zdGFuZC1pbi1mb3ItdGhlLWJlbmNo";
+const BASELINE_VALUE: &str = "s0123456789abcdef|b|1767225600000|1767229200000|\
+                              c2VhbGVkLW51bWJlci1zdGFuZC1pbi1mb3ItdGhlLWJlbmNoLWFuZC1zb21l\
+                              LW1vcmUtYnl0ZXMtb2YtYS1ub25jZS1hbmQtdGFn";
 
-/// Raw GETs, the minimal server and hush, measured in turns so that a change in the
-/// machine's load during the run touches all three alike.
+/// What the routing measurement found.
+pub(super) struct Routing {
+    pub(super) raw: Rate,
+    pub(super) floor: Rate,
+    pub(super) route: Rate,
+    pub(super) hooks: Vec<(Hook, Rate)>,
+}
+
+/// Raw GETs, the floor router, hush's `POST /v1/route` and every provider webhook,
+/// measured in turns so that a change in the machine's load during the run touches all
+/// alike.
 pub(super) async fn routing(
     url: &str,
     concurrency: usize,
     slice: Duration,
-) -> anyhow::Result<(Rate, Rate, Rate)> {
+) -> anyhow::Result<Routing> {
     let client = redis::Client::open(url)?;
     let mut setup = client.get_multiplexed_async_connection().await?;
     let _: () = redis::cmd("SET")
@@ -41,37 +57,46 @@ pub(super) async fn routing(
         .query_async(&mut setup)
         .await?;
 
-    // The minimal server: it gets the very requests hush gets and answers each with one GET
+    // The floor router: it gets the very requests hush gets and answers each with one GET
     // over one shared multiplexed connection, as hush's store has.
     let app = axum::Router::new()
-        .route("/v1/route", axum::routing::post(minimal_get))
+        .route("/v1/route", axum::routing::post(floor_route))
         .with_state(client.get_multiplexed_async_connection().await?);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let minimal_addr = listener.local_addr()?;
+    let floor_addr = listener.local_addr()?;
     let token = CancellationToken::new();
     let serve = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
-    let minimal_server = tokio::spawn(async move { serve.await });
+    let floor_server = tokio::spawn(async move { serve.await });
 
-    // hush, in this process, routing calls of open sessions.
-    let config = bench_config(url, "route");
+    // hush, in this process, routing calls and texts of open sessions, with every provider
+    // configured.
+    let signers = Arc::new(Signers::new());
+    let mut config = bench_config(url, "route");
+    signers.configure(&mut config);
     let broker = hush::build_broker(&config)?;
     let pool = bench_pool(&broker, ROUTE_NUMBERS).await?;
     let key = hush::create_api_key(&config, "bench", &["admin"]).await?;
     let people = Participants::default();
     let mut requests = Vec::with_capacity(2 * ROUTE_SESSIONS);
+    let mut pairs = Vec::with_capacity(2 * ROUTE_SESSIONS);
     for _ in 0..ROUTE_SESSIONS {
         let (a, b) = people.pair();
-        let view = broker.create_session(new_session(&pool, &a, &b)).await?;
-        requests.push(route_request(&key, a.reveal(), &view.proxy_number));
-        requests.push(route_request(&key, b.reveal(), &view.proxy_number));
+        let mut new = new_session(&pool, &a, &b);
+        new.mode = Mode::VoiceSms;
+        let view = broker.create_session(new).await?;
+        for caller in [&a, &b] {
+            requests.push(route_request(&key, caller.reveal(), &view.proxy_number));
+            pairs.push((caller.reveal().to_string(), view.proxy_number.clone()));
+        }
     }
     let requests = Arc::new(requests);
+    let pairs = Arc::new(pairs);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let hush_addr = listener.local_addr()?;
     let hush_server = tokio::spawn(hush::run(config, listener, token.clone()));
 
     let measured = async {
-        // One call first: the bench must time connected calls, not refusals.
+        // One call of each kind first: the bench must time connected calls, not refusals.
         let mut http = Http::connect(hush_addr).await?;
         let (status, body) = http.send(&requests[0]).await?;
         if status != 200 || !String::from_utf8_lossy(body).contains("\"connect\"") {
@@ -80,32 +105,103 @@ pub(super) async fn routing(
                 String::from_utf8_lossy(body)
             );
         }
-        drop(http);
-        let (mut raw, mut minimal, mut route) = Default::default();
-        for _ in 0..ROUNDS {
-            let (w, window) = raw_get(&client, concurrency, slice).await?;
-            Samples::add(&mut raw, w, window).await?;
-            let (w, window) = drive_http(minimal_addr, &requests, concurrency, slice);
-            Samples::add(&mut minimal, w, window).await?;
-            let (w, window) = drive_http(hush_addr, &requests, concurrency, slice);
-            Samples::add(&mut route, w, window).await?;
+        for hook in Hook::ALL {
+            let (from, to) = &pairs[0];
+            let (status, body) = http.send(&signers.request(hook, from, to, 0)).await?;
+            let body = String::from_utf8_lossy(body);
+            if status != 200 || !body.contains(hook.connected_mark()) {
+                bail!(
+                    "hush answered a {} webhook with {status}: {body}",
+                    hook.name()
+                );
+            }
         }
-        Ok((
-            raw.rate("raw Redis GET")?,
-            minimal.rate("minimal axum handler")?,
-            route.rate("hush POST /v1/route")?,
-        ))
+        drop(http);
+        let (mut raw, mut floor, mut route) = <(Samples, Samples, Samples)>::default();
+        let mut hooks = vec![Samples::default(); Hook::ALL.len()];
+        let mut sent = 1u64;
+        for _ in 0..ROUNDS {
+            let raw_before = raw.ok();
+            let (w, window) = raw_get(&client, concurrency, slice).await?;
+            raw.add_sampled(w, window, redis_cpu(&client, window))
+                .await?;
+            let before = floor.ok();
+            let (w, window) = drive_http(floor_addr, &requests, concurrency, slice);
+            floor
+                .add_sampled(w, window, redis_cpu(&client, window))
+                .await?;
+            let (w, window) = drive_http(hush_addr, &requests, concurrency, slice);
+            route
+                .add_sampled(w, window, redis_cpu(&client, window))
+                .await?;
+            // Enough fresh requests for the slice and its warm-up at the pace of raw GETs or
+            // of the floor router, whichever was faster in this round, with room to spare: no
+            // webhook is faster than either, and running out would end the bench.
+            let per_sec =
+                (raw.ok() - raw_before).max(floor.ok() - before) as f64 / slice.as_secs_f64();
+            let count = (per_sec * (slice.as_secs_f64() + 0.5) * 1.5) as usize + 2_000;
+            for (hook, samples) in Hook::ALL.into_iter().zip(hooks.iter_mut()) {
+                let fresh = Arc::new(
+                    fresh_requests(&signers, &pairs, hook, count, sent)
+                        .await
+                        .with_context(|| format!("signing {} webhooks", hook.name()))?,
+                );
+                sent += count as u64;
+                let (w, window) = drive_http_once(hush_addr, &fresh, concurrency, slice);
+                samples
+                    .add_sampled(w, window, redis_cpu(&client, window))
+                    .await
+                    .with_context(|| format!("{} webhooks", hook.name()))?;
+            }
+        }
+        let mut rates = Vec::with_capacity(hooks.len());
+        for (hook, samples) in Hook::ALL.into_iter().zip(&hooks) {
+            rates.push((hook, samples.rate(hook.name())?));
+        }
+        Ok(Routing {
+            raw: raw.rate("raw Redis GET")?,
+            floor: floor.rate("floor router")?,
+            route: route.rate("hush POST /v1/route")?,
+            hooks: rates,
+        })
     }
     .await;
 
     token.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), minimal_server).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), floor_server).await;
     match tokio::time::timeout(Duration::from_secs(10), hush_server).await {
         Ok(Ok(Err(e))) => return Err(e.context("hush server failed")),
         Ok(Err(e)) => return Err(anyhow::Error::new(e).context("hush server panicked")),
         _ => {}
     }
     measured
+}
+
+/// `count` signed webhooks of kind `hook`, ids numbered from `first`, callers and proxy
+/// numbers taken in turn from `pairs`; signed on the blocking pool, two halves side by side.
+async fn fresh_requests(
+    signers: &Arc<Signers>,
+    pairs: &Arc<Vec<(String, String)>>,
+    hook: Hook,
+    count: usize,
+    first: u64,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let half = count / 2;
+    let make = |from: usize, to: usize| {
+        let (signers, pairs) = (signers.clone(), pairs.clone());
+        tokio::task::spawn_blocking(move || {
+            (from..to)
+                .map(|i| {
+                    let (caller, proxy) = &pairs[i % pairs.len()];
+                    signers.request(hook, caller, proxy, first + i as u64)
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let (a, b) = (make(0, half), make(half, count));
+    let mut out = a.await?;
+    out.extend(b.await?);
+    Ok(out)
 }
 
 /// GETs of one small key, one connection per caller, each caller waiting for its reply.
@@ -124,11 +220,12 @@ async fn raw_get(
         workers.spawn(async move {
             let mut tally = Tally::default();
             while window.running() {
+                let started = std::time::Instant::now();
                 let got: redis::RedisResult<Option<String>> = redis::cmd("GET")
                     .arg(BASELINE_KEY)
                     .query_async(&mut conn)
                     .await;
-                tally.record(&window, matches!(got, Ok(Some(_))));
+                tally.record(&window, started, matches!(got, Ok(Some(_))));
             }
             Ok(tally)
         });
@@ -136,14 +233,46 @@ async fn raw_get(
     Ok((workers, window))
 }
 
-async fn minimal_get(State(conn): State<MultiplexedConnection>, _body: Bytes) -> Response {
-    let mut conn = conn.clone();
+/// The body `POST /v1/route` takes.
+#[derive(serde::Deserialize)]
+struct FloorRequest {
+    from: String,
+    to: String,
+    kind: String,
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+/// An answer the size and shape of hush's `connect`.
+#[derive(serde::Serialize)]
+struct FloorAnswer<'a> {
+    action: &'static str,
+    kind: &'a str,
+    caller_id: &'a str,
+    to: &'a str,
+    reference: Option<&'a str>,
+    record: &'a str,
+}
+
+/// The floor router's one handler: parse, one GET, answer JSON.
+async fn floor_route(
+    State(mut conn): State<MultiplexedConnection>,
+    axum::Json(req): axum::Json<FloorRequest>,
+) -> Response {
     match redis::cmd("GET")
         .arg(BASELINE_KEY)
         .query_async::<Option<String>>(&mut conn)
         .await
     {
-        Ok(Some(v)) => (StatusCode::OK, v).into_response(),
+        Ok(Some(record)) => axum::Json(FloorAnswer {
+            action: "connect",
+            kind: &req.kind,
+            caller_id: &req.to,
+            to: &req.from,
+            reference: req.reference.as_deref(),
+            record: &record,
+        })
+        .into_response(),
         Ok(None) => StatusCode::NOT_FOUND.into_response(),
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }

@@ -119,10 +119,15 @@ impl std::fmt::Display for EventId {
 impl Broker {
     /// The policy of a pool that wants events, or `None`.
     pub(super) async fn events_policy(&self, pool_id: u32) -> Result<Option<(String, PoolPolicy)>> {
-        Ok(self.pool_cached(pool_id).await?.and_then(|row| {
-            let policy = policy_of(&row);
-            policy.callback_url.is_some().then_some((row.name, policy))
-        }))
+        Ok(self
+            .pool_policy_cached(pool_id)
+            .await?
+            .and_then(|(row, policy)| {
+                policy
+                    .callback_url
+                    .is_some()
+                    .then(|| (row.name.clone(), PoolPolicy::clone(&policy)))
+            }))
     }
 
     /// An event's id and body. Placeholders (`"__NAME__"`) are filled in by the script that

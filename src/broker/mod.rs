@@ -108,6 +108,9 @@ struct BlobParticipant {
     l: Option<String>,
 }
 
+/// A pool's row and its policy as cached, and when they were read.
+type CachedPool = (Arc<PoolRow>, Arc<PoolPolicy>, Millis);
+
 /// What the clones of one [`Broker`] share: the store, the sealing keys, the clock, and
 /// the caches that spare hot paths a round trip.
 struct Inner {
@@ -118,8 +121,9 @@ struct Inner {
     owners: RwLock<HashMap<String, (u32, u16)>>,
     /// pool id → name; ids are never reused for another name.
     names: RwLock<HashMap<u32, String>>,
-    /// pool id → (row, fetched at): policy lookups on hot paths (events, intercept).
-    pools: RwLock<HashMap<u32, (PoolRow, Millis)>>,
+    /// pool id → (row, its policy, fetched at): policy lookups on hot paths (events,
+    /// intercept), shared rather than copied, as every routed call reads them.
+    pools: RwLock<HashMap<u32, CachedPool>>,
     /// API key digest → (principal, fetched at), so authentication is not a round trip.
     principals: RwLock<HashMap<String, (Arc<Principal>, Millis)>>,
 }
@@ -337,22 +341,29 @@ impl Broker {
     }
 
     /// A pool's row, at most [`POOL_CACHE_MS`] old.
-    async fn pool_cached(&self, id: u32) -> Result<Option<PoolRow>> {
+    async fn pool_cached(&self, id: u32) -> Result<Option<Arc<PoolRow>>> {
+        Ok(self.pool_policy_cached(id).await?.map(|(row, _)| row))
+    }
+
+    /// A pool's row and its policy, at most [`POOL_CACHE_MS`] old.
+    async fn pool_policy_cached(&self, id: u32) -> Result<Option<(Arc<PoolRow>, Arc<PoolPolicy>)>> {
         let now = self.now();
-        if let Some((row, at)) = self.inner.pools.read().expect("lock poisoned").get(&id)
+        if let Some((row, policy, at)) = self.inner.pools.read().expect("lock poisoned").get(&id)
             && now - at < POOL_CACHE_MS
         {
-            return Ok(Some(row.clone()));
+            return Ok(Some((row.clone(), policy.clone())));
         }
-        let row = self.inner.store.pool_by_id(id).await?;
-        if let Some(row) = &row {
-            self.inner
-                .pools
-                .write()
-                .expect("lock poisoned")
-                .insert(id, (row.clone(), now));
-        }
-        Ok(row)
+        let Some(row) = self.inner.store.pool_by_id(id).await? else {
+            return Ok(None);
+        };
+        let policy = Arc::new(policy_of(&row));
+        let row = Arc::new(row);
+        self.inner
+            .pools
+            .write()
+            .expect("lock poisoned")
+            .insert(id, (row.clone(), policy.clone(), now));
+        Ok(Some((row, policy)))
     }
 
     /// Drops a pool's cached row, so this instance reads a change it made at once.

@@ -171,11 +171,16 @@ impl Broker {
             };
             let keys = self.shard(pool_id, shard);
             let interaction = format!("int_{}", SessionId::new(0, 0).key());
-            let intercept = self
-                .pool_cached(pool_id)
-                .await?
-                .is_some_and(|row| policy_of(&row).intercept_url.is_some());
-            let event = self.events_policy(pool_id).await?.map(|(pool, _)| {
+            // One look at the cached pool serves both questions the claim needs answered.
+            let pool = self.pool_policy_cached(pool_id).await?;
+            let intercept = pool
+                .as_ref()
+                .is_some_and(|(_, policy)| policy.intercept_url.is_some());
+            let events_to = pool
+                .as_ref()
+                .filter(|(_, policy)| policy.callback_url.is_some())
+                .map(|(row, _)| row.name.as_str());
+            let event = events_to.map(|pool| {
                 self.draft(
                 "interaction.started",
                 serde_json::json!({

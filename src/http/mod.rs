@@ -29,6 +29,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct AppState {
     pub broker: Broker,
     pub config: std::sync::Arc<crate::config::Config>,
+    /// `config.public_url()`, made once: every webhook's signed URL starts with it.
+    pub public_url: std::sync::Arc<str>,
     /// Behind the SSRF guard: for asking the app's intercept.
     pub http: reqwest::Client,
 }

@@ -11,6 +11,8 @@ pub mod telnyx;
 pub mod twilio;
 pub mod vonage;
 
+use std::sync::OnceLock;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -23,14 +25,22 @@ use crate::http::{AppState, problem};
 use dialect::Dialect;
 
 /// A webhook request as the provider sent it, with the URL it called as the provider sees
-/// it (`HUSH_PUBLIC_URL` + path + query), which is what signatures cover.
+/// it (`HUSH_PUBLIC_URL` + path + query), which is what signatures cover. Its parameters are
+/// decoded at most once, on first use, and shared by the signature check and the reading:
+/// `url` and `body` are not to change once it is built.
 #[derive(Clone, Debug)]
 pub struct Webhook {
     pub method: Method,
     pub url: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    form: OnceLock<Vec<(String, String)>>,
+    query: OnceLock<Vec<(String, String)>>,
+    params: OnceLock<Option<Vec<(String, String)>>>,
 }
+
+/// Parameters as a list of names and values, in order, repeats kept.
+pub type Params = Vec<(String, String)>;
 
 impl Webhook {
     pub fn new(
@@ -41,11 +51,17 @@ impl Webhook {
         body: Bytes,
     ) -> Self {
         let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let mut url = String::with_capacity(public_url.len() + path_and_query.len());
+        url.push_str(public_url);
+        url.push_str(path_and_query);
         Webhook {
             method,
-            url: format!("{public_url}{path_and_query}"),
+            url,
             headers,
             body,
+            form: OnceLock::new(),
+            query: OnceLock::new(),
+            params: OnceLock::new(),
         }
     }
 
@@ -54,16 +70,27 @@ impl Webhook {
     }
 
     /// `application/x-www-form-urlencoded` parameters of the body, in order, repeats kept.
-    pub fn form(&self) -> Vec<(String, String)> {
-        form_urlencoded(&self.body)
+    pub fn form(&self) -> &[(String, String)] {
+        self.form.get_or_init(|| form_urlencoded(&self.body))
     }
 
     /// Query parameters of the URL, in order, repeats kept.
-    pub fn query(&self) -> Vec<(String, String)> {
-        match self.url.split_once('?') {
+    pub fn query(&self) -> &[(String, String)] {
+        self.query.get_or_init(|| match self.url.split_once('?') {
             Some((_, q)) => form_urlencoded(q.as_bytes()),
             None => Vec::new(),
-        }
+        })
+    }
+
+    /// Parameters a dialect reads in a way of its own (Vonage's JSON bodies), read by `read`
+    /// on first use only, so the signature check and the reading share one parse. `None`
+    /// when they cannot be read. One dialect serves a request, so one `read` is ever used
+    /// on it.
+    pub fn params_with(
+        &self,
+        read: impl FnOnce(&Webhook) -> Option<Params>,
+    ) -> Option<&[(String, String)]> {
+        self.params.get_or_init(|| read(self)).as_deref()
     }
 }
 
@@ -90,7 +117,7 @@ impl axum::extract::FromRequest<AppState> for Webhook {
                 crate::http::ApiError::InvalidRequest("the body could not be read".into())
             })?;
         Ok(Webhook::new(
-            &state.config.public_url(),
+            &state.public_url,
             parts.method,
             &parts.uri,
             parts.headers,
@@ -273,6 +300,47 @@ mod tests {
         assert_eq!(p.iter().filter(|(k, _)| k == "Digits").count(), 2);
         assert_eq!(param(&p, "Bad"), Some("%zz"));
         assert_eq!(param(&p, "End"), Some("%4"));
+    }
+
+    fn webhook(url_path: &str, body: &str) -> Webhook {
+        Webhook::new(
+            "https://hush.example",
+            Method::POST,
+            &url_path.parse::<Uri>().unwrap(),
+            HeaderMap::new(),
+            Bytes::from(body.to_string()),
+        )
+    }
+
+    #[test]
+    fn a_webhook_decodes_its_form_and_query_once() {
+        let w = webhook("/hooks/x?ref=SM1&a=%20", "To=%2B1&Body=a+b");
+        assert_eq!(w.url, "https://hush.example/hooks/x?ref=SM1&a=%20");
+        let first = w.form();
+        assert_eq!(param(first, "Body"), Some("a b"));
+        // The second read is the very list the first made, not a second decoding.
+        assert!(std::ptr::eq(first, w.form()));
+        assert_eq!(param(w.query(), "a"), Some(" "));
+        assert!(std::ptr::eq(w.query(), w.query()));
+        // A clone keeps what was decoded and reads the same.
+        assert_eq!(w.clone().form(), first);
+    }
+
+    #[test]
+    fn a_dialects_own_parameters_are_read_once() {
+        let w = webhook("/hooks/x", r#"{"to":"1"}"#);
+        let reads = std::cell::Cell::new(0);
+        let read = |_: &Webhook| {
+            reads.set(reads.get() + 1);
+            Some(vec![("to".to_string(), "1".to_string())])
+        };
+        assert_eq!(param(w.params_with(read).unwrap(), "to"), Some("1"));
+        assert_eq!(param(w.params_with(read).unwrap(), "to"), Some("1"));
+        assert_eq!(reads.get(), 1);
+        // Unreadable parameters are remembered as such too.
+        let w = webhook("/hooks/x", "not json");
+        assert!(w.params_with(|_| None).is_none());
+        assert!(w.params_with(|_| Some(Vec::new())).is_none());
     }
 
     #[test]

@@ -52,7 +52,7 @@ impl Dialect for Plivo {
     }
 
     async fn read(_: &AppState, kind: Kind, hook: &Webhook) -> Result<Read, ApiError> {
-        Ok(match parse(kind, &hook.form())? {
+        Ok(match parse(kind, hook.form())? {
             Some(inbound) => Read::Route(inbound),
             None => Read::Answered(Self::unrouted(kind)),
         })
@@ -68,7 +68,7 @@ impl Dialect for Plivo {
             // again and recorded nothing new, so the answer is the same document.
             tracing::debug!(provider = PROVIDER, "repeated webhook answered as before");
         }
-        let status_url = format!("{}{STATUS_PATH}", s.config.public_url());
+        let status_url = format!("{}{STATUS_PATH}", s.public_url);
         xml(render(&inbound, &outcome.decision, &status_url))
     }
 
@@ -184,7 +184,7 @@ fn signed(s: &AppState, hook: &Webhook) -> bool {
     let Some(token) = s.config.providers.plivo_auth_token.as_ref() else {
         return false;
     };
-    verify(token.expose(), hook, &hook.form())
+    verify(token.expose(), hook, hook.form())
 }
 
 // ---- parsing
@@ -428,7 +428,7 @@ fn is_final(status: &str) -> bool {
 
 async fn status(s: &AppState, hook: &Webhook) -> Response {
     let params = hook.form();
-    let update = match parse_status(&params, &hook.query()) {
+    let update = match parse_status(params, hook.query()) {
         Ok(Some(update)) => update,
         Ok(None) => return StatusCode::OK.into_response(),
         Err(e) => return e.into_response(),
@@ -569,11 +569,11 @@ mod tests {
             let method: Method = method.parse().unwrap();
             let h = hook(url, method, &body, Some(expected), Some(NONCE_VALUE));
             let form = h.form();
-            assert!(verify(TOKEN, &h, &form), "{url}");
-            assert!(!verify("another-token", &h, &form), "{url}");
+            assert!(verify(TOKEN, &h, form), "{url}");
+            assert!(!verify("another-token", &h, form), "{url}");
             // The nonce is signed.
             let h = hook(url, Method::POST, &body, Some(expected), Some("1"));
-            assert!(!verify(TOKEN, &h, &h.form()));
+            assert!(!verify(TOKEN, &h, h.form()));
             // Every parameter is signed.
             let tampered = body.replace("in-progress", "completed");
             let h = hook(
@@ -583,7 +583,7 @@ mod tests {
                 Some(expected),
                 Some(NONCE_VALUE),
             );
-            assert!(!verify(TOKEN, &h, &h.form()));
+            assert!(!verify(TOKEN, &h, h.form()));
         }
     }
 
@@ -605,7 +605,7 @@ mod tests {
                 Some(&sigs),
                 Some(NONCE_VALUE),
             );
-            assert!(verify(TOKEN, &h, &h.form()), "{sigs}");
+            assert!(verify(TOKEN, &h, h.form()), "{sigs}");
         }
         for sigs in [other.to_string(), format!("{other},{other}"), String::new()] {
             let h = hook(
@@ -615,16 +615,16 @@ mod tests {
                 Some(&sigs),
                 Some(NONCE_VALUE),
             );
-            assert!(!verify(TOKEN, &h, &h.form()), "{sigs:?}");
+            assert!(!verify(TOKEN, &h, h.form()), "{sigs:?}");
         }
         // The main-account header counts too; missing headers never verify.
         let mut h = hook(URL_QUERY, Method::POST, &body, None, Some(NONCE_VALUE));
-        assert!(!verify(TOKEN, &h, &h.form()));
+        assert!(!verify(TOKEN, &h, h.form()));
         h.headers
             .insert(SIGNATURE_MA, format!("x,{good}").parse().unwrap());
-        assert!(verify(TOKEN, &h, &h.form()));
+        assert!(verify(TOKEN, &h, h.form()));
         let h = hook(URL_QUERY, Method::POST, &body, Some(good), None);
-        assert!(!verify(TOKEN, &h, &h.form()));
+        assert!(!verify(TOKEN, &h, h.form()));
     }
 
     #[test]

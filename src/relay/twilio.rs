@@ -51,7 +51,7 @@ impl Dialect for Twilio {
     }
 
     async fn read(_: &AppState, kind: Kind, hook: &Webhook) -> Result<Read, ApiError> {
-        parse(kind, &hook.form()).map(Read::Route)
+        parse(kind, hook.form()).map(Read::Route)
     }
 
     // The dialled number is no pool's. A call is refused before it is answered, so the
@@ -66,7 +66,7 @@ impl Dialect for Twilio {
 
     // A retry (`replay`) gets the same decision from the broker, so the same document.
     async fn answer(s: &AppState, inbound: Inbound, outcome: RelayOutcome) -> Response {
-        twiml(render(&outcome.decision, &inbound, &s.config.public_url()))
+        twiml(render(&outcome.decision, &inbound, &s.public_url))
     }
 
     async fn status(s: &AppState, hook: &Webhook) -> Response {
@@ -207,7 +207,7 @@ const FINAL_MESSAGE: &[&str] = &["delivered", "undelivered", "failed", "canceled
 /// log errors for calls that reached nobody. The answer is an empty TwiML document because a
 /// `<Message action>` response may be read as the next instructions.
 async fn status(s: &AppState, hook: &Webhook) -> Response {
-    let report = match StatusReport::parse(&hook.form(), &hook.query()) {
+    let report = match StatusReport::parse(hook.form(), hook.query()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -340,7 +340,15 @@ fn verify(p: &Providers, hook: &Webhook) -> bool {
             }
         }
     };
-    !key.is_empty() && signature_valid(algorithm, key.as_bytes(), &hook.url, &hook.body, signature)
+    !key.is_empty()
+        && signature_valid_with(
+            algorithm,
+            key.as_bytes(),
+            &hook.url,
+            &hook.body,
+            hook.form(),
+            signature,
+        )
 }
 
 /// `key=<id>,algorithm=<HMAC_SHA256|HMAC_SHA1>` → the key id and the algorithm.
@@ -362,7 +370,20 @@ fn signature_settings(header: &str) -> Option<(&str, Algorithm)> {
     Some((key.filter(|k| !k.is_empty())?, algorithm?))
 }
 
-/// Whether `signature` signs a request to `url` carrying `body` under `key`.
+/// [`signature_valid_with`], decoding the body's form itself.
+#[cfg(test)]
+fn signature_valid(
+    algorithm: Algorithm,
+    key: &[u8],
+    url: &str,
+    body: &[u8],
+    signature: &str,
+) -> bool {
+    signature_valid_with(algorithm, key, url, body, &form_urlencoded(body), signature)
+}
+
+/// Whether `signature` signs a request to `url` carrying `body` (whose form
+/// parameters are `params`, decoded once for the check and the reading alike) under `key`.
 ///
 /// Twilio signs the URL it called followed by every POST parameter's name and value, sorted
 /// by name then value (https://www.twilio.com/docs/usage/webhooks/webhooks-security). Two
@@ -371,11 +392,12 @@ fn signature_settings(header: &str) -> Option<(&str, Algorithm)> {
 ///   Twilio's side, so the URL is tried with and without it;
 /// - a JSON body is not signed as parameters: the URL carries `bodySHA256` (the hex SHA-256
 ///   of the raw body), which must match, and the signature covers the URL alone.
-fn signature_valid(
+fn signature_valid_with(
     algorithm: Algorithm,
     key: &[u8],
     url: &str,
     body: &[u8],
+    params: &[(String, String)],
     signature: &str,
 ) -> bool {
     let query = url
@@ -390,7 +412,7 @@ fn signature_valid(
             }
             vec![String::new()]
         }
-        None => param_strings(form_urlencoded(body)),
+        None => param_strings(params),
     };
     let mut valid = false;
     for url in url_variants(url) {
@@ -408,10 +430,11 @@ fn signature_valid(
 /// The sorted `name value` concatenation of the parameters. Twilio's helper libraries drop
 /// exact repeats of a name and value before signing (each distinct value of a repeated name
 /// is signed); a request with such repeats also verifies when every copy was signed.
-fn param_strings(mut params: Vec<(String, String)>) -> Vec<String> {
-    fn concat(params: &[(String, String)]) -> String {
+fn param_strings(params: &[(String, String)]) -> Vec<String> {
+    fn concat(params: &[&(String, String)]) -> String {
         params.iter().flat_map(|(k, v)| [k.as_str(), v]).collect()
     }
+    let mut params: Vec<&(String, String)> = params.iter().collect();
     params.sort();
     let every = concat(&params);
     params.dedup();
@@ -567,7 +590,7 @@ mod tests {
                     Algorithm::HmacSha1,
                     TOKEN.as_bytes(),
                     url,
-                    &param_strings(form_urlencoded(&form(PARAMS)))[0]
+                    &param_strings(&form_urlencoded(&form(PARAMS)))[0]
                 ),
                 *signature,
                 "{url}"
@@ -648,7 +671,7 @@ mod tests {
 
     #[test]
     fn repeated_parameters_sign_each_distinct_value() {
-        let strings = param_strings(form_urlencoded(&form(REPEATED)));
+        let strings = param_strings(&form_urlencoded(&form(REPEATED)));
         assert_eq!(strings[0], REPEATED_SUFFIX);
         assert!(sha1_ok(URL, REPEATED, REPEATED_SIGNATURE));
         // The order the values arrived in does not matter.

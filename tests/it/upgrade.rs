@@ -229,7 +229,10 @@ async fn layout_1_data_is_converted_in_place_and_serves_as_before() {
         .query_async(&mut con)
         .await
         .unwrap();
-    assert_eq!(mark, None, "creating a pool marked layout-1 data as converted");
+    assert_eq!(
+        mark, None,
+        "creating a pool marked layout-1 data as converted"
+    );
 
     let out = app.cli(&["store", "upgrade"]);
     assert!(

@@ -12,7 +12,7 @@ use super::outbound::{self, OutboundSms, SendError, Via};
 mod sign;
 
 use super::dialect::{Dialect, Hook, Path, Read, RestApi, Sent};
-use super::{Inbound, Webhook, forbidden, param};
+use super::{Inbound, Params, Webhook, forbidden, param};
 use crate::broker::{Decision, RelayOutcome};
 use crate::config::Providers;
 use crate::domain::E164;
@@ -92,13 +92,13 @@ fn read_call(w: &Webhook) -> Result<Read, ApiError> {
         ));
     };
     // A `to` that is no number (a SIP or app endpoint) is no pool's number either.
-    let Some(to) = number(param(&p, "to")) else {
+    let Some(to) = number(param(p, "to")) else {
         return Ok(Read::Answered(ncco(reject())));
     };
     // Withheld callers come as `Unknown`, `Restricted` or nothing: they hold no route and
     // hear the out-of-session message.
-    let from = number(param(&p, "from"));
-    let uuid = param(&p, "uuid").unwrap_or_default();
+    let from = number(param(p, "from"));
+    let uuid = param(p, "uuid").unwrap_or_default();
     Ok(Read::Route(Inbound::call(from, to, uuid.to_string())))
 }
 
@@ -111,20 +111,20 @@ async fn event(s: &AppState, w: &Webhook) -> Response {
             .into_response();
     };
     // Other events (recordings, input, transfers) carry no call status: nothing to update.
-    let (Some(uuid), Some(raw)) = (param(&p, "uuid"), param(&p, "status")) else {
+    let (Some(uuid), Some(raw)) = (param(p, "uuid"), param(p, "status")) else {
         return no_content();
     };
-    if param(&p, "direction") == Some("outbound") || !is_provider_ref(uuid) {
+    if param(p, "direction") == Some("outbound") || !is_provider_ref(uuid) {
         return no_content();
     }
     let Some((status, last)) = call_status(raw) else {
         return no_content();
     };
-    let Some(proxy) = number(param(&p, "to")) else {
+    let Some(proxy) = number(param(p, "to")) else {
         return no_content();
     };
     let duration = last
-        .then(|| param(&p, "duration").and_then(|d| d.trim().parse::<u32>().ok()))
+        .then(|| param(p, "duration").and_then(|d| d.trim().parse::<u32>().ok()))
         .flatten();
     match s
         .broker
@@ -154,16 +154,16 @@ fn read_text(w: &Webhook) -> Read {
     };
     // Delivery receipts, if pointed here, and binary messages carry no `text`: not a text
     // between participants.
-    let (Some(id), Some(text)) = (param(&p, "messageId"), param(&p, "text")) else {
+    let (Some(id), Some(text)) = (param(p, "messageId"), param(p, "text")) else {
         return Read::Answered(no_content());
     };
-    if param(&p, "type") == Some("binary") {
+    if param(p, "type") == Some("binary") {
         return Read::Answered(no_content());
     }
-    let Some(to) = number(param(&p, "to")) else {
+    let Some(to) = number(param(p, "to")) else {
         return Read::Answered(no_content());
     };
-    let from = number(param(&p, "msisdn"));
+    let from = number(param(p, "msisdn"));
     Read::Route(Inbound::text(
         from,
         to,
@@ -177,8 +177,9 @@ fn read_text(w: &Webhook) -> Read {
 
 /// The parameters of a webhook, whichever way Vonage sent them: the query of a GET, the JSON
 /// object of a POST-JSON, or the form of a POST. `None` when a body does not parse.
-/// JSON scalars other than strings are taken as their JSON text (`1`, `true`).
-fn params(w: &Webhook) -> Option<Vec<(String, String)>> {
+/// JSON scalars other than strings are taken as their JSON text (`1`, `true`). Read once per
+/// request: the signature check of a text reads them, and so does the reading after it.
+fn params(w: &Webhook) -> Option<&[(String, String)]> {
     if w.method == Method::GET {
         return Some(w.query());
     }
@@ -189,6 +190,10 @@ fn params(w: &Webhook) -> Option<Vec<(String, String)>> {
     if !is_json {
         return Some(w.form());
     }
+    w.params_with(json_params)
+}
+
+fn json_params(w: &Webhook) -> Option<Params> {
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&w.body) else {
         return None;
     };

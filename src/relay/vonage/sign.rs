@@ -113,7 +113,7 @@ fn verify_voice(s: &AppState, w: &Webhook) -> Result<Token, TokenError> {
         // A GET has no body. Vonage's support notes say its `payload_hash`, when present,
         // covers the query parameters as a compact JSON object, in the order sent:
         // https://api.support.vonage.com/hc/en-us/articles/19033783342876
-        let query = query_json(&w.query());
+        let query = query_json(w.query());
         verify_token(token, secret, now, max_age, query.as_bytes(), false)
     } else {
         verify_token(token, secret, now, max_age, &w.body, !w.body.is_empty())
@@ -318,7 +318,7 @@ pub(super) fn sms_signed(s: &AppState, w: &Webhook) -> bool {
         .map(|s| s.expose().as_bytes())
         .unwrap_or_default();
     let now = s.broker.now_ms().div_euclid(1000);
-    if let Err(reason) = verify_sms(&p, &providers.vonage_signature_method, secret, now) {
+    if let Err(reason) = verify_sms(p, &providers.vonage_signature_method, secret, now) {
         tracing::debug!(?reason, "vonage sms webhook refused");
         return false;
     }
