@@ -2,10 +2,18 @@
 -- shard tag it was given (ARGV[1]), so it lives in the same hash slot as the declared keys.
 local TAG = ARGV[1]
 
--- Redis's own clock, in ms: the one clock every instance's scripts agree on.
-local function clock_ms()
+-- Redis's own clock, in ms: the one clock every instance's scripts agree on. Also as a
+-- string, built from TIME's digits: Lua prints a number through the C library's float
+-- formatting, which costs more than the rest of a short script.
+local function clock_ms_text()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local us = t[2]
+  local text = t[1] .. string.sub(string.rep('0', 6 - #us) .. us, 1, 3)
+  return tonumber(text), text
+end
+
+local function clock_ms()
+  return (clock_ms_text())
 end
 
 local function push_expiry(key, at)
@@ -42,19 +50,19 @@ end
 -- large metadata cannot push a whole bucket out of the compact encoding.
 local SFIELDS = { 't', 'm', 'n', 'c', 'e', 'co', 'a', 'b', 'g', 'x', 'r', 'i', 'z' }
 
+-- One capture per field of SFIELDS, the blob last (written out: this runs on every call).
+local SESSION_PATTERN =
+  '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$'
+
 local function get_session(skey)
   local raw = redis.call('HGET', sbucket(skey), skey)
   if not raw then return nil end
-  local rec, i = {}, 1
-  for v in string.gmatch(raw .. '|', '([^|]*)|') do
-    local name = SFIELDS[i]
-    if not name then break end
-    rec[name] = v
-    i = i + 1
-  end
-  rec.e, rec.co = tonumber(rec.e) or 0, tonumber(rec.co) or 0
-  rec.h = rec.e + rec.co
-  return rec
+  -- Locals, then one table built at its size: a table grown field by field rehashes.
+  local t, m, n, c, e, co, a, b, g, x, r, i, z = string.match(raw, SESSION_PATTERN)
+  if not t then return nil end
+  e, co = tonumber(e) or 0, tonumber(co) or 0
+  return { t = t, m = m, n = n, c = c, e = e, co = co, a = a, b = b, g = g, x = x, r = r,
+           i = i, z = z, h = e + co }
 end
 
 local function put_session(skey, rec)
@@ -101,6 +109,18 @@ local function get_entry(idx)
     end
   end
   return e
+end
+
+-- The session a participant's route on `number` names, if any, found in the entry's text
+-- without reading the rest of it (the relay's hot path).
+local function route_of(idx, number)
+  local raw = redis.call('HGET', ubucket(idx), idx)
+  if not raw then return nil end
+  local at = string.find(',' .. raw, ',' .. number .. '=', 1, true)
+  if not at then return nil end
+  local from = at + #number + 1
+  local stop = string.find(raw, ',', from, true)
+  return string.sub(raw, from, (stop or 0) - 1)
 end
 
 -- Removes the sticky memory the participants whose index starts with `other` (8

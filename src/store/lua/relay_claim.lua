@@ -13,7 +13,8 @@
 -- replay 0|1, pending 0|1},
 -- {'block', sealed message or '', interaction id} or {'announce'}.
 local ref = KEYS[2]
-local proxy, now, kind = ARGV[2], clock_ms(), ARGV[4]
+local proxy, kind = ARGV[2], ARGV[4]
+local now, now_text = clock_ms_text()
 -- A retried webhook gets its first answer only while the session is just ended at most:
 -- providers retry within seconds, and an ended session must not connect for long.
 local REPLAY_GRACE_MS = 120000
@@ -23,11 +24,12 @@ local provider, provider_ref, iid, ttl, idx = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 -- whose other side is still there (not erased).
 local function reach()
   if idx == '' then return nil end
-  local sid = get_entry(idx).routes[proxy]
+  local sid = route_of(idx, proxy)
   local rec = sid and get_session(sid)
   if not rec then return nil end
-  local side = (rec.a == idx) and 0 or 1
-  if rec[side == 0 and 'b' or 'a'] == '' or (side == 1 and rec.b ~= idx) then return nil end
+  -- Kept as text: it is written into records, and Lua prints numbers slowly.
+  local side = (rec.a == idx) and '0' or '1'
+  if rec[side == '0' and 'b' or 'a'] == '' or (side == '1' and rec.b ~= idx) then return nil end
   return sid, rec, side
 end
 
@@ -61,7 +63,7 @@ end
 
 local ikey = TAG .. 'i:' .. sid
 redis.call('HSET', ikey, iid,
-  kind .. '|' .. side .. '|started|' .. now .. '|||' .. provider .. '|' .. provider_ref)
+  kind .. '|' .. side .. '|started|' .. now_text .. '|||' .. provider .. '|' .. provider_ref)
 local pending = ARGV[12] == '1'
 redis.call('SET', ref, (pending and 'p|' or 'c|') .. sid .. '|' .. iid, 'PX', ttl)
 put_event(ARGV[10], 'interaction.started',
