@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -48,7 +48,7 @@ const SETTLE_BATCH: usize = 512;
 #[derive(Clone)]
 pub struct Delivery {
     /// One client for every destination: it keeps an unbounded pool of keep-alive
-    /// connections per origin, idle ones for 90 s, so [`LIMITS`]' share of one destination
+    /// connections per origin, idle ones for 90 s, so one destination's share of attempts
     /// is served without reconnecting.
     pub http: reqwest::Client,
     pub allow_private: bool,
@@ -212,6 +212,8 @@ struct Worker {
     done: mpsc::UnboundedSender<Finished>,
     work: JoinSet<Step>,
     shards: Shards,
+    /// When a failed claim was last logged as a warning.
+    warned: Option<Instant>,
 }
 
 impl Worker {
@@ -267,7 +269,18 @@ impl Worker {
                         (shard, Some(dest))
                     }
                     Claimed::Failed(shard, e) => {
-                        tracing::warn!(error = %e, "a shard's events could not be claimed; retrying next tick");
+                        // Every shard on a Redis node that is down fails at each sweep: once
+                        // a second is enough to say so.
+                        let now = Instant::now();
+                        if self
+                            .warned
+                            .is_none_or(|at| now - at >= Duration::from_secs(1))
+                        {
+                            self.warned = Some(now);
+                            tracing::warn!(error = %e, "a shard's events could not be claimed; retrying next tick");
+                        } else {
+                            tracing::debug!(error = %e, "a shard's events could not be claimed");
+                        }
                         (shard, None)
                     }
                 };
@@ -333,6 +346,7 @@ pub async fn run(
         done,
         work: JoinSet::new(),
         shards: Shards::default(),
+        warned: None,
     };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

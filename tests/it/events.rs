@@ -639,8 +639,10 @@ async fn events_survive_a_receiver_outage_across_a_hush_restart() {
     }
 }
 
-/// Attempts one hush instance keeps under way to one receiver (`events::flight`).
+/// Attempts one hush instance keeps under way to one receiver, and the free places a claim
+/// of a busy receiver's events waits for (`events::delivery`).
 const PER_DESTINATION: usize = 64;
+const CLAIM_AT_LEAST: usize = 16;
 
 #[tokio::test]
 async fn a_hanging_receiver_holds_only_its_share_while_other_pools_are_delivered() {
@@ -666,8 +668,10 @@ async fn a_hanging_receiver_holds_only_its_share_while_other_pools_are_delivered
         }
     }
     assert_eq!(stuck_sessions.len(), 300);
+    // A destination's claims wait for a batch of free places, so its share may stop short
+    // by less than a batch.
     eventually(WAIT, "the hanging receiver to hold its share", || async {
-        (stuck.in_flight() >= PER_DESTINATION).then_some(())
+        (stuck.in_flight() > PER_DESTINATION - CLAIM_AT_LEAST).then_some(())
     })
     .await;
 
@@ -696,9 +700,8 @@ async fn a_hanging_receiver_holds_only_its_share_while_other_pools_are_delivered
     for d in &got {
         assert_signed(d, "session.created");
     }
-    // hush gives up on an attempt after 10 s; everything above takes a fraction of that, so
-    // every request the hanging app saw is still open, and there were never more than its
-    // share.
+    // Never more than its share at once (an attempt hush gave up on after 10 s closed its
+    // connection, and its request stopped counting).
     assert!(
         stuck.most_in_flight() <= PER_DESTINATION,
         "{} attempts were held at the hanging receiver at once",
