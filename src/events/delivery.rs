@@ -171,8 +171,8 @@ async fn claim(
             )
             .await;
             slot.answered();
-            // Only fails once the worker has stopped settling: the lease runs out and the
-            // event goes again.
+            // Fails only if the settling task is gone: the lease runs out and the event
+            // goes again.
             let _ = done.send((attempted, slot));
         });
     }
@@ -183,7 +183,7 @@ async fn claim(
     }
 }
 
-/// Work the loop waits for besides attempts.
+/// Work the loop waits for: claims, and the surveys of every shard that sweeps start.
 enum Step {
     Claimed(Claimed),
     /// Every shard, for a sweep.
