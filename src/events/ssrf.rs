@@ -302,6 +302,10 @@ pub fn client(allow_private: bool, timeout: Duration) -> reqwest::Client {
         .dns_resolver(Arc::new(GuardedResolver::new(allow_private)))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        // hush retries deliveries on its own schedule; reqwest's retries are of HTTP/2
+        // refusals, which an HTTP/1 client never meets, yet its policy copies every request
+        // in case one comes.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .timeout(timeout)
         .user_agent(concat!("hush/", env!("CARGO_PKG_VERSION")))
         .build()

@@ -3,12 +3,14 @@
 //! Redis before the webhook is answered, so a hush restart neither loses nor doubles it.
 //!
 //! [`enqueue`] seals the text (numbers and body) and queues it once per [`OutboundSms::key`];
-//! [`deliver_once`] claims due texts with a lease, sends them and settles each one: done,
-//! retried after a bounded backoff ([`BACKOFF_MS`]), or failed. [`run_worker`] is the loop.
-//! A worker that dies between claim and settle leaves the text to be claimed again when its
-//! lease ends (at least once); a live worker always settles well before its lease ends, and
-//! only the lease holder may settle, so two instances never both send a text.
+//! [`deliver_once`] claims due texts with a lease, sends them side by side and settles the
+//! pass's texts with one script per queue: each done, retried after a bounded backoff
+//! ([`BACKOFF_MS`]), or failed. [`run_worker`] is the loop. A text is sent at most once: one
+//! whose worker died (or whose settle could not be written) between claim and settle is
+//! given up as of unknown outcome when its lease ends; a live worker settles well before its
+//! lease ends, and only the lease holder may settle, so two instances never both send a text.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +29,7 @@ use crate::config::Providers;
 use crate::crypto::CryptoError;
 use crate::domain::{E164, Millis};
 use crate::http::ApiError;
-use crate::store::outbox::{Leased, Settle};
+use crate::store::outbox::{Leased, Settle, Settlement};
 use crate::store::{Queue, Rings};
 
 /// Which provider API sends the text.
@@ -268,8 +270,9 @@ pub async fn delivery_report(
         .await
 }
 
-/// One pass: claims the texts due now, sends them side by side and settles each. Returns how
-/// many texts it handled (sent, rescheduled or given up).
+/// One pass: claims the texts due now, sends them side by side and settles them, one script
+/// per queue for the whole pass. Returns how many texts it handled (sent, rescheduled or
+/// given up).
 pub async fn deliver_once(
     broker: &Broker,
     http: &reqwest::Client,
@@ -312,16 +315,20 @@ pub async fn deliver_once(
             let (broker, http, providers, tag) =
                 (broker.clone(), http.clone(), providers.clone(), tag.clone());
             attempts
-                .spawn(async move { deliver(&broker, &http, &providers, &tag, item, now).await });
+                .spawn(async move { deliver(&broker, &http, &providers, tag, item, now).await });
         }
     }
+    let mut by_queue: HashMap<Arc<String>, Vec<Sent>> = HashMap::new();
     while let Some(done) = attempts.join_next().await {
         match done {
-            Ok(Ok(())) => {}
-            // The lease runs out and the text is claimed again.
-            Ok(Err(e)) => tracing::warn!(error = %e, "settling an outbound text failed"),
+            Ok(Some(sent)) => by_queue.entry(sent.tag.clone()).or_default().push(sent),
+            Ok(None) => {}
+            // The lease runs out and the text is given up as of unknown outcome.
             Err(e) => tracing::error!(error = %e, "an outbound text attempt panicked"),
         }
+    }
+    for (tag, sent) in by_queue {
+        settle_queue(broker, &tag, sent).await;
     }
     match unreachable {
         Some(e) if count == 0 => Err(e.into()),
@@ -345,29 +352,48 @@ async fn attempt(
     }
 }
 
-/// Sends one claimed text of the queue `tag` and settles it.
+/// A claimed text whose fate is known, waiting to be settled with the rest of its pass.
+struct Sent {
+    tag: Arc<String>,
+    item: Leased,
+    settle: Settle<'static>,
+    /// What was tried, for the bookkeeping that follows the settle; `None` when nothing was
+    /// (the text could not be opened, or its lease was too short to start).
+    tried: Option<Tried>,
+}
+
+struct Tried {
+    msg: OutboundSms,
+    result: Result<Option<String>, SendError>,
+    /// When the attempt ended.
+    at: Millis,
+}
+
+/// Sends one claimed text of the queue `tag` and says how to settle it. `None` for a text
+/// the claim gave up (it holds no lease, so there is nothing to settle).
 async fn deliver(
     broker: &Broker,
     http: &reqwest::Client,
     providers: &Providers,
-    tag: &str,
+    tag: Arc<String>,
     item: Leased,
     claimed_at: Millis,
-) -> Result<(), BrokerError> {
-    let store = broker.store();
+) -> Option<Sent> {
     let msg = match open(broker, &item.sealed) {
         Ok(msg) => msg,
         Err(e) => {
             tracing::error!(error = %e, "a queued text cannot be opened; giving it up");
             count_text("unknown", "failed");
-            let failed = Settle::Failed {
+            let settle = Settle::Failed {
                 keep_ms: FAILED_KEEP_MS,
                 reason: "unreadable",
             };
-            store
-                .outbox_settle(tag, &item.id, &item.token, failed)
-                .await?;
-            return Ok(());
+            return Some(Sent {
+                tag,
+                item,
+                settle,
+                tried: None,
+            });
         }
     };
     if item.token.is_empty() {
@@ -384,75 +410,118 @@ async fn deliver(
         {
             tracing::warn!(error = %e, "interaction status not recorded");
         }
-        return Ok(());
+        return None;
     }
     if broker.now_ms() > claimed_at + LEASE_MS - LEASE_MARGIN_MS {
-        let release = Settle::Release {
+        let settle = Settle::Release {
             due: broker.now_ms(),
         };
-        store
-            .outbox_settle(tag, &item.id, &item.token, release)
-            .await?;
-        return Ok(());
+        return Some(Sent {
+            tag,
+            item,
+            settle,
+            tried: None,
+        });
     }
     let result = attempt(http, providers, &msg).await;
     let now = broker.now_ms();
-    let (settle, status) = match &result {
-        Ok(_) => (
-            Settle::Done {
-                keep_ms: PROVIDER_REF_TTL_MS,
-            },
-            Some(("sent", false)),
-        ),
+    let settle = match &result {
+        Ok(_) => Settle::Done {
+            keep_ms: PROVIDER_REF_TTL_MS,
+        },
         Err(SendError::Retry(_)) if (item.claims as usize) <= BACKOFF_MS.len() => {
             let wait = BACKOFF_MS[item.claims.max(1) as usize - 1];
             let jitter = rand::random_range(0..=wait / 10);
-            (
-                Settle::Retry {
-                    due: now + wait + jitter,
-                },
-                None,
-            )
+            Settle::Retry {
+                due: now + wait + jitter,
+            }
         }
-        Err(e) => (
-            Settle::Failed {
-                keep_ms: FAILED_KEEP_MS,
-                reason: match e {
-                    SendError::Retry(_) => "retries exhausted",
-                    SendError::Permanent(_) => "refused",
-                },
+        Err(e) => Settle::Failed {
+            keep_ms: FAILED_KEEP_MS,
+            reason: match e {
+                SendError::Retry(_) => "retries exhausted",
+                SendError::Permanent(_) => "refused",
             },
-            Some(("failed", true)),
-        ),
+        },
     };
-    settle_surely(broker, tag, &item, settle).await?;
+    Some(Sent {
+        tag,
+        item,
+        settle,
+        tried: Some(Tried {
+            msg,
+            result,
+            at: now,
+        }),
+    })
+}
+
+/// Settles a pass's texts of the queue `tag` in one script, then records what each attempt
+/// came to. Texts whose settle cannot be written stay leased and are given up as of unknown
+/// outcome when the lease ends: sent at most once.
+async fn settle_queue(broker: &Broker, tag: &str, sent: Vec<Sent>) {
+    let items: Vec<Settlement<'_>> = sent
+        .iter()
+        .map(|s| Settlement {
+            id: &s.item.id,
+            token: &s.item.token,
+            how: s.settle,
+            attempt: "",
+        })
+        .collect();
+    let settled = match settle_surely(broker, tag, &items).await {
+        Ok(settled) => settled,
+        Err(e) => {
+            tracing::warn!(error = %e, texts = items.len(), "settling outbound texts failed");
+            return;
+        }
+    };
+    if settled.iter().any(|ok| !ok) {
+        tracing::warn!("an outbound text's lease was lost before it was settled");
+    }
+    for s in &sent {
+        if let Some(tried) = &s.tried {
+            after_settle(broker, tag, s, tried).await;
+        }
+    }
+}
+
+/// The metrics, log line, delivery-report alias and interaction status of one settled attempt.
+async fn after_settle(broker: &Broker, tag: &str, sent: &Sent, tried: &Tried) {
+    let (msg, item) = (&tried.msg, &sent.item);
     count_text(
         msg.via.label(),
-        match settle {
+        match sent.settle {
             Settle::Done { .. } => "sent",
             Settle::Retry { .. } => "retry",
             _ => "failed",
         },
     );
-    match &result {
+    match &tried.result {
         Ok(_) => tracing::info!(key = %msg.key, attempt = item.claims, "outbound text sent"),
-        Err(e) => match settle {
+        Err(e) => match sent.settle {
             Settle::Retry { due } => tracing::warn!(key = %msg.key, attempt = item.claims,
-                error = %e, retry_in_ms = due - now, "outbound text not sent; will retry"),
+                error = %e, retry_in_ms = due - tried.at, "outbound text not sent; will retry"),
             _ => tracing::warn!(key = %msg.key, attempt = item.claims, error = %e,
                 "outbound text given up"),
         },
     }
     let Some((provider, reference)) = msg.key.split_once(':') else {
-        return Ok(());
+        return;
     };
-    if let Ok(Some(message_id)) = &result
-        && let Err(e) = store
+    if let Ok(Some(message_id)) = &tried.result
+        && let Err(e) = broker
+            .store()
             .outbox_alias(tag, provider, message_id, &msg.key, PROVIDER_REF_TTL_MS)
             .await
     {
         tracing::warn!(error = %e, "delivery reports for a sent text will not be matched");
     }
+    let status = match sent.settle {
+        Settle::Done { .. } => Some(("sent", false)),
+        Settle::Failed { .. } => Some(("failed", true)),
+        _ => None,
+    };
     if let Some((status, last)) = status
         && let Err(e) = broker
             .interaction_status(provider, reference, &msg.from, status, None, last)
@@ -460,29 +529,19 @@ async fn deliver(
     {
         tracing::warn!(error = %e, "interaction status not recorded");
     }
-    Ok(())
 }
 
 /// Settles, trying again a few times over a short Redis outage: an unsettled text that was
-/// sent would be sent again once its lease runs out.
+/// sent would be given up as of unknown outcome once its lease runs out.
 async fn settle_surely(
     broker: &Broker,
     tag: &str,
-    item: &Leased,
-    how: Settle<'_>,
-) -> Result<(), BrokerError> {
+    items: &[Settlement<'_>],
+) -> Result<Vec<bool>, BrokerError> {
     let mut tries = 0;
     loop {
-        match broker
-            .store()
-            .outbox_settle(tag, &item.id, &item.token, how)
-            .await
-        {
-            Ok(true) => return Ok(()),
-            Ok(false) => {
-                tracing::warn!("an outbound text's lease was lost before it was settled");
-                return Ok(());
-            }
+        match broker.store().queue_settle_many(tag, items, false).await {
+            Ok(settled) => return Ok(settled),
             Err(e) if tries >= 4 => return Err(e.into()),
             Err(_) => {
                 tries += 1;

@@ -639,6 +639,128 @@ async fn events_survive_a_receiver_outage_across_a_hush_restart() {
     }
 }
 
+/// Attempts one hush instance keeps under way to one receiver, and the free places a claim
+/// of a busy receiver's events waits for (`events::delivery`).
+const PER_DESTINATION: usize = 64;
+const CLAIM_AT_LEAST: usize = 16;
+
+#[tokio::test]
+async fn a_hanging_receiver_holds_only_its_share_while_other_pools_are_delivered() {
+    let stuck = Receiver::start().await;
+    let fine = Receiver::start().await;
+    // Retries for longer than the test can take, so no event of the stuck pool runs out of
+    // schedule whatever the machine's speed.
+    let app = events_app(&[250; 400]).await;
+    hooked_pool(&app, &stuck, "stuck", json!({}), &proxies(30)).await;
+    let other: Vec<String> = (30..32).map(proxy).collect();
+    hooked_pool(&app, &fine, "fine", json!({}), &other).await;
+    stuck.hang();
+
+    // More events than one instance kept under way in all before limits per destination
+    // (256): one hanging app used to hold every attempt.
+    let mut stuck_sessions = Vec::new();
+    for a in 0..20 {
+        for b in 20..35 {
+            let s = app
+                .open_session("stuck", &participant(a), &participant(b), None)
+                .await;
+            stuck_sessions.push(s["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(stuck_sessions.len(), 300);
+    // A destination's claims wait for a batch of free places, so its share may stop short
+    // by less than a batch.
+    eventually(WAIT, "the hanging receiver to hold its share", || async {
+        (stuck.in_flight() > PER_DESTINATION - CLAIM_AT_LEAST).then_some(())
+    })
+    .await;
+
+    let mut fine_sessions = Vec::new();
+    for i in 0..40 {
+        let s = app
+            .open_session("fine", &participant(100 + i), &participant(200 + i), None)
+            .await;
+        fine_sessions.push(s["id"].as_str().unwrap().to_string());
+    }
+    let got = fine
+        .wait_for_type(
+            "session.created",
+            fine_sessions.len(),
+            Duration::from_secs(60),
+        )
+        .await;
+    let mut arrived: Vec<String> = got
+        .iter()
+        .map(|d| d.data()["session_id"].as_str().unwrap().to_string())
+        .collect();
+    arrived.sort();
+    arrived.dedup();
+    fine_sessions.sort();
+    assert_eq!(arrived, fine_sessions);
+    for d in &got {
+        assert_signed(d, "session.created");
+    }
+    // Never more than its share at once (an attempt hush gave up on after 10 s closed its
+    // connection, and its request stopped counting).
+    assert!(
+        stuck.most_in_flight() <= PER_DESTINATION,
+        "{} attempts were held at the hanging receiver at once",
+        stuck.most_in_flight()
+    );
+    for e in list_events(&app, "fine", None).await {
+        if e["type"] == "session.created" {
+            assert_eq!(e["status"], "delivered", "{e}");
+            assert_eq!(attempt_statuses(&e), [200], "{e}");
+        }
+    }
+
+    // Once the app answers again, every one of its events arrives.
+    stuck.answer_again();
+    let delivered = |all: Vec<Delivery>| -> Vec<String> {
+        let mut ids: Vec<String> = all
+            .iter()
+            .filter(|d| d.status == 200)
+            .map(|d| d.data()["session_id"].as_str().unwrap_or("").to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    eventually(
+        Duration::from_secs(120),
+        "every stuck event delivered",
+        || async {
+            (delivered(stuck.of_type("session.created")).len() == stuck_sessions.len())
+                .then_some(())
+        },
+    )
+    .await;
+    stuck_sessions.sort();
+    assert_eq!(delivered(stuck.of_type("session.created")), stuck_sessions);
+    // Each is recorded delivered, with an attempt history ending in the 200.
+    let listed = eventually(WAIT, "the stuck events listed as delivered", || async {
+        let events: Vec<Value> = list_events(&app, "stuck", None)
+            .await
+            .into_iter()
+            .filter(|e| e["type"] == "session.created")
+            .collect();
+        events
+            .iter()
+            .all(|e| e["status"] == "delivered")
+            .then_some(events)
+    })
+    .await;
+    assert!(!listed.is_empty());
+    for e in &listed {
+        let statuses = attempt_statuses(e);
+        assert_eq!(statuses.last(), Some(&200), "{e}");
+        assert!(
+            statuses[..statuses.len() - 1].iter().all(|&s| s == 0),
+            "{e}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_410_fails_the_event_at_once_and_redelivery_sends_it_again() {
     let receiver = Receiver::start().await;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -94,6 +95,28 @@ struct Shared {
     deliveries: Mutex<Vec<Delivery>>,
     /// Bumped after every recorded request, so waiters wake without polling.
     recorded: watch::Sender<usize>,
+    /// While true, every request is recorded and then held unanswered.
+    hold: watch::Sender<bool>,
+    /// Requests being answered now (held, delayed or not), and the most there ever were.
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+}
+
+/// Counts a request as in flight until its answer is sent or the client gives up on it.
+struct Answering(Arc<Shared>);
+
+impl Answering {
+    fn new(shared: &Arc<Shared>) -> Answering {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        Answering(shared.clone())
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct Running {
@@ -131,6 +154,9 @@ impl Receiver {
             }),
             deliveries: Mutex::new(Vec::new()),
             recorded: watch::channel(0).0,
+            hold: watch::channel(false).0,
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
         });
         let receiver = Receiver {
             addr,
@@ -194,6 +220,27 @@ impl Receiver {
     /// request is recorded on arrival, so a sender that times out still shows as an attempt.
     pub fn delay(&self, delay: Duration) {
         self.controls().delay = delay;
+    }
+
+    /// Accepts every request and answers none, as a hung app does, until
+    /// [`Receiver::answer_again`]. Requests are recorded on arrival.
+    pub fn hang(&self) {
+        self.shared.hold.send_replace(true);
+    }
+
+    /// Ends [`Receiver::hang`]: the held requests are answered now, as they would have been.
+    pub fn answer_again(&self) {
+        self.shared.hold.send_replace(false);
+    }
+
+    /// Requests being answered (or held) right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that were ever being answered (or held) at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.shared.most_in_flight.load(Ordering::SeqCst)
     }
 
     /// What [`INTERCEPT_PATH`] answers: e.g. `(200, Some(json!({"action":"allow"})))`,
@@ -353,6 +400,8 @@ async fn handle(
     headers: HeaderMap,
     raw: Bytes,
 ) -> Response {
+    // Dropped with the handler when hush gives up and closes the connection.
+    let _answering = Answering::new(&shared);
     let header = |name: &str| {
         headers
             .get(name)
@@ -396,6 +445,8 @@ async fn handle(
     };
     shared.recorded.send_modify(|n| *n += 1);
 
+    let mut hold = shared.hold.subscribe();
+    let _ = hold.wait_for(|held| !*held).await;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }

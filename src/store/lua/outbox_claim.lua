@@ -12,15 +12,20 @@
 -- text sent twice reaches a person twice. It is given up as of unknown outcome instead and
 -- returned with an empty token, so the worker records that. Events (no ARGV[6]) go again:
 -- their receivers dedupe on the event id.
+--
+-- A claim of a backlog takes hundreds of items: each costs one read and one write of its
+-- record, and the leases are written with one ZADD at the end.
 local q = KEYS[1]
 local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
+local once = ARGV[6] and ARGV[6] ~= ''
 local out = {}
+local leased = {}
 local due = redis.call('ZRANGEBYSCORE', q, '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
 for i, id in ipairs(due) do
   local m = TAG .. 'm:' .. id
-  local rec = redis.call('HMGET', m, 'b', 'z')
+  local rec = redis.call('HMGET', m, 'b', 'z', 'l', 'n')
   local sealed = rec[1]
-  if sealed and ARGV[6] and ARGV[6] ~= '' and redis.call('HEXISTS', m, 'l') == 1 then
+  if sealed and once and rec[3] then
     redis.call('ZREM', q, id)
     redis.call('HDEL', m, 'b', 'l')
     redis.call('HSET', m, 's', 'f', 'r', 'outcome unknown')
@@ -28,13 +33,13 @@ for i, id in ipairs(due) do
     table.insert(out, id)
     table.insert(out, '')
     table.insert(out, sealed)
-    table.insert(out, redis.call('HGET', m, 'n') or '0')
+    table.insert(out, rec[4] or '0')
     table.insert(out, rec[2] or '')
   elseif sealed then
     local token = ARGV[5] .. '.' .. i
-    local claims = redis.call('HINCRBY', m, 'n', 1)
-    redis.call('HSET', m, 'l', token)
-    redis.call('ZADD', q, now + lease, id)
+    local claims = (tonumber(rec[4]) or 0) + 1
+    redis.call('HSET', m, 'l', token, 'n', claims)
+    table.insert(leased, id)
     table.insert(out, id)
     table.insert(out, token)
     table.insert(out, sealed)
@@ -44,5 +49,15 @@ for i, id in ipairs(due) do
     -- The record is gone (deleted by hand): there is nothing left to send.
     redis.call('ZREM', q, id)
   end
+end
+-- Lua's unpack is bounded by its C stack (8000 slots): leases go in chunks.
+local until_ms = now + lease
+for first = 1, #leased, 1000 do
+  local args = {}
+  for j = first, math.min(first + 999, #leased) do
+    table.insert(args, until_ms)
+    table.insert(args, leased[j])
+  end
+  redis.call('ZADD', q, unpack(args))
 end
 return out
