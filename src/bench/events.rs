@@ -1,13 +1,16 @@
 //! Event delivery: how fast hush's delivery worker (in this process, as hush serves it) gets
 //! `session.created` events to a local receiver, against the same number of POSTs, alike in
-//! size and headers, sent straight to that receiver at the same concurrency. A figure
-//! without a target.
+//! size and headers, sent straight to that receiver at the same concurrency. The target is
+//! on the worker alone, draining events queued before it starts (what an app's ledger waits
+//! on after a rush hour): at least half the direct rate and 10,000 events/s. The figure whose
+//! clock also runs while the sessions are made is bound by making them, and has no target.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -24,6 +27,9 @@ use hush::events::signing::{self, SigningSecret};
 use super::fixtures::{Participants, SMALL_POOL, bench_config, bench_pool_with, create_sessions};
 use super::load::{Latency, histogram};
 
+/// The worker alone on queued events must reach this share of direct POSTs, and this rate.
+const TARGET_VS_DIRECT: f64 = 0.5;
+const TARGET_PER_SEC: f64 = 10_000.0;
 /// Events the delivery measurement sends, each way.
 pub(super) const EVENTS: u64 = 3_000;
 /// The longest the delivery measurement waits for its events to arrive.
@@ -431,18 +437,25 @@ impl Events {
         }
     }
 
+    /// Whether the worker alone met both parts of the target.
+    fn met(&self) -> bool {
+        !self.backlog.timed_out
+            && self.backlog_ratio() >= TARGET_VS_DIRECT
+            && self.backlog.per_sec() >= TARGET_PER_SEC
+    }
+
     pub(super) fn verdict(&self) {
-        if self.hush.timed_out {
+        if self.hush.timed_out || self.backlog.timed_out {
             println!(
-                "events      {:<8} {} of {EVENTS} events delivered in {:.0} s",
-                "TIMEOUT", self.hush.arrived, self.hush.secs
+                "events      {:<8} {} and {} of {EVENTS} events delivered",
+                "TIMEOUT", self.hush.arrived, self.backlog.arrived
             );
         } else {
             println!(
-                "events      {:<8} hush/direct {:.4} ({:.0} events/s; no target)",
-                "measured",
-                self.hush_ratio(),
-                self.hush.per_sec()
+                "events      {:<8} queued/direct {:.2}, {:.0} events/s (target >= {TARGET_VS_DIRECT:.2} and >= {TARGET_PER_SEC:.0}/s)",
+                if self.met() { "MET" } else { "MISSED" },
+                self.backlog_ratio(),
+                self.backlog.per_sec()
             );
         }
     }
@@ -475,8 +488,13 @@ impl Events {
                 "latency": self.backlog.latency.json(),
             },
             "queued_vs_direct": self.backlog_ratio(),
-            "target": null,
-            "verdict": if self.hush.timed_out { "timeout" } else { "measured" },
+            "target": { "queued_vs_direct": TARGET_VS_DIRECT, "queued_per_sec": TARGET_PER_SEC },
+            "met": self.met(),
+            "verdict": if self.hush.timed_out || self.backlog.timed_out {
+                "timeout"
+            } else {
+                "measured"
+            },
         })
     }
 }
