@@ -243,7 +243,16 @@ impl Broker {
             // Records written before numbers and metadata were sealed apart.
             return serde_json::from_slice(&plain).map_err(corrupt);
         }
-        let mut parts: Vec<Option<String>> = serde_json::from_slice(&plain).map_err(corrupt)?;
+        let mut parts: Vec<Option<String>> = if plain.first() == Some(&b'[') {
+            serde_json::from_slice(&plain).map_err(corrupt)?
+        } else {
+            // Two numbers and no labels: `n0,n1`, a side left empty once erased.
+            let text = std::str::from_utf8(&plain).map_err(|_| CryptoError::Corrupt)?;
+            let (n0, n1) = text.split_once(',').ok_or(CryptoError::Corrupt)?;
+            [n0, n1]
+                .map(|n| (!n.is_empty()).then(|| n.to_string()))
+                .into()
+        };
         if !(2..=4).contains(&parts.len()) {
             return Err(BrokerError::Crypto(CryptoError::Corrupt));
         }
@@ -260,19 +269,18 @@ impl Broker {
         })
     }
 
-    /// Seals a session's numbers and labels as one short array (`[n0, n1, l0, l1]`, the
-    /// most common case `[n0, n1]` without labels), and its metadata apart, if any.
+    /// Seals a session's numbers and labels: `n0,n1` when neither has a label (numbers hold
+    /// no comma), else the array `[n0, n1, l0, l1]`; and its metadata apart, if any.
     fn seal_blob(&self, blob: &Blob) -> (String, Option<String>) {
         let [a, b] = &blob.p;
-        let mut parts = vec![&a.n, &b.n, &a.l, &b.l];
-        while parts.len() > 2 && parts.last().is_some_and(|p| p.is_none()) {
-            parts.pop();
-        }
+        let plain = if a.l.is_none() && b.l.is_none() {
+            let n = |p: &BlobParticipant| p.n.clone().unwrap_or_default();
+            format!("{},{}", n(a), n(b)).into_bytes()
+        } else {
+            serde_json::to_vec(&[&a.n, &b.n, &a.l, &b.l]).expect("strings serialise")
+        };
         let crypto = &self.inner.crypto;
-        let numbers = crypto.seal(
-            "session",
-            &serde_json::to_vec(&parts).expect("strings serialise"),
-        );
+        let numbers = crypto.seal("session", &plain);
         let metadata = (!blob.m.is_empty()).then(|| {
             crypto.seal(
                 "metadata",

@@ -305,8 +305,20 @@ fn session_fields(raw: &str) -> HashMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let ms = |k: &str| rec.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-    let held = ms("e") + ms("co");
+    let (expires, held) = (ms("e"), ms("e") + ms("co"));
+    // Stored as its distance to the expiry, and the geo level as one letter (common.lua).
+    let created = expires - ms("c");
+    rec.insert("c".into(), created.to_string());
     rec.insert("h".into(), held.to_string());
+    let level = match rec.get("g").map(String::as_str) {
+        Some("a") => Some("area_code"),
+        Some("c") => Some("country"),
+        Some("*") => Some("any"),
+        _ => None,
+    };
+    if let Some(level) = level {
+        rec.insert("g".into(), level.into());
+    }
     rec
 }
 
@@ -316,9 +328,11 @@ mod tests {
 
     #[test]
     fn a_record_reads_back_by_field_names() {
-        let rec = session_fields("o|v|+12125550100|1|2000|60|AAA|BBB|any||||c2Vh");
+        let rec = session_fields("o|v|+12125550100|1500|2000|60|AAA|BBB|c||||c2Vh");
         assert_eq!(rec["t"], "o");
+        assert_eq!(rec["c"], "500");
         assert_eq!(rec["h"], "2060");
+        assert_eq!(rec["g"], "country");
         assert_eq!(rec["n"], "+12125550100");
         assert_eq!(rec["b"], "BBB");
         assert_eq!(rec["z"], "c2Vh");

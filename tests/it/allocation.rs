@@ -207,7 +207,7 @@ async fn check_race(apps: &[&TestApp], pool: &str, attempts: &[Attempt]) {
             recs.len()
         );
         assert_ne!(
-            recs[0].key, recs[1].key,
+            recs[0].participant, recs[1].participant,
             "both routes of {id} are on one participant"
         );
         assert_eq!(

@@ -840,7 +840,10 @@ pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
 /// hash, with what the session record says of it.
 #[derive(Debug, Clone)]
 pub struct RouteRecord {
+    /// The participant bucket holding the route (shared by many participants).
     pub key: String,
+    /// The participant's blind index: whose route it is.
+    pub participant: String,
     pub proxy: String,
     pub session_id: String,
     pub mode: String,
@@ -891,6 +894,7 @@ pub async fn route_records(app: &TestApp) -> Vec<RouteRecord> {
                 let cooloff: i64 = f[5].parse().expect("cool-off is ms");
                 out.push(RouteRecord {
                     key: key.clone(),
+                    participant: idx.clone(),
                     proxy: proxy.to_string(),
                     session_id: skey.to_string(),
                     mode: f[1].to_string(),

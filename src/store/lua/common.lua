@@ -43,7 +43,8 @@ local function ubucket(idx)
   return TAG .. 'u:' .. string.sub(idx, 1, 2)
 end
 
--- A session record, one string: the fields below in this order, `|` between them. The
+-- A session record, one string: the fields below in this order, `|` between them (`c` and
+-- `g` stored as `geo_code` and `put_session` say). The
 -- sealed blob (both numbers and labels) comes last; base64 has no `|`. The end of the hold
 -- is not stored: it is always the expiry (or the moment of closing) plus the cool-off.
 -- Metadata, when a session has any, is sealed apart in `y:<session key>`, so one session's
@@ -54,6 +55,20 @@ local SFIELDS = { 't', 'm', 'n', 'c', 'e', 'co', 'a', 'b', 'g', 'x', 'r', 'i', '
 local SESSION_PATTERN =
   '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$'
 
+-- Stored shorter than the record reads: the creation time as its distance to the expiry,
+-- the geo level as one letter. Together they keep a record under an allocator size class.
+local function geo_code(g)
+  if g == 'area_code' then return 'a' elseif g == 'country' then return 'c'
+  elseif g == 'any' then return '*' end
+  return g or ''
+end
+
+local function geo_name(g)
+  if g == 'a' then return 'area_code' elseif g == 'c' then return 'country'
+  elseif g == '*' then return 'any' end
+  return g
+end
+
 local function get_session(skey)
   local raw = redis.call('HGET', sbucket(skey), skey)
   if not raw then return nil end
@@ -61,13 +76,15 @@ local function get_session(skey)
   local t, m, n, c, e, co, a, b, g, x, r, i, z = string.match(raw, SESSION_PATTERN)
   if not t then return nil end
   e, co = tonumber(e) or 0, tonumber(co) or 0
-  return { t = t, m = m, n = n, c = c, e = e, co = co, a = a, b = b, g = g, x = x, r = r,
-           i = i, z = z, h = e + co }
+  return { t = t, m = m, n = n, c = e - (tonumber(c) or 0), e = e, co = co, a = a, b = b,
+           g = geo_name(g), x = x, r = r, i = i, z = z, h = e + co }
 end
 
 local function put_session(skey, rec)
   local out = {}
   for i, name in ipairs(SFIELDS) do out[i] = tostring(rec[name] or '') end
+  out[4] = tostring(tonumber(rec.e) - (tonumber(rec.c) or tonumber(rec.e)))
+  out[9] = geo_code(rec.g)
   redis.call('HSET', sbucket(skey), skey, table.concat(out, '|'))
 end
 
