@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use hush::broker::{Broker, NewSession, Participant};
 use hush::config::{Config, Secret};
-use hush::domain::{E164, Mode, PoolName, PoolPolicy};
+use hush::domain::{E164, Mode, PoolName, PoolPolicy, SessionId};
 
 pub(super) const SMALL_POOL: usize = 100;
 pub(super) const LARGE_POOL: usize = 10_000;
@@ -122,6 +122,19 @@ pub(super) async fn create_sessions(
     count: u64,
     concurrency: usize,
 ) -> anyhow::Result<()> {
+    sessions_between_new_pairs(broker, pool, people, count, concurrency, false).await
+}
+
+/// Creates `count` sessions between new pairs, `concurrency` at a time, and closes each at
+/// once when `close`.
+pub(super) async fn sessions_between_new_pairs(
+    broker: &Broker,
+    pool: &PoolName,
+    people: &Arc<Participants>,
+    count: u64,
+    concurrency: usize,
+    close: bool,
+) -> anyhow::Result<()> {
     let left = Arc::new(AtomicU64::new(count));
     let mut workers = JoinSet::new();
     for _ in 0..concurrency {
@@ -133,7 +146,11 @@ pub(super) async fn create_sessions(
                 .is_ok()
             {
                 let (a, b) = people.pair();
-                broker.create_session(new_session(&pool, &a, &b)).await?;
+                let view = broker.create_session(new_session(&pool, &a, &b)).await?;
+                if close {
+                    let id = SessionId::parse(&view.id).context("a session id")?;
+                    broker.close_session(&id).await?;
+                }
             }
             anyhow::Ok(())
         });

@@ -12,11 +12,11 @@ use tokio::task::JoinSet;
 
 use hush::broker::{Broker, Decision};
 use hush::domain::session::Kind;
-use hush::domain::{E164, PoolName, PoolPolicy, SessionId};
+use hush::domain::{E164, PoolName, PoolPolicy};
 
 use super::fixtures::{
     Participants, SMALL_POOL, bench_config, bench_pool, bench_pool_with, create_sessions,
-    new_session,
+    new_session, sessions_between_new_pairs,
 };
 use super::private_redis::PrivateRedis;
 
@@ -130,27 +130,9 @@ async fn left_behind(redis: &PrivateRedis, concurrency: usize) -> anyhow::Result
         .await
         .context("creating the first sessions")?;
     let (mem_before, _) = redis.usage().await?;
-    let left = Arc::new(AtomicU64::new(MEMORY_SESSIONS));
-    let mut workers = JoinSet::new();
-    for _ in 0..concurrency {
-        let (broker, pool, people, left) =
-            (broker.clone(), pool.clone(), people.clone(), left.clone());
-        workers.spawn(async move {
-            while left
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                let (a, b) = people.pair();
-                let view = broker.create_session(new_session(&pool, &a, &b)).await?;
-                let id = SessionId::parse(&view.id).context("a session id")?;
-                broker.close_session(&id).await?;
-            }
-            anyhow::Ok(())
-        });
-    }
-    while let Some(done) = workers.join_next().await {
-        done.context("bench worker panicked")??;
-    }
+    sessions_between_new_pairs(&broker, &pool, &people, MEMORY_SESSIONS, concurrency, true)
+        .await
+        .context("creating and closing the measured sessions")?;
     let (mem_after, _) = redis.usage().await?;
     Ok((mem_after as f64 - mem_before as f64) / MEMORY_SESSIONS as f64)
 }

@@ -425,6 +425,18 @@ mod tests {
         SigningKey::from_bytes(&bytes.try_into().unwrap())
     }
 
+    /// The published vector's key, timestamp, body and signature.
+    fn vector_fields() -> (String, String, String, String) {
+        let v = vector();
+        let s = |k: &str| v[k].as_str().unwrap().to_string();
+        (
+            s("public_key_base64"),
+            s("timestamp"),
+            s("body"),
+            s("signature"),
+        )
+    }
+
     fn sign(ts: &str, body: &str) -> String {
         B64.encode(
             rfc8032_key()
@@ -435,14 +447,7 @@ mod tests {
 
     #[test]
     fn the_key_decoded_once_follows_the_key_given() {
-        let v = vector();
-        let s = |k: &str| v[k].as_str().unwrap().to_string();
-        let (key, ts, body, sig) = (
-            s("public_key_base64"),
-            s("timestamp"),
-            s("body"),
-            s("signature"),
-        );
+        let (key, ts, body, sig) = vector_fields();
         let other = SigningKey::from_bytes(&[9; 32]);
         let other_key = B64.encode(other.verifying_key().to_bytes());
         let other_sig = B64.encode(other.sign(format!("{ts}|x").as_bytes()).to_bytes());
@@ -459,14 +464,7 @@ mod tests {
 
     #[test]
     fn the_published_vector_verifies() {
-        let v = vector();
-        let s = |k: &str| v[k].as_str().unwrap().to_string();
-        let (key, ts, body, sig) = (
-            s("public_key_base64"),
-            s("timestamp"),
-            s("body"),
-            s("signature"),
-        );
+        let (key, ts, body, sig) = vector_fields();
         assert!(verify(&key, &ts, &sig, body.as_bytes(), None));
         assert_eq!(
             B64.encode(rfc8032_key().verifying_key().to_bytes()),

@@ -81,19 +81,24 @@ impl Store {
     /// layout found when it is older (pools made by a version that kept a hash per
     /// participant and per session).
     pub async fn layout(&self) -> Result<std::result::Result<(), String>> {
-        let (layout, pools): (Option<String>, u64) = redis::pipe()
-            .cmd("GET")
-            .arg(self.keys.layout())
-            .cmd("HLEN")
-            .arg(self.keys.pools())
-            .query_async(&mut self.c())
-            .await?;
+        let (layout, pools) = self.layout_mark().await?;
         Ok(match layout {
             Some(l) if l == LAYOUT => Ok(()),
             None if pools == 0 => Ok(()),
             Some(l) => Err(l),
             None => Err("1".into()),
         })
+    }
+
+    /// The layout mark, if any, and how many pools there are.
+    pub(super) async fn layout_mark(&self) -> Result<(Option<String>, u64)> {
+        Ok(redis::pipe()
+            .cmd("GET")
+            .arg(self.keys.layout())
+            .cmd("HLEN")
+            .arg(self.keys.pools())
+            .query_async(&mut self.c())
+            .await?)
     }
 
     /// Creates a pool (of one shard unless `fields` says `shards`), or replaces the fields

@@ -144,14 +144,7 @@ impl Store {
     ) -> std::result::Result<Outcome, UpgradeError> {
         let started = Instant::now();
         let prefix = self.keys.prefix().to_string();
-        let (layout, pools): (Option<String>, u64) = redis::pipe()
-            .cmd("GET")
-            .arg(self.keys.layout())
-            .cmd("HLEN")
-            .arg(self.keys.pools())
-            .query_async(&mut self.c())
-            .await
-            .map_err(StoreError::from)?;
+        let (layout, pools) = self.layout_mark().await?;
         match layout {
             Some(l) if l == LAYOUT => return Err(UpgradeError::AlreadyCurrent(prefix)),
             Some(found) => return Err(UpgradeError::Unknown { prefix, found }),

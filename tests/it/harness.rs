@@ -840,8 +840,6 @@ pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
 /// hash, with what the session record says of it.
 #[derive(Debug, Clone)]
 pub struct RouteRecord {
-    /// The participant bucket holding the route (shared by many participants).
-    pub key: String,
     /// The participant's blind index: whose route it is.
     pub participant: String,
     pub proxy: String,
@@ -893,7 +891,6 @@ pub async fn route_records(app: &TestApp) -> Vec<RouteRecord> {
                 let open_until: i64 = f[4].parse().expect("open-until is unix ms");
                 let cooloff: i64 = f[5].parse().expect("cool-off is ms");
                 out.push(RouteRecord {
-                    key: key.clone(),
                     participant: idx.clone(),
                     proxy: proxy.to_string(),
                     session_id: skey.to_string(),
