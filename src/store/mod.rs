@@ -97,7 +97,83 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 const COMMON: &str = include_str!("lua/common.lua");
 
 fn script(body: &str) -> Script {
-    Script::new(&format!("{COMMON}\n{body}"))
+    Script::new(&format!("{}\n{body}", prelude(COMMON, body)))
+}
+
+/// The definitions of `common` that `body` uses, directly or through each other, in their
+/// order. A script runs its prelude on every call, and each definition costs there (Redis
+/// counts about 23,000 instructions for all of common.lua, a `GET` about 5,000).
+fn prelude(common: &str, body: &str) -> String {
+    // A definition starts at a top-level `local` or `name = function` line, with the comment
+    // lines just above it; what comes before the first one always goes in.
+    let lines: Vec<&str> = common.lines().collect();
+    let mut starts = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if defined_name(line).is_some() {
+            let mut start = i;
+            while start > 0 && lines[start - 1].starts_with("--") {
+                start -= 1;
+            }
+            starts.push((start, i));
+        }
+    }
+    let first = starts.first().map_or(lines.len(), |(start, _)| *start);
+    let blocks: Vec<(&str, String)> = starts
+        .iter()
+        .enumerate()
+        .map(|(n, (start, at))| {
+            let end = starts.get(n + 1).map_or(lines.len(), |(next, _)| *next);
+            (
+                defined_name(lines[*at]).unwrap_or_default(),
+                lines[*start..end].join("\n"),
+            )
+        })
+        .collect();
+    let mut used: std::collections::HashSet<&str> = identifiers(body).collect();
+    let mut taken = vec![false; blocks.len()];
+    loop {
+        let mut grew = false;
+        for (n, (name, text)) in blocks.iter().enumerate() {
+            if !taken[n] && used.contains(name) {
+                taken[n] = true;
+                grew = true;
+                used.extend(identifiers(text));
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    let mut out = lines[..first].join("\n");
+    for (n, (_, text)) in blocks.iter().enumerate() {
+        if taken[n] {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(text);
+        }
+    }
+    out
+}
+
+/// The name a top-level line of common.lua defines, if it defines one.
+fn defined_name(line: &str) -> Option<&str> {
+    let rest = line
+        .strip_prefix("local function ")
+        .or_else(|| line.strip_prefix("local "))
+        .or_else(|| line.contains(" = function").then_some(line))?;
+    let name = rest
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .next()?;
+    (!name.is_empty() && !line.starts_with(' ')).then_some(name)
+}
+
+/// The names `text` uses, comment lines left out.
+fn identifiers(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|w| w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
 }
 
 struct Scripts {
@@ -254,6 +330,48 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::numbers::parse_owner;
+    use super::{COMMON, prelude};
+
+    #[test]
+    fn a_script_gets_the_helpers_it_uses_and_what_they_use() {
+        let common = "-- head\nlocal TAG = ARGV[1]\n\n-- why a\nlocal function a()\n  return TAG\nend\n\
+                      local function b()\n  return a()\nend\nlocal function c()\n  return 1\nend\n\
+                      local d\nd = function()\n  return c()\nend\n";
+        let p = prelude(common, "return b()");
+        assert!(p.starts_with("-- head"), "{p}");
+        assert!(
+            p.contains("local TAG") && p.contains("-- why a\nlocal function a()"),
+            "{p}"
+        );
+        assert!(
+            p.contains("local function b()") && !p.contains("function c()"),
+            "{p}"
+        );
+        let p = prelude(common, "return d()");
+        assert!(
+            p.contains("local d\nd = function()") && p.contains("function c()"),
+            "{p}"
+        );
+        assert!(!p.contains("function b()"), "{p}");
+    }
+
+    #[test]
+    fn every_script_compiles_its_prelude_from_common() {
+        // Each script's prelude keeps TAG and whatever the script names.
+        let p = prelude(COMMON, include_str!("lua/relay_claim.lua"));
+        for needed in [
+            "local TAG",
+            "function get_session",
+            "function route_of",
+            "function put_event",
+        ] {
+            assert!(p.contains(needed), "{needed} missing");
+        }
+        assert!(
+            !p.contains("function add_load"),
+            "relay_claim got helpers it does not use"
+        );
+    }
 
     #[test]
     fn owners_parse() {
