@@ -56,14 +56,14 @@ pub(super) async fn memory(
     concurrency: usize,
     million: bool,
 ) -> anyhow::Result<Memory> {
-    let (bytes_per_session, keys_per_session) = per_session(redis, concurrency).await?;
+    let (bytes_per_session, keys_per_session) = per_session(redis, concurrency, false).await?;
     redis.flush().await?;
     let defaults = redis.encoding(&tuned_settings()).await?;
-    let tuned = per_session(redis, concurrency).await;
+    let tuned = per_session(redis, concurrency, false).await;
     redis.encoding(&defaults).await?;
     let (tuned_bytes_per_session, _) = tuned?;
     redis.flush().await?;
-    let ended_bytes_per_session = left_behind(redis, concurrency).await?;
+    let (ended_bytes_per_session, _) = per_session(redis, concurrency, true).await?;
     let scale = if million {
         redis.flush().await?;
         Some(at_scale(redis, concurrency).await?)
@@ -90,10 +90,25 @@ fn tuned_settings() -> Vec<(String, String)> {
         .collect()
 }
 
-async fn per_session(redis: &PrivateRedis, concurrency: usize) -> anyhow::Result<(f64, f64)> {
-    let config = bench_config(&redis.url, "mem");
+/// Memory and keys per session after `MEMORY_SESSIONS` sessions between new pairs on a pool
+/// of 100: open ones, or, when `ended`, each closed at once on a pool without cool-off (so
+/// it is released as it closes and only its sticky memory stays).
+async fn per_session(
+    redis: &PrivateRedis,
+    concurrency: usize,
+    ended: bool,
+) -> anyhow::Result<(f64, f64)> {
+    let config = bench_config(&redis.url, if ended { "ended" } else { "mem" });
     let broker = hush::build_broker(&config)?;
-    let pool = bench_pool(&broker, SMALL_POOL)
+    let policy = PoolPolicy {
+        cooloff_secs: if ended {
+            0
+        } else {
+            PoolPolicy::default().cooloff_secs
+        },
+        ..PoolPolicy::default()
+    };
+    let pool = bench_pool_with(&broker, SMALL_POOL, &policy)
         .await
         .context("setting up the pool")?;
     let people = Arc::new(Participants::default());
@@ -102,7 +117,7 @@ async fn per_session(redis: &PrivateRedis, concurrency: usize) -> anyhow::Result
         .await
         .context("creating the first sessions")?;
     let (mem_before, keys_before) = redis.usage().await?;
-    create_sessions(&broker, &pool, &people, MEMORY_SESSIONS, concurrency)
+    sessions_between_new_pairs(&broker, &pool, &people, MEMORY_SESSIONS, concurrency, ended)
         .await
         .context("creating the measured sessions")?;
     let (mem_after, keys_after) = redis.usage().await?;
@@ -111,30 +126,6 @@ async fn per_session(redis: &PrivateRedis, concurrency: usize) -> anyhow::Result
         (mem_after as f64 - mem_before as f64) / n,
         (keys_after as f64 - keys_before as f64) / n,
     ))
-}
-
-/// Memory per session once sessions between new pairs have been created and closed on a pool
-/// without cool-off (so each is released as it closes).
-async fn left_behind(redis: &PrivateRedis, concurrency: usize) -> anyhow::Result<f64> {
-    let config = bench_config(&redis.url, "ended");
-    let broker = hush::build_broker(&config)?;
-    let policy = PoolPolicy {
-        cooloff_secs: 0,
-        ..PoolPolicy::default()
-    };
-    let pool = bench_pool_with(&broker, SMALL_POOL, &policy)
-        .await
-        .context("setting up the pool")?;
-    let people = Arc::new(Participants::default());
-    create_sessions(&broker, &pool, &people, 100, concurrency)
-        .await
-        .context("creating the first sessions")?;
-    let (mem_before, _) = redis.usage().await?;
-    sessions_between_new_pairs(&broker, &pool, &people, MEMORY_SESSIONS, concurrency, true)
-        .await
-        .context("creating and closing the measured sessions")?;
-    let (mem_after, _) = redis.usage().await?;
-    Ok((mem_after as f64 - mem_before as f64) / MEMORY_SESSIONS as f64)
 }
 
 /// `count` distinct valid numbers of area code `area`, the same on every call.
