@@ -322,6 +322,7 @@ pub async fn route(
             session_id,
             caller_id,
             to,
+            ..
         } => RouteAnswer::Connect {
             session_id,
             caller_id: caller_id.reveal(),

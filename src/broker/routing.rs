@@ -101,6 +101,7 @@ impl Broker {
                     session_id,
                     caller_id: proxy.clone(),
                     to: other,
+                    call: r.call,
                 },
             ),
             Kind::Sms => (

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{E164, InterceptFallback, Mode, NumberState, PoolName, PoolPolicy};
+use crate::domain::{
+    CallOptions, E164, InterceptFallback, Mode, NumberState, PoolName, PoolPolicy,
+};
 
 /// One side of a session being created: a real number and the app's optional label.
 #[derive(Clone, Debug)]
@@ -96,6 +98,8 @@ pub enum Decision {
         session_id: String,
         caller_id: E164,
         to: E164,
+        /// Recording and time limit for the dial.
+        call: CallOptions,
     },
     Relay {
         session_id: String,

@@ -51,6 +51,104 @@ impl Mode {
     }
 }
 
+/// How a recorded call is recorded: one channel per party (the default), or both mixed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordChannels {
+    #[default]
+    Dual,
+    Mono,
+}
+
+impl RecordChannels {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RecordChannels::Dual => "dual",
+            RecordChannels::Mono => "mono",
+        }
+    }
+    pub fn parse(s: &str) -> Option<RecordChannels> {
+        match s {
+            "dual" => Some(RecordChannels::Dual),
+            "mono" => Some(RecordChannels::Mono),
+            _ => None,
+        }
+    }
+}
+
+/// What a connected call carries into the provider's dial: whether the provider records it
+/// (and how), and how long the dialled leg may last. Both come from the session, which took
+/// them from its pool's policy unless the app chose otherwise at creation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    pub record: Option<RecordChannels>,
+    pub max_call_secs: Option<u32>,
+}
+
+/// What a session was created with beyond its numbers and times, as its record keeps them
+/// (the record's last field, `r`/`rm`, `l<secs>`, `d<secs>`, `w<ms>` joined by `,`; empty
+/// when none is set, so a plain session costs one separator).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    pub record: Option<RecordChannels>,
+    pub max_call_secs: Option<u32>,
+    /// The session ends when this long passes without an interaction.
+    pub idle_ttl_secs: Option<u32>,
+    /// When it ends for idleness unless an interaction comes first (ms since the epoch).
+    pub idle_until: Option<i64>,
+}
+
+impl SessionOptions {
+    pub fn parse(raw: &str) -> SessionOptions {
+        let mut o = SessionOptions::default();
+        for token in raw.split(',').filter(|t| !t.is_empty()) {
+            let (tag, value) = token.split_at(1);
+            match tag {
+                "r" => {
+                    o.record = Some(if value == "m" {
+                        RecordChannels::Mono
+                    } else {
+                        RecordChannels::Dual
+                    })
+                }
+                "l" => o.max_call_secs = value.parse().ok(),
+                "d" => o.idle_ttl_secs = value.parse().ok(),
+                "w" => o.idle_until = value.parse().ok(),
+                // Written by a later version: ignored, not refused, so reading never fails.
+                _ => {}
+            }
+        }
+        o
+    }
+
+    /// The stored form (what the create script writes; `w` is the script's to set).
+    pub fn encode(&self) -> String {
+        let mut out: Vec<String> = Vec::new();
+        match self.record {
+            Some(RecordChannels::Dual) => out.push("r".into()),
+            Some(RecordChannels::Mono) => out.push("rm".into()),
+            None => {}
+        }
+        if let Some(l) = self.max_call_secs {
+            out.push(format!("l{l}"));
+        }
+        if let Some(d) = self.idle_ttl_secs {
+            out.push(format!("d{d}"));
+        }
+        if let Some(w) = self.idle_until {
+            out.push(format!("w{w}"));
+        }
+        out.join(",")
+    }
+
+    pub fn call(&self) -> CallOptions {
+        CallOptions {
+            record: self.record,
+            max_call_secs: self.max_call_secs,
+        }
+    }
+}
+
 /// What an inbound interaction is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -89,5 +187,34 @@ impl CloseReason {
             "erased" => Some(CloseReason::Erased),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_round_trip_and_tolerate_the_unknown() {
+        let o = SessionOptions {
+            record: Some(RecordChannels::Mono),
+            max_call_secs: Some(600),
+            idle_ttl_secs: Some(900),
+            idle_until: Some(1_700_000_000_000),
+        };
+        assert_eq!(o.encode(), "rm,l600,d900,w1700000000000");
+        assert_eq!(SessionOptions::parse(&o.encode()), o);
+        assert_eq!(SessionOptions::default().encode(), "");
+        assert_eq!(SessionOptions::parse(""), SessionOptions::default());
+        let later = SessionOptions::parse("r,q7,l30");
+        assert_eq!(later.record, Some(RecordChannels::Dual));
+        assert_eq!(later.max_call_secs, Some(30));
+        assert_eq!(
+            later.call(),
+            CallOptions {
+                record: Some(RecordChannels::Dual),
+                max_call_secs: Some(30)
+            }
+        );
     }
 }

@@ -792,6 +792,7 @@ mod tests {
             session_id: "s".into(),
             caller_id: proxy.clone(),
             to: b.clone(),
+            call: Default::default(),
         };
         assert_eq!(
             render(&inbound(Kind::Voice, Some(&a), None), &connect, url),

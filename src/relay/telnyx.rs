@@ -560,6 +560,7 @@ mod tests {
             session_id: "s".into(),
             caller_id: n("+12015550100"),
             to: n("+14155550101"),
+            call: Default::default(),
         };
         assert_eq!(
             render_call(Some(&connect)),

@@ -866,6 +866,7 @@ mod tests {
             session_id: "ses_1".into(),
             caller_id: proxy.clone(),
             to: other.clone(),
+            call: Default::default(),
         };
         assert_eq!(
             render(&connect, &call, "https://h.test"),

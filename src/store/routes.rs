@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use redis::Value;
 
 use super::{EventDraft, Result, ShardKeys, Store, StoreError, strings};
+use crate::domain::{CallOptions, SessionOptions};
 
 /// A participant's entry in its bucket (see `lua/common.lua`): the routes it holds, proxy
 /// number → session key, and its sticky memory.
@@ -64,15 +65,20 @@ pub struct Reach {
     pub session_key: String,
     pub side: usize,
     pub blob: String,
+    /// What a call connected to the other party carries, from the session's options.
+    pub call: CallOptions,
 }
 
 impl Reach {
+    /// `<session key>|<side>|<blob>[|<options>]`: the blob is base64, so the options (the
+    /// record's last field, absent from records written before there were any) follow it.
     pub fn parse(raw: &str) -> Option<Reach> {
-        let mut it = raw.splitn(3, '|');
+        let mut it = raw.splitn(4, '|');
         Some(Reach {
             session_key: it.next()?.to_string(),
             side: it.next()?.parse().ok().filter(|s| *s < 2)?,
             blob: it.next()?.to_string(),
+            call: SessionOptions::parse(it.next().unwrap_or("")).call(),
         })
     }
 }

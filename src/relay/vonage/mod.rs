@@ -406,6 +406,7 @@ mod tests {
             session_id: "ses_x".into(),
             caller_id: proxy,
             to: other,
+            call: Default::default(),
         };
         assert_eq!(
             voice_ncco(&connect),
