@@ -146,14 +146,30 @@ pub struct Providers {
     pub twilio_auth_token: Option<Secret<String>>,
     /// `HUSH_TWILIO_SHARED_KEYS`: `id=secret,...` for HMAC-SHA256 webhook signatures.
     pub twilio_shared_keys: Vec<(String, Secret<String>)>,
+    /// `HUSH_TWILIO_ACCOUNT_SID`: the account whose REST API places calls the app starts
+    /// (with the auth token as the Basic auth password).
+    pub twilio_account_sid: Option<String>,
+    /// `HUSH_TWILIO_API_BASE`: Twilio's REST API (default `https://api.twilio.com`).
+    pub twilio_api_base: String,
     /// `HUSH_TELNYX_PUBLIC_KEY`: base64 Ed25519 key that signs Telnyx webhooks.
     pub telnyx_public_key: Option<Secret<String>>,
     /// `HUSH_TELNYX_API_KEY`: bearer key for sending messages through Telnyx.
     pub telnyx_api_key: Option<Secret<String>>,
     /// `HUSH_TELNYX_API_BASE`: Telnyx's API (default `https://api.telnyx.com`).
     pub telnyx_api_base: String,
+    /// `HUSH_TELNYX_ACCOUNT_SID`: the account id in TeXML call creation paths, for calls the
+    /// app starts.
+    pub telnyx_account_sid: Option<String>,
+    /// `HUSH_TELNYX_TEXML_APP_ID`: the TeXML application (`ApplicationSid`) that places calls
+    /// the app starts.
+    pub telnyx_texml_app_id: Option<String>,
     /// `HUSH_PLIVO_AUTH_TOKEN`: signs `X-Plivo-Signature-V3`.
     pub plivo_auth_token: Option<Secret<String>>,
+    /// `HUSH_PLIVO_AUTH_ID`: the account whose REST API places calls the app starts (with
+    /// the auth token as the Basic auth password).
+    pub plivo_auth_id: Option<String>,
+    /// `HUSH_PLIVO_API_BASE`: Plivo's REST API (default `https://api.plivo.com`).
+    pub plivo_api_base: String,
     /// `HUSH_VONAGE_SIGNATURE_SECRET`: signs voice JWTs and signed SMS.
     pub vonage_signature_secret: Option<Secret<String>>,
     /// `HUSH_VONAGE_SIGNATURE_METHOD`: `md5hash`, `md5`, `sha1`, `sha256` or `sha512`.
@@ -164,6 +180,14 @@ pub struct Providers {
     pub vonage_api_secret: Option<Secret<String>>,
     /// `HUSH_VONAGE_API_BASE`: Vonage's SMS API (default `https://rest.nexmo.com`).
     pub vonage_api_base: String,
+    /// `HUSH_VONAGE_APPLICATION_ID`: the Voice API application that places calls the app
+    /// starts; its private key signs the API's JWTs.
+    pub vonage_application_id: Option<String>,
+    /// `HUSH_VONAGE_PRIVATE_KEY`: that application's private key, PKCS#8 PEM, given inline
+    /// or as the path of a file holding it.
+    pub vonage_private_key: Option<Secret<String>>,
+    /// `HUSH_VONAGE_VOICE_API_BASE`: Vonage's Voice API (default `https://api.nexmo.com`).
+    pub vonage_voice_api_base: String,
     /// `HUSH_VONAGE_TOKEN_MAX_AGE_SECS`: how long after its `iat` a voice webhook's token is
     /// accepted (default 300, at most 3600). Each token is accepted for one request only,
     /// and its id is remembered in Redis for this long.
@@ -200,7 +224,10 @@ impl Default for Config {
             max_connections: None,
             readiness_timeout_ms: 1000,
             providers: Providers {
+                twilio_api_base: "https://api.twilio.com".into(),
                 telnyx_api_base: "https://api.telnyx.com".into(),
+                plivo_api_base: "https://api.plivo.com".into(),
+                vonage_voice_api_base: "https://api.nexmo.com".into(),
                 vonage_signature_method: "md5hash".into(),
                 vonage_api_base: "https://rest.nexmo.com".into(),
                 vonage_token_max_age_secs: VONAGE_TOKEN_MAX_AGE_SECS,
@@ -292,15 +319,24 @@ struct FileConfig {
     reaper_interval_ms: Option<u64>,
     twilio_auth_token: Option<String>,
     twilio_shared_keys: Option<String>,
+    twilio_account_sid: Option<String>,
+    twilio_api_base: Option<String>,
     telnyx_public_key: Option<String>,
     telnyx_api_key: Option<String>,
     telnyx_api_base: Option<String>,
+    telnyx_account_sid: Option<String>,
+    telnyx_texml_app_id: Option<String>,
     plivo_auth_token: Option<String>,
+    plivo_auth_id: Option<String>,
+    plivo_api_base: Option<String>,
     vonage_signature_secret: Option<String>,
     vonage_signature_method: Option<String>,
     vonage_api_key: Option<String>,
     vonage_api_secret: Option<String>,
     vonage_api_base: Option<String>,
+    vonage_application_id: Option<String>,
+    vonage_private_key: Option<String>,
+    vonage_voice_api_base: Option<String>,
     vonage_token_max_age_secs: Option<u64>,
     callback_allow_private: Option<String>,
     event_retry_schedule: Option<String>,
@@ -360,10 +396,16 @@ impl Config {
         over(&mut raw.log_format, "HUSH_LOG_FORMAT");
         over(&mut raw.twilio_auth_token, "HUSH_TWILIO_AUTH_TOKEN");
         over(&mut raw.twilio_shared_keys, "HUSH_TWILIO_SHARED_KEYS");
+        over(&mut raw.twilio_account_sid, "HUSH_TWILIO_ACCOUNT_SID");
+        over(&mut raw.twilio_api_base, "HUSH_TWILIO_API_BASE");
         over(&mut raw.telnyx_public_key, "HUSH_TELNYX_PUBLIC_KEY");
         over(&mut raw.telnyx_api_key, "HUSH_TELNYX_API_KEY");
         over(&mut raw.telnyx_api_base, "HUSH_TELNYX_API_BASE");
+        over(&mut raw.telnyx_account_sid, "HUSH_TELNYX_ACCOUNT_SID");
+        over(&mut raw.telnyx_texml_app_id, "HUSH_TELNYX_TEXML_APP_ID");
         over(&mut raw.plivo_auth_token, "HUSH_PLIVO_AUTH_TOKEN");
+        over(&mut raw.plivo_auth_id, "HUSH_PLIVO_AUTH_ID");
+        over(&mut raw.plivo_api_base, "HUSH_PLIVO_API_BASE");
         over(
             &mut raw.vonage_signature_secret,
             "HUSH_VONAGE_SIGNATURE_SECRET",
@@ -375,6 +417,9 @@ impl Config {
         over(&mut raw.vonage_api_key, "HUSH_VONAGE_API_KEY");
         over(&mut raw.vonage_api_secret, "HUSH_VONAGE_API_SECRET");
         over(&mut raw.vonage_api_base, "HUSH_VONAGE_API_BASE");
+        over(&mut raw.vonage_application_id, "HUSH_VONAGE_APPLICATION_ID");
+        over(&mut raw.vonage_private_key, "HUSH_VONAGE_PRIVATE_KEY");
+        over(&mut raw.vonage_voice_api_base, "HUSH_VONAGE_VOICE_API_BASE");
         over(
             &mut raw.callback_allow_private,
             "HUSH_CALLBACK_ALLOW_PRIVATE",
@@ -472,12 +517,22 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?;
         }
+        p.twilio_account_sid = raw.twilio_account_sid.filter(|v| !v.trim().is_empty());
+        if let Some(v) = raw.twilio_api_base {
+            p.twilio_api_base = v.trim_end_matches('/').to_string();
+        }
         p.telnyx_public_key = raw.telnyx_public_key.map(Secret::new);
+        p.telnyx_account_sid = raw.telnyx_account_sid.filter(|v| !v.trim().is_empty());
+        p.telnyx_texml_app_id = raw.telnyx_texml_app_id.filter(|v| !v.trim().is_empty());
         p.telnyx_api_key = raw.telnyx_api_key.map(Secret::new);
         if let Some(v) = raw.telnyx_api_base {
             p.telnyx_api_base = v.trim_end_matches('/').to_string();
         }
         p.plivo_auth_token = raw.plivo_auth_token.map(Secret::new);
+        p.plivo_auth_id = raw.plivo_auth_id.filter(|v| !v.trim().is_empty());
+        if let Some(v) = raw.plivo_api_base {
+            p.plivo_api_base = v.trim_end_matches('/').to_string();
+        }
         p.vonage_signature_secret = raw.vonage_signature_secret.map(Secret::new);
         if let Some(v) = raw.vonage_signature_method {
             p.vonage_signature_method = v;
@@ -487,6 +542,22 @@ impl Config {
         p.vonage_api_secret = raw.vonage_api_secret.map(Secret::new);
         if let Some(v) = raw.vonage_api_base {
             p.vonage_api_base = v.trim_end_matches('/').to_string();
+        }
+        p.vonage_application_id = raw.vonage_application_id.filter(|v| !v.trim().is_empty());
+        if let Some(v) = raw.vonage_voice_api_base {
+            p.vonage_voice_api_base = v.trim_end_matches('/').to_string();
+        }
+        // A PEM is given inline; anything else names the file that holds one.
+        if let Some(v) = raw.vonage_private_key.filter(|v| !v.trim().is_empty()) {
+            let pem = if v.contains("-----BEGIN") {
+                v
+            } else {
+                std::fs::read_to_string(v.trim()).map_err(|e| ConfigError::Invalid {
+                    key: "HUSH_VONAGE_PRIVATE_KEY",
+                    reason: format!("neither a PEM nor a readable file: {e}"),
+                })?
+            };
+            p.vonage_private_key = Some(Secret::new(pem));
         }
         // `Some(None)`: set, but not a number.
         let max_age = match env("HUSH_VONAGE_TOKEN_MAX_AGE_SECS").filter(|v| !v.is_empty()) {

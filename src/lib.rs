@@ -101,6 +101,7 @@ pub async fn run(
             config.callback_allow_private,
             Duration::from_millis(domain::PoolPolicy::INTERCEPT_TIMEOUT_MAX_MS as u64),
         ),
+        dialers: relay::calls::dialers(&config.providers),
     });
     tracing::info!(addr = %listener.local_addr()?, "hush listening");
     let served = server::serve(listener, app, limits, shutdown.clone()).await;

@@ -20,7 +20,7 @@ const METADATA_BYTES_MAX: usize = 2048;
 const IDEMPOTENCY_KEY_MAX: usize = 255;
 /// Marks an answer that repeats an earlier request's (same `Idempotency-Key` and body), so a
 /// client can tell a retry that went through before from its own.
-const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+pub(super) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 fn number(field: &str, raw: &str) -> Result<E164, ApiError> {
     E164::parse(raw).map_err(|reason| {
@@ -31,7 +31,7 @@ fn number(field: &str, raw: &str) -> Result<E164, ApiError> {
     })
 }
 
-fn session_id(raw: &str) -> Result<SessionId, ApiError> {
+pub(super) fn session_id(raw: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(raw).ok_or(ApiError::Broker(BrokerError::SessionNotFound))
 }
 
@@ -104,15 +104,10 @@ fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
     })
 }
 
-pub async fn create(
-    auth: Auth,
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: JsonBody<CreateBody>,
-) -> Result<Response, ApiError> {
-    auth.require(Scope::Sessions)?;
-    let idem = match headers.get("idempotency-key") {
-        None => None,
+/// The request's `Idempotency-Key`, if it sends one.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
         Some(v) => {
             let k = v
                 .to_str()
@@ -123,9 +118,19 @@ pub async fn create(
                         "Idempotency-Key must be 1 to 255 visible characters".into(),
                     )
                 })?;
-            Some(k.to_string())
+            Ok(Some(k.to_string()))
         }
-    };
+    }
+}
+
+pub async fn create(
+    auth: Auth,
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<CreateBody>,
+) -> Result<Response, ApiError> {
+    auth.require(Scope::Sessions)?;
+    let idem = idempotency_key(&headers)?;
     let req = parse_create(body.value)?;
     auth.pool_visible(&req.pool)?;
     let Some(key) = idem else {

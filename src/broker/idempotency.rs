@@ -157,6 +157,42 @@ impl Broker {
         out
     }
 
+    /// Runs `work` once per `Idempotency-Key` and body: a retry gets the response text
+    /// `work` gave the first time, which must hold no participant's number. A failure frees
+    /// the key for the next retry.
+    pub async fn once<E: From<BrokerError>>(
+        &self,
+        principal: &str,
+        key: &str,
+        body: &[u8],
+        work: impl std::future::Future<Output = std::result::Result<String, E>>,
+    ) -> std::result::Result<IdemAnswer, E> {
+        let ticket = match self.idem_begin(principal, key, body).await? {
+            IdemStart::Replay(body) => {
+                return Ok(IdemAnswer {
+                    body,
+                    replayed: true,
+                });
+            }
+            IdemStart::Run(ticket) => ticket,
+        };
+        match self.idem_leased(&ticket, work).await {
+            Ok(text) => {
+                self.idem_finish(&ticket, &text, &[]).await?;
+                Ok(IdemAnswer {
+                    body: text,
+                    replayed: false,
+                })
+            }
+            Err(e) => {
+                if let Err(release) = self.idem_release(&ticket, Lease::Drop).await {
+                    tracing::warn!(error = %release, "idempotency key not released");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Creates a session under an `Idempotency-Key`: at most one session per key and body,
     /// whatever fails where. A retry gets the stored response, or the session that a request
     /// which died before answering made, rebuilt from its record.

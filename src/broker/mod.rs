@@ -16,6 +16,7 @@ use crate::domain::{
 };
 use crate::store::{PoolRow, ShardKeys, Store, StoreError};
 
+mod calls;
 mod erasure;
 mod events;
 mod idempotency;
@@ -28,6 +29,7 @@ mod routing;
 mod sessions;
 mod views;
 
+pub use calls::CallStart;
 pub use events::{AttemptView, EventId, EventView, SECRET_OVERLAP_MS};
 pub use idempotency::{
     IDEMPOTENCY_LEASE_MS, IDEMPOTENCY_TTL_MS, IdemAnswer, IdemStart, IdemTicket, Once,
@@ -80,6 +82,8 @@ pub enum BrokerError {
     PoolInUse(String),
     #[error("the session has ended")]
     SessionClosed,
+    #[error("`from` names neither participant of the session (by number or label)")]
+    NotAParticipant,
     #[error("event not found, or not redeliverable")]
     EventNotFound,
     #[error("this Idempotency-Key was used with another request body")]

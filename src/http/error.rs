@@ -25,6 +25,13 @@ pub enum ApiError {
     InvalidPath(String),
     /// Our own bug, logged with this context; the client sees a generic 500.
     Internal(String),
+    /// The provider refused to place a call (it answered 4xx): the detail names the
+    /// provider and its status, never what it echoed.
+    ProviderRefused(String),
+    /// The provider could not be reached or failed (5xx, timeout): worth retrying.
+    ProviderUnavailable(String),
+    /// No provider that can place calls is configured.
+    NoCallProvider,
 }
 
 impl From<BrokerError> for ApiError {
@@ -128,6 +135,24 @@ impl ApiError {
                 scrub(d),
             ),
             ApiError::Internal(_) => internal(),
+            ApiError::ProviderRefused(d) => (
+                StatusCode::BAD_GATEWAY,
+                "provider_refused",
+                "Provider refused",
+                scrub(d),
+            ),
+            ApiError::ProviderUnavailable(d) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_unavailable",
+                "Provider unavailable",
+                scrub(d),
+            ),
+            ApiError::NoCallProvider => (
+                StatusCode::CONFLICT,
+                "calls_not_configured",
+                "Calls not configured",
+                "no provider with call credentials is configured (see docs/providers.md)".into(),
+            ),
             ApiError::Broker(e) => match e {
                 B::InvalidNumber { field, reason } => (
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -187,6 +212,12 @@ impl ApiError {
                     StatusCode::NOT_FOUND,
                     "event_not_found",
                     "Event not found",
+                    e.to_string(),
+                ),
+                B::NotAParticipant => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "not_a_participant",
+                    "Not a participant",
                     e.to_string(),
                 ),
                 B::SessionClosed => (

@@ -5,6 +5,7 @@
 //! this and never on each other.
 
 mod answer;
+pub mod calls;
 pub mod edge;
 mod error;
 pub mod extract;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub public_url: std::sync::Arc<str>,
     /// Behind the SSRF guard: for asking the app's intercept.
     pub http: reqwest::Client,
+    /// The providers that place calls the app starts.
+    pub dialers: calls::Dialers,
 }
 
 /// `routes` with what every answer passes through: problem+json for unknown paths and

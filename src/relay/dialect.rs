@@ -15,9 +15,10 @@ use reqwest::Client;
 
 use super::outbound::{OutboundSms, SendError};
 use super::{Inbound, Webhook};
-use crate::broker::{BrokerError, PROVIDER_REF_TTL_MS, RelayOutcome};
+use crate::broker::{BrokerError, CallStart, Decision, PROVIDER_REF_TTL_MS, RelayOutcome};
 use crate::config::Providers;
 use crate::domain::session::Kind;
+use crate::http::calls::Placed;
 use crate::http::{ApiError, AppState};
 
 /// What a request to one of a provider's paths is.
@@ -27,6 +28,9 @@ pub enum Hook {
     Inbound(Kind),
     /// A report on an interaction already routed: a call's progress, a text's delivery.
     Status,
+    /// A call the app started, answered by the participant rung first: the provider asks
+    /// how to connect the other. Its URL names the session and the interaction.
+    Bridge,
 }
 
 impl Hook {
@@ -143,12 +147,52 @@ pub trait RestApi: Dialect {
 /// What one attempt to send a text came to: the provider's id for it, when it gives one.
 pub type Sent = Result<Option<String>, SendError>;
 
+/// A provider whose REST API places the calls the app starts: it rings one participant
+/// from the proxy number and, once answered, fetches [`bridge_url`] (a [`Hook::Bridge`]
+/// path), reporting the call's progress to [`status_url`].
+pub trait CallApi: Dialect {
+    /// Whether the credentials for the provider's call API are configured.
+    fn places_calls(p: &Providers) -> bool;
+
+    /// Asks the provider to place `call`; its id for the call when its answer names one.
+    fn place_call(
+        http: &Client,
+        p: &Providers,
+        public_url: &str,
+        call: &CallStart,
+    ) -> impl Future<Output = Placed> + Send;
+}
+
+/// The URL of dialect `D`'s bridge hook for `call`: it names the session and the
+/// interaction, which the provider's signature then covers.
+pub fn bridge_url<D: Dialect>(public_url: &str, call: &CallStart) -> String {
+    let path = D::PATHS
+        .iter()
+        .find(|p| p.hook == Hook::Bridge)
+        .map_or("", |p| p.path);
+    format!(
+        "{public_url}{path}?session={}&interaction={}",
+        call.session_id, call.interaction
+    )
+}
+
+/// The URL of dialect `D`'s status hook for `call`, naming the interaction as `ref`: the
+/// provider's own reports on the call carry its call id, not hush's.
+pub fn status_url<D: Dialect>(public_url: &str, call: &CallStart) -> String {
+    let path = D::PATHS
+        .iter()
+        .find(|p| p.hook == Hook::Status)
+        .map_or("", |p| p.path);
+    format!("{public_url}{path}?ref={}", call.interaction)
+}
+
 /// The routes of dialect `D`, each served by the flow.
 pub fn routes<D: Dialect>() -> Router<AppState> {
     D::PATHS.iter().fold(Router::new(), |r, p| match p.hook {
         Hook::Inbound(Kind::Voice) => r.route(p.path, on(p.methods, voice::<D>)),
         Hook::Inbound(Kind::Sms) => r.route(p.path, on(p.methods, sms::<D>)),
         Hook::Status => r.route(p.path, on(p.methods, status::<D>)),
+        Hook::Bridge => r.route(p.path, on(p.methods, bridge::<D>)),
     })
 }
 
@@ -192,4 +236,58 @@ async fn status<D: Dialect>(State(s): State<AppState>, webhook: Webhook) -> Resp
         return refusal;
     }
     D::status(&s, &webhook).await
+}
+
+/// The bridge of a call the app started: verify, then answer as if the participant who
+/// picked up had called the proxy number, under the interaction the URL names. The claim
+/// connects them to the other participant while the session is open (intercept and call
+/// options included) and gives the pool's out-of-session answer otherwise; a retry gets
+/// the same answer.
+async fn bridge<D: Dialect>(State(s): State<AppState>, webhook: Webhook) -> Response {
+    if let Err(refusal) = D::verify(&s, Hook::Bridge, &webhook).await {
+        return refusal;
+    }
+    let query = webhook.query();
+    let (Some(session), Some(interaction)) = (
+        super::param(query, "session").map(str::to_string),
+        super::param(query, "interaction").map(str::to_string),
+    ) else {
+        return ApiError::InvalidRequest("the bridge URL names no session and interaction".into())
+            .into_response();
+    };
+    let called = match D::read(&s, Kind::Voice, &webhook).await {
+        Ok(Read::Route(inbound)) => inbound,
+        Ok(Read::Answered(answer)) => return answer,
+        Err(e) => return e.into_response(),
+    };
+    // The provider rang the participant from the proxy number.
+    let Some(proxy) = called.from else {
+        return D::unrouted(Kind::Voice);
+    };
+    let inbound = Inbound::call(Some(called.to), proxy, interaction);
+    let outcome = s
+        .relay_remembered(
+            D::NAME,
+            &inbound.provider_ref,
+            PROVIDER_REF_TTL_MS,
+            inbound.from.as_ref(),
+            &inbound.to,
+            Kind::Voice,
+        )
+        .await;
+    match outcome {
+        Ok(outcome) => {
+            let named = match &outcome.decision {
+                Decision::Connect { session_id, .. } => *session_id == session,
+                _ => true,
+            };
+            if !named {
+                tracing::warn!(provider = D::NAME, "bridge for another session refused");
+                return D::unrouted(Kind::Voice);
+            }
+            D::answer(&s, inbound, outcome).await
+        }
+        Err(BrokerError::NumberNotFound(_)) => D::unrouted(Kind::Voice),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }

@@ -4,6 +4,7 @@
 //! A provider whose credentials are not configured has no routes at all (404), so no
 //! operator can run one unauthenticated by mistake.
 
+pub mod calls;
 pub mod dialect;
 pub mod outbound;
 pub mod plivo;

@@ -11,12 +11,14 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::dialect::{Dialect, Hook, Path, Read};
+use super::calls::answered;
+use super::dialect::{CallApi, Dialect, Hook, Path, Read, bridge_url, status_url};
 use super::{Inbound, Webhook, forbidden, form_urlencoded, param, same, xml_escape};
-use crate::broker::{Decision, RelayOutcome};
+use crate::broker::{CallStart, Decision, RelayOutcome};
 use crate::config::Providers;
 use crate::domain::E164;
 use crate::domain::session::Kind;
+use crate::http::calls::{CallError, Placed};
 use crate::http::{ApiError, AppState};
 
 /// The provider name interactions are recorded under.
@@ -36,8 +38,13 @@ impl Dialect for Plivo {
     const NAME: &'static str = PROVIDER;
     /// Plivo application URLs: Answer URL → `/hooks/plivo/voice`, Message URL →
     /// `/hooks/plivo/sms`, Hangup URL → `/hooks/plivo/status` (all `POST`).
-    const PATHS: &'static [Path] =
-        &Path::posted("/hooks/plivo/voice", "/hooks/plivo/sms", STATUS_PATH);
+    /// Calls the app starts fetch `/hooks/plivo/bridge` once answered.
+    const PATHS: &'static [Path] = &[
+        Path::post("/hooks/plivo/voice", Hook::VOICE),
+        Path::post("/hooks/plivo/sms", Hook::SMS),
+        Path::post(STATUS_PATH, Hook::Status),
+        Path::post("/hooks/plivo/bridge", Hook::Bridge),
+    ];
 
     /// Plivo is enabled when its auth token is configured: without it no request can be
     /// verified.
@@ -74,6 +81,46 @@ impl Dialect for Plivo {
 
     async fn status(s: &AppState, hook: &Webhook) -> Response {
         status(s, hook).await
+    }
+}
+
+/// Calls the app starts go through the Call API
+/// (<https://www.plivo.com/docs/voice/api/call/make-a-call>) with the auth id and token as
+/// Basic auth: Plivo rings `to` from `from` (digits, no `+`), fetches `answer_url` once
+/// answered and posts to `hangup_url` when the call ends.
+impl CallApi for Plivo {
+    fn places_calls(p: &Providers) -> bool {
+        p.plivo_auth_id.is_some() && p.plivo_auth_token.is_some()
+    }
+
+    async fn place_call(
+        http: &reqwest::Client,
+        p: &Providers,
+        public_url: &str,
+        call: &CallStart,
+    ) -> Placed {
+        let (Some(id), Some(token)) = (&p.plivo_auth_id, &p.plivo_auth_token) else {
+            return Err(CallError::Refused("plivo has no account configured".into()));
+        };
+        let body = serde_json::json!({
+            "from": call.proxy.reveal_digits(),
+            "to": call.to.reveal_digits(),
+            "answer_url": bridge_url::<Plivo>(public_url, call),
+            "answer_method": "POST",
+            "hangup_url": status_url::<Plivo>(public_url, call),
+            "hangup_method": "POST",
+        });
+        let sent = http
+            .post(format!("{}/v1/Account/{id}/Call/", p.plivo_api_base))
+            .basic_auth(id, Some(token.expose()))
+            .json(&body)
+            .send()
+            .await;
+        let answer = answered(PROVIDER, sent).await?;
+        Ok(answer
+            .get("request_uuid")
+            .and_then(|v| v.as_str())
+            .map(str::to_string))
     }
 }
 
@@ -366,7 +413,12 @@ fn parse_status(
         let duration = ["Duration", "BillDuration"]
             .iter()
             .find_map(|name| param(params, name).and_then(|d| d.trim().parse::<u32>().ok()));
-        (call, status, required(params, "To")?, duration, last)
+        // A call hush placed for the app names its interaction as `ref` in the signed URL,
+        // and comes from the proxy number.
+        match param(query, "ref") {
+            Some(ours) => (ours, status, required(params, "From")?, duration, last),
+            None => (call, status, required(params, "To")?, duration, last),
+        }
     } else if let Some(message) = param(params, "MessageUUID") {
         // A delivery report is about the relayed text, which the proxy number sent.
         let status = required(params, "Status")?;

@@ -14,13 +14,15 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::{Value, json};
 
-use super::dialect::{Dialect, Hook, Path, Read, RestApi, Sent};
+use super::calls::answered;
+use super::dialect::{CallApi, Dialect, Hook, Path, Read, RestApi, Sent, bridge_url, status_url};
 use super::outbound::{self, OutboundSms, SendError, Via};
 use super::{Inbound, Webhook, forbidden, form_urlencoded, param, xml_escape};
-use crate::broker::{Decision, RelayOutcome};
+use crate::broker::{CallStart, Decision, RelayOutcome};
 use crate::config::Providers;
 use crate::domain::E164;
 use crate::domain::session::Kind;
+use crate::http::calls::{CallError, Placed};
 use crate::http::{ApiError, AppState};
 
 /// The provider name interactions record.
@@ -34,11 +36,12 @@ pub struct Telnyx;
 
 impl Dialect for Telnyx {
     const NAME: &'static str = PROVIDER;
-    const PATHS: &'static [Path] = &Path::posted(
-        "/hooks/telnyx/voice",
-        "/hooks/telnyx/sms",
-        "/hooks/telnyx/status",
-    );
+    const PATHS: &'static [Path] = &[
+        Path::post("/hooks/telnyx/voice", Hook::VOICE),
+        Path::post("/hooks/telnyx/sms", Hook::SMS),
+        Path::post("/hooks/telnyx/status", Hook::Status),
+        Path::post("/hooks/telnyx/bridge", Hook::Bridge),
+    ];
 
     /// Telnyx is enabled when the public key that checks its webhooks is set.
     fn enabled(p: &Providers) -> bool {
@@ -78,7 +81,59 @@ impl Dialect for Telnyx {
     }
 
     async fn status(state: &AppState, hook: &Webhook) -> Response {
-        status(state, &hook.body).await
+        status(state, &hook.body, super::param(hook.query(), "ref")).await
+    }
+}
+
+/// Calls the app starts are TeXML calls
+/// (<https://developers.telnyx.com/api-reference/texml-rest-commands/initiate-an-outbound-call>):
+/// the TeXML application rings `To` from `From` and fetches `Url` once answered, reporting
+/// progress to `StatusCallback`; the API key is the bearer.
+impl CallApi for Telnyx {
+    fn places_calls(p: &Providers) -> bool {
+        p.telnyx_api_key.is_some()
+            && p.telnyx_account_sid.is_some()
+            && p.telnyx_texml_app_id.is_some()
+    }
+
+    async fn place_call(
+        http: &reqwest::Client,
+        p: &Providers,
+        public_url: &str,
+        call: &CallStart,
+    ) -> Placed {
+        let (Some(key), Some(account), Some(app)) = (
+            &p.telnyx_api_key,
+            &p.telnyx_account_sid,
+            &p.telnyx_texml_app_id,
+        ) else {
+            return Err(CallError::Refused(
+                "telnyx has no TeXML application configured".into(),
+            ));
+        };
+        let body = json!({
+            "ApplicationSid": app,
+            "To": call.to.reveal(),
+            "From": call.proxy.reveal(),
+            "Url": bridge_url::<Telnyx>(public_url, call),
+            "UrlMethod": "POST",
+            "StatusCallback": status_url::<Telnyx>(public_url, call),
+            "StatusCallbackMethod": "POST",
+        });
+        let sent = http
+            .post(format!(
+                "{}/v2/texml/Accounts/{account}/Calls",
+                p.telnyx_api_base
+            ))
+            .bearer_auth(key.expose())
+            .json(&body)
+            .send()
+            .await;
+        let answer = answered(PROVIDER, sent).await?;
+        Ok(["/call_sid", "/sid", "/data/call_sid"]
+            .iter()
+            .find_map(|at| text_at(&answer, at))
+            .map(str::to_string))
     }
 }
 
@@ -276,7 +331,7 @@ fn call_is_over(status: &str) -> bool {
     )
 }
 
-async fn status(state: &AppState, body: &[u8]) -> Response {
+async fn status(state: &AppState, body: &[u8], ours: Option<&str>) -> Response {
     if body.trim_ascii_start().starts_with(b"{") {
         return match serde_json::from_slice::<Value>(body) {
             Ok(event) => message_report(state, &event).await,
@@ -291,8 +346,14 @@ async fn status(state: &AppState, body: &[u8]) -> Response {
     };
     let duration = param(&form, "CallDuration").and_then(|d| d.parse().ok());
     let last = call_is_over(status);
-    // Status callbacks report on the inbound call, whose called number is the proxy.
-    let Some(proxy) = param(&form, "To").and_then(|n| E164::parse_syntax(n).ok()) else {
+    // Status callbacks report on the inbound call, whose called number is the proxy; a call
+    // hush placed for the app names its interaction as `ref` in the signed URL, and comes
+    // from the proxy.
+    let (call, proxy) = match ours {
+        Some(ours) => (ours, param(&form, "From")),
+        None => (call, param(&form, "To")),
+    };
+    let Some(proxy) = proxy.and_then(|n| E164::parse_syntax(n).ok()) else {
         return accepted();
     };
     if let Err(e) = state

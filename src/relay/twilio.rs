@@ -11,12 +11,14 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use super::dialect::{Dialect, Hook, Path, Read};
+use super::calls::answered;
+use super::dialect::{CallApi, Dialect, Hook, Path, Read, bridge_url, status_url};
 use super::{Inbound, Webhook, forbidden, form_urlencoded, param, same, xml_escape};
-use crate::broker::{BrokerError, Decision, RelayOutcome};
+use crate::broker::{BrokerError, CallStart, Decision, RelayOutcome};
 use crate::config::Providers;
 use crate::domain::E164;
 use crate::domain::session::Kind;
+use crate::http::calls::{CallError, Placed};
 use crate::http::{ApiError, AppState};
 
 const PROVIDER: &str = "twilio";
@@ -37,8 +39,12 @@ pub struct Twilio;
 
 impl Dialect for Twilio {
     const NAME: &'static str = PROVIDER;
-    const PATHS: &'static [Path] =
-        &Path::posted("/hooks/twilio/voice", "/hooks/twilio/sms", STATUS_PATH);
+    const PATHS: &'static [Path] = &[
+        Path::post("/hooks/twilio/voice", Hook::VOICE),
+        Path::post("/hooks/twilio/sms", Hook::SMS),
+        Path::post(STATUS_PATH, Hook::Status),
+        Path::post("/hooks/twilio/bridge", Hook::Bridge),
+    ];
 
     fn enabled(p: &Providers) -> bool {
         enabled(p)
@@ -71,6 +77,55 @@ impl Dialect for Twilio {
 
     async fn status(s: &AppState, hook: &Webhook) -> Response {
         status(s, hook).await
+    }
+}
+
+/// Calls the app starts are placed through the Calls resource
+/// (<https://www.twilio.com/docs/voice/api/call-resource#create-a-call-resource>) with the
+/// account SID and auth token as Basic auth: Twilio rings `To` from `From` and, once
+/// answered, fetches `Url` for what to do next, reporting each `StatusCallbackEvent` to
+/// `StatusCallback`.
+impl CallApi for Twilio {
+    fn places_calls(p: &Providers) -> bool {
+        p.twilio_account_sid.is_some() && p.twilio_auth_token.is_some()
+    }
+
+    async fn place_call(
+        http: &reqwest::Client,
+        p: &Providers,
+        public_url: &str,
+        call: &CallStart,
+    ) -> Placed {
+        let (Some(sid), Some(token)) = (&p.twilio_account_sid, &p.twilio_auth_token) else {
+            return Err(CallError::Refused(
+                "twilio has no account configured".into(),
+            ));
+        };
+        let bridge = bridge_url::<Twilio>(public_url, call);
+        let status = status_url::<Twilio>(public_url, call);
+        let form = [
+            ("To", call.to.reveal()),
+            ("From", call.proxy.reveal()),
+            ("Url", &bridge),
+            ("Method", "POST"),
+            ("StatusCallback", &status),
+            ("StatusCallbackMethod", "POST"),
+            ("StatusCallbackEvent", "initiated"),
+            ("StatusCallbackEvent", "ringing"),
+            ("StatusCallbackEvent", "answered"),
+            ("StatusCallbackEvent", "completed"),
+        ];
+        let sent = http
+            .post(format!(
+                "{}/2010-04-01/Accounts/{sid}/Calls.json",
+                p.twilio_api_base
+            ))
+            .basic_auth(sid, Some(token.expose()))
+            .form(&form)
+            .send()
+            .await;
+        let body = answered(PROVIDER, sent).await?;
+        Ok(body.get("sid").and_then(|v| v.as_str()).map(str::to_string))
     }
 }
 
@@ -261,9 +316,12 @@ impl StatusReport {
         let missing = |what: &str| ApiError::InvalidRequest(format!("the {what} is missing"));
         let (reference, proxy, status, duration_secs, last) = if let Some(call) = get("CallSid") {
             let status = get("CallStatus").ok_or_else(|| missing("`CallStatus` parameter"))?;
-            let (reference, proxy) = match get("ParentCallSid") {
-                Some(parent) => (parent, get("From")),
-                None => (call, get("To")),
+            // A call hush placed for the app names its interaction as `ref` in the signed
+            // URL, and comes from the proxy number.
+            let (reference, proxy) = match (param(query, "ref"), get("ParentCallSid")) {
+                (Some(ours), _) => (ours, get("From")),
+                (None, Some(parent)) => (parent, get("From")),
+                (None, None) => (call, get("To")),
             };
             let duration = get("CallDuration").and_then(|d| d.trim().parse().ok());
             (

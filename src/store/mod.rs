@@ -36,7 +36,7 @@ pub use idempotency::{IdemBegin, IdemMark, Lease};
 pub use keys::{Keys, ShardKeys};
 pub use numbers::NumberRow;
 pub use pools::{LAYOUT, PoolRow, PoolSet, ShardCounts};
-pub use routes::{Claimed, Entry, Reach, Stub};
+pub use routes::{CallStarted, Claimed, Entry, Reach, Stub};
 pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended, STICKY_WINDOW_MS};
 pub use target::{RedisTarget, StoreKind, TargetError};
 
@@ -186,6 +186,7 @@ struct Scripts {
     idempotency_begin: Script,
     idempotency_lease: Script,
     relay_claim: Script,
+    call_start: Script,
     interaction_update: Script,
     event_put: Script,
     event_redeliver: Script,
@@ -209,6 +210,7 @@ impl Scripts {
             idempotency_begin: script(include_str!("lua/idempotency_begin.lua")),
             idempotency_lease: script(include_str!("lua/idempotency_lease.lua")),
             relay_claim: script(include_str!("lua/relay_claim.lua")),
+            call_start: script(include_str!("lua/call_start.lua")),
             interaction_update: script(include_str!("lua/interaction_update.lua")),
             event_put: script(include_str!("lua/event_put.lua")),
             event_redeliver: script(include_str!("lua/event_redeliver.lua")),
@@ -394,6 +396,7 @@ mod tests {
             include_str!("lua/idempotency_begin.lua"),
             include_str!("lua/idempotency_lease.lua"),
             include_str!("lua/relay_claim.lua"),
+            include_str!("lua/call_start.lua"),
             include_str!("lua/interaction_update.lua"),
             include_str!("lua/event_put.lua"),
             include_str!("lua/event_redeliver.lua"),

@@ -102,6 +102,18 @@ pub enum Claimed {
     Announce,
 }
 
+/// What recording a call the app starts came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallStarted {
+    Recorded,
+    /// No such session.
+    Gone,
+    /// The session has ended.
+    Closed,
+    /// The session carries texts only.
+    TextsOnly,
+}
+
 impl Store {
     /// A participant's entry in one shard (empty when it holds nothing there).
     pub async fn entry_of(&self, shard: &ShardKeys, idx: &str) -> Result<Entry> {
@@ -181,6 +193,46 @@ impl Store {
             }),
             Some("announce") => Ok(Claimed::Announce),
             _ => Err(StoreError::Corrupt("relay_claim reply")),
+        }
+    }
+
+    /// Records a call the app starts as an interaction of session `session_key` (see
+    /// `lua/call_start.lua`), under `reference` for `provider`, before the provider places it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn call_start(
+        &self,
+        shard: &ShardKeys,
+        session_key: &str,
+        side: usize,
+        interaction: &str,
+        provider: &str,
+        reference: &str,
+        ref_ttl_ms: i64,
+        event: Option<&EventDraft>,
+    ) -> Result<CallStarted> {
+        let reply: String = self
+            .run_acked(
+                &self.scripts.call_start,
+                &shard.interaction_script_keys(provider, reference),
+                (
+                    shard.tag(),
+                    session_key,
+                    side,
+                    interaction,
+                    provider,
+                    reference,
+                    ref_ttl_ms,
+                    event.map(|e| e.id.as_str()).unwrap_or(""),
+                    event.map(|e| e.body.as_str()).unwrap_or(""),
+                ),
+            )
+            .await?;
+        match reply.as_str() {
+            "ok" => Ok(CallStarted::Recorded),
+            "gone" => Ok(CallStarted::Gone),
+            "closed" => Ok(CallStarted::Closed),
+            "mode" => Ok(CallStarted::TextsOnly),
+            _ => Err(StoreError::Corrupt("call_start reply")),
         }
     }
 

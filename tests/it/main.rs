@@ -6,6 +6,7 @@
 mod allocation;
 mod auth;
 mod cli;
+mod click_to_call;
 mod deploy;
 mod dev;
 mod doorbell;

@@ -17,7 +17,7 @@ pub const PUBLIC: &str = "https://hush.example.test";
 pub const TOKEN: &str = "twilio-test-auth-token";
 const SHARED_KEY_ID: &str = "wk_hush";
 const SHARED_SECRET: &str = "twilio-test-shared-key";
-const ENDED: &str = "This ride has ended. <Call> support & \"ask\" for 'Sam'.";
+pub(crate) const ENDED: &str = "This ride has ended. <Call> support & \"ask\" for 'Sam'.";
 
 // ---------------------------------------------------------------------------------------------
 // A signing Twilio
@@ -199,7 +199,7 @@ async fn interactions(app: &TestApp, session: &str) -> Vec<Value> {
 
 /// One XML element: what a parser hands Twilio.
 #[derive(Debug, Clone)]
-struct El {
+pub(crate) struct El {
     name: String,
     attrs: Vec<(String, String)>,
     children: Vec<El>,
@@ -207,7 +207,7 @@ struct El {
 }
 
 impl El {
-    fn attr(&self, name: &str) -> Option<&str> {
+    pub(crate) fn attr(&self, name: &str) -> Option<&str> {
         self.attrs
             .iter()
             .find(|(k, _)| k == name)
@@ -215,14 +215,14 @@ impl El {
     }
 
     #[track_caller]
-    fn child(&self, name: &str) -> &El {
+    pub(crate) fn child(&self, name: &str) -> &El {
         self.children
             .iter()
             .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("<{}> has no <{name}>: {self:?}", self.name))
     }
 
-    fn names(&self) -> Vec<&str> {
+    pub(crate) fn names(&self) -> Vec<&str> {
         self.children.iter().map(|c| c.name.as_str()).collect()
     }
 }
@@ -257,7 +257,7 @@ fn unescape(raw: &str) -> String {
 }
 
 #[track_caller]
-fn twiml(r: &Resp) -> El {
+pub(crate) fn twiml(r: &Resp) -> El {
     assert_eq!(
         r.status, 200,
         "expected TwiML, got {}: {}",
@@ -338,7 +338,7 @@ fn element(s: &str) -> (El, &str) {
 
 /// Asserts a call was connected to `other` with `proxy` as caller ID.
 #[track_caller]
-fn assert_dials(r: &Resp, proxy: &str, other: &str) -> El {
+pub(crate) fn assert_dials(r: &Resp, proxy: &str, other: &str) -> El {
     let doc = twiml(r);
     assert_eq!(doc.names(), ["Dial"], "{}", r.text);
     let dial = doc.child("Dial");
@@ -351,7 +351,7 @@ fn assert_dials(r: &Resp, proxy: &str, other: &str) -> El {
 
 /// Asserts the pool's message is spoken and the call hung up.
 #[track_caller]
-fn assert_says_ended(r: &Resp) {
+pub(crate) fn assert_says_ended(r: &Resp) {
     let doc = twiml(r);
     assert_eq!(doc.names(), ["Say", "Hangup"], "{}", r.text);
     assert_eq!(doc.child("Say").text, ENDED, "{}", r.text);

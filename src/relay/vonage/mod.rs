@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::outbound::{self, OutboundSms, SendError, Via};
+pub mod calls;
 mod sign;
 
 use super::dialect::{Dialect, Hook, Path, Read, RestApi, Sent};
@@ -34,6 +35,7 @@ impl Dialect for Vonage {
         Path::get_or_post("/hooks/vonage/answer", Hook::VOICE),
         Path::post("/hooks/vonage/event", Hook::Status),
         Path::get_or_post("/hooks/vonage/sms", Hook::SMS),
+        Path::get_or_post("/hooks/vonage/bridge", Hook::Bridge),
     ];
 
     /// Vonage is enabled when its signature secret is set: both kinds of webhook are signed
@@ -46,7 +48,7 @@ impl Dialect for Vonage {
 
     async fn verify(s: &AppState, hook: Hook, w: &Webhook) -> Result<(), Response> {
         match hook {
-            Hook::Inbound(Kind::Voice) | Hook::Status => check_voice(s, w).await,
+            Hook::Inbound(Kind::Voice) | Hook::Status | Hook::Bridge => check_voice(s, w).await,
             Hook::Inbound(Kind::Sms) => sms_signed(s, w).then_some(()).ok_or_else(forbidden),
         }
     }
@@ -114,13 +116,20 @@ async fn event(s: &AppState, w: &Webhook) -> Response {
     let (Some(uuid), Some(raw)) = (param(p, "uuid"), param(p, "status")) else {
         return no_content();
     };
-    if param(p, "direction") == Some("outbound") || !is_provider_ref(uuid) {
+    // A call hush placed for the app names its interaction as `ref` in the signed URL, and
+    // its legs come from the proxy number; otherwise only the inbound leg is reported on.
+    let (reference, proxy) = match super::param(w.query(), "ref") {
+        Some(ours) => (ours, param(p, "from")),
+        None if param(p, "direction") == Some("outbound") => return no_content(),
+        None => (uuid, param(p, "to")),
+    };
+    if !is_provider_ref(reference) {
         return no_content();
     }
     let Some((status, last)) = call_status(raw) else {
         return no_content();
     };
-    let Some(proxy) = number(param(p, "to")) else {
+    let Some(proxy) = number(proxy) else {
         return no_content();
     };
     let duration = last
@@ -128,7 +137,7 @@ async fn event(s: &AppState, w: &Webhook) -> Response {
         .flatten();
     match s
         .broker
-        .interaction_status(PROVIDER, uuid, &proxy, &status, duration, last)
+        .interaction_status(PROVIDER, reference, &proxy, &status, duration, last)
         .await
     {
         Ok(_) => no_content(),

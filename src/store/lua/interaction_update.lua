@@ -8,13 +8,18 @@
 local seen = redis.call('GET', KEYS[1])
 if not seen then return 0 end
 local action, sid, iid = string.match(seen, '^(%a)|([^|]*)|([^|]*)')
-if not (action == 'c' or action == 'p' or action == 'b') then return 0 end
+if not (action == 'c' or action == 'p' or action == 'b' or action == 'q') then return 0 end
 -- Only the first verdict counts: the answer a retry gets never changes once given.
 local verdict = ARGV[8] or ''
 if verdict ~= '' and action == 'p' then
   local value = verdict .. '|' .. sid .. '|' .. iid
   if verdict == 'b' then value = value .. '|' .. (ARGV[9] or '') end
   redis.call('SET', KEYS[1], value, 'KEEPTTL')
+end
+-- A call the app started that ended before its bridge (unanswered, refused, or never
+-- placed) connects nobody if a bridge comes after all.
+if action == 'q' and ARGV[5] == '1' then
+  redis.call('SET', KEYS[1], 'a||', 'KEEPTTL')
 end
 local ikey = TAG .. 'i:' .. sid
 local rec = redis.call('HGET', ikey, iid)

@@ -7,7 +7,8 @@
 --       event id or '', 11 its body (`__SKEY__`, `__SIDE__` stand for the session key and
 --       the caller's side), 12 '1' when the pool asks an intercept before connecting
 -- The ref value is `action|session key|interaction id[|sealed message]`: `a` announced,
--- `c` connected or relayed, `p` waiting for the app's intercept, `b` blocked by it (with
+-- `q` a call the app started (see `call_start.lua`) waiting for its bridge webhook, which
+-- this script answers, `c` connected or relayed, `p` waiting for the app's intercept, `b` blocked by it (with
 -- the app's message, sealed, or none for the pool's message).
 -- Returns {'connect', `<session key>|<caller's side 0|1>|<sealed blob>`, interaction id,
 -- replay 0|1, pending 0|1},
@@ -40,6 +41,15 @@ end
 local seen = redis.call('GET', ref)
 if seen then
   local action, sid, old, rest = string.match(seen, '^(%a)|([^|]*)|([^|]*)(.*)$')
+  if action == 'q' then
+    -- A call the app started, now answered by the participant it rang: it connects like
+    -- a call from them, while the session is still open.
+    local found, rec, side = reach()
+    if not (found == sid and rec.t == 'o' and rec.e > now) then return { 'announce' } end
+    local pending = ARGV[12] == '1'
+    redis.call('SET', ref, (pending and 'p|' or 'c|') .. sid .. '|' .. old, 'KEEPTTL')
+    return { 'connect', answer(sid, rec, side), old, 0, pending and 1 or 0 }
+  end
   if action == 'b' then
     -- A block message reveals nothing: it stays the answer even after the session ends.
     return { 'block', string.sub(rest, 2), old }

@@ -1,0 +1,115 @@
+//! Calls the app starts (scope `sessions`): `POST /v1/sessions/{id}/calls` rings one
+//! participant from the session's proxy number through the configured provider; once they
+//! answer, the provider's bridge webhook connects the other.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::sessions::{IDEMPOTENT_REPLAYED, idempotency_key, session_id};
+use super::{ApiError, AppState, Auth, JsonBody};
+use crate::broker::Scope;
+use crate::domain::SessionId;
+use crate::http::calls::{CallError, Dialer};
+use crate::http::extract::{Path, State};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallBody {
+    /// The participant rung first: their number or their label.
+    from: String,
+}
+
+/// The call as the API answers it. No numbers: the app knows them, and a stored replay
+/// must not hold them.
+#[derive(Serialize)]
+struct CallView<'a> {
+    id: &'a str,
+    session_id: &'a str,
+    kind: &'static str,
+    initiated_by: &'static str,
+    status: &'static str,
+    from_participant: usize,
+    provider: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider_call_id: Option<&'a str>,
+}
+
+pub async fn create(
+    auth: Auth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody<CallBody>,
+) -> Result<Response, ApiError> {
+    auth.require(Scope::Sessions)?;
+    let idem = idempotency_key(&headers)?;
+    let id = session_id(&id)?;
+    auth.session_visible(&s.broker, &id).await?;
+    if body.value.from.is_empty() || body.value.from.len() > 128 {
+        return Err(ApiError::Validation(
+            "from is a participant's number or label".into(),
+        ));
+    }
+    // Until pools name their provider, calls go through the one configured.
+    let dialer = s.dialers.first().cloned().ok_or(ApiError::NoCallProvider)?;
+    let work = place(&s, &id, &body.value.from, dialer.as_ref());
+    let (text, replayed) = match idem {
+        None => (work.await?, false),
+        Some(key) => {
+            let answer = s.broker.once(&auth.0.name, &key, &body.raw, work).await?;
+            (answer.body, answer.replayed)
+        }
+    };
+    let mut resp = (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        text,
+    )
+        .into_response();
+    if replayed {
+        resp.headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// Records the call, asks the provider to place it, and gives the answer's JSON. A call
+/// the provider did not take is recorded as failed.
+async fn place(
+    s: &AppState,
+    id: &SessionId,
+    from: &str,
+    dialer: &dyn Dialer,
+) -> Result<String, ApiError> {
+    let provider = dialer.provider();
+    let call = s.broker.start_call(id, from, provider).await?;
+    match dialer.place(&s.public_url, &call).await {
+        Ok(call_id) => {
+            tracing::info!(session = %id, interaction = %call.interaction, provider,
+                "call placed for the app");
+            Ok(serde_json::to_string(&CallView {
+                id: &call.interaction,
+                session_id: &call.session_id,
+                kind: "voice",
+                initiated_by: "app",
+                status: "initiated",
+                from_participant: call.side,
+                provider,
+                provider_call_id: call_id.as_deref(),
+            })
+            .expect("a call view serialises"))
+        }
+        Err(e) => {
+            tracing::warn!(session = %id, interaction = %call.interaction, provider,
+                error = %e, "call not placed");
+            if let Err(failed) = s.broker.call_not_placed(provider, &call).await {
+                tracing::warn!(error = %failed, "the call's interaction was not marked failed");
+            }
+            Err(match e {
+                CallError::Refused(d) => ApiError::ProviderRefused(d),
+                CallError::Unavailable(d) => ApiError::ProviderUnavailable(d),
+            })
+        }
+    }
+}
