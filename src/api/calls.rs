@@ -29,7 +29,10 @@ struct CallView<'a> {
     kind: &'static str,
     initiated_by: &'static str,
     status: &'static str,
+    /// Whom the proxy number stands for, as in the interaction.
     from_participant: usize,
+    /// The participant rung first.
+    to_participant: usize,
     provider: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     provider_call_id: Option<&'a str>,
@@ -94,7 +97,8 @@ async fn place(
                 kind: "voice",
                 initiated_by: "app",
                 status: "initiated",
-                from_participant: call.side,
+                from_participant: call.from_participant,
+                to_participant: call.side,
                 provider,
                 provider_call_id: call_id.as_deref(),
             })

@@ -4,7 +4,8 @@
 //! `lua/relay_claim.lua`), so it meets the intercept, the session's call options and the
 //! out-of-session answer exactly as a call from that participant would.
 
-use crate::domain::{E164, SessionId};
+use crate::domain::session::Kind;
+use crate::domain::{E164, Initiator, SessionId, interaction_code};
 use crate::store::{CallStarted, StoreError};
 
 use super::{Broker, BrokerError, PROVIDER_REF_TTL_MS, Result};
@@ -22,6 +23,9 @@ pub struct CallStart {
     pub to: E164,
     /// Which side that participant is (0 or 1).
     pub side: usize,
+    /// The interaction's `from_participant`: the other side, whom the proxy number stands
+    /// for when it rings.
+    pub from_participant: usize,
 }
 
 impl Broker {
@@ -70,8 +74,8 @@ impl Broker {
                     "session_id": session_id,
                     "interaction_id": interaction,
                     "kind": "voice",
-                    "from_participant": side,
-                    "initiated_by": "app",
+                    "initiated_by": Initiator::App.as_str(),
+                    "from_participant": 1 - side,
                     "pool": pool,
                     "proxy_number": proxy.reveal(),
                     "provider": provider,
@@ -85,7 +89,8 @@ impl Broker {
             .call_start(
                 &shard,
                 &id.key(),
-                side,
+                interaction_code(Kind::Voice, Initiator::App),
+                1 - side,
                 &interaction,
                 provider,
                 &interaction,
@@ -100,6 +105,7 @@ impl Broker {
                 proxy,
                 to,
                 side,
+                from_participant: 1 - side,
             }),
             CallStarted::Gone => Err(BrokerError::SessionNotFound),
             CallStarted::Closed => Err(BrokerError::SessionClosed),

@@ -198,11 +198,13 @@ impl Store {
 
     /// Records a call the app starts as an interaction of session `session_key` (see
     /// `lua/call_start.lua`), under `reference` for `provider`, before the provider places it.
+    /// `side` is the participant the proxy number stands for, `code` the record's kind.
     #[allow(clippy::too_many_arguments)]
     pub async fn call_start(
         &self,
         shard: &ShardKeys,
         session_key: &str,
+        code: &str,
         side: usize,
         interaction: &str,
         provider: &str,
@@ -224,6 +226,7 @@ impl Store {
                     ref_ttl_ms,
                     event.map(|e| e.id.as_str()).unwrap_or(""),
                     event.map(|e| e.body.as_str()).unwrap_or(""),
+                    code,
                 ),
             )
             .await?;

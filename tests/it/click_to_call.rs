@@ -37,6 +37,9 @@ impl Made {
     fn form(&self) -> Vec<(String, String)> {
         decode_form(&self.body)
     }
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("a JSON body")
+    }
 }
 
 #[derive(Default)]
@@ -302,7 +305,9 @@ async fn twilio_places_the_call_and_its_bridge_dials_the_other_with_the_proxy() 
     assert_eq!(made["kind"], "voice");
     assert_eq!(made["initiated_by"], "app");
     assert_eq!(made["status"], "initiated");
-    assert_eq!(made["from_participant"], 1);
+    // B is rung first; the proxy number stands for A, whom the interaction is "from".
+    assert_eq!(made["to_participant"], 1);
+    assert_eq!(made["from_participant"], 0);
     assert_eq!(made["provider"], "twilio");
     assert_eq!(
         made["provider_call_id"],
@@ -347,7 +352,8 @@ async fn twilio_places_the_call_and_its_bridge_dials_the_other_with_the_proxy() 
     let i = interaction(&app, &id, &iid).await;
     assert_eq!(i["kind"], "voice");
     assert_eq!(i["status"], "initiated");
-    assert_eq!(i["from_participant"], 1);
+    assert_eq!(i["initiated_by"], "app");
+    assert_eq!(i["from_participant"], 0);
     assert_eq!(i["provider"], "twilio");
 
     // Twilio reports B's phone ringing.
@@ -388,7 +394,7 @@ async fn twilio_places_the_call_and_its_bridge_dials_the_other_with_the_proxy() 
 
     // The same works naming the participant by label.
     let by_label = start_call(&app, &id, "rider:7").await.expect(201);
-    assert_eq!(by_label["from_participant"], 0);
+    assert_eq!(by_label["to_participant"], 0);
     assert_eq!(field(&api.made()[1].form(), "To"), [a.as_str()]);
 
     assert_no_numbers_stored_or_logged(&app, &[&a, &b]).await;
@@ -559,4 +565,469 @@ async fn without_call_credentials_calls_are_not_configured() {
         .await
         .expect_problem(409, "calls_not_configured");
     assert!(interactions(&app, &id).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_bridge_meets_the_intercept_and_the_call_sends_interaction_events() {
+    let api = CallApi::start(201, json!({ "sid": "CA5555", "status": "queued" })).await;
+    let base = api.base.clone();
+    let app = TestApp::start_with(|c| {
+        c.public_url = Some(PUBLIC.into());
+        c.providers.twilio_auth_token = Some(Secret::new(relay_twilio::TOKEN.into()));
+        c.providers.twilio_account_sid = Some(TWILIO_SID.into());
+        c.providers.twilio_api_base = base;
+        c.callback_allow_private = true;
+    })
+    .await;
+    let twilio = Twilio { app: &app };
+    let receiver = crate::receiver::Receiver::start().await;
+    app.pool(
+        "asks",
+        json!({
+            "callback_url": receiver.url("/events"),
+            "intercept_url": receiver.intercept_url(),
+        }),
+        &proxies(1),
+    )
+    .await;
+    receiver.set_secrets(vec![app.callback_secret("asks").await]);
+    let (a, b) = (participant(60), participant(61));
+    let s = app.open_session("asks", &a, &b, None).await;
+    let (id, proxy) = (
+        s["id"].as_str().unwrap(),
+        s["proxy_number"].as_str().unwrap(),
+    );
+    let wait = std::time::Duration::from_secs(10);
+
+    let iid = start_call(&app, id, &a).await.expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = receiver
+        .wait_for_type("interaction.started", 1, wait)
+        .await
+        .remove(0);
+    assert!(started.verified());
+    assert_eq!(
+        started.data(),
+        &json!({
+            "session_id": id,
+            "interaction_id": iid,
+            "kind": "voice",
+            "initiated_by": "app",
+            "from_participant": 1,
+            "pool": "asks",
+            "proxy_number": proxy,
+            "provider": "twilio",
+        })
+    );
+
+    // The app blocks the call when A answers: A hears the block message, B is not dialled.
+    receiver.intercept_answer(
+        200,
+        Some(json!({ "action": "block", "message": "Your driver has left." })),
+    );
+    let form = api.only().form();
+    let bridge = on_public(field(&form, "Url")[0]);
+    let params = twilio_bridge("CA5555", proxy, &a);
+    let answer = twilio.post(&bridge, &borrowed(&params)).await;
+    let doc = relay_twilio::twiml(&answer);
+    assert_eq!(doc.names(), ["Say", "Hangup"], "{}", answer.text);
+    assert!(
+        answer.text.contains("Your driver has left."),
+        "{}",
+        answer.text
+    );
+    assert_eq!(interaction(&app, id, &iid).await["status"], "blocked");
+    // Retried, the same answer, and the app is not asked again.
+    let again = twilio.post(&bridge, &borrowed(&params)).await;
+    assert_eq!(again.text, answer.text);
+    assert_eq!(receiver.of_type("interaction.pending").len(), 1);
+
+    // A second call, allowed, completes with an event that says the app started it.
+    receiver.intercept_answer(200, Some(json!({ "action": "allow" })));
+    let iid2 = start_call(&app, id, &b).await.expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let form = api.made()[1].form();
+    let bridge = on_public(field(&form, "Url")[0]);
+    let status = on_public(field(&form, "StatusCallback")[0]);
+    let params = twilio_bridge("CA6666", proxy, &b);
+    relay_twilio::assert_dials(&twilio.post(&bridge, &borrowed(&params)).await, proxy, &a);
+    let completed = [
+        ("CallDuration", "9"),
+        ("CallSid", "CA6666"),
+        ("CallStatus", "completed"),
+        ("From", proxy),
+        ("To", b.as_str()),
+    ];
+    relay_twilio::twiml(&twilio.post(&status, &completed).await);
+    let done = receiver
+        .wait_for_type("interaction.completed", 2, wait)
+        .await
+        .into_iter()
+        .find(|d| d.data()["interaction_id"] == iid2.as_str())
+        .expect("the second call's interaction.completed");
+    assert_eq!(done.data()["initiated_by"], "app");
+    assert_eq!(done.data()["status"], "completed");
+    assert_eq!(done.data()["duration_secs"], 9);
+    assert_eq!(done.data()["from_participant"], 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plivo
+// ---------------------------------------------------------------------------------------------
+
+const PLIVO_AUTH_ID: &str = "MAXXXXXXXXXXXXXXXXXX";
+
+#[tokio::test]
+async fn plivo_places_the_call_and_its_bridge_dials_the_other_with_the_proxy() {
+    use crate::relay_plivo::{self as rp, Plivo};
+    let api = CallApi::start(
+        201,
+        json!({ "api_id": "97ceeb52-58b6-11e1-86da-77300b68f8bb", "message": "call fired",
+                "request_uuid": "75cfc5c5-0d6f-4d7b-9a8b-2cd3e6b5e5a1" }),
+    )
+    .await;
+    let base = api.base.clone();
+    let app = TestApp::start_with(|c| {
+        c.public_url = Some(rp::PUBLIC_URL.into());
+        c.providers.plivo_auth_token = Some(Secret::new(rp::TOKEN.into()));
+        c.providers.plivo_auth_id = Some(PLIVO_AUTH_ID.into());
+        c.providers.plivo_api_base = base;
+    })
+    .await;
+    let plivo = Plivo::new(&app);
+    let (id, proxy, a, b) = ride(&app).await;
+
+    let made = start_call(&app, &id, &a).await.expect(201);
+    let iid = made["id"].as_str().unwrap().to_string();
+    assert_eq!(made["provider"], "plivo");
+    assert_eq!(
+        made["provider_call_id"],
+        "75cfc5c5-0d6f-4d7b-9a8b-2cd3e6b5e5a1"
+    );
+
+    let req = api.only();
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.path, format!("/v1/Account/{PLIVO_AUTH_ID}/Call/"));
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{PLIVO_AUTH_ID}:{}", rp::TOKEN));
+    assert_eq!(req.authorization, format!("Basic {basic}"));
+    assert!(req.content_type.starts_with("application/json"));
+    let bridge = format!("{PUBLIC}/hooks/plivo/bridge?session={id}&interaction={iid}");
+    let status = format!("{PUBLIC}/hooks/plivo/status?ref={iid}");
+    assert_eq!(
+        req.json(),
+        json!({
+            "from": rp::digits(&proxy),
+            "to": rp::digits(&a),
+            "answer_url": bridge,
+            "answer_method": "POST",
+            "hangup_url": status,
+            "hangup_method": "POST",
+        })
+    );
+
+    // A answers: Plivo posts to the answer URL, whose XML dials B from the proxy.
+    let call_uuid = "9f3c1d2e-0000-4000-a000-000000000001";
+    let (pa, pp) = (rp::digits(&a), rp::digits(&proxy));
+    let answer_params = [
+        ("CallUUID", call_uuid),
+        ("From", pp.as_str()),
+        ("To", pa.as_str()),
+        ("Direction", "outbound"),
+        ("CallStatus", "in-progress"),
+        ("RequestUUID", "75cfc5c5-0d6f-4d7b-9a8b-2cd3e6b5e5a1"),
+        ("Event", "StartApp"),
+    ];
+    let answer = plivo.post(&on_public(&bridge), &answer_params).await;
+    assert_eq!(rp::dialled(&answer), (rp::digits(&proxy), rp::digits(&b)));
+    let again = plivo.post(&on_public(&bridge), &answer_params).await;
+    assert_eq!(again.text, answer.text);
+
+    // The hangup URL completes the interaction.
+    let hangup = [
+        ("CallUUID", call_uuid),
+        ("From", pp.as_str()),
+        ("To", pa.as_str()),
+        ("Direction", "outbound"),
+        ("CallStatus", "completed"),
+        ("Duration", "33"),
+        ("BillDuration", "60"),
+        ("Event", "Hangup"),
+    ];
+    assert_eq!(plivo.post(&on_public(&status), &hangup).await.status, 200);
+    let i = interaction(&app, &id, &iid).await;
+    assert_eq!(i["status"], "completed");
+    assert_eq!(i["duration_secs"], 33);
+    assert_eq!(i["initiated_by"], "app");
+
+    assert_no_numbers_stored_or_logged(&app, &[&a, &b]).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Telnyx
+// ---------------------------------------------------------------------------------------------
+
+const TELNYX_ACCOUNT: &str = "f5586561-8ff0-4291-a51b-c7dfe4139ff9";
+const TELNYX_APP: &str = "1293384261075731499";
+
+#[tokio::test]
+async fn telnyx_places_a_texml_call_and_its_bridge_dials_the_other_with_the_proxy() {
+    use crate::relay_telnyx as rt;
+    let api = CallApi::start(
+        200,
+        json!({ "from": "+13120001234", "to": "+13121230000", "status": "queued",
+                "call_sid": "v3:app-call-1" }),
+    )
+    .await;
+    let base = api.base.clone();
+    let app = TestApp::start_with(|c| {
+        c.public_url = Some(PUBLIC.into());
+        c.providers.telnyx_public_key = Some(Secret::new(rt::public_key(&rt::signing_key())));
+        c.providers.telnyx_api_key = Some(Secret::new(rt::API_KEY.into()));
+        c.providers.telnyx_api_base = base;
+        c.providers.telnyx_account_sid = Some(TELNYX_ACCOUNT.into());
+        c.providers.telnyx_texml_app_id = Some(TELNYX_APP.into());
+    })
+    .await;
+    let hook = rt::Hook::new(&app);
+    let (id, proxy, a, b) = ride(&app).await;
+
+    let made = start_call(&app, &id, &b).await.expect(201);
+    let iid = made["id"].as_str().unwrap().to_string();
+    assert_eq!(made["provider"], "telnyx");
+    assert_eq!(made["provider_call_id"], "v3:app-call-1");
+
+    let req = api.only();
+    assert_eq!(req.method, "POST");
+    assert_eq!(
+        req.path,
+        format!("/v2/texml/Accounts/{TELNYX_ACCOUNT}/Calls")
+    );
+    assert_eq!(req.authorization, format!("Bearer {}", rt::API_KEY));
+    assert!(req.content_type.starts_with("application/json"));
+    let bridge = format!("{PUBLIC}/hooks/telnyx/bridge?session={id}&interaction={iid}");
+    let status = format!("{PUBLIC}/hooks/telnyx/status?ref={iid}");
+    assert_eq!(
+        req.json(),
+        json!({
+            "ApplicationSid": TELNYX_APP,
+            "To": b,
+            "From": proxy,
+            "Url": bridge,
+            "UrlMethod": "POST",
+            "StatusCallback": status,
+            "StatusCallbackMethod": "POST",
+        })
+    );
+
+    // B answers: Telnyx fetches the TeXML, which dials A from the proxy.
+    let form = rt::form(&[
+        ("AccountSid", TELNYX_ACCOUNT),
+        ("CallSid", "v3:app-call-1"),
+        ("From", &proxy),
+        ("To", &b),
+        ("CallStatus", "in-progress"),
+        ("Direction", "outbound"),
+    ]);
+    let ct = "application/x-www-form-urlencoded";
+    let answer = hook.post(&on_public(&bridge), ct, &form).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert!(
+        answer.text.contains(&format!(
+            r#"<Dial callerId="{proxy}"><Number>{a}</Number></Dial>"#
+        )),
+        "{}",
+        answer.text
+    );
+
+    // The status callback completes the interaction.
+    let done = rt::form(&[
+        ("CallSid", "v3:app-call-1"),
+        ("CallStatus", "completed"),
+        ("CallDuration", "12"),
+        ("From", &proxy),
+        ("To", &b),
+    ]);
+    let r = hook.post(&on_public(&status), ct, &done).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let i = interaction(&app, &id, &iid).await;
+    assert_eq!(i["status"], "completed");
+    assert_eq!(i["duration_secs"], 12);
+
+    assert_no_numbers_stored_or_logged(&app, &[&a, &b]).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vonage
+// ---------------------------------------------------------------------------------------------
+
+const VONAGE_APP: &str = "aaaaaaaa-bbbb-cccc-dddd-0123456789ab";
+
+/// A key for tests only: Vonage's applications hold RSA keys, PKCS#8 PEM.
+const VONAGE_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIIEuwIBADANBgkqhkiG9w0BAQEFAASCBKUwggShAgEAAoIBAQC2sa2yD2vu/NEV
+FyH5IuuhZRbJA4tNqqPPjDHLCegPwWFeMliVFAXxVLO11iFwL9WtHOkUowEkt3Wm
+nBb3D8cCDmAibrRN5Kgf2Grou2eiz9CCNYINZDhEHLEC1uK2kjHj3iZGDHd9mQ7k
+5qAHK2ayKwN8ZQRP5APaP8HfzMuQWWzsKfh47tojNNGm9b0DyZf1KGGZ73U9b5l7
+ESVwJUw0Lso18mNxYmKoiy6XkhgOfPJZunMDJ5OE8e+aKbkKo+9GpBShYt9cMx1T
+ylS9i0UME/3b6v7JsHRb+dBonRt29NbmSbv+SrXt4cVTa7XuaZkVIFvyN5y7eelo
+NHhAdDnhAgMBAAECgf9rgnCOZQTfK2erp/4WEYN+nQs+v32UKha7/4RN0RNlZVqN
+h1/mWru+Ilo4mqPGB5N2vzMD/rVtjFVvwx5aK+Hj4KtlMXOcljKM8Vsrs4M8csIB
+ES8dmLYdXvgyJsJdLffhLTM/HzCYeLm+RvllPrHwc9+MeuW1HdLzXEThSC/pGura
+4THLEn8O5Aic7NUXZQaI+o0PP3Onawkv32X8qYo29Xd8FvqI0Sajpkq7SLd/ZyPh
+48jHXNIWSoMEliiP4Zf/F+BiQvO+/KEgCyqBM3SYquMNlUV8uJc2xgPvzXk+TZpK
+bdfYMl6isBXWQh4oM0zTJ66IkenOtyLqgdWCPu0CgYEA6F4GUvQDJRNc+QW0xKw9
+bvStBu65zkvEYsb4sXsTjVAG5YOViqaAFfPWiXHpzB+Lr4SKBRHB0+/pbVUt0XWY
+WjLo96i5ycoYqUD/SunVwdn3q2tbHitBBXZ/Od9DBvR3wo+66F1lkcTnxtPYc9lJ
+h5ZHcYCVHtPPQKMS8LjIWuUCgYEAyUZZQqpyZQ7YdHMaUZy/iQwHp8CJqdRoMYMO
+Xe9byiVTgxUqhlXPNRMvnyWHP3l8taVNi080TLW5lAMNyZeG22GUwT908INWkMVv
+i73YE3iXuEcmZOAKiD3RiuEBW+MiLGTHL5sMtf2L7c2Vi0vlmabbdBtkY0OimRVD
+ma94J00CgYEAkFZfbUW/cldNyC2gNQ6cdoCrvgOqDRgJXCYmMvC1m3DbZ9PNnzt/
+kqNNX0EQLkhmF1en+DAoi0KaZ9yiQlrekSDQj44SIeNUYEZMjjckHW8MpkFgbyQF
+FqSdsNAbLYXLomJvgokJX3vFUT8kVAnj38IcjMeHWYfOVGM3j6noYnUCgYBO7pSw
+rTFBamn+eOk4WjVO5HXYFoymGlNmH1QyCF1B0BOJE3LizaH92XFSgyAgB1+dyJ65
+ZC1Ja/bEEdKFXTQYspLomh8c9xSqn5LYBXJIaIFvVg+7fZUDyuJzCTxEMbXEHR10
+EOUSNcV7U6UyxGfdMu9bACcFOo/4Yrto+MQw/QKBgAc3oqXBpSQ+Db3qeF19YHja
+6R554TOtzmhYEhzjS8jWZ0HLk3Ue11FlVTZGHBjGIs1BQBz14mCOOs2afIWQyIoj
+uwX7+Tv/LlEUe76xV1OC9nJHwYhgHhBArDUnzC51M0uQUnU/ePry+oyzXBoPx9N2
+HhBupNet/eYTBzK3qRqk
+-----END PRIVATE KEY-----";
+
+/// Checks a Vonage API JWT as Vonage would: RS256 under the application's public key, with
+/// the application id and a fresh `iat`.
+fn assert_vonage_jwt(authorization: &str) {
+    use ring::signature::{KeyPair, RSA_PKCS1_2048_8192_SHA256, RsaKeyPair, UnparsedPublicKey};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let token = authorization
+        .strip_prefix("Bearer ")
+        .expect("a bearer token");
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "{token}");
+    let header: Value = serde_json::from_slice(&b64url.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "RS256");
+    let claims: Value = serde_json::from_slice(&b64url.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(claims["application_id"], VONAGE_APP);
+    let iat = claims["iat"].as_i64().unwrap();
+    assert!((iat - now_ms() / 1000).abs() < 60, "{claims}");
+    assert!(claims["jti"].is_string(), "{claims}");
+    assert!(claims["exp"].as_i64().unwrap() > iat, "{claims}");
+    let der: String = VONAGE_KEY
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let pair = RsaKeyPair::from_pkcs8(&b64.decode(der).unwrap()).unwrap();
+    let public = UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, pair.public_key().as_ref());
+    public
+        .verify(
+            format!("{}.{}", parts[0], parts[1]).as_bytes(),
+            &b64url.decode(parts[2]).unwrap(),
+        )
+        .expect("the JWT verifies under the application's public key");
+}
+
+#[tokio::test]
+async fn vonage_places_the_call_with_a_signed_jwt_and_its_bridge_connects_the_other() {
+    use crate::relay_vonage as rv;
+    let api = CallApi::start(
+        201,
+        json!({ "uuid": "63f61863-4a51-4f6b-86e1-46edebcf9356", "status": "started",
+                "direction": "outbound",
+                "conversation_uuid": "CON-f972836a-550f-45fa-956c-12a2ab5b7d22" }),
+    )
+    .await;
+    let base = api.base.clone();
+    let app = TestApp::start_with(|c| {
+        c.public_url = Some(PUBLIC.into());
+        c.providers.vonage_signature_secret = Some(Secret::new(rv::SIGNATURE_SECRET.into()));
+        c.providers.vonage_application_id = Some(VONAGE_APP.into());
+        c.providers.vonage_private_key = Some(Secret::new(VONAGE_KEY.into()));
+        c.providers.vonage_voice_api_base = base;
+    })
+    .await;
+    let (id, proxy, a, b) = ride(&app).await;
+    let digits = |n: &str| n.trim_start_matches('+').to_string();
+
+    let made = start_call(&app, &id, &a).await.expect(201);
+    let iid = made["id"].as_str().unwrap().to_string();
+    assert_eq!(made["provider"], "vonage");
+    assert_eq!(
+        made["provider_call_id"],
+        "63f61863-4a51-4f6b-86e1-46edebcf9356"
+    );
+
+    let req = api.only();
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.path, "/v1/calls");
+    assert_vonage_jwt(&req.authorization);
+    assert!(req.content_type.starts_with("application/json"));
+    let bridge = format!("{PUBLIC}/hooks/vonage/bridge?session={id}&interaction={iid}");
+    let status = format!("{PUBLIC}/hooks/vonage/event?ref={iid}");
+    assert_eq!(
+        req.json(),
+        json!({
+            "to": [{ "type": "phone", "number": digits(&a) }],
+            "from": { "type": "phone", "number": digits(&proxy) },
+            "answer_url": [bridge],
+            "answer_method": "POST",
+            "event_url": [status],
+            "event_method": "POST",
+        })
+    );
+
+    // A answers: Vonage posts to the answer URL, whose NCCO connects B from the proxy.
+    let post = |path: String, body: Value| {
+        let app = &app;
+        async move {
+            let body = body.to_string();
+            let token = rv::token_for_body(body.as_bytes());
+            app.send(
+                app.client
+                    .post(app.url(&path))
+                    .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(body),
+            )
+            .await
+        }
+    };
+    let leg = "63f61863-4a51-4f6b-86e1-46edebcf9356";
+    let answer_body = json!({
+        "from": digits(&proxy),
+        "to": digits(&a),
+        "uuid": leg,
+        "conversation_uuid": "CON-f972836a-550f-45fa-956c-12a2ab5b7d22",
+    });
+    let answer = post(on_public(&bridge), answer_body.clone()).await;
+    assert_eq!(
+        answer.expect(200),
+        json!([{
+            "action": "connect",
+            "from": digits(&proxy),
+            "endpoint": [{ "type": "phone", "number": digits(&b) }],
+        }])
+    );
+
+    // The event URL completes the interaction.
+    let completed = json!({
+        "from": digits(&proxy),
+        "to": digits(&a),
+        "uuid": leg,
+        "conversation_uuid": "CON-f972836a-550f-45fa-956c-12a2ab5b7d22",
+        "status": "completed",
+        "direction": "outbound",
+        "duration": "27",
+        "timestamp": "2020-01-01T12:00:00.000Z",
+    });
+    let r = post(on_public(&status), completed).await;
+    assert!(r.status < 300, "{} {}", r.status, r.text);
+    let i = interaction(&app, &id, &iid).await;
+    assert_eq!(i["status"], "completed");
+    assert_eq!(i["duration_secs"], 27);
+
+    assert_no_numbers_stored_or_logged(&app, &[&a, &b]).await;
 }

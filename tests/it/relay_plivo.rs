@@ -14,8 +14,8 @@ use sha2::Sha256;
 
 use crate::harness::*;
 
-const PUBLIC_URL: &str = "https://hush.example.test";
-const TOKEN: &str = "MjU3ZDUxYmQ0ZmQ5ZjE2ZjI0ZWE4YjM0YmYwNDM5";
+pub(crate) const PUBLIC_URL: &str = "https://hush.example.test";
+pub(crate) const TOKEN: &str = "MjU3ZDUxYmQ0ZmQ5ZjE2ZjI0ZWE4YjM0YmYwNDM5";
 const MESSAGE: &str = "Ride over <&> \"bye\" — 'for now'";
 
 // ---------------------------------------------------------------------------------------------
@@ -211,17 +211,17 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// Plivo's form of a number: digits with the country code, no `+`.
-fn digits(e164: &str) -> String {
+pub(crate) fn digits(e164: &str) -> String {
     e164.trim_start_matches('+').to_string()
 }
 
 /// A client that calls hush's Plivo routes as Plivo would.
-struct Plivo<'a> {
+pub(crate) struct Plivo<'a> {
     app: &'a TestApp,
 }
 
 impl<'a> Plivo<'a> {
-    fn new(app: &'a TestApp) -> Self {
+    pub(crate) fn new(app: &'a TestApp) -> Self {
         Plivo { app }
     }
 
@@ -278,7 +278,7 @@ impl<'a> Plivo<'a> {
         self.app.send(req).await
     }
 
-    async fn post(&self, path_and_query: &str, params: &[(&str, &str)]) -> Resp {
+    pub(crate) async fn post(&self, path_and_query: &str, params: &[(&str, &str)]) -> Resp {
         self.send(path_and_query, params, Sign::Plivo).await
     }
 
@@ -547,7 +547,7 @@ fn xml_answer(r: &Resp) -> El {
 
 /// The `(callerId, number dialled)` of a `<Dial>` answer.
 #[track_caller]
-fn dialled(r: &Resp) -> (String, String) {
+pub(crate) fn dialled(r: &Resp) -> (String, String) {
     let root = xml_answer(r);
     let dial = root.only("Dial");
     let number = dial.only("Number");

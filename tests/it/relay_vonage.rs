@@ -23,7 +23,7 @@ use sha2::Digest as _;
 use crate::harness::*;
 
 const PUBLIC: &str = "https://hush.example.test";
-const SIGNATURE_SECRET: &str = "vonage-test-signature-secret-7f3a";
+pub(crate) const SIGNATURE_SECRET: &str = "vonage-test-signature-secret-7f3a";
 const API_KEY: &str = "abcd1234";
 const API_SECRET: &str = "vonage-test-api-secret";
 const ENDED: &str = "This ride has ended. <Call> support & \"ask\" for 'Sam' 😀";
@@ -78,7 +78,7 @@ fn hs256() -> Value {
 }
 
 /// The token Vonage sends with a POST: `payload_hash` is the SHA-256 of the body.
-fn token_for_body(body: &[u8]) -> String {
+pub(crate) fn token_for_body(body: &[u8]) -> String {
     jwt(SIGNATURE_SECRET, &hs256(), &claims(Some(sha256_hex(body))))
 }
 
