@@ -484,6 +484,24 @@ async fn a_provider_down_is_503_a_refusal_502_and_neither_connects() {
 }
 
 #[tokio::test]
+async fn an_unreachable_provider_is_503() {
+    // A port nothing listens on: the connection is refused at once.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let app = TestApp::start_with(|c| {
+        c.public_url = Some(PUBLIC.into());
+        c.providers.twilio_auth_token = Some(Secret::new(relay_twilio::TOKEN.into()));
+        c.providers.twilio_account_sid = Some(TWILIO_SID.into());
+        c.providers.twilio_api_base = closed;
+    })
+    .await;
+    let (id, _, a, _) = ride(&app).await;
+    let r = start_call(&app, &id, &a).await;
+    r.expect_problem(503, "provider_unavailable");
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(interactions(&app, &id).await[0]["status"], "failed");
+}
+
+#[tokio::test]
 async fn a_bridge_after_the_session_ended_hears_the_pools_message() {
     let (api, app) = twilio_world().await;
     let twilio = Twilio { app: &app };
