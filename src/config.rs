@@ -1038,4 +1038,47 @@ mod tests {
         }
         assert!(age("vonage_token_max_age_secs = 0\n", &[]).is_err());
     }
+
+    #[test]
+    fn call_api_settings_load_and_the_vonage_key_is_read_from_a_file_and_redacted() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nTUlJRXZRSUJBREFO\n-----END PRIVATE KEY-----\n";
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("vonage.pem");
+        std::fs::write(&key, pem).unwrap();
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("HUSH_TWILIO_ACCOUNT_SID", "AC123"),
+                ("HUSH_TWILIO_API_BASE", "http://127.0.0.1:9/"),
+                ("HUSH_TELNYX_ACCOUNT_SID", "acct"),
+                ("HUSH_TELNYX_TEXML_APP_ID", "app"),
+                ("HUSH_PLIVO_AUTH_ID", "MA123"),
+                ("HUSH_VONAGE_APPLICATION_ID", "vapp"),
+                ("HUSH_VONAGE_PRIVATE_KEY", key.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        let p = &c.providers;
+        assert_eq!(p.twilio_account_sid.as_deref(), Some("AC123"));
+        assert_eq!(p.twilio_api_base, "http://127.0.0.1:9");
+        assert_eq!(p.plivo_api_base, "https://api.plivo.com");
+        assert_eq!(p.vonage_voice_api_base, "https://api.nexmo.com");
+        assert_eq!(
+            (
+                p.telnyx_account_sid.as_deref(),
+                p.telnyx_texml_app_id.as_deref()
+            ),
+            (Some("acct"), Some("app"))
+        );
+        assert_eq!(p.plivo_auth_id.as_deref(), Some("MA123"));
+        assert_eq!(p.vonage_private_key.as_ref().unwrap().expose(), pem);
+        assert!(!format!("{c:?}").contains("TUlJRXZRSUJBREFO"));
+        // Inline, as is.
+        let c = Config::load_from(None, env(&[("HUSH_VONAGE_PRIVATE_KEY", pem)])).unwrap();
+        assert_eq!(c.providers.vonage_private_key.unwrap().expose(), pem);
+        // Neither a PEM nor a file.
+        let e = Config::load_from(None, env(&[("HUSH_VONAGE_PRIVATE_KEY", "/no/such.pem")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("HUSH_VONAGE_PRIVATE_KEY"), "{e}");
+    }
 }

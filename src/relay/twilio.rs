@@ -1001,6 +1001,18 @@ mod tests {
             (r.reference.as_str(), r.proxy.as_deref(), r.last),
             ("CA1", Some("+12015550100"), true)
         );
+        // A call hush placed for the app: its own leg, from the proxy, named by `ref`.
+        let placed = params(&[
+            ("CallSid", "CA7"),
+            ("CallStatus", "ringing"),
+            ("From", "+12015550100"),
+            ("To", "+14155550101"),
+        ]);
+        let r = StatusReport::parse(&placed, &params(&[("ref", "int_x")])).unwrap();
+        assert_eq!(
+            (r.reference.as_str(), r.proxy.as_deref(), r.last),
+            ("int_x", Some("+12015550100"), false)
+        );
         let sent = params(&[
             ("MessageSid", "SM9"),
             ("SmsStatus", "sent"),
