@@ -3,6 +3,7 @@
 //! (paths can hold a participant's number).
 
 mod events;
+mod messages;
 mod ops;
 mod pools;
 mod sessions;
@@ -43,6 +44,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/sessions/{id}"),
     ("DELETE", "/v1/sessions/{id}"),
     ("GET", "/v1/sessions/{id}/interactions"),
+    ("POST", "/v1/sessions/{id}/messages"),
     ("GET", "/v1/pools/{name}/callback-secret"),
     ("POST", "/v1/pools/{name}/callback-secret/rotate"),
     ("GET", "/v1/events"),
@@ -85,6 +87,7 @@ pub fn routes() -> Router<AppState> {
             "/v1/sessions/{id}/interactions",
             get(sessions::interactions),
         )
+        .route("/v1/sessions/{id}/messages", post(messages::send))
         .route(
             "/v1/pools/{name}/callback-secret",
             get(pools::callback_secret),

@@ -14,8 +14,8 @@ use sha2::Sha256;
 
 use crate::harness::*;
 
-const PUBLIC_URL: &str = "https://hush.example.test";
-const TOKEN: &str = "MjU3ZDUxYmQ0ZmQ5ZjE2ZjI0ZWE4YjM0YmYwNDM5";
+pub(crate) const PUBLIC_URL: &str = "https://hush.example.test";
+pub(crate) const TOKEN: &str = "MjU3ZDUxYmQ0ZmQ5ZjE2ZjI0ZWE4YjM0YmYwNDM5";
 const MESSAGE: &str = "Ride over <&> \"bye\" — 'for now'";
 
 // ---------------------------------------------------------------------------------------------
@@ -216,12 +216,12 @@ fn digits(e164: &str) -> String {
 }
 
 /// A client that calls hush's Plivo routes as Plivo would.
-struct Plivo<'a> {
+pub(crate) struct Plivo<'a> {
     app: &'a TestApp,
 }
 
 impl<'a> Plivo<'a> {
-    fn new(app: &'a TestApp) -> Self {
+    pub(crate) fn new(app: &'a TestApp) -> Self {
         Plivo { app }
     }
 
@@ -278,7 +278,7 @@ impl<'a> Plivo<'a> {
         self.app.send(req).await
     }
 
-    async fn post(&self, path_and_query: &str, params: &[(&str, &str)]) -> Resp {
+    pub(crate) async fn post(&self, path_and_query: &str, params: &[(&str, &str)]) -> Resp {
         self.send(path_and_query, params, Sign::Plivo).await
     }
 
