@@ -146,10 +146,11 @@ pub struct Providers {
     pub twilio_auth_token: Option<Secret<String>>,
     /// `HUSH_TWILIO_SHARED_KEYS`: `id=secret,...` for HMAC-SHA256 webhook signatures.
     pub twilio_shared_keys: Vec<(String, Secret<String>)>,
-    /// `HUSH_TWILIO_ACCOUNT_SID`: the account whose REST API places calls the app starts
-    /// (with the auth token as the Basic auth password).
-    pub twilio_account_sid: Option<String>,
-    /// `HUSH_TWILIO_API_BASE`: Twilio's REST API (default `https://api.twilio.com`).
+    /// `HUSH_TWILIO_ACCOUNT_SID`: with `HUSH_TWILIO_AUTH_TOKEN`, lets hush send texts
+    /// through Twilio's Messaging API and place calls the app starts through its Calls
+    /// resource (HTTP Basic auth `AccountSid:AuthToken`).
+    pub twilio_account_sid: Option<Secret<String>>,
+    /// `HUSH_TWILIO_API_BASE`: Twilio's API (default `https://api.twilio.com`).
     pub twilio_api_base: String,
     /// `HUSH_TELNYX_PUBLIC_KEY`: base64 Ed25519 key that signs Telnyx webhooks.
     pub telnyx_public_key: Option<Secret<String>>,
@@ -163,12 +164,14 @@ pub struct Providers {
     /// `HUSH_TELNYX_TEXML_APP_ID`: the TeXML application (`ApplicationSid`) that places calls
     /// the app starts.
     pub telnyx_texml_app_id: Option<String>,
-    /// `HUSH_PLIVO_AUTH_TOKEN`: signs `X-Plivo-Signature-V3`.
+    /// `HUSH_PLIVO_AUTH_TOKEN`: signs `X-Plivo-Signature-V3`, and with `HUSH_PLIVO_AUTH_ID`
+    /// authenticates hush to Plivo's Message and Call APIs.
     pub plivo_auth_token: Option<Secret<String>>,
-    /// `HUSH_PLIVO_AUTH_ID`: the account whose REST API places calls the app starts (with
-    /// the auth token as the Basic auth password).
-    pub plivo_auth_id: Option<String>,
-    /// `HUSH_PLIVO_API_BASE`: Plivo's REST API (default `https://api.plivo.com`).
+    /// `HUSH_PLIVO_AUTH_ID`: with `HUSH_PLIVO_AUTH_TOKEN`, lets hush send texts through
+    /// Plivo's Message API and place calls the app starts through its Call API (HTTP Basic
+    /// auth `auth_id:auth_token`).
+    pub plivo_auth_id: Option<Secret<String>>,
+    /// `HUSH_PLIVO_API_BASE`: Plivo's API (default `https://api.plivo.com`).
     pub plivo_api_base: String,
     /// `HUSH_VONAGE_SIGNATURE_SECRET`: signs voice JWTs and signed SMS.
     pub vonage_signature_secret: Option<Secret<String>>,
@@ -192,6 +195,28 @@ pub struct Providers {
     /// accepted (default 300, at most 3600). Each token is accepted for one request only,
     /// and its id is remembered in Redis for this long.
     pub vonage_token_max_age_secs: u32,
+}
+
+impl Providers {
+    /// The providers whose API credentials are set, so that can send the texts the app
+    /// asks for, by name (`twilio`, `telnyx`, `plivo`, `vonage`).
+    pub fn texting(&self) -> Vec<&'static str> {
+        let set = |s: &Option<Secret<String>>| s.as_ref().is_some_and(|s| !s.expose().is_empty());
+        let mut out = Vec::new();
+        if set(&self.twilio_account_sid) && set(&self.twilio_auth_token) {
+            out.push("twilio");
+        }
+        if set(&self.telnyx_api_key) {
+            out.push("telnyx");
+        }
+        if set(&self.plivo_auth_id) && set(&self.plivo_auth_token) {
+            out.push("plivo");
+        }
+        if set(&self.vonage_api_key) && set(&self.vonage_api_secret) {
+            out.push("vonage");
+        }
+        out
+    }
 }
 
 /// The default of `HUSH_VONAGE_TOKEN_MAX_AGE_SECS`: Vonage signs each webhook as it sends
@@ -517,7 +542,10 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?;
         }
-        p.twilio_account_sid = raw.twilio_account_sid.filter(|v| !v.trim().is_empty());
+        p.twilio_account_sid = raw
+            .twilio_account_sid
+            .filter(|v| !v.is_empty())
+            .map(Secret::new);
         if let Some(v) = raw.twilio_api_base {
             p.twilio_api_base = v.trim_end_matches('/').to_string();
         }
@@ -529,7 +557,7 @@ impl Config {
             p.telnyx_api_base = v.trim_end_matches('/').to_string();
         }
         p.plivo_auth_token = raw.plivo_auth_token.map(Secret::new);
-        p.plivo_auth_id = raw.plivo_auth_id.filter(|v| !v.trim().is_empty());
+        p.plivo_auth_id = raw.plivo_auth_id.filter(|v| !v.is_empty()).map(Secret::new);
         if let Some(v) = raw.plivo_api_base {
             p.plivo_api_base = v.trim_end_matches('/').to_string();
         }
@@ -1059,7 +1087,7 @@ mod tests {
         )
         .unwrap();
         let p = &c.providers;
-        assert_eq!(p.twilio_account_sid.as_deref(), Some("AC123"));
+        assert_eq!(p.twilio_account_sid.as_ref().unwrap().expose(), "AC123");
         assert_eq!(p.twilio_api_base, "http://127.0.0.1:9");
         assert_eq!(p.plivo_api_base, "https://api.plivo.com");
         assert_eq!(p.vonage_voice_api_base, "https://api.nexmo.com");
@@ -1070,7 +1098,7 @@ mod tests {
             ),
             (Some("acct"), Some("app"))
         );
-        assert_eq!(p.plivo_auth_id.as_deref(), Some("MA123"));
+        assert_eq!(p.plivo_auth_id.as_ref().unwrap().expose(), "MA123");
         assert_eq!(p.vonage_private_key.as_ref().unwrap().expose(), pem);
         assert!(!format!("{c:?}").contains("TUlJRXZRSUJBREFO"));
         // Inline, as is.

@@ -2,13 +2,13 @@
 //! participant from the session's proxy number through the configured provider; once they
 //! answer, the provider's bridge webhook connects the other.
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::sessions::{IDEMPOTENT_REPLAYED, idempotency_key, session_id};
+use super::sessions::{idempotency_key, idempotent_answer, session_id};
 use super::{ApiError, AppState, Auth, JsonBody};
-use crate::broker::Scope;
+use crate::broker::{IdemAnswer, Scope};
 use crate::domain::SessionId;
 use crate::http::calls::{CallError, Dialer};
 use crate::http::extract::{Path, State};
@@ -54,27 +54,23 @@ pub async fn create(
             "from is a participant's number or label".into(),
         ));
     }
-    // Until pools name their provider, calls go through the one configured.
-    let dialer = s.dialers.first().cloned().ok_or(ApiError::NoCallProvider)?;
+    let available: Vec<&str> = s.dialers.iter().map(|d| d.provider()).collect();
+    let provider = s.broker.call_provider(&id, &available).await?;
+    let dialer = s
+        .dialers
+        .iter()
+        .find(|d| d.provider() == provider)
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("a chosen provider has no dialer".into()))?;
     let work = place(&s, &id, &body.value.from, dialer.as_ref());
-    let (text, replayed) = match idem {
-        None => (work.await?, false),
-        Some(key) => {
-            let answer = s.broker.once(&auth.0.name, &key, &body.raw, work).await?;
-            (answer.body, answer.replayed)
-        }
+    let answer = match idem {
+        None => IdemAnswer {
+            body: work.await?,
+            replayed: false,
+        },
+        Some(key) => s.broker.once(&auth.0.name, &key, &body.raw, work).await?,
     };
-    let mut resp = (
-        StatusCode::CREATED,
-        [(header::CONTENT_TYPE, "application/json")],
-        text,
-    )
-        .into_response();
-    if replayed {
-        resp.headers_mut()
-            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    }
-    Ok(resp)
+    Ok(idempotent_answer(StatusCode::CREATED, answer))
 }
 
 /// Records the call, asks the provider to place it, and gives the answer's JSON. A call
@@ -112,7 +108,7 @@ async fn place(
             }
             Err(match e {
                 CallError::Refused(d) => ApiError::ProviderRefused(d),
-                CallError::Unavailable(d) => ApiError::ProviderUnavailable(d),
+                CallError::Unavailable(d) => ApiError::ProviderDown(d),
             })
         }
     }

@@ -4,6 +4,7 @@
 
 mod calls;
 mod events;
+mod messages;
 mod ops;
 mod pools;
 mod sessions;
@@ -45,6 +46,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/sessions/{id}"),
     ("GET", "/v1/sessions/{id}/interactions"),
     ("POST", "/v1/sessions/{id}/calls"),
+    ("POST", "/v1/sessions/{id}/messages"),
     ("GET", "/v1/pools/{name}/callback-secret"),
     ("POST", "/v1/pools/{name}/callback-secret/rotate"),
     ("GET", "/v1/events"),
@@ -88,6 +90,7 @@ pub fn routes() -> Router<AppState> {
             get(sessions::interactions),
         )
         .route("/v1/sessions/{id}/calls", post(calls::create))
+        .route("/v1/sessions/{id}/messages", post(messages::send))
         .route(
             "/v1/pools/{name}/callback-secret",
             get(pools::callback_secret),

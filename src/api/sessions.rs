@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use super::{ApiError, AppState, Auth, JsonBody, ok};
 use crate::broker::{
-    BrokerError, Decision, NewSession, PROVIDER_REF_TTL_MS, Participant, Scope, UNNAMED_REF_TTL_MS,
+    BrokerError, Decision, IdemAnswer, NewSession, PROVIDER_REF_TTL_MS, Participant, Scope,
+    UNNAMED_REF_TTL_MS,
 };
 use crate::domain::session::Kind;
 use crate::domain::{E164, Mode, PoolName, SessionId};
@@ -20,9 +21,9 @@ const METADATA_BYTES_MAX: usize = 2048;
 const IDEMPOTENCY_KEY_MAX: usize = 255;
 /// Marks an answer that repeats an earlier request's (same `Idempotency-Key` and body), so a
 /// client can tell a retry that went through before from its own.
-pub(super) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-fn number(field: &str, raw: &str) -> Result<E164, ApiError> {
+pub(super) fn number(field: &str, raw: &str) -> Result<E164, ApiError> {
     E164::parse(raw).map_err(|reason| {
         ApiError::Broker(BrokerError::InvalidNumber {
             field: field.to_string(),
@@ -104,25 +105,6 @@ fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
     })
 }
 
-/// The request's `Idempotency-Key`, if it sends one.
-pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(v) => {
-            let k = v
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX)
-                .ok_or_else(|| {
-                    ApiError::Validation(
-                        "Idempotency-Key must be 1 to 255 visible characters".into(),
-                    )
-                })?;
-            Ok(Some(k.to_string()))
-        }
-    }
-}
-
 pub async fn create(
     auth: Auth,
     State(s): State<AppState>,
@@ -141,8 +123,28 @@ pub async fn create(
         .broker
         .create_session_idempotent(&auth.0.name, &key, &body.raw, req)
         .await?;
+    Ok(idempotent_answer(StatusCode::CREATED, answer))
+}
+
+/// The `Idempotency-Key` header, when the request has one.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let k = v
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX)
+        .ok_or_else(|| {
+            ApiError::Validation("Idempotency-Key must be 1 to 255 visible characters".into())
+        })?;
+    Ok(Some(k.to_string()))
+}
+
+/// The answer of an idempotent request, marked when it repeats an earlier one's.
+pub(super) fn idempotent_answer(status: StatusCode, answer: IdemAnswer) -> Response {
     let mut resp = (
-        StatusCode::CREATED,
+        status,
         [(header::CONTENT_TYPE, "application/json")],
         answer.body,
     )
@@ -151,7 +153,7 @@ pub async fn create(
         resp.headers_mut()
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
-    Ok(resp)
+    resp
 }
 
 pub async fn show(

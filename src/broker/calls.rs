@@ -115,6 +115,38 @@ impl Broker {
         }
     }
 
+    /// The provider that places a call in session `id`: the pool's `provider`, which must be
+    /// `available` (configured to place calls), or else the only one that is.
+    pub async fn call_provider<'a>(
+        &self,
+        id: &SessionId,
+        available: &[&'a str],
+    ) -> Result<&'a str> {
+        let Some((row, policy)) = self.pool_policy_cached(id.pool_id).await? else {
+            return Err(BrokerError::SessionNotFound);
+        };
+        match pool_provider(&policy) {
+            Some(name) => available
+                .iter()
+                .find(|a| **a == name)
+                .copied()
+                .ok_or_else(|| {
+                    BrokerError::ProviderUnavailable(format!(
+                        "pool `{}` places calls through {name}, whose call API credentials \
+                         are not configured",
+                        row.name
+                    ))
+                }),
+            None => match available {
+                [one] => Ok(one),
+                [] => Err(BrokerError::ProviderUnavailable(
+                    "no provider has call API credentials configured".into(),
+                )),
+                _ => Err(BrokerError::ProviderAmbiguous(row.name.clone())),
+            },
+        }
+    }
+
     /// Marks a call the app started as failed when the provider did not take it: the
     /// interaction ends there, never having connected.
     pub async fn call_not_placed(&self, provider: &str, call: &CallStart) -> Result<()> {
@@ -129,4 +161,9 @@ impl Broker {
         .await?;
         Ok(())
     }
+}
+
+/// The provider a pool names for what hush sends and places, if any.
+fn pool_provider(_policy: &crate::domain::PoolPolicy) -> Option<&str> {
+    None
 }

@@ -27,6 +27,7 @@ mod reaper;
 mod rotation;
 mod routing;
 mod sessions;
+mod texts;
 mod views;
 
 pub use calls::CallStart;
@@ -39,6 +40,7 @@ pub use reaper::{Reaped, run_reaper};
 pub use rotation::Rotation;
 pub use routing::{PROVIDER_REF_TTL_MS, UNNAMED_REF_TTL_MS};
 pub use sessions::{MAX_TTL_SECS, STICKY_WINDOW_MS};
+pub use texts::{AppText, OutboundSms, Recipient, TEXT_MAX_CHARS, Via};
 pub use views::{
     AddReport, Decision, InteractionView, InterceptPlan, InterceptVerdict, NewSession,
     NumberCounts, NumberView, Participant, ParticipantView, PoolView, RelayOutcome, SessionView,
@@ -82,8 +84,15 @@ pub enum BrokerError {
     PoolInUse(String),
     #[error("the session has ended")]
     SessionClosed,
-    #[error("`from` names neither participant of the session (by number or label)")]
+    #[error("`to` or `from` names neither participant of the session (by number or label)")]
     NotAParticipant,
+    #[error("{0}")]
+    ProviderUnavailable(String),
+    #[error(
+        "pool `{0}` names no provider and several have API credentials: set the pool's \
+         `provider`"
+    )]
+    ProviderAmbiguous(String),
     #[error("event not found, or not redeliverable")]
     EventNotFound,
     #[error("this Idempotency-Key was used with another request body")]

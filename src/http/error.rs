@@ -29,9 +29,7 @@ pub enum ApiError {
     /// provider and its status, never what it echoed.
     ProviderRefused(String),
     /// The provider could not be reached or failed (5xx, timeout): worth retrying.
-    ProviderUnavailable(String),
-    /// No provider that can place calls is configured.
-    NoCallProvider,
+    ProviderDown(String),
 }
 
 impl From<BrokerError> for ApiError {
@@ -141,17 +139,11 @@ impl ApiError {
                 "Provider refused",
                 scrub(d),
             ),
-            ApiError::ProviderUnavailable(d) => (
+            ApiError::ProviderDown(d) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "provider_unavailable",
-                "Provider unavailable",
+                "provider_down",
+                "Provider down",
                 scrub(d),
-            ),
-            ApiError::NoCallProvider => (
-                StatusCode::CONFLICT,
-                "calls_not_configured",
-                "Calls not configured",
-                "no provider with call credentials is configured (see docs/providers.md)".into(),
             ),
             ApiError::Broker(e) => match e {
                 B::InvalidNumber { field, reason } => (
@@ -214,16 +206,28 @@ impl ApiError {
                     "Event not found",
                     e.to_string(),
                 ),
+                B::SessionClosed => (
+                    StatusCode::CONFLICT,
+                    "session_closed",
+                    "Session closed",
+                    e.to_string(),
+                ),
                 B::NotAParticipant => (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "not_a_participant",
                     "Not a participant",
                     e.to_string(),
                 ),
-                B::SessionClosed => (
+                B::ProviderUnavailable(_) => (
                     StatusCode::CONFLICT,
-                    "session_closed",
-                    "Session closed",
+                    "provider_unavailable",
+                    "Provider unavailable",
+                    e.to_string(),
+                ),
+                B::ProviderAmbiguous(_) => (
+                    StatusCode::CONFLICT,
+                    "provider_ambiguous",
+                    "Provider not chosen",
                     e.to_string(),
                 ),
                 B::IdempotencyConflict => (

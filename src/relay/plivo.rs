@@ -102,6 +102,7 @@ impl CallApi for Plivo {
         let (Some(id), Some(token)) = (&p.plivo_auth_id, &p.plivo_auth_token) else {
             return Err(CallError::Refused("plivo has no account configured".into()));
         };
+        let id = id.expose();
         let body = serde_json::json!({
             "from": call.proxy.reveal_digits(),
             "to": call.to.reveal_digits(),

@@ -101,6 +101,7 @@ impl CallApi for Twilio {
                 "twilio has no account configured".into(),
             ));
         };
+        let sid = sid.expose();
         let bridge = bridge_url::<Twilio>(public_url, call);
         let status = status_url::<Twilio>(public_url, call);
         let form = [

@@ -35,6 +35,7 @@ pub use events::EventDraft;
 pub use idempotency::{IdemBegin, IdemMark, Lease};
 pub use keys::{Keys, ShardKeys};
 pub use numbers::NumberRow;
+pub use outbox::AppTextQueued;
 pub use pools::{LAYOUT, PoolRow, PoolSet, ShardCounts};
 pub use routes::{CallStarted, Claimed, Entry, Reach, Stub};
 pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended, STICKY_WINDOW_MS};

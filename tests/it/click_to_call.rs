@@ -259,7 +259,7 @@ async fn twilio_world() -> (CallApi, TestApp) {
     let app = TestApp::start_with(|c| {
         c.public_url = Some(PUBLIC.into());
         c.providers.twilio_auth_token = Some(Secret::new(relay_twilio::TOKEN.into()));
-        c.providers.twilio_account_sid = Some(TWILIO_SID.into());
+        c.providers.twilio_account_sid = Some(Secret::new(TWILIO_SID.into()));
         c.providers.twilio_api_base = base;
     })
     .await;
@@ -451,7 +451,7 @@ async fn a_provider_down_is_503_a_refusal_502_and_neither_connects() {
 
     api.answer_next(&[503]);
     let down = start_call(&app, &id, &a).await;
-    down.expect_problem(503, "provider_unavailable");
+    down.expect_problem(503, "provider_down");
     assert_eq!(down.header("retry-after").as_deref(), Some("1"));
     assert!(!down.text.contains(&national_digits(&a)), "{}", down.text);
 
@@ -490,13 +490,13 @@ async fn an_unreachable_provider_is_503() {
     let app = TestApp::start_with(|c| {
         c.public_url = Some(PUBLIC.into());
         c.providers.twilio_auth_token = Some(Secret::new(relay_twilio::TOKEN.into()));
-        c.providers.twilio_account_sid = Some(TWILIO_SID.into());
+        c.providers.twilio_account_sid = Some(Secret::new(TWILIO_SID.into()));
         c.providers.twilio_api_base = closed;
     })
     .await;
     let (id, _, a, _) = ride(&app).await;
     let r = start_call(&app, &id, &a).await;
-    r.expect_problem(503, "provider_unavailable");
+    r.expect_problem(503, "provider_down");
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
     assert_eq!(interactions(&app, &id).await[0]["status"], "failed");
 }
@@ -565,7 +565,7 @@ async fn an_idempotency_key_places_one_call() {
         )
         .await
     };
-    send2().await.expect_problem(503, "provider_unavailable");
+    send2().await.expect_problem(503, "provider_down");
     send2().await.expect(201);
     send2().await.expect(201);
     assert_eq!(api.made().len(), 3);
@@ -581,7 +581,25 @@ async fn without_call_credentials_calls_are_not_configured() {
     let (id, _, a, _) = ride(&app).await;
     start_call(&app, &id, &a)
         .await
-        .expect_problem(409, "calls_not_configured");
+        .expect_problem(409, "provider_unavailable");
+    assert!(interactions(&app, &id).await.is_empty());
+}
+
+#[tokio::test]
+async fn with_several_providers_and_none_named_the_call_is_ambiguous() {
+    use crate::relay_plivo as rp;
+    let app = TestApp::start_with(|c| {
+        c.public_url = Some(PUBLIC.into());
+        c.providers.twilio_auth_token = Some(Secret::new(relay_twilio::TOKEN.into()));
+        c.providers.twilio_account_sid = Some(Secret::new(TWILIO_SID.into()));
+        c.providers.plivo_auth_token = Some(Secret::new(rp::TOKEN.into()));
+        c.providers.plivo_auth_id = Some(Secret::new(PLIVO_AUTH_ID.into()));
+    })
+    .await;
+    let (id, _, a, _) = ride(&app).await;
+    start_call(&app, &id, &a)
+        .await
+        .expect_problem(409, "provider_ambiguous");
     assert!(interactions(&app, &id).await.is_empty());
 }
 
@@ -592,7 +610,7 @@ async fn the_bridge_meets_the_intercept_and_the_call_sends_interaction_events() 
     let app = TestApp::start_with(|c| {
         c.public_url = Some(PUBLIC.into());
         c.providers.twilio_auth_token = Some(Secret::new(relay_twilio::TOKEN.into()));
-        c.providers.twilio_account_sid = Some(TWILIO_SID.into());
+        c.providers.twilio_account_sid = Some(Secret::new(TWILIO_SID.into()));
         c.providers.twilio_api_base = base;
         c.callback_allow_private = true;
     })
@@ -712,7 +730,7 @@ async fn plivo_places_the_call_and_its_bridge_dials_the_other_with_the_proxy() {
     let app = TestApp::start_with(|c| {
         c.public_url = Some(rp::PUBLIC_URL.into());
         c.providers.plivo_auth_token = Some(Secret::new(rp::TOKEN.into()));
-        c.providers.plivo_auth_id = Some(PLIVO_AUTH_ID.into());
+        c.providers.plivo_auth_id = Some(Secret::new(PLIVO_AUTH_ID.into()));
         c.providers.plivo_api_base = base;
     })
     .await;

@@ -958,6 +958,7 @@ async fn a_worker_that_dies_holding_a_text_leaves_it_to_another_and_none_sends_t
         text: format!("text {key}"),
         media: vec![],
         key: format!("telnyx:{key}"),
+        report_url: None,
     };
 
     // An instance claims a text and dies holding it: it may have died before the request to
@@ -1106,6 +1107,7 @@ async fn texts_sent_through_the_api_are_counted_by_provider_and_outcome() {
             text: "counted".into(),
             media: vec![],
             key: "telnyx:counted".into(),
+            report_url: None,
         },
     )
     .await

@@ -938,6 +938,7 @@ async fn send_reads_what_the_sms_api_answers() {
         text: "a=b&c 😀".into(),
         media: vec![],
         key: "vonage:0A00000000000001".into(),
+        report_url: None,
     };
     let http = http_client();
 
