@@ -12,7 +12,7 @@ use crate::broker::{
     BrokerError, Decision, NewSession, PROVIDER_REF_TTL_MS, Participant, Scope, UNNAMED_REF_TTL_MS,
 };
 use crate::domain::session::Kind;
-use crate::domain::{E164, Mode, PoolName, SessionId};
+use crate::domain::{E164, Mode, NumberSelection, PoolName, SessionId};
 
 const LABEL_MAX: usize = 128;
 const METADATA_KEYS_MAX: usize = 16;
@@ -50,6 +50,8 @@ pub struct CreateBody {
     ttl_secs: Option<u32>,
     mode: Option<String>,
     metadata: Option<BTreeMap<String, String>>,
+    proxy_number: Option<String>,
+    number_selection: Option<String>,
 }
 
 fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
@@ -93,6 +95,16 @@ fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
             crate::broker::MAX_TTL_SECS
         )));
     }
+    let proxy_number = match b.proxy_number.as_deref() {
+        None => None,
+        Some(raw) => Some(number("proxy_number", raw)?),
+    };
+    let number_selection = match b.number_selection.as_deref() {
+        None => None,
+        Some(s) => Some(NumberSelection::parse(s).ok_or_else(|| {
+            ApiError::Validation("number_selection must be prefer_sticky or avoid_sticky".into())
+        })?),
+    };
     let b_ = parsed.pop().expect("two participants");
     let a_ = parsed.pop().expect("two participants");
     Ok(NewSession {
@@ -101,6 +113,8 @@ fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
         ttl_secs: b.ttl_secs,
         mode,
         metadata,
+        proxy_number,
+        number_selection,
     })
 }
 

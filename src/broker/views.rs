@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    CallOptions, E164, InterceptFallback, Mode, NumberState, PoolName, PoolPolicy,
+    CallOptions, E164, InterceptFallback, Mode, NumberSelection, NumberState, PoolName, PoolPolicy,
 };
 
 /// One side of a session being created: a real number and the app's optional label.
@@ -24,6 +24,10 @@ pub struct NewSession {
     pub ttl_secs: Option<u32>,
     pub mode: Mode,
     pub metadata: BTreeMap<String, String>,
+    /// The pool's number to use instead of allocating one.
+    pub proxy_number: Option<E164>,
+    /// Overrides the pool's policy when set.
+    pub number_selection: Option<NumberSelection>,
 }
 
 /// One side of a session as the app sees it; the number is gone once erased.

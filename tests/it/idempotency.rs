@@ -83,6 +83,8 @@ fn new_session(pool: &str, a: &str, b: &str) -> NewSession {
         ttl_secs: None,
         mode: Mode::VoiceSms,
         metadata: Default::default(),
+        proxy_number: None,
+        number_selection: None,
     }
 }
 
