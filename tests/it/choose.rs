@@ -496,3 +496,26 @@ async fn an_idempotent_retry_with_a_chosen_number_answers_the_same_session() {
         .await
         .expect_problem(409, "number_in_use");
 }
+
+#[tokio::test]
+async fn a_chosen_number_is_announced_like_an_allocated_one() {
+    let receiver = crate::receiver::Receiver::start().await;
+    let app = TestApp::start_with(|c| c.callback_allow_private = true).await;
+    app.pool(
+        "told",
+        json!({ "callback_url": receiver.url("/events") }),
+        &proxies(3),
+    )
+    .await;
+    receiver.set_secrets(vec![app.callback_secret("told").await]);
+    let s = app
+        .create_session_with(&asking("told", &participant(0), &participant(1), &proxy(2)))
+        .await
+        .expect(201);
+    let created = receiver
+        .wait_for_type("session.created", 1, std::time::Duration::from_secs(10))
+        .await
+        .remove(0);
+    assert_eq!(created.data()["session_id"], s["id"]);
+    assert_eq!(created.data()["proxy_number"], proxy(2));
+}
