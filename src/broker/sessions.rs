@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use crate::domain::{
-    CloseReason, E164, GeoMatch, Millis, Mode, NumberSelection, PoolName, SessionId, ShardLoad,
-    rfc3339, shard_order,
+    CloseReason, E164, GeoMatch, Millis, Mode, NumberSelection, PoolName, PoolPolicy, SessionId,
+    SessionOptions, ShardLoad, rfc3339, shard_order,
 };
 use crate::store::{
     CreateArgs, Created, EndEvents, EndOp, Ended, IdemMark, PoolRow, Refusal, ShardKeys, StoreError,
@@ -14,7 +14,8 @@ use crate::telemetry::METRICS;
 
 use super::{
     Blob, BlobParticipant, Broker, BrokerError, IDEMPOTENCY_TTL_MS, IdemTicket, NewSession, Once,
-    ParticipantView, PoolLimit, Result, SessionView, policy_of, shard_of,
+    OptionsView, ParticipantView, PoolLimit, Result, SessionChoices, SessionView, policy_of,
+    shard_of,
 };
 
 pub use crate::store::STICKY_WINDOW_MS;
@@ -104,6 +105,8 @@ impl Broker {
         }
         let now = self.now();
         let expires = now + ttl as i64 * 1000;
+        let options = session_options(&policy, &req.choices, now);
+        let encoded_options = options.encode();
         let (idx_a, idx_b) = (self.idx(&a.number), self.idx(&b.number));
         let blob = Blob {
             p: [
@@ -151,10 +154,14 @@ impl Broker {
         let mut pair = [idx_a.as_str(), idx_b.as_str()];
         pair.sort();
         let start = shard_of(&pair.concat(), row.shards);
-        let avoid_sticky = req.number_selection.unwrap_or_default() == NumberSelection::AvoidSticky;
+        let avoid_sticky = req
+            .choices
+            .number_selection
+            .unwrap_or(policy.number_selection)
+            == NumberSelection::AvoidSticky;
         // A number asked for is tried only in the shard its owner entry names, by the same
         // script: whatever the shard holds decides, in the same step as the claim.
-        let order = match &req.proxy_number {
+        let order = match &req.choices.proxy_number {
             Some(n) => match self.owner(n, true).await? {
                 Some((pool_id, s)) if pool_id == row.id && s < row.shards => vec![s],
                 _ => return Err(BrokerError::NumberNotInPool(row.name.clone())),
@@ -215,6 +222,7 @@ impl Broker {
                     levels: &levels,
                     blob: &sealed_blob,
                     metadata: sealed_metadata.as_deref().unwrap_or(""),
+                    options: &encoded_options,
                     sticky_window_ms: STICKY_WINDOW_MS,
                     area_tag: &area_tag,
                     country_tag: &country_tag,
@@ -225,7 +233,7 @@ impl Broker {
                         fingerprint: &t.fingerprint,
                         ttl_ms: IDEMPOTENCY_TTL_MS,
                     }),
-                    proxy_number: req.proxy_number.as_ref().map(|n| n.reveal()),
+                    proxy_number: req.choices.proxy_number.as_ref().map(|n| n.reveal()),
                     avoid_sticky,
                 })
                 .await?;
@@ -258,7 +266,7 @@ impl Broker {
                     .await;
             }
             if let Created::Refused { why, .. } = outcome {
-                return Err(refused(&row.name, req.proxy_number.as_ref(), why));
+                return Err(refused(&row.name, req.choices.proxy_number.as_ref(), why));
             }
             if let Created::Ok { number, level, .. } = outcome {
                 METRICS
@@ -283,6 +291,7 @@ impl Broker {
                     closed_at: None,
                     close_reason: None,
                     metadata: req.metadata,
+                    options: OptionsView::of(&options, true),
                 }));
             }
         }
@@ -385,12 +394,20 @@ impl Broker {
         let blob = self.open_blob(rec)?;
         let expires = num("e");
         let open = get("t") == "o" && expires > now && closing.is_none();
+        // An open record's `e` is its idle deadline when that comes first (`hard` is then its
+        // expiry), so a session that fell idle reads as ended, to the millisecond.
+        let idle = rec.contains_key("hard");
         let (closed_at, reason) = if open {
             (None, None)
         } else if let Some((at, reason)) = closing {
             (Some(at), Some(reason))
         } else if get("t") == "o" {
-            (Some(expires), Some(CloseReason::Expired))
+            let reason = if idle {
+                CloseReason::Idle
+            } else {
+                CloseReason::Expired
+            };
+            (Some(expires), Some(reason))
         } else {
             let at = rec.get("x").and_then(|v| v.parse().ok()).unwrap_or(expires);
             (
@@ -411,13 +428,16 @@ impl Broker {
             participants: participant_views(blob.p),
             created_at: rfc3339(num("c")),
             expires_at: rfc3339(if open {
-                expires
+                rec.get("hard")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(expires)
             } else {
                 expires.min(closed_at.unwrap_or(expires))
             }),
             closed_at: closed_at.map(rfc3339),
             close_reason: reason.map(|r| r.as_str().to_string()),
             metadata: blob.m,
+            options: OptionsView::of(&SessionOptions::parse(get("o")), open),
         })
     }
 
@@ -515,5 +535,18 @@ impl Broker {
         }
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+}
+
+/// The options a new session keeps: the app's choices where it made them, the pool's policy
+/// elsewhere. The first idle deadline counts from creation.
+fn session_options(policy: &PoolPolicy, choices: &SessionChoices, now: Millis) -> SessionOptions {
+    let record = choices.record.unwrap_or(policy.record);
+    let idle_ttl_secs = choices.idle_ttl_secs.unwrap_or(policy.idle_ttl_secs);
+    SessionOptions {
+        record: record.then(|| choices.record_channels.unwrap_or(policy.record_channels)),
+        max_call_secs: choices.max_call_secs.unwrap_or(policy.max_call_secs),
+        idle_ttl_secs,
+        idle_until: idle_ttl_secs.map(|s| now + s as Millis * 1000),
     }
 }

@@ -2,34 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Whether a new session may get the number its two participants last shared.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NumberSelection {
-    /// Reuse it when it is free: the two see the same number as last time.
-    #[default]
-    PreferSticky,
-    /// Use it only when no other number is free: a new conversation does not look like the
-    /// last one (a text from the old one cannot land in it).
-    AvoidSticky,
-}
-
-impl NumberSelection {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            NumberSelection::PreferSticky => "prefer_sticky",
-            NumberSelection::AvoidSticky => "avoid_sticky",
-        }
-    }
-    pub fn parse(s: &str) -> Option<NumberSelection> {
-        match s {
-            "prefer_sticky" => Some(NumberSelection::PreferSticky),
-            "avoid_sticky" => Some(NumberSelection::AvoidSticky),
-            _ => None,
-        }
-    }
-}
-
 /// What a session relays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -198,6 +170,8 @@ pub enum CloseReason {
     Closed,
     Expired,
     Erased,
+    /// No call or text for the session's `idle_ttl_secs`.
+    Idle,
 }
 
 impl CloseReason {
@@ -206,6 +180,7 @@ impl CloseReason {
             CloseReason::Closed => "closed",
             CloseReason::Expired => "expired",
             CloseReason::Erased => "erased",
+            CloseReason::Idle => "idle",
         }
     }
     pub fn parse(s: &str) -> Option<CloseReason> {
@@ -213,6 +188,7 @@ impl CloseReason {
             "closed" => Some(CloseReason::Closed),
             "expired" => Some(CloseReason::Expired),
             "erased" => Some(CloseReason::Erased),
+            "idle" => Some(CloseReason::Idle),
             _ => None,
         }
     }

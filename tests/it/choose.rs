@@ -519,3 +519,38 @@ async fn a_chosen_number_is_announced_like_an_allocated_one() {
     assert_eq!(created.data()["session_id"], s["id"]);
     assert_eq!(created.data()["proxy_number"], proxy(2));
 }
+
+#[tokio::test]
+async fn the_pool_sets_the_default_selection_and_the_create_overrides_it() {
+    let app = TestApp::start().await;
+    app.pool(
+        "policy",
+        json!({ "cooloff_secs": 0, "number_selection": "avoid_sticky" }),
+        &proxies(2),
+    )
+    .await;
+    let (a, b) = (participant(0), participant(1));
+    let first = app.open_session("policy", &a, &b, None).await;
+    let x = first["proxy_number"].clone();
+    app.close_session(first["id"].as_str().unwrap())
+        .await
+        .expect(200);
+    // The pool avoids the last shared number...
+    let s = app.open_session("policy", &a, &b, None).await;
+    assert_ne!(s["proxy_number"], x, "{s}");
+    let y = s["proxy_number"].clone();
+    app.close_session(s["id"].as_str().unwrap())
+        .await
+        .expect(200);
+    // ...unless the create asks for it.
+    for _ in 0..3 {
+        let s = app
+            .create_session_with(&selecting("policy", &a, &b, "prefer_sticky"))
+            .await
+            .expect(201);
+        assert_eq!(s["proxy_number"], y, "{s}");
+        app.close_session(s["id"].as_str().unwrap())
+            .await
+            .expect(200);
+    }
+}

@@ -83,8 +83,7 @@ fn new_session(pool: &str, a: &str, b: &str) -> NewSession {
         ttl_secs: None,
         mode: Mode::VoiceSms,
         metadata: Default::default(),
-        proxy_number: None,
-        number_selection: None,
+        choices: Default::default(),
     }
 }
 
