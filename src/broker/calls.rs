@@ -125,7 +125,7 @@ impl Broker {
         let Some((row, policy)) = self.pool_policy_cached(id.pool_id).await? else {
             return Err(BrokerError::SessionNotFound);
         };
-        match pool_provider(&policy) {
+        match policy.provider.as_deref() {
             Some(name) => available
                 .iter()
                 .find(|a| **a == name)
@@ -161,9 +161,4 @@ impl Broker {
         .await?;
         Ok(())
     }
-}
-
-/// The provider a pool names for what hush sends and places, if any.
-fn pool_provider(_policy: &crate::domain::PoolPolicy) -> Option<&str> {
-    None
 }

@@ -604,6 +604,55 @@ async fn with_several_providers_and_none_named_the_call_is_ambiguous() {
 }
 
 #[tokio::test]
+async fn the_pools_provider_places_the_call() {
+    use crate::relay_plivo as rp;
+    let plivo_api = CallApi::start(201, json!({ "request_uuid": "r-1" })).await;
+    let twilio_api = CallApi::start(201, json!({ "sid": "CA1" })).await;
+    let (pb, tb) = (plivo_api.base.clone(), twilio_api.base.clone());
+    let app = TestApp::start_with(|c| {
+        c.public_url = Some(PUBLIC.into());
+        c.providers.twilio_auth_token = Some(Secret::new(relay_twilio::TOKEN.into()));
+        c.providers.twilio_account_sid = Some(Secret::new(TWILIO_SID.into()));
+        c.providers.twilio_api_base = tb;
+        c.providers.plivo_auth_token = Some(Secret::new(rp::TOKEN.into()));
+        c.providers.plivo_auth_id = Some(Secret::new(PLIVO_AUTH_ID.into()));
+        c.providers.plivo_api_base = pb;
+    })
+    .await;
+    let (id, _, a, _) = ride(&app).await;
+    app.patch("/v1/pools/rides", &json!({ "provider": "plivo" }))
+        .await
+        .expect(200);
+    // The pool's policy is cached for a moment.
+    let made = eventually(
+        std::time::Duration::from_secs(5),
+        "a call through plivo",
+        || async {
+            let r = start_call(&app, &id, &a).await;
+            (r.status == 201 && r.json["provider"] == "plivo").then_some(r.json)
+        },
+    )
+    .await;
+    assert_eq!(made["provider_call_id"], "r-1");
+    assert_eq!(plivo_api.made().len(), 1);
+
+    // A pool naming a provider that cannot place calls.
+    app.patch("/v1/pools/rides", &json!({ "provider": "vonage" }))
+        .await
+        .expect(200);
+    eventually(
+        std::time::Duration::from_secs(5),
+        "provider_unavailable",
+        || async {
+            let r = start_call(&app, &id, &a).await;
+            (r.status == 409).then_some(r)
+        },
+    )
+    .await
+    .expect_problem(409, "provider_unavailable");
+}
+
+#[tokio::test]
 async fn the_bridge_meets_the_intercept_and_the_call_sends_interaction_events() {
     let api = CallApi::start(201, json!({ "sid": "CA5555", "status": "queued" })).await;
     let base = api.base.clone();

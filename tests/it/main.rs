@@ -6,6 +6,7 @@
 mod allocation;
 mod app_texts;
 mod auth;
+mod choose;
 mod cli;
 mod click_to_call;
 mod deploy;
@@ -34,6 +35,7 @@ mod relay_vonage;
 mod replicas;
 mod restart;
 mod rotate;
+mod session_options;
 mod sessions;
 mod shards;
 mod slow_clients;

@@ -13,6 +13,11 @@ local rec = get_session(sid)
 if not rec then return 'gone' end
 if not (rec.t == 'o' and rec.e > now) then return 'closed' end
 if rec.m == 's' then return 'mode' end
+-- A call is an interaction: it moves an idle deadline as a relayed one does.
+if rec.w then
+  rec.w = now + 1000 * (tonumber(string.match(rec.o, 'd(%d+)')) or 0)
+  put_session(sid, rec)
+end
 redis.call('HSET', TAG .. 'i:' .. sid, iid,
   ARGV[10] .. '|' .. side .. '|initiated|' .. now_text .. '|||' .. ARGV[5] .. '|' .. ARGV[6])
 redis.call('SET', KEYS[1], 'q|' .. sid .. '|' .. iid, 'PX', ARGV[7])

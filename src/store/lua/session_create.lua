@@ -5,16 +5,21 @@
 -- ARGV: 1 tag, 2 created ms (as the caller reports it; checks use Redis's clock),
 --       3 expires ms, 4 cool-off ms, 5 mode class (v|s|b), 6 idx A, 7 idx B,
 --       8 geo levels to try in order ('a1415,c1,*'), 9 random, 10 session key,
---       11 sealed metadata or '', 12 (unused), 13 sealed session blob, 14 sticky window ms,
+--       11 sealed metadata or '', 12 the session's options or '' (`r`, `l<secs>`,
+--       `d<secs>`, `w<idle deadline ms>`), 13 sealed session blob, 14 sticky window ms,
 --       15 A's area tag or '', 16 A's country tag, 17 session.created event id or '',
 --       18 its body (`__PROXY__` stands for the number chosen), 19 sealed numbers or '',
 --       20 pool.low event id or '', 21 the pool's low threshold (percent), 22 its body
 --       (`__BUSY__`, `__TOTAL__` stand for the shard's busy and total numbers),
---       23 idempotency digest or '', 24 request fingerprint, 25 marker ttl ms
+--       23 idempotency digest or '', 24 request fingerprint, 25 marker ttl ms,
+--       26 '1' to avoid the pair's last shared number while another is free,
+--       27 the number asked for or '' (allocate one)
 
--- Returns {0, due} when no number is free, {1, number, level, due} on success, and
+-- Returns {0, due} when no number is free, {1, number, level, due} on success,
 -- {2, session key, fingerprint, due} when this shard already holds the session of the
--- idempotent request (a retry of a create whose answer was lost).
+-- idempotent request (a retry of a create whose answer was lost), and {3, why, due} when
+-- the number asked for cannot be had: why is 'missing' (not in this shard), 'capability',
+-- 'draining', 'held_a' or 'held_b' (that participant holds it, open or cooling off).
 local nums = KEYS[1]
 -- Redis's clock, not the caller's: a request delayed on its way still sees time as it is.
 local now = clock_ms()
@@ -93,19 +98,49 @@ local function walk(z)
   return nil
 end
 
-local chosen = nil
-if sticky and sticky_at + sticky_window > now and not held[sticky] and eligible(sticky) then
-  chosen = sticky
-end
-if not chosen then
-  for level in string.gmatch(ARGV[8], '[^,]+') do
-    chosen = walk(TAG .. 'l:' .. class .. ':' .. level)
-    if chosen then break end
+local chosen, meta = nil, nil
+local asked = ARGV[27] or ''
+if asked ~= '' then
+  -- The same checks allocation makes, in the same step as the claim, so a number asked for
+  -- is refused exactly when allocation would have skipped it.
+  local raw = redis.call('HGET', nums, asked)
+  if not raw then return { 3, 'missing', due } end
+  meta = parse_meta(raw)
+  local capable = false
+  for _, c in ipairs(classes(meta.caps)) do
+    if c == class then capable = true end
   end
+  if not capable then return { 3, 'capability', due } end
+  if meta.state ~= 'active' then return { 3, 'draining', due } end
+  if held[asked] then
+    local sid = ea.routes[asked]
+    local rec = sid and get_session(sid)
+    return { 3, (rec and rec.h > now) and 'held_a' or 'held_b', due }
+  end
+  chosen = asked
+else
+  local fresh_sticky = sticky and sticky_at + sticky_window > now and not held[sticky]
+  if fresh_sticky and ARGV[26] == '1' then
+    -- Avoiding it: walk as if the pair held it (one more member read per segment), and come
+    -- back to it only when nothing else is free.
+    held[sticky] = true
+    nheld = nheld + 1
+  elseif fresh_sticky and eligible(sticky) then
+    chosen = sticky
+  end
+  if not chosen then
+    for level in string.gmatch(ARGV[8], '[^,]+') do
+      chosen = walk(TAG .. 'l:' .. class .. ':' .. level)
+      if chosen then break end
+    end
+  end
+  if not chosen and fresh_sticky and ARGV[26] == '1' and eligible(sticky) then
+    chosen = sticky
+  end
+  if not chosen then return { 0, due } end
+  meta = parse_meta(redis.call('HGET', nums, chosen))
 end
-if not chosen then return { 0, due } end
 
-local meta = parse_meta(redis.call('HGET', nums, chosen))
 local level = 'any'
 local geos = ',' .. meta.geos .. ','
 if area_tag ~= '' and string.find(geos, ',' .. area_tag .. ',', 1, true) then
@@ -122,9 +157,10 @@ put_entry(idx_a, ea, now, sticky_window, held_until)
 put_entry(idx_b, eb, now, sticky_window, held_until)
 
 put_session(skey, { t = 'o', n = chosen, m = class, c = tonumber(ARGV[2]), e = expires,
-  co = cooloff, a = idx_a, b = idx_b, g = level, i = idem, z = blob })
+  co = cooloff, a = idx_a, b = idx_b, g = level, i = idem, z = blob, o = ARGV[12] })
 if ARGV[11] ~= '' then redis.call('SET', TAG .. 'y:' .. skey, ARGV[11]) end
-due_push(skey, expires)
+local idle_until = tonumber(string.match(ARGV[12], 'w(%d+)'))
+due_push(skey, (idle_until and idle_until < expires) and idle_until or expires)
 if idem ~= '' then
   -- The record names its marker so erasing a participant removes it too.
   redis.call('SET', marker, skey .. '|' .. ARGV[24], 'PX', ARGV[25])
