@@ -97,3 +97,17 @@ pub fn jwt(app: &str, pem: &str, now: u64) -> Option<String> {
     .ok()?;
     Some(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_that_is_no_pkcs8_rsa_key_signs_nothing() {
+        assert!(jwt("app", "not a key", 0).is_none());
+        let ed25519 = "-----BEGIN PRIVATE KEY-----\n\
+            MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n\
+            -----END PRIVATE KEY-----\n";
+        assert!(jwt("app", ed25519, 0).is_none());
+    }
+}
