@@ -342,8 +342,8 @@ impl Broker {
 }
 
 /// The provider a pool names for the texts hush sends, if any.
-fn pool_provider(_policy: &crate::domain::PoolPolicy) -> Option<&str> {
-    None
+fn pool_provider(policy: &crate::domain::PoolPolicy) -> Option<&str> {
+    policy.provider.as_deref()
 }
 
 /// The provider that sends: the pool's, which must have API credentials, or else the only

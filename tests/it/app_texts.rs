@@ -771,3 +771,51 @@ async fn sending_needs_the_sessions_scope() {
         .await;
     r.expect_problem(403, "forbidden");
 }
+
+/// With several providers configured, the pool's `provider` sends; a pool naming none is
+/// `409 provider_ambiguous`, and one naming a provider without API credentials is
+/// `409 provider_unavailable`.
+#[tokio::test]
+async fn the_pools_provider_chooses_among_several() {
+    let api = FakeApi::start().await;
+    let base = api.base.clone();
+    let app = TestApp::start_with(|c| {
+        configure(c, "twilio", &base);
+        configure(c, "plivo", &base);
+    })
+    .await;
+    let (a, b) = (participant(50), participant(51));
+    let mut sessions = Vec::new();
+    for (i, (pool, provider)) in [
+        ("none", None),
+        ("viaplivo", Some("plivo")),
+        ("viavonage", Some("vonage")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut policy = json!({});
+        if let Some(p) = provider {
+            policy["provider"] = json!(p);
+        }
+        app.pool(pool, policy, &[proxy(i)]).await;
+        let s = app.open_session(pool, &a, &b, None).await;
+        sessions.push(s["id"].as_str().unwrap().to_string());
+    }
+    let body = json!({ "to": b, "body": "which way?" });
+    let path = |id: &str| format!("/v1/sessions/{id}/messages");
+    app.post(&path(&sessions[0]), &body)
+        .await
+        .expect_problem(409, "provider_ambiguous");
+    let it = app.post(&path(&sessions[1]), &body).await.expect(202);
+    assert_eq!(it["provider"], "plivo", "{it}");
+    app.post(&path(&sessions[2]), &body)
+        .await
+        .expect_problem(409, "provider_unavailable");
+    let taken = api.wait_taken(1, Duration::from_secs(10)).await;
+    assert_eq!(taken[0].provider, "plivo");
+    let reference = it["provider_ref"].as_str().unwrap();
+    assert_request(&taken[0], &proxy(1), &b, "which way?", reference);
+    settle().await;
+    assert_eq!(api.requests().len(), 1);
+}
