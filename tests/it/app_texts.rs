@@ -819,3 +819,88 @@ async fn the_pools_provider_chooses_among_several() {
     settle().await;
     assert_eq!(api.requests().len(), 1);
 }
+
+/// The app's text is announced like a relayed one: `interaction.started` when queued and
+/// `interaction.completed` with the provider's final status, both `initiated_by: app`, with
+/// neither number nor words.
+#[tokio::test]
+async fn the_texts_interaction_events_say_the_app_started_it() {
+    let receiver = crate::receiver::Receiver::start().await;
+    let api = FakeApi::start().await;
+    let base = api.base.clone();
+    let app = TestApp::start_with(|c| {
+        configure(c, "twilio", &base);
+        c.callback_allow_private = true;
+    })
+    .await;
+    app.pool(
+        "texts",
+        json!({ "callback_url": receiver.url("/events") }),
+        &proxies(1),
+    )
+    .await;
+    receiver.set_secrets(vec![app.callback_secret("texts").await]);
+    let (a, b) = (participant(60), participant(61));
+    let s = app.open_session("texts", &a, &b, None).await;
+    let w = World {
+        proxy: s["proxy_number"].as_str().unwrap().to_string(),
+        session: s["id"].as_str().unwrap().to_string(),
+        app,
+        api,
+        provider: "twilio",
+        a,
+        b,
+    };
+    let text = "the gate code is 4417";
+    let it = w.send(&w.a, text).await.expect(202);
+    let started = receiver
+        .wait_for_type("interaction.started", 1, Duration::from_secs(10))
+        .await
+        .remove(0);
+    assert_eq!(
+        started.data(),
+        &json!({
+            "session_id": w.session,
+            "interaction_id": it["id"],
+            "kind": "sms",
+            "initiated_by": "app",
+            "from_participant": 1,
+            "pool": "texts",
+            "proxy_number": w.proxy,
+            "provider": "twilio",
+        })
+    );
+    let taken = w.api.wait_taken(1, Duration::from_secs(10)).await;
+    let reference = it["provider_ref"].as_str().unwrap();
+    w.wait_status(it["id"].as_str().unwrap(), "sent").await;
+    // The report is about the text to A this time.
+    let id = taken[0].id.clone().unwrap();
+    Twilio { app: &w.app }
+        .post(
+            &format!("/hooks/twilio/status?ref={reference}"),
+            &[
+                ("AccountSid", TWILIO_SID),
+                ("MessageSid", &id),
+                ("MessageStatus", "undelivered"),
+                ("From", &w.proxy),
+                ("To", &w.a),
+            ],
+        )
+        .await
+        .expect(200);
+    let done = receiver
+        .wait_for_type("interaction.completed", 1, Duration::from_secs(10))
+        .await
+        .remove(0);
+    assert_eq!(done.data()["initiated_by"], "app", "{}", done.data());
+    assert_eq!(done.data()["kind"], "sms");
+    assert_eq!(done.data()["status"], "undelivered");
+    assert_eq!(done.data()["from_participant"], 1);
+    assert_eq!(done.data()["interaction_id"], it["id"]);
+    for event in [&started, &done] {
+        let raw = event.data().to_string();
+        for needle in [w.a.as_str(), w.b.as_str(), text] {
+            assert!(!raw.contains(needle), "{raw} holds {needle}");
+        }
+    }
+}
