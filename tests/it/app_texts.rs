@@ -904,3 +904,45 @@ async fn the_texts_interaction_events_say_the_app_started_it() {
         }
     }
 }
+
+/// An instance that dies holding the text (after claiming it, maybe after the provider took
+/// it) leaves it given up once its lease runs out, not sent a second time; the interaction
+/// says `failed`, and a later start sends nothing.
+#[tokio::test]
+async fn a_worker_dying_with_the_text_gives_it_up_rather_than_send_twice() {
+    use hush::relay::outbound;
+    let mut w = world("twilio").await;
+    w.api.set_down(true);
+    let it = w.send(&w.b, "exactly once or not at all").await.expect(202);
+    w.api.wait_requests(1).await;
+    w.app.stop().await;
+    w.api.set_down(false);
+
+    // Another instance claims the text when its retry falls due, and dies holding it.
+    let due = crate::relay_telnyx::broker_at(&w.app.config, 10_000);
+    let mut held = 0;
+    for tag in due.store().outbox_tags().await.unwrap() {
+        held += due
+            .store()
+            .outbox_claim(&tag, due.now_ms(), outbound::LEASE_MS, 10, "died", 60_000)
+            .await
+            .unwrap()
+            .len();
+    }
+    assert_eq!(held, 1);
+    let later = crate::relay_telnyx::broker_at(&w.app.config, outbound::LEASE_MS + 20_000);
+    let http = http_client();
+    assert_eq!(
+        outbound::deliver_once(&later, &http, &w.app.config.providers)
+            .await
+            .unwrap(),
+        1
+    );
+
+    w.app.restart().await;
+    let failed = w.wait_status(it["id"].as_str().unwrap(), "failed").await;
+    assert!(failed["ended_at"].is_string(), "{failed}");
+    settle().await;
+    assert!(w.api.taken().is_empty(), "{:?}", w.api.taken());
+    assert_eq!(w.api.requests().len(), 1);
+}
