@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::CryptoError;
 use crate::domain::{E164, SessionId};
+use crate::store::AppTextQueued;
 
 use super::{Broker, BrokerError, InteractionView, PROVIDER_REF_TTL_MS, Result};
 
@@ -271,12 +272,10 @@ impl Broker {
             )
             .await?;
         let iid = match queued {
-            crate::store::AppTextQueued::Queued(iid) | crate::store::AppTextQueued::Again(iid) => {
-                iid
-            }
-            crate::store::AppTextQueued::Closed => return Err(BrokerError::SessionClosed),
-            crate::store::AppTextQueued::Stranger => return Err(BrokerError::NotAParticipant),
-            crate::store::AppTextQueued::Missing => return Err(BrokerError::SessionNotFound),
+            AppTextQueued::Queued(iid) | AppTextQueued::Again(iid) => iid,
+            AppTextQueued::Closed => return Err(BrokerError::SessionClosed),
+            AppTextQueued::Stranger => return Err(BrokerError::NotAParticipant),
+            AppTextQueued::Missing => return Err(BrokerError::SessionNotFound),
         };
         self.interactions(id)
             .await?
