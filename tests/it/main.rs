@@ -6,6 +6,7 @@
 mod allocation;
 mod app_texts;
 mod auth;
+mod choose;
 mod cli;
 mod deploy;
 mod dev;
