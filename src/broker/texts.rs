@@ -149,9 +149,9 @@ impl Broker {
         self.inner.crypto.digest(PURPOSE, key.as_bytes())
     }
 
-    /// The reference of an app's text sent under an idempotency key: the same key (of the
-    /// same API key) always names the same text, so a retry finds it instead of sending a
-    /// second one.
+    /// The reference of an app's text sent under an idempotency key (its digest and the
+    /// request's fingerprint): the same key and body (of the same API key) always name the
+    /// same text, so a retry finds it instead of sending a second one.
     pub fn text_reference(&self, idempotency: Option<&str>) -> String {
         match idempotency {
             Some(digest) => format!(
@@ -313,7 +313,10 @@ impl Broker {
             }
             super::IdemStart::Run(ticket) => ticket,
         };
-        let reference = self.text_reference(Some(&ticket.digest));
+        // The body is in it too: the same key with other words, once its record is gone
+        // (after 24 hours), is another text.
+        let reference =
+            self.text_reference(Some(&format!("{}\n{}", ticket.digest, ticket.fingerprint)));
         let outcome = self
             .idem_leased(
                 &ticket,
