@@ -723,6 +723,24 @@ async fn bad_requests_are_refused_and_send_nothing() {
         )
         .await;
     r.expect_problem(404, "session_not_found");
+    // A session that relays calls only.
+    w.app.pool("calls", json!({}), &[proxy(5)]).await;
+    let voice = w
+        .app
+        .create_session_with(&json!({
+            "pool": "calls",
+            "mode": "voice",
+            "participants": [{ "number": w.a }, { "number": w.b }],
+        }))
+        .await
+        .expect(201);
+    w.app
+        .post(
+            &format!("/v1/sessions/{}/messages", voice["id"].as_str().unwrap()),
+            &json!({ "to": w.b, "body": "x" }),
+        )
+        .await
+        .expect_problem(422, "validation_failed");
     // An ended session.
     w.app.close_session(&w.session).await.expect(200);
     w.send(&w.b, "too late")
