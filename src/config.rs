@@ -818,6 +818,20 @@ impl Config {
                     .into(),
             );
         }
+        if p.twilio_account_sid.is_some() && p.twilio_auth_token.is_none() {
+            out.push(
+                "HUSH_TWILIO_ACCOUNT_SID is set without HUSH_TWILIO_AUTH_TOKEN: texts cannot be \
+                 sent through Twilio"
+                    .into(),
+            );
+        }
+        if p.plivo_auth_id.is_some() && p.plivo_auth_token.is_none() {
+            out.push(
+                "HUSH_PLIVO_AUTH_ID is set without HUSH_PLIVO_AUTH_TOKEN: texts cannot be sent \
+                 through Plivo"
+                    .into(),
+            );
+        }
         if self.public_url.is_none()
             && (p.twilio_auth_token.is_some()
                 || !p.twilio_shared_keys.is_empty()
@@ -932,6 +946,39 @@ mod tests {
         assert!(bad.to_string().contains("32 bytes"));
         let missing = Config::load_from(None, env(&[])).unwrap().require_keys();
         assert!(missing.unwrap_err().to_string().contains("gen-secrets"));
+    }
+
+    #[test]
+    fn messaging_credentials_name_the_providers_that_send_and_never_print() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("HUSH_TWILIO_ACCOUNT_SID", "AC0123456789abcdef"),
+                ("HUSH_TWILIO_AUTH_TOKEN", "twilio-secret-token"),
+                ("HUSH_TWILIO_API_BASE", "http://127.0.0.1:9/"),
+                ("HUSH_PLIVO_AUTH_ID", "MAPLIVOAUTHID"),
+                ("HUSH_PLIVO_API_BASE", "http://127.0.0.1:8"),
+            ]),
+        )
+        .unwrap();
+        let p = &c.providers;
+        assert_eq!(p.twilio_api_base, "http://127.0.0.1:9");
+        assert_eq!(p.plivo_api_base, "http://127.0.0.1:8");
+        // Plivo's auth ID without its token sends nothing, and says so at start.
+        assert_eq!(p.texting(), ["twilio"]);
+        assert!(
+            c.warnings()
+                .iter()
+                .any(|w| w.contains("HUSH_PLIVO_AUTH_ID"))
+        );
+        let printed = format!("{c:?}");
+        for secret in ["twilio-secret-token", "AC0123456789abcdef", "MAPLIVOAUTHID"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        let d = Config::default();
+        assert_eq!(d.providers.twilio_api_base, "https://api.twilio.com");
+        assert_eq!(d.providers.plivo_api_base, "https://api.plivo.com");
+        assert!(d.providers.texting().is_empty());
     }
 
     #[test]

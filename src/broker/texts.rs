@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::CryptoError;
 use crate::domain::{E164, SessionId};
+use crate::store::AppTextQueued;
 
 use super::{Broker, BrokerError, InteractionView, PROVIDER_REF_TTL_MS, Result};
 
@@ -148,9 +149,9 @@ impl Broker {
         self.inner.crypto.digest(PURPOSE, key.as_bytes())
     }
 
-    /// The reference of an app's text sent under an idempotency key: the same key (of the
-    /// same API key) always names the same text, so a retry finds it instead of sending a
-    /// second one.
+    /// The reference of an app's text sent under an idempotency key (its digest and the
+    /// request's fingerprint): the same key and body (of the same API key) always name the
+    /// same text, so a retry finds it instead of sending a second one.
     pub fn text_reference(&self, idempotency: Option<&str>) -> String {
         match idempotency {
             Some(digest) => format!(
@@ -180,12 +181,11 @@ impl Broker {
                 "body must hold 1 to {TEXT_MAX_CHARS} characters"
             )));
         }
+        // Whether the session is still open is the script's to say, after it has looked
+        // for this reference: a retry of a text queued before the session ended gets its
+        // interaction, not a refusal.
         let (shard, rec) = self.record(id).await?;
         let get = |k: &str| rec.get(k).map(String::as_str).unwrap_or("");
-        let expires: i64 = get("e").parse().unwrap_or(0);
-        if get("t") != "o" || expires <= self.now() {
-            return Err(BrokerError::SessionClosed);
-        }
         if get("m") == "v" {
             return Err(BrokerError::Validation(
                 "the session relays calls only; texts need mode sms or voice_sms".into(),
@@ -271,12 +271,10 @@ impl Broker {
             )
             .await?;
         let iid = match queued {
-            crate::store::AppTextQueued::Queued(iid) | crate::store::AppTextQueued::Again(iid) => {
-                iid
-            }
-            crate::store::AppTextQueued::Closed => return Err(BrokerError::SessionClosed),
-            crate::store::AppTextQueued::Stranger => return Err(BrokerError::NotAParticipant),
-            crate::store::AppTextQueued::Missing => return Err(BrokerError::SessionNotFound),
+            AppTextQueued::Queued(iid) | AppTextQueued::Again(iid) => iid,
+            AppTextQueued::Closed => return Err(BrokerError::SessionClosed),
+            AppTextQueued::Stranger => return Err(BrokerError::NotAParticipant),
+            AppTextQueued::Missing => return Err(BrokerError::SessionNotFound),
         };
         self.interactions(id)
             .await?
@@ -314,7 +312,10 @@ impl Broker {
             }
             super::IdemStart::Run(ticket) => ticket,
         };
-        let reference = self.text_reference(Some(&ticket.digest));
+        // The body is in it too: the same key with other words, once its record is gone
+        // (after 24 hours), is another text.
+        let reference =
+            self.text_reference(Some(&format!("{}\n{}", ticket.digest, ticket.fingerprint)));
         let outcome = self
             .idem_leased(
                 &ticket,
@@ -342,8 +343,8 @@ impl Broker {
 }
 
 /// The provider a pool names for the texts hush sends, if any.
-fn pool_provider(_policy: &crate::domain::PoolPolicy) -> Option<&str> {
-    None
+fn pool_provider(policy: &crate::domain::PoolPolicy) -> Option<&str> {
+    policy.provider.as_deref()
 }
 
 /// The provider that sends: the pool's, which must have API credentials, or else the only

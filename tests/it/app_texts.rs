@@ -723,6 +723,24 @@ async fn bad_requests_are_refused_and_send_nothing() {
         )
         .await;
     r.expect_problem(404, "session_not_found");
+    // A session that relays calls only.
+    w.app.pool("calls", json!({}), &[proxy(5)]).await;
+    let voice = w
+        .app
+        .create_session_with(&json!({
+            "pool": "calls",
+            "mode": "voice",
+            "participants": [{ "number": w.a }, { "number": w.b }],
+        }))
+        .await
+        .expect(201);
+    w.app
+        .post(
+            &format!("/v1/sessions/{}/messages", voice["id"].as_str().unwrap()),
+            &json!({ "to": w.b, "body": "x" }),
+        )
+        .await
+        .expect_problem(422, "validation_failed");
     // An ended session.
     w.app.close_session(&w.session).await.expect(200);
     w.send(&w.b, "too late")
@@ -770,4 +788,179 @@ async fn sending_needs_the_sessions_scope() {
         )
         .await;
     r.expect_problem(403, "forbidden");
+}
+
+/// With several providers configured, the pool's `provider` sends; a pool naming none is
+/// `409 provider_ambiguous`, and one naming a provider without API credentials is
+/// `409 provider_unavailable`.
+#[tokio::test]
+async fn the_pools_provider_chooses_among_several() {
+    let api = FakeApi::start().await;
+    let base = api.base.clone();
+    let app = TestApp::start_with(|c| {
+        configure(c, "twilio", &base);
+        configure(c, "plivo", &base);
+    })
+    .await;
+    let (a, b) = (participant(50), participant(51));
+    let mut sessions = Vec::new();
+    for (i, (pool, provider)) in [
+        ("none", None),
+        ("viaplivo", Some("plivo")),
+        ("viavonage", Some("vonage")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut policy = json!({});
+        if let Some(p) = provider {
+            policy["provider"] = json!(p);
+        }
+        app.pool(pool, policy, &[proxy(i)]).await;
+        let s = app.open_session(pool, &a, &b, None).await;
+        sessions.push(s["id"].as_str().unwrap().to_string());
+    }
+    let body = json!({ "to": b, "body": "which way?" });
+    let path = |id: &str| format!("/v1/sessions/{id}/messages");
+    app.post(&path(&sessions[0]), &body)
+        .await
+        .expect_problem(409, "provider_ambiguous");
+    let it = app.post(&path(&sessions[1]), &body).await.expect(202);
+    assert_eq!(it["provider"], "plivo", "{it}");
+    app.post(&path(&sessions[2]), &body)
+        .await
+        .expect_problem(409, "provider_unavailable");
+    let taken = api.wait_taken(1, Duration::from_secs(10)).await;
+    assert_eq!(taken[0].provider, "plivo");
+    let reference = it["provider_ref"].as_str().unwrap();
+    assert_request(&taken[0], &proxy(1), &b, "which way?", reference);
+    settle().await;
+    assert_eq!(api.requests().len(), 1);
+}
+
+/// The app's text is announced like a relayed one: `interaction.started` when queued and
+/// `interaction.completed` with the provider's final status, both `initiated_by: app`, with
+/// neither number nor words.
+#[tokio::test]
+async fn the_texts_interaction_events_say_the_app_started_it() {
+    let receiver = crate::receiver::Receiver::start().await;
+    let api = FakeApi::start().await;
+    let base = api.base.clone();
+    let app = TestApp::start_with(|c| {
+        configure(c, "twilio", &base);
+        c.callback_allow_private = true;
+    })
+    .await;
+    app.pool(
+        "texts",
+        json!({ "callback_url": receiver.url("/events") }),
+        &proxies(1),
+    )
+    .await;
+    receiver.set_secrets(vec![app.callback_secret("texts").await]);
+    let (a, b) = (participant(60), participant(61));
+    let s = app.open_session("texts", &a, &b, None).await;
+    let w = World {
+        proxy: s["proxy_number"].as_str().unwrap().to_string(),
+        session: s["id"].as_str().unwrap().to_string(),
+        app,
+        api,
+        provider: "twilio",
+        a,
+        b,
+    };
+    let text = "the gate code is 4417";
+    let it = w.send(&w.a, text).await.expect(202);
+    let started = receiver
+        .wait_for_type("interaction.started", 1, Duration::from_secs(10))
+        .await
+        .remove(0);
+    assert_eq!(
+        started.data(),
+        &json!({
+            "session_id": w.session,
+            "interaction_id": it["id"],
+            "kind": "sms",
+            "initiated_by": "app",
+            "from_participant": 1,
+            "pool": "texts",
+            "proxy_number": w.proxy,
+            "provider": "twilio",
+        })
+    );
+    let taken = w.api.wait_taken(1, Duration::from_secs(10)).await;
+    let reference = it["provider_ref"].as_str().unwrap();
+    w.wait_status(it["id"].as_str().unwrap(), "sent").await;
+    // The report is about the text to A this time.
+    let id = taken[0].id.clone().unwrap();
+    Twilio { app: &w.app }
+        .post(
+            &format!("/hooks/twilio/status?ref={reference}"),
+            &[
+                ("AccountSid", TWILIO_SID),
+                ("MessageSid", &id),
+                ("MessageStatus", "undelivered"),
+                ("From", &w.proxy),
+                ("To", &w.a),
+            ],
+        )
+        .await
+        .expect(200);
+    let done = receiver
+        .wait_for_type("interaction.completed", 1, Duration::from_secs(10))
+        .await
+        .remove(0);
+    assert_eq!(done.data()["initiated_by"], "app", "{}", done.data());
+    assert_eq!(done.data()["kind"], "sms");
+    assert_eq!(done.data()["status"], "undelivered");
+    assert_eq!(done.data()["from_participant"], 1);
+    assert_eq!(done.data()["interaction_id"], it["id"]);
+    for event in [&started, &done] {
+        let raw = event.data().to_string();
+        for needle in [w.a.as_str(), w.b.as_str(), text] {
+            assert!(!raw.contains(needle), "{raw} holds {needle}");
+        }
+    }
+}
+
+/// An instance that dies holding the text (after claiming it, maybe after the provider took
+/// it) leaves it given up once its lease runs out, not sent a second time; the interaction
+/// says `failed`, and a later start sends nothing.
+#[tokio::test]
+async fn a_worker_dying_with_the_text_gives_it_up_rather_than_send_twice() {
+    use hush::relay::outbound;
+    let mut w = world("twilio").await;
+    w.api.set_down(true);
+    let it = w.send(&w.b, "exactly once or not at all").await.expect(202);
+    w.api.wait_requests(1).await;
+    w.app.stop().await;
+    w.api.set_down(false);
+
+    // Another instance claims the text when its retry falls due, and dies holding it.
+    let due = crate::relay_telnyx::broker_at(&w.app.config, 10_000);
+    let mut held = 0;
+    for tag in due.store().outbox_tags().await.unwrap() {
+        held += due
+            .store()
+            .outbox_claim(&tag, due.now_ms(), outbound::LEASE_MS, 10, "died", 60_000)
+            .await
+            .unwrap()
+            .len();
+    }
+    assert_eq!(held, 1);
+    let later = crate::relay_telnyx::broker_at(&w.app.config, outbound::LEASE_MS + 20_000);
+    let http = http_client();
+    assert_eq!(
+        outbound::deliver_once(&later, &http, &w.app.config.providers)
+            .await
+            .unwrap(),
+        1
+    );
+
+    w.app.restart().await;
+    let failed = w.wait_status(it["id"].as_str().unwrap(), "failed").await;
+    assert!(failed["ended_at"].is_string(), "{failed}");
+    settle().await;
+    assert!(w.api.taken().is_empty(), "{:?}", w.api.taken());
+    assert_eq!(w.api.requests().len(), 1);
 }

@@ -936,7 +936,7 @@ impl hush::domain::Clock for ShiftedClock {
 }
 
 /// A broker on this config's Redis and prefix whose clock runs `shift` ahead.
-fn broker_at(config: &hush::config::Config, shift: i64) -> hush::broker::Broker {
+pub(crate) fn broker_at(config: &hush::config::Config, shift: i64) -> hush::broker::Broker {
     let crypto =
         hush::crypto::Crypto::new(config.index_key.as_ref().unwrap(), &config.data_keys).unwrap();
     let store = hush::store::Store::connect(&config.redis_url, &config.redis_prefix).unwrap();
