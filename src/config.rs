@@ -832,6 +832,24 @@ impl Config {
                     .into(),
             );
         }
+        if (p.telnyx_account_sid.is_some() || p.telnyx_texml_app_id.is_some())
+            && (p.telnyx_account_sid.is_none()
+                || p.telnyx_texml_app_id.is_none()
+                || p.telnyx_api_key.is_none())
+        {
+            out.push(
+                "HUSH_TELNYX_ACCOUNT_SID, HUSH_TELNYX_TEXML_APP_ID and HUSH_TELNYX_API_KEY are \
+                 not all set: calls the app starts cannot be placed through Telnyx"
+                    .into(),
+            );
+        }
+        if p.vonage_application_id.is_some() != p.vonage_private_key.is_some() {
+            out.push(
+                "HUSH_VONAGE_APPLICATION_ID and HUSH_VONAGE_PRIVATE_KEY are not both set: calls \
+                 the app starts cannot be placed through Vonage"
+                    .into(),
+            );
+        }
         if self.public_url.is_none()
             && (p.twilio_auth_token.is_some()
                 || !p.twilio_shared_keys.is_empty()
@@ -1151,6 +1169,18 @@ mod tests {
         // Inline, as is.
         let c = Config::load_from(None, env(&[("HUSH_VONAGE_PRIVATE_KEY", pem)])).unwrap();
         assert_eq!(c.providers.vonage_private_key.unwrap().expose(), pem);
+        // Half-set call credentials are warned about.
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("HUSH_TELNYX_ACCOUNT_SID", "acct"),
+                ("HUSH_VONAGE_APPLICATION_ID", "vapp"),
+            ]),
+        )
+        .unwrap();
+        let warned = c.warnings().join("\n");
+        assert!(warned.contains("HUSH_TELNYX_TEXML_APP_ID"), "{warned}");
+        assert!(warned.contains("HUSH_VONAGE_PRIVATE_KEY"), "{warned}");
         // Neither a PEM nor a file.
         let e = Config::load_from(None, env(&[("HUSH_VONAGE_PRIVATE_KEY", "/no/such.pem")]))
             .unwrap_err();

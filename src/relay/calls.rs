@@ -54,6 +54,14 @@ fn via<D: CallApi>(http: &Client, p: &Providers) -> Option<Arc<dyn Dialer>> {
 
 /// Every provider whose webhooks are served and whose call API is configured.
 pub fn dialers(p: &Providers) -> Dialers {
+    // A key that cannot sign would fail every call: say so once, at start.
+    if let (Some(app), Some(key)) = (&p.vonage_application_id, &p.vonage_private_key)
+        && super::vonage::calls::jwt(app, key.expose(), 0).is_none()
+    {
+        tracing::error!(
+            "HUSH_VONAGE_PRIVATE_KEY is no PKCS#8 RSA key: calls through Vonage will fail"
+        );
+    }
     let http = Client::builder()
         .timeout(PLACE_TIMEOUT)
         .connect_timeout(Duration::from_secs(3))
