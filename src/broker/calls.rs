@@ -147,6 +147,22 @@ impl Broker {
         }
     }
 
+    /// Whether `interaction` is a call the app started in session `session_id`: what a
+    /// bridge webhook must name. A session already gone past its cool-off counts as one, so
+    /// the bridge hears the pool's message rather than nothing.
+    pub async fn is_app_call(&self, session_id: &str, interaction: &str) -> Result<bool> {
+        let Some(id) = SessionId::parse(session_id) else {
+            return Ok(false);
+        };
+        match self.interactions(&id).await {
+            Ok(list) => Ok(list
+                .iter()
+                .any(|i| i.id == interaction && i.initiated_by == Initiator::App)),
+            Err(BrokerError::SessionNotFound) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Marks a call the app started as failed when the provider did not take it: the
     /// interaction ends there, never having connected.
     pub async fn call_not_placed(&self, provider: &str, call: &CallStart) -> Result<()> {

@@ -255,6 +255,15 @@ async fn bridge<D: Dialect>(State(s): State<AppState>, webhook: Webhook) -> Resp
         return ApiError::InvalidRequest("the bridge URL names no session and interaction".into())
             .into_response();
     };
+    // Only a call hush started is bridged; anything else the URL names reaches nobody.
+    match s.broker.is_app_call(&session, &interaction).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(provider = D::NAME, "bridge for no call the app started");
+            return D::unrouted(Kind::Voice);
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    }
     let called = match D::read(&s, Kind::Voice, &webhook).await {
         Ok(Read::Route(inbound)) => inbound,
         Ok(Read::Answered(answer)) => return answer,

@@ -188,6 +188,25 @@ async fn ride(app: &TestApp) -> (String, String, String, String) {
     )
 }
 
+/// A second session on the pool `ride` made, between participants 2 and 3, with one call
+/// participant 2 made through it: `(session id, that call's interaction, proxy, 2)`.
+async fn ride_again(app: &TestApp) -> (String, String, String, String) {
+    let (a, b) = (participant(2), participant(3));
+    let s = app.open_session("rides", &a, &b, None).await;
+    let (id, proxy) = (
+        s["id"].as_str().unwrap(),
+        s["proxy_number"].as_str().unwrap(),
+    );
+    let twilio = Twilio { app };
+    let sid = relay_twilio::sid("CA");
+    relay_twilio::assert_dials(&twilio.call(&a, proxy, &sid).await, proxy, &b);
+    let relayed = interactions(app, id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (id.to_string(), relayed, proxy.to_string(), a)
+}
+
 async fn start_call(app: &TestApp, session: &str, from: &str) -> Resp {
     app.post(
         &format!("/v1/sessions/{session}/calls"),
@@ -515,6 +534,20 @@ async fn a_bridge_after_the_session_ended_hears_the_pools_message() {
     relay_twilio::assert_says_ended(&twilio.post(&bridge, &borrowed(&params)).await);
     // Retried, the same.
     relay_twilio::assert_says_ended(&twilio.post(&bridge, &borrowed(&params)).await);
+
+    // A signed bridge naming no call the app started (a made-up interaction, or a call a
+    // participant made) reaches nobody: Twilio is told to reject it.
+    let open = ride_again(&app).await;
+    for interaction in ["int_madeup".to_string(), open.1.clone()] {
+        let path = format!(
+            "/hooks/twilio/bridge?session={}&interaction={interaction}",
+            open.0
+        );
+        let params = twilio_bridge("CA34343434343434343434343434343434", &open.2, &open.3);
+        let r = twilio.post(&path, &borrowed(&params)).await;
+        let doc = relay_twilio::twiml(&r);
+        assert_eq!(doc.names(), ["Reject"], "{}", r.text);
+    }
 
     // An unsigned or tampered bridge is refused before anything is read.
     let r = app
