@@ -23,7 +23,7 @@ use sha2::Digest as _;
 use crate::harness::*;
 
 const PUBLIC: &str = "https://hush.example.test";
-const SIGNATURE_SECRET: &str = "vonage-test-signature-secret-7f3a";
+pub(crate) const SIGNATURE_SECRET: &str = "vonage-test-signature-secret-7f3a";
 const API_KEY: &str = "abcd1234";
 const API_SECRET: &str = "vonage-test-api-secret";
 const ENDED: &str = "This ride has ended. <Call> support & \"ask\" for 'Sam' 😀";
@@ -100,7 +100,7 @@ fn token_for_query(params: &[(&str, &str)]) -> String {
 /// The `sig` of a signed SMS as Vonage's SDKs compute it: parameters but `sig` sorted by
 /// name, `&name=value` with `&` and `=` in values made `_`; `md5hash` is MD5 over that text
 /// and the secret, the rest HMACs keyed with the secret. Lower-case hex.
-fn sms_sig(method: &str, secret: &str, params: &[(String, String)]) -> String {
+pub(crate) fn sms_sig(method: &str, secret: &str, params: &[(String, String)]) -> String {
     let mut sorted: Vec<&(String, String)> = params.iter().filter(|(k, _)| k != "sig").collect();
     sorted.sort();
     let text: String = sorted
