@@ -8,7 +8,8 @@ use crate::domain::{
     ShardLoad, rfc3339, shard_order,
 };
 use crate::store::{
-    CreateArgs, Created, EndEvents, EndOp, Ended, IdemMark, PoolRow, ShardKeys, StoreError,
+    CreateArgs, CreateOutcome, Created, EndEvents, EndOp, Ended, IdemMark, PoolRow, ShardKeys,
+    StoreError,
 };
 use crate::telemetry::METRICS;
 
@@ -135,6 +136,9 @@ impl Broker {
         let mut pair = [idx_a.as_str(), idx_b.as_str()];
         pair.sort();
         let start = shard_of(&pair.concat(), row.shards);
+        // The most numbers these two held in any shard that refused them: what a create
+        // that ran out needed, for the pool's capacity counts.
+        let mut refused_held = 0;
         for s in self
             .allocation_order(&row, &idx_a, &idx_b, start, now)
             .await?
@@ -204,9 +208,12 @@ impl Broker {
                 .await?;
             let due = match &outcome {
                 Created::Ok { reap_due, .. }
-                | Created::Exhausted { reap_due }
+                | Created::Exhausted { reap_due, .. }
                 | Created::Existing { reap_due, .. } => *reap_due,
             };
+            if let Created::Exhausted { held, .. } = &outcome {
+                refused_held = refused_held.max(*held);
+            }
             if due {
                 let broker = self.clone();
                 let shard = shard.clone();
@@ -229,7 +236,15 @@ impl Broker {
                     .made_before(&shard, session_key, fingerprint, ticket)
                     .await;
             }
-            if let Created::Ok { number, level, .. } = outcome {
+            if let Created::Ok {
+                number,
+                level,
+                held,
+                ..
+            } = outcome
+            {
+                self.note_create(row.id, now, CreateOutcome::Created, held + 1)
+                    .await;
                 METRICS
                     .allocations
                     .with_label_values(&[row.name.as_str(), "ok"])
@@ -261,6 +276,8 @@ impl Broker {
             .with_label_values(&[row.name.as_str(), "exhausted"])
             .inc();
         tracing::warn!(pool = %row.name, "pool exhausted");
+        self.note_create(row.id, now, CreateOutcome::Exhausted, refused_held + 1)
+            .await;
         if policy.callback_url.is_some() {
             let event = self.draft(
                 "pool.exhausted",

@@ -52,9 +52,13 @@ pub enum Created {
         number: String,
         level: String,
         reap_due: bool,
+        /// The numbers the two participants held in the shard before this one.
+        held: u64,
     },
     Exhausted {
         reap_due: bool,
+        /// The numbers the two participants hold in the shard, all refused to them.
+        held: u64,
     },
     /// The shard already holds the session of this idempotent request.
     Existing {
@@ -136,10 +140,11 @@ impl Store {
             .await?;
         let v = strings(reply)?;
         match v.first().map(String::as_str) {
-            Some("1") if v.len() == 4 => Ok(Created::Ok {
+            Some("1") if v.len() >= 4 => Ok(Created::Ok {
                 number: v[1].clone(),
                 level: v[2].clone(),
                 reap_due: v[3] == "1",
+                held: v.get(4).and_then(|n| n.parse().ok()).unwrap_or(0),
             }),
             Some("2") if v.len() == 4 => Ok(Created::Existing {
                 session_key: v[1].clone(),
@@ -148,6 +153,7 @@ impl Store {
             }),
             Some("0") => Ok(Created::Exhausted {
                 reap_due: v.get(1).is_some_and(|d| d == "1"),
+                held: v.get(2).and_then(|n| n.parse().ok()).unwrap_or(0),
             }),
             _ => Err(StoreError::Corrupt("session_create reply")),
         }

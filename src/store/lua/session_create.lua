@@ -13,8 +13,8 @@
 --       (`__BUSY__`, `__TOTAL__` stand for the shard's busy and total numbers),
 --       23 idempotency digest or '', 24 request fingerprint, 25 marker ttl ms
 
--- Returns {0, due} when no number is free, {1, number, level, due} on success, and
--- {2, session key, fingerprint, due} when this shard already holds the session of the
+-- Returns {0, due, held} when no number is free, {1, number, level, due, held} on success
+-- (held: the numbers the two already hold here), and {2, session key, fingerprint, due} when this shard already holds the session of the
 -- idempotent request (a retry of a create whose answer was lost).
 local nums = KEYS[1]
 -- Redis's clock, not the caller's: a request delayed on its way still sees time as it is.
@@ -104,7 +104,7 @@ if not chosen then
     if chosen then break end
   end
 end
-if not chosen then return { 0, due } end
+if not chosen then return { 0, due, nheld } end
 
 local meta = parse_meta(redis.call('HGET', nums, chosen))
 local level = 'any'
@@ -153,4 +153,4 @@ if ARGV[20] and ARGV[20] ~= '' then
 end
 put_event(ARGV[17], 'session.created', fill(ARGV[18] or '', 'PROXY', chosen), ARGV[19], now,
   { idx_a, idx_b })
-return { 1, chosen, level, due }
+return { 1, chosen, level, due, nheld }
