@@ -489,3 +489,75 @@ async fn stats_count_creations_and_exhaustion_and_capacity_warns() {
     }
     assert_no_participant("the logs", &captured_logs(), &participants);
 }
+
+#[tokio::test]
+async fn a_retried_create_is_recorded_once_and_limited_keys_see_their_pools() {
+    let app = TestApp::start().await;
+    app.pool("mine", json!({}), &[proxy(80)]).await;
+    app.pool("theirs", json!({}), &[proxy(81)]).await;
+    let body = json!({
+        "pool": "mine",
+        "participants": [{ "number": participant(220) }, { "number": participant(221) }],
+    });
+    for _ in 0..2 {
+        let req = app
+            .client
+            .post(app.url("/v1/sessions"))
+            .bearer_auth(&app.admin_key)
+            .header("Idempotency-Key", "retry-1")
+            .json(&body);
+        app.send(req).await.expect(201);
+    }
+    let creates = all_entries(&app, "action=session.create", 50).await;
+    assert_eq!(creates.len(), 1, "{creates:#?}");
+    assert_eq!(creates[0]["detail"]["pool"], "mine");
+
+    let limited =
+        hush::create_api_key_limited(&app.config, "mine-admin", &["admin"], Some(&["mine"]))
+            .await
+            .unwrap();
+    let r = app
+        .call(Method::GET, "/v1/audit?limit=200", Some(&limited), None)
+        .await
+        .expect(200);
+    let targets: BTreeSet<&str> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["target"].as_str().unwrap())
+        .collect();
+    assert!(targets.contains("pool:mine"), "{r}");
+    assert!(!targets.contains("pool:theirs"), "{r}");
+}
+
+#[tokio::test]
+async fn a_failed_audit_write_does_not_fail_the_change() {
+    let app = TestApp::start().await;
+    let failures = || async {
+        let text = app.call(Method::GET, "/metrics", None, None).await.text;
+        text.lines()
+            .find(|l| l.starts_with("hush_record_write_failures_total{record=\"audit\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = failures().await;
+    // The day index holds a value of the wrong type: every audit write is refused.
+    let mut con = app.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:{{audit}}:days", app.prefix))
+        .arg("not a sorted set")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    app.put_pool("still-made", json!({})).await.expect(201);
+    app.get("/v1/pools/still-made").await.expect(200);
+    assert!(
+        failures().await > before,
+        "the failed write was not counted"
+    );
+    assert!(
+        captured_logs().contains("audit entry not recorded"),
+        "the failed write was not logged"
+    );
+}
