@@ -16,6 +16,8 @@ use crate::domain::{
 };
 use crate::store::{PoolRow, ShardKeys, Store, StoreError};
 
+mod audit;
+mod capacity;
 mod erasure;
 mod events;
 mod idempotency;
@@ -28,6 +30,10 @@ mod routing;
 mod sessions;
 mod views;
 
+pub use audit::{
+    AUDIT_KEEP_MS, AUDIT_PAGE_MAX, Actor, AuditCursor, AuditPage, AuditQuery, AuditView, Via,
+};
+pub use capacity::{CAPACITY_MARGIN_PCT, CapacityView, StatsView};
 pub use events::{AttemptView, EventId, EventView, SECRET_OVERLAP_MS};
 pub use idempotency::{
     IDEMPOTENCY_LEASE_MS, IDEMPOTENCY_TTL_MS, IdemAnswer, IdemStart, IdemTicket, Once,

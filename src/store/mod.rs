@@ -12,6 +12,7 @@
 
 mod acked;
 mod api_keys;
+pub mod audit;
 pub mod conn;
 mod doorbell;
 mod events;
@@ -24,6 +25,7 @@ mod pools;
 pub mod rotation;
 mod routes;
 mod sessions;
+pub mod stats;
 pub mod target;
 pub mod tls;
 pub mod upgrade;
@@ -38,6 +40,7 @@ pub use numbers::NumberRow;
 pub use pools::{LAYOUT, PoolRow, PoolSet, ShardCounts};
 pub use routes::{Claimed, Entry, Reach, Stub};
 pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended, Refusal, STICKY_WINDOW_MS};
+pub use stats::{CreateOutcome, MinuteCounts, STATS_MINUTES};
 pub use target::{RedisTarget, StoreKind, TargetError};
 
 pub use conn::{Access, Conn};
