@@ -40,6 +40,9 @@ enum Holder {
     BlockedRef,
     /// `{p..}:y:<session>`: a session's metadata, the whole string sealed.
     Metadata,
+    /// `{p..}:i:<session>`: a session's interactions; `r:<interaction>` fields are sealed
+    /// recordings.
+    Recordings,
 }
 
 impl Holder {
@@ -56,6 +59,7 @@ impl Holder {
                 "s" => Holder::Sessions,
                 "ref" => Holder::BlockedRef,
                 "y" => Holder::Metadata,
+                "i" => Holder::Recordings,
                 "ev" if within.starts_with("ev:m:") => Holder::Fields(&["z"], "event-numbers"),
                 "ox" if within.starts_with("ox:m:") => Holder::Fields(&["b"], "outbox"),
                 _ => return None,
@@ -103,6 +107,11 @@ fn hash_spots(holder: Holder, hash: &HashMap<String, String>) -> Vec<Spot> {
             .iter()
             .filter_map(|f| hash.get(*f).filter(|v| !v.is_empty()).map(|v| (f, v)))
             .map(|(f, v)| spot(vec![f.to_string()], purpose, (String::new(), v.clone())))
+            .collect(),
+        Holder::Recordings => hash
+            .iter()
+            .filter(|(f, _)| f.starts_with("r:"))
+            .map(|(f, v)| spot(vec![f.clone()], "recording", (String::new(), v.clone())))
             .collect(),
         Holder::Idempotency | Holder::BlockedRef | Holder::Metadata => Vec::new(),
     }
