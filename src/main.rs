@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use hush::broker::{Broker, PoolLimit};
 use hush::config::Config;
-use hush::domain::{E164, GeoMatch, NumberState, PoolName, PoolPolicy, SessionId};
+use hush::domain::{
+    E164, GeoMatch, NumberSelection, NumberState, PoolName, PoolPolicy, RecordChannels, SessionId,
+};
 
 #[derive(Parser)]
 #[command(name = "hush", version, about = "Phone-number masking broker")]
@@ -105,6 +107,26 @@ enum PoolsCmd {
         /// added later fill the new shards first, numbers already added stay where they are.
         #[arg(long)]
         shards: Option<u16>,
+        /// Have the provider record the pool's calls (true or false; default false).
+        #[arg(long)]
+        record: Option<bool>,
+        /// dual (one channel per party, the default) or mono.
+        #[arg(long)]
+        record_channels: Option<String>,
+        /// Cut the dialled leg of a call after this many seconds (1 to 14400; 0 for none).
+        #[arg(long)]
+        max_call_secs: Option<u32>,
+        /// End a session after this many seconds without a call or text (60 to 2592000; 0
+        /// for none).
+        #[arg(long)]
+        idle_ttl_secs: Option<u32>,
+        /// twilio, telnyx, plivo or vonage: which provider's API sends the texts and calls
+        /// the app starts ("" for the only one configured).
+        #[arg(long)]
+        provider: Option<String>,
+        /// prefer_sticky (default) or avoid_sticky.
+        #[arg(long)]
+        number_selection: Option<String>,
     },
     List,
     Show {
@@ -419,8 +441,29 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
             geo_match,
             out_of_session_message,
             shards,
+            record,
+            record_channels,
+            max_call_secs,
+            idle_ttl_secs,
+            provider,
+            number_selection,
         } => {
             let pool = pool_name(&name)?;
+            let record_channels = record_channels
+                .map(|v| {
+                    RecordChannels::parse(&v).context("--record-channels must be dual or mono")
+                })
+                .transpose()?;
+            let number_selection = number_selection
+                .map(|v| {
+                    NumberSelection::parse(&v)
+                        .context("--number-selection must be prefer_sticky or avoid_sticky")
+                })
+                .transpose()?;
+            // 0 and "" say "none", as a flag cannot be given as null.
+            let max_call_secs = max_call_secs.map(|v| Some(v).filter(|&v| v > 0));
+            let idle_ttl_secs = idle_ttl_secs.map(|v| Some(v).filter(|&v| v > 0));
+            let provider = provider.map(|v| Some(v).filter(|v| !v.is_empty()));
             let geo_match = geo_match
                 .map(|v| {
                     GeoMatch::parse(&v).context("--geo-match must be area_code, country or any")
@@ -442,6 +485,24 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
                 }
                 if let Some(v) = shards {
                     policy.shards = v;
+                }
+                if let Some(v) = record {
+                    policy.record = v;
+                }
+                if let Some(v) = record_channels {
+                    policy.record_channels = v;
+                }
+                if let Some(v) = max_call_secs {
+                    policy.max_call_secs = v;
+                }
+                if let Some(v) = idle_ttl_secs {
+                    policy.idle_ttl_secs = v;
+                }
+                if let Some(v) = &provider {
+                    policy.provider = v.clone();
+                }
+                if let Some(v) = number_selection {
+                    policy.number_selection = v;
                 }
                 // The rule names the API's field; say it as the option the user typed.
                 policy.check().map_err(|e| {

@@ -7,7 +7,10 @@ use serde::Deserialize;
 
 use super::{ApiError, AppState, Auth, JsonBody, ok};
 use crate::broker::Scope;
-use crate::domain::{E164, GeoMatch, InterceptFallback, NumberState, PoolName, PoolPolicy};
+use crate::domain::{
+    E164, GeoMatch, InterceptFallback, NumberSelection, NumberState, PoolName, PoolPolicy,
+    RecordChannels,
+};
 
 /// Largest bulk import in one request.
 const MAX_NUMBERS: usize = 1000;
@@ -53,10 +56,22 @@ pub struct PoolBody {
     low_threshold_pct: Option<Option<u8>>,
     #[serde(default, deserialize_with = "given")]
     shards: Option<Option<u16>>,
+    #[serde(default, deserialize_with = "given")]
+    record: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "given")]
+    record_channels: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    max_call_secs: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "given")]
+    idle_ttl_secs: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "given")]
+    provider: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    number_selection: Option<Option<String>>,
 }
 
 /// A field that is present, as its value or `null`; serde calls this only for present fields.
-fn given<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+pub(super) fn given<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -146,6 +161,42 @@ impl PoolBody {
                 Ok,
             )?,
             shards: merge(self.shards, base.shards, d.shards, Ok)?,
+            record: merge(self.record, base.record, d.record, Ok)?,
+            record_channels: merge(
+                self.record_channels,
+                base.record_channels,
+                d.record_channels,
+                |v| {
+                    RecordChannels::parse(&v).ok_or_else(|| {
+                        ApiError::Validation("record_channels must be dual or mono".into())
+                    })
+                },
+            )?,
+            max_call_secs: merge(
+                self.max_call_secs,
+                base.max_call_secs,
+                d.max_call_secs,
+                |v| Ok(Some(v)),
+            )?,
+            idle_ttl_secs: merge(
+                self.idle_ttl_secs,
+                base.idle_ttl_secs,
+                d.idle_ttl_secs,
+                |v| Ok(Some(v)),
+            )?,
+            provider: merge(self.provider, base.provider, d.provider, |v| Ok(Some(v)))?,
+            number_selection: merge(
+                self.number_selection,
+                base.number_selection,
+                d.number_selection,
+                |v| {
+                    NumberSelection::parse(&v).ok_or_else(|| {
+                        ApiError::Validation(
+                            "number_selection must be prefer_sticky or avoid_sticky".into(),
+                        )
+                    })
+                },
+            )?,
         };
         policy.check().map_err(ApiError::Validation)?;
         Ok(policy)

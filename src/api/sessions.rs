@@ -9,10 +9,11 @@ use serde::Deserialize;
 
 use super::{ApiError, AppState, Auth, JsonBody, ok};
 use crate::broker::{
-    BrokerError, Decision, NewSession, PROVIDER_REF_TTL_MS, Participant, Scope, UNNAMED_REF_TTL_MS,
+    BrokerError, Decision, NewSession, PROVIDER_REF_TTL_MS, Participant, Scope, SessionChoices,
+    UNNAMED_REF_TTL_MS,
 };
 use crate::domain::session::Kind;
-use crate::domain::{E164, Mode, PoolName, SessionId};
+use crate::domain::{E164, Mode, PoolName, PoolPolicy, RecordChannels, SessionId};
 
 const LABEL_MAX: usize = 128;
 const METADATA_KEYS_MAX: usize = 16;
@@ -50,6 +51,13 @@ pub struct CreateBody {
     ttl_secs: Option<u32>,
     mode: Option<String>,
     metadata: Option<BTreeMap<String, String>>,
+    record: Option<bool>,
+    record_channels: Option<String>,
+    /// Absent takes the pool's limit; `null`, none.
+    #[serde(default, deserialize_with = "super::pools::given")]
+    max_call_secs: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "super::pools::given")]
+    idle_ttl_secs: Option<Option<u32>>,
 }
 
 fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
@@ -93,6 +101,27 @@ fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
             crate::broker::MAX_TTL_SECS
         )));
     }
+    let record_channels = b
+        .record_channels
+        .map(|c| {
+            RecordChannels::parse(&c)
+                .ok_or_else(|| ApiError::Validation("record_channels must be dual or mono".into()))
+        })
+        .transpose()?;
+    if let Some(Some(s)) = b.max_call_secs
+        && !PoolPolicy::MAX_CALL_RANGE.contains(&s)
+    {
+        return Err(ApiError::Validation(
+            "max_call_secs must be between 1 and 14400".into(),
+        ));
+    }
+    if let Some(Some(s)) = b.idle_ttl_secs
+        && !PoolPolicy::IDLE_TTL_RANGE.contains(&s)
+    {
+        return Err(ApiError::Validation(
+            "idle_ttl_secs must be between 60 and 2592000".into(),
+        ));
+    }
     let b_ = parsed.pop().expect("two participants");
     let a_ = parsed.pop().expect("two participants");
     Ok(NewSession {
@@ -101,6 +130,12 @@ fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
         ttl_secs: b.ttl_secs,
         mode,
         metadata,
+        choices: SessionChoices {
+            record: b.record,
+            record_channels,
+            max_call_secs: b.max_call_secs,
+            idle_ttl_secs: b.idle_ttl_secs,
+        },
     })
 }
 

@@ -112,6 +112,7 @@ pub(super) fn new_session(pool: &PoolName, a: &E164, b: &E164) -> NewSession {
         ttl_secs: None,
         mode: Mode::Voice,
         metadata: Default::default(),
+        choices: Default::default(),
     }
 }
 

@@ -199,10 +199,14 @@ impl Broker {
     ) -> Result<EndEvents> {
         let expires = rec.get("e").and_then(|v| v.parse().ok()).unwrap_or(0);
         let now = self.now();
+        // `e` is the idle deadline when that came first (`hard` then holds the expiry).
+        let reason = if rec.contains_key("hard") {
+            CloseReason::Idle
+        } else {
+            CloseReason::Expired
+        };
         Ok(EndEvents {
-            expired: self
-                .closed_event(id, rec, CloseReason::Expired, expires.min(now))
-                .await?,
+            expired: self.closed_event(id, rec, reason, expires.min(now)).await?,
             own: match own {
                 Some(reason) => self.closed_event(id, rec, reason, now).await?,
                 None => None,

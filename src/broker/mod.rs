@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::{Crypto, CryptoError};
 use crate::domain::{
-    Clock, E164, GeoMatch, InterceptFallback, Millis, NumberError, PoolName, PoolPolicy,
-    session::Kind,
+    Clock, E164, GeoMatch, InterceptFallback, Millis, NumberError, NumberSelection, PoolName,
+    PoolPolicy, RecordChannels, session::Kind,
 };
 use crate::store::{PoolRow, ShardKeys, Store, StoreError};
 
@@ -41,8 +41,8 @@ pub use routing::{PROVIDER_REF_TTL_MS, UNNAMED_REF_TTL_MS};
 pub use sessions::{MAX_TTL_SECS, STICKY_WINDOW_MS};
 pub use views::{
     AddReport, Decision, InteractionView, InterceptPlan, InterceptVerdict, NewSession,
-    NumberCounts, NumberView, Participant, ParticipantView, PoolView, RelayOutcome, SessionView,
-    Skipped,
+    NumberCounts, NumberView, OptionsView, Participant, ParticipantView, PoolView, RelayOutcome,
+    SessionChoices, SessionView, Skipped,
 };
 
 /// How long a pool's policy is trusted before it is read again on hot paths.
@@ -169,6 +169,18 @@ fn policy_of(row: &PoolRow) -> PoolPolicy {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d.low_threshold_pct),
         shards: row.shards,
+        record: f.get("rec").is_some_and(|v| v == "1"),
+        record_channels: f
+            .get("rch")
+            .and_then(|v| RecordChannels::parse(v))
+            .unwrap_or(d.record_channels),
+        max_call_secs: f.get("mcs").and_then(|v| v.parse().ok()),
+        idle_ttl_secs: f.get("idle").and_then(|v| v.parse().ok()),
+        provider: f.get("prov").filter(|v| !v.is_empty()).cloned(),
+        number_selection: f
+            .get("nsel")
+            .and_then(|v| NumberSelection::parse(v))
+            .unwrap_or(d.number_selection),
     }
 }
 

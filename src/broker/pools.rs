@@ -30,6 +30,24 @@ fn policy_fields(policy: &PoolPolicy) -> Vec<(&'static str, String)> {
         ("it", policy.intercept_timeout_ms.to_string()),
         ("low", policy.low_threshold_pct.to_string()),
         ("shards", policy.shards.to_string()),
+        ("rec", flag(policy.record)),
+        ("rch", policy.record_channels.as_str().into()),
+        (
+            "mcs",
+            policy
+                .max_call_secs
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "idle",
+            policy
+                .idle_ttl_secs
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        ),
+        ("prov", policy.provider.clone().unwrap_or_default()),
+        ("nsel", policy.number_selection.as_str().into()),
         (
             "if",
             match policy.intercept_fallback {

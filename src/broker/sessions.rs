@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use crate::domain::{
-    CloseReason, E164, GeoMatch, Millis, Mode, PoolName, SessionId, ShardLoad, rfc3339, shard_order,
+    CloseReason, E164, GeoMatch, Millis, Mode, PoolName, PoolPolicy, SessionId, SessionOptions,
+    ShardLoad, rfc3339, shard_order,
 };
 use crate::store::{
     CreateArgs, Created, EndEvents, EndOp, Ended, IdemMark, PoolRow, ShardKeys, StoreError,
@@ -13,7 +14,8 @@ use crate::telemetry::METRICS;
 
 use super::{
     Blob, BlobParticipant, Broker, BrokerError, IDEMPOTENCY_TTL_MS, IdemTicket, NewSession, Once,
-    ParticipantView, PoolLimit, Result, SessionView, policy_of, shard_of,
+    OptionsView, ParticipantView, PoolLimit, Result, SessionChoices, SessionView, policy_of,
+    shard_of,
 };
 
 pub use crate::store::STICKY_WINDOW_MS;
@@ -84,6 +86,8 @@ impl Broker {
         }
         let now = self.now();
         let expires = now + ttl as i64 * 1000;
+        let options = session_options(&policy, &req.choices, now);
+        let encoded_options = options.encode();
         let (idx_a, idx_b) = (self.idx(&a.number), self.idx(&b.number));
         let blob = Blob {
             p: [
@@ -185,6 +189,7 @@ impl Broker {
                     levels: &levels,
                     blob: &sealed_blob,
                     metadata: sealed_metadata.as_deref().unwrap_or(""),
+                    options: &encoded_options,
                     sticky_window_ms: STICKY_WINDOW_MS,
                     area_tag: &area_tag,
                     country_tag: &country_tag,
@@ -247,6 +252,7 @@ impl Broker {
                     closed_at: None,
                     close_reason: None,
                     metadata: req.metadata,
+                    options: OptionsView::of(&options, true),
                 }));
             }
         }
@@ -338,12 +344,20 @@ impl Broker {
         let blob = self.open_blob(rec)?;
         let expires = num("e");
         let open = get("t") == "o" && expires > now && closing.is_none();
+        // An open record's `e` is its idle deadline when that comes first (`hard` is then its
+        // expiry), so a session that fell idle reads as ended, to the millisecond.
+        let idle = rec.contains_key("hard");
         let (closed_at, reason) = if open {
             (None, None)
         } else if let Some((at, reason)) = closing {
             (Some(at), Some(reason))
         } else if get("t") == "o" {
-            (Some(expires), Some(CloseReason::Expired))
+            let reason = if idle {
+                CloseReason::Idle
+            } else {
+                CloseReason::Expired
+            };
+            (Some(expires), Some(reason))
         } else {
             let at = rec.get("x").and_then(|v| v.parse().ok()).unwrap_or(expires);
             (
@@ -364,13 +378,16 @@ impl Broker {
             participants: participant_views(blob.p),
             created_at: rfc3339(num("c")),
             expires_at: rfc3339(if open {
-                expires
+                rec.get("hard")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(expires)
             } else {
                 expires.min(closed_at.unwrap_or(expires))
             }),
             closed_at: closed_at.map(rfc3339),
             close_reason: reason.map(|r| r.as_str().to_string()),
             metadata: blob.m,
+            options: OptionsView::of(&SessionOptions::parse(get("o")), open),
         })
     }
 
@@ -468,5 +485,18 @@ impl Broker {
         }
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+}
+
+/// The options a new session keeps: the app's choices where it made them, the pool's policy
+/// elsewhere. The first idle deadline counts from creation.
+fn session_options(policy: &PoolPolicy, choices: &SessionChoices, now: Millis) -> SessionOptions {
+    let record = choices.record.unwrap_or(policy.record);
+    let idle_ttl_secs = choices.idle_ttl_secs.unwrap_or(policy.idle_ttl_secs);
+    SessionOptions {
+        record: record.then(|| choices.record_channels.unwrap_or(policy.record_channels)),
+        max_call_secs: choices.max_call_secs.unwrap_or(policy.max_call_secs),
+        idle_ttl_secs,
+        idle_until: idle_ttl_secs.map(|s| now + s as Millis * 1000),
     }
 }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    CallOptions, E164, InterceptFallback, Mode, NumberState, PoolName, PoolPolicy,
+    CallOptions, E164, InterceptFallback, Mode, NumberState, PoolName, PoolPolicy, RecordChannels,
+    SessionOptions,
 };
 
 /// One side of a session being created: a real number and the app's optional label.
@@ -24,6 +25,18 @@ pub struct NewSession {
     pub ttl_secs: Option<u32>,
     pub mode: Mode,
     pub metadata: BTreeMap<String, String>,
+    /// What the app chose instead of the pool's policy; `None` takes the pool's.
+    pub choices: SessionChoices,
+}
+
+/// Options a create request may set for its session instead of the pool's: `None` takes
+/// the pool's, `Some(None)` (sent as `null`) none at all.
+#[derive(Clone, Debug, Default)]
+pub struct SessionChoices {
+    pub record: Option<bool>,
+    pub record_channels: Option<RecordChannels>,
+    pub max_call_secs: Option<Option<u32>>,
+    pub idle_ttl_secs: Option<Option<u32>>,
 }
 
 /// One side of a session as the app sees it; the number is gone once erased.
@@ -48,6 +61,36 @@ pub struct SessionView {
     pub closed_at: Option<String>,
     pub close_reason: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub options: OptionsView,
+}
+
+/// A session's options as the API shows them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct OptionsView {
+    #[serde(default)]
+    pub record: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_channels: Option<RecordChannels>,
+    #[serde(default)]
+    pub max_call_secs: Option<u32>,
+    #[serde(default)]
+    pub idle_ttl_secs: Option<u32>,
+    /// When the session ends unless a call or text comes first; while it is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_expires_at: Option<String>,
+}
+
+impl OptionsView {
+    pub fn of(o: &SessionOptions, open: bool) -> Self {
+        OptionsView {
+            record: o.record.is_some(),
+            record_channels: o.record,
+            max_call_secs: o.max_call_secs,
+            idle_ttl_secs: o.idle_ttl_secs,
+            idle_expires_at: o.idle_until.filter(|_| open).map(crate::domain::rfc3339),
+        }
+    }
 }
 
 /// How many numbers a pool holds, by state.

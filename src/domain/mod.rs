@@ -9,7 +9,8 @@ pub mod session;
 pub use ids::{PoolName, SessionId};
 pub use number::{Capabilities, E164, Geo, NumberError};
 pub use pool::{
-    GeoMatch, InterceptFallback, NumberState, PoolPolicy, ShardLoad, emptiest_shard, shard_order,
+    GeoMatch, InterceptFallback, NumberSelection, NumberState, PROVIDERS, PoolPolicy, ShardLoad,
+    emptiest_shard, shard_order,
 };
 pub use session::{CallOptions, CloseReason, Mode, RecordChannels, SessionOptions, Status};
 

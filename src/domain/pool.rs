@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::session::RecordChannels;
+
 /// How closely a proxy number should match the first participant's location. Allocation
 /// starts at this level and falls back to broader ones, down to any number in the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +63,38 @@ pub enum InterceptFallback {
     Block,
 }
 
+/// Whether a new session may reuse the number its pair last shared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberSelection {
+    /// The pair's last shared number when it is free: a returning caller sees a number
+    /// they know.
+    #[default]
+    PreferSticky,
+    /// Never the pair's last shared number while another is free: a number once shared
+    /// does not lead back to the same person.
+    AvoidSticky,
+}
+
+impl NumberSelection {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NumberSelection::PreferSticky => "prefer_sticky",
+            NumberSelection::AvoidSticky => "avoid_sticky",
+        }
+    }
+    pub fn parse(s: &str) -> Option<NumberSelection> {
+        match s {
+            "prefer_sticky" => Some(NumberSelection::PreferSticky),
+            "avoid_sticky" => Some(NumberSelection::AvoidSticky),
+            _ => None,
+        }
+    }
+}
+
+/// The providers hush speaks, by the names their hooks and interactions carry.
+pub const PROVIDERS: [&str; 4] = ["twilio", "telnyx", "plivo", "vonage"];
+
 /// What a pool promises its sessions, and where it tells the app about them. Serialised as
 /// the API shows it, inside the pool's view.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -82,6 +116,17 @@ pub struct PoolPolicy {
     /// How many shards the pool's numbers and sessions are spread over. It only grows:
     /// numbers never move, so a shard once used keeps its numbers for good.
     pub shards: u16,
+    /// Whether the provider records the pool's calls (sessions may say otherwise).
+    pub record: bool,
+    pub record_channels: RecordChannels,
+    /// The dialled leg of a call is cut after this long.
+    pub max_call_secs: Option<u32>,
+    /// A session also ends when this long passes without an interaction.
+    pub idle_ttl_secs: Option<u32>,
+    /// Which provider's API sends what hush starts itself (texts and calls the app asks
+    /// for); none means the only provider configured.
+    pub provider: Option<String>,
+    pub number_selection: NumberSelection,
 }
 
 impl PoolPolicy {
@@ -91,6 +136,8 @@ impl PoolPolicy {
     pub const DEFAULT_MESSAGE: &'static str = "This number is no longer in service for you.";
     pub const INTERCEPT_TIMEOUT_MAX_MS: u32 = 5000;
     pub const SHARDS_MAX: u16 = 64;
+    pub const MAX_CALL_RANGE: std::ops::RangeInclusive<u32> = 1..=14_400;
+    pub const IDLE_TTL_RANGE: std::ops::RangeInclusive<u32> = 60..=2_592_000;
 
     /// The first rule the policy breaks, as a sentence naming the field; the API and the
     /// command line refuse a policy with the same words.
@@ -115,6 +162,23 @@ impl PoolPolicy {
         if !(1..=Self::SHARDS_MAX).contains(&self.shards) {
             return Err("shards must be between 1 and 64".into());
         }
+        if self
+            .max_call_secs
+            .is_some_and(|s| !Self::MAX_CALL_RANGE.contains(&s))
+        {
+            return Err("max_call_secs must be between 1 and 14400".into());
+        }
+        if self
+            .idle_ttl_secs
+            .is_some_and(|s| !Self::IDLE_TTL_RANGE.contains(&s))
+        {
+            return Err("idle_ttl_secs must be between 60 and 2592000".into());
+        }
+        if let Some(p) = &self.provider
+            && !PROVIDERS.contains(&p.as_str())
+        {
+            return Err("provider must be twilio, telnyx, plivo or vonage".into());
+        }
         Ok(())
     }
 }
@@ -133,6 +197,12 @@ impl Default for PoolPolicy {
             intercept_fallback: InterceptFallback::Allow,
             low_threshold_pct: 80,
             shards: 1,
+            record: false,
+            record_channels: RecordChannels::Dual,
+            max_call_secs: None,
+            idle_ttl_secs: None,
+            provider: None,
+            number_selection: NumberSelection::PreferSticky,
         }
     }
 }

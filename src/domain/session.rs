@@ -170,6 +170,8 @@ pub enum CloseReason {
     Closed,
     Expired,
     Erased,
+    /// No call or text for the session's `idle_ttl_secs`.
+    Idle,
 }
 
 impl CloseReason {
@@ -178,6 +180,7 @@ impl CloseReason {
             CloseReason::Closed => "closed",
             CloseReason::Expired => "expired",
             CloseReason::Erased => "erased",
+            CloseReason::Idle => "idle",
         }
     }
     pub fn parse(s: &str) -> Option<CloseReason> {
@@ -185,6 +188,7 @@ impl CloseReason {
             "closed" => Some(CloseReason::Closed),
             "expired" => Some(CloseReason::Expired),
             "erased" => Some(CloseReason::Erased),
+            "idle" => Some(CloseReason::Idle),
             _ => None,
         }
     }

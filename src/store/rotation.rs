@@ -24,6 +24,8 @@ pub struct Spot {
     pub purpose: &'static str,
     pub head: String,
     pub sealed: String,
+    /// What follows the ciphertext (a session record's options), kept as it is.
+    pub tail: String,
 }
 
 /// What kind of key may hold ciphertexts, by its name.
@@ -81,32 +83,48 @@ impl Holder {
     }
 }
 
-/// `value` split before its last `|`-separated part, which is the ciphertext.
-fn last_part(value: &str) -> (String, String) {
-    match value.rfind('|') {
-        Some(i) => (value[..=i].to_string(), value[i + 1..].to_string()),
-        None => (String::new(), value.to_string()),
+/// A session record split around its sealed blob: the fields before it, the blob, and the
+/// options that may follow it (`lua/common.lua`).
+fn record_parts(value: &str) -> (String, String, String) {
+    let fields = super::sessions::SESSION_FIELDS.len();
+    let parts: Vec<&str> = value.splitn(fields + 1, '|').collect();
+    if parts.len() < fields {
+        return (String::new(), String::new(), String::new());
     }
+    let head: String = parts[..fields - 1]
+        .iter()
+        .map(|p| format!("{p}|"))
+        .collect();
+    let tail = parts
+        .get(fields)
+        .map(|o| format!("|{o}"))
+        .unwrap_or_default();
+    (head, parts[fields - 1].to_string(), tail)
 }
 
 /// The ciphertexts a hash of kind `holder` holds.
 fn hash_spots(holder: Holder, hash: &HashMap<String, String>) -> Vec<Spot> {
-    let spot = |fields: Vec<String>, purpose, (head, sealed): (String, String)| Spot {
-        fields,
-        purpose,
-        head,
-        sealed,
-    };
+    let spot =
+        |fields: Vec<String>, purpose, (head, sealed, tail): (String, String, String)| Spot {
+            fields,
+            purpose,
+            head,
+            sealed,
+            tail,
+        };
     match holder {
         Holder::Sessions => hash
             .iter()
-            .map(|(f, v)| spot(vec![f.clone()], "session", last_part(v)))
+            .map(|(f, v)| spot(vec![f.clone()], "session", record_parts(v)))
             .filter(|s| !s.sealed.is_empty())
             .collect(),
         Holder::Fields(names, purpose) => names
             .iter()
             .filter_map(|f| hash.get(*f).filter(|v| !v.is_empty()).map(|v| (f, v)))
-            .map(|(f, v)| spot(vec![f.to_string()], purpose, (String::new(), v.clone())))
+            .map(|(f, v)| {
+                let whole = (String::new(), v.clone(), String::new());
+                spot(vec![f.to_string()], purpose, whole)
+            })
             .collect(),
         Holder::Recordings => hash
             .iter()
@@ -125,6 +143,7 @@ fn string_spot(holder: Holder, value: &str) -> Option<Spot> {
             purpose: "metadata",
             head: String::new(),
             sealed: value.to_string(),
+            tail: String::new(),
         });
     }
     let parts: Vec<&str> = value.splitn(4, '|').collect();
@@ -137,6 +156,7 @@ fn string_spot(holder: Holder, value: &str) -> Option<Spot> {
     Some(Spot {
         fields: Vec::new(),
         purpose,
+        tail: String::new(),
         sealed: value[head.len()..].to_string(),
         head,
     })
@@ -188,14 +208,14 @@ impl Store {
         for (spot, fresh) in spots {
             if spot.fields.is_empty() {
                 inv.arg("")
-                    .arg(format!("{}{}", spot.head, spot.sealed))
-                    .arg(format!("{}{fresh}", spot.head));
+                    .arg(format!("{}{}{}", spot.head, spot.sealed, spot.tail))
+                    .arg(format!("{}{fresh}{}", spot.head, spot.tail));
                 continue;
             }
             for field in &spot.fields {
                 inv.arg(field)
-                    .arg(format!("{}{}", spot.head, spot.sealed))
-                    .arg(format!("{}{fresh}", spot.head));
+                    .arg(format!("{}{}{}", spot.head, spot.sealed, spot.tail))
+                    .arg(format!("{}{fresh}{}", spot.head, spot.tail));
             }
         }
         let done: u64 = inv.invoke_async(&mut self.c()).await?;
@@ -256,15 +276,23 @@ mod tests {
         let sessions: HashMap<String, String> = [
             (
                 "k93".into(),
-                "o|v|+12125550100|1|2|3|0|A|B|any||||SEALED".into(),
+                "o|v|+12125550100|1|2|3|A|B|c||||SEALED".into(),
             ),
-            ("k94".into(), "r|v|+12125550100|1|2|3|0|||any||||".into()),
+            ("k94".into(), "c|v|+12125550100|1|2|3|||c||||".into()),
+            (
+                "k95".into(),
+                "o|v|+12125550100|1|2|3|A|B|c||||SEALED2|r,w17".into(),
+            ),
         ]
         .into();
-        let spots = hash_spots(Holder::Sessions, &sessions);
-        assert_eq!(spots.len(), 1);
+        let mut spots = hash_spots(Holder::Sessions, &sessions);
+        spots.sort_by(|a, b| a.fields.cmp(&b.fields));
+        assert_eq!(spots.len(), 2);
         assert_eq!(spots[0].fields, ["k93"]);
-        assert_eq!(spots[0].head, "o|v|+12125550100|1|2|3|0|A|B|any||||");
+        assert_eq!(spots[0].head, "o|v|+12125550100|1|2|3|A|B|c||||");
         assert_eq!(spots[0].sealed, "SEALED");
+        assert_eq!(spots[0].tail, "");
+        assert_eq!(spots[1].sealed, "SEALED2");
+        assert_eq!(spots[1].tail, "|r,w17");
     }
 }

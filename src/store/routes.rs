@@ -245,11 +245,17 @@ mod tests {
 
     #[test]
     fn a_reach_names_its_side() {
-        let r = Reach::parse("k9z0|1|c2Vh|x").unwrap();
+        let r = Reach::parse("k9z0|1|c2Vh").unwrap();
         assert_eq!(
             (r.session_key.as_str(), r.side, r.blob.as_str()),
-            ("k9z0", 1, "c2Vh|x")
+            ("k9z0", 1, "c2Vh")
         );
+        assert_eq!(r.call, CallOptions::default());
+        // The session's options follow its blob.
+        let r = Reach::parse("k9z0|0|c2Vh|rm,l90,d60,w5").unwrap();
+        assert_eq!((r.blob.as_str(), r.side), ("c2Vh", 0));
+        assert_eq!(r.call.max_call_secs, Some(90));
+        assert_eq!(r.call.record, Some(crate::domain::RecordChannels::Mono));
         assert!(Reach::parse("k9z0|2|c2Vh").is_none());
         assert!(Reach::parse("k9z0").is_none());
     }

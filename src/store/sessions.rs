@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use redis::Value;
 
 use super::{EventDraft, IdemMark, Result, ShardKeys, Store, StoreError, strings};
+use crate::domain::SessionOptions;
 
 /// Everything the session-create script needs; built by the broker.
 pub struct CreateArgs<'a> {
@@ -21,6 +22,8 @@ pub struct CreateArgs<'a> {
     pub blob: &'a str,
     /// The session's metadata, sealed, or `""` when it has none.
     pub metadata: &'a str,
+    /// The session's options as its record keeps them ([`SessionOptions::encode`]).
+    pub options: &'a str,
     pub sticky_window_ms: i64,
     pub area_tag: &'a str,
     pub country_tag: &'a str,
@@ -111,7 +114,7 @@ impl Store {
                         rand::random::<u32>(),
                         a.session_key,
                         a.metadata,
-                        "",
+                        a.options,
                     ),
                     (
                         a.blob,
@@ -292,24 +295,42 @@ impl Store {
 pub const STICKY_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// The fields of a session record in the order `lua/common.lua` writes them; the sealed
-/// blob, last, is the rest of the string.
-const SESSION_FIELDS: [&str; 13] = [
+/// blob is last, followed by `|<options>` when the session has any (`o`).
+pub(super) const SESSION_FIELDS: [&str; 13] = [
     "t", "m", "n", "c", "e", "co", "a", "b", "g", "x", "r", "i", "z",
 ];
 
+/// A record's fields by name, read as `get_session` in `lua/common.lua` reads them: `c` the
+/// creation time, `h` the end of the hold, and for an open session whose idle deadline
+/// (`w`, from its options `o`) comes before its expiry, `e` that deadline and `hard` the
+/// expiry, so that every reader sees the session end at whichever comes first.
 fn session_fields(raw: &str) -> HashMap<String, String> {
     let mut rec: HashMap<String, String> = SESSION_FIELDS
         .iter()
-        .zip(raw.splitn(SESSION_FIELDS.len(), '|'))
+        .copied()
+        .chain(["o"])
+        .zip(raw.splitn(SESSION_FIELDS.len() + 1, '|'))
         .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let ms = |k: &str| rec.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-    let (expires, held) = (ms("e"), ms("e") + ms("co"));
+    let (expires, cooloff) = (ms("e"), ms("co"));
     // Stored as its distance to the expiry, and the geo level as one letter (common.lua).
     let created = expires - ms("c");
     rec.insert("c".into(), created.to_string());
-    rec.insert("h".into(), held.to_string());
+    let idle = rec
+        .get("o")
+        .and_then(|o| SessionOptions::parse(o).idle_until)
+        .filter(|&w| w < expires && rec.get("t").is_some_and(|t| t == "o"));
+    let ends = match idle {
+        Some(w) => {
+            rec.insert("hard".into(), expires.to_string());
+            rec.insert("e".into(), w.to_string());
+            w
+        }
+        None => expires,
+    };
+    rec.insert("h".into(), (ends + cooloff).to_string());
     let level = match rec.get("g").map(String::as_str) {
         Some("a") => Some("area_code"),
         Some("c") => Some("country"),
@@ -338,6 +359,22 @@ mod tests {
         assert_eq!(rec["z"], "c2Vh");
         assert!(!rec.contains_key("x"));
         assert_eq!(session_fields("").get("t"), None);
+        assert!(!rec.contains_key("o"));
+    }
+
+    #[test]
+    fn an_idle_deadline_before_the_expiry_is_when_an_open_session_ends() {
+        let rec = session_fields("o|v|+12125550100|1500|2000|60|AAA|BBB|c||||c2Vh|r,d60,w1800");
+        assert_eq!(rec["z"], "c2Vh");
+        assert_eq!(rec["o"], "r,d60,w1800");
+        assert_eq!((rec["e"].as_str(), rec["hard"].as_str()), ("1800", "2000"));
+        assert_eq!(rec["h"], "1860");
+        assert_eq!(rec["c"], "500");
+        // Past the expiry, or once closed, the deadline no longer matters.
+        let rec = session_fields("o|v|+12125550100|1500|2000|60|AAA|BBB|c||||c2Vh|d60,w2500");
+        assert_eq!((rec["e"].as_str(), rec.get("hard")), ("2000", None));
+        let rec = session_fields("c|v|+12125550100|0|1000|60|AAA|BBB|c||idle||c2Vh|d60,w1000");
+        assert_eq!((rec["e"].as_str(), rec["h"].as_str()), ("1000", "1060"));
     }
 
     #[test]

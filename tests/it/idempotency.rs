@@ -83,6 +83,7 @@ fn new_session(pool: &str, a: &str, b: &str) -> NewSession {
         ttl_secs: None,
         mode: Mode::VoiceSms,
         metadata: Default::default(),
+        choices: Default::default(),
     }
 }
 

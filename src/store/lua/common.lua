@@ -69,6 +69,9 @@ local function geo_name(g)
   return g
 end
 
+-- A session's options follow its blob (`|r,l600,d900,w<ms>`) only when it has any. An open
+-- session whose idle deadline `w` comes before its expiry reads as ending then: `e` is the
+-- deadline and `hard` the expiry, which is what is written back while it stays open.
 local function get_session(skey)
   local raw = redis.call('HGET', sbucket(skey), skey)
   if not raw then return nil end
@@ -76,15 +79,29 @@ local function get_session(skey)
   local t, m, n, c, e, co, a, b, g, x, r, i, z = string.match(raw, SESSION_PATTERN)
   if not t then return nil end
   e, co = tonumber(e) or 0, tonumber(co) or 0
-  return { t = t, m = m, n = n, c = e - (tonumber(c) or 0), e = e, co = co, a = a, b = b,
-           g = geo_name(g), x = x, r = r, i = i, z = z, h = e + co }
+  local o = ''
+  local bar = string.find(z, '|', 1, true)
+  if bar then z, o = string.sub(z, 1, bar - 1), string.sub(z, bar + 1) end
+  local rec = { t = t, m = m, n = n, c = e - (tonumber(c) or 0), e = e, co = co, a = a, b = b,
+                g = geo_name(g), x = x, r = r, i = i, z = z, h = e + co, o = o }
+  if o ~= '' then
+    local w = tonumber(string.match(o, 'w(%d+)'))
+    rec.w = w
+    if w and t == 'o' and w < e then rec.hard, rec.e, rec.h = e, w, w + co end
+  end
+  return rec
 end
 
 local function put_session(skey, rec)
   local out = {}
   for i, name in ipairs(SFIELDS) do out[i] = tostring(rec[name] or '') end
-  out[4] = tostring(tonumber(rec.e) - (tonumber(rec.c) or tonumber(rec.e)))
+  local e = (rec.t == 'o' and rec.hard) or rec.e
+  out[5] = tostring(e)
+  out[4] = tostring(tonumber(e) - (tonumber(rec.c) or tonumber(e)))
   out[9] = geo_code(rec.g)
+  local o = rec.o or ''
+  if rec.w then o = (string.gsub(o, 'w%d+', 'w' .. rec.w)) end
+  if o ~= '' then out[#out + 1] = o end
   redis.call('HSET', sbucket(skey), skey, table.concat(out, '|'))
 end
 

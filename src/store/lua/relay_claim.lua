@@ -34,6 +34,7 @@ local function reach()
 end
 
 local function answer(sid, rec, side)
+  if rec.o ~= '' then return sid .. '|' .. side .. '|' .. rec.z .. '|' .. rec.o end
   return sid .. '|' .. side .. '|' .. rec.z
 end
 
@@ -59,6 +60,12 @@ local sid, rec, side = reach()
 if not (sid and rec.t == 'o' and rec.e > now and (rec.m == 'b' or rec.m == kind)) then
   redis.call('SET', ref, 'a||', 'PX', ttl)
   return { 'announce' }
+end
+
+-- An idle deadline moves with every interaction; the reaper's schedule may stay early.
+if rec.w then
+  rec.w = now + 1000 * (tonumber(string.match(rec.o, 'd(%d+)')) or 0)
+  put_session(sid, rec)
 end
 
 local ikey = TAG .. 'i:' .. sid

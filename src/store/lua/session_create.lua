@@ -5,7 +5,8 @@
 -- ARGV: 1 tag, 2 created ms (as the caller reports it; checks use Redis's clock),
 --       3 expires ms, 4 cool-off ms, 5 mode class (v|s|b), 6 idx A, 7 idx B,
 --       8 geo levels to try in order ('a1415,c1,*'), 9 random, 10 session key,
---       11 sealed metadata or '', 12 (unused), 13 sealed session blob, 14 sticky window ms,
+--       11 sealed metadata or '', 12 the session's options or '' (`r`, `l<secs>`,
+--       `d<secs>`, `w<idle deadline ms>`), 13 sealed session blob, 14 sticky window ms,
 --       15 A's area tag or '', 16 A's country tag, 17 session.created event id or '',
 --       18 its body (`__PROXY__` stands for the number chosen), 19 sealed numbers or '',
 --       20 pool.low event id or '', 21 the pool's low threshold (percent), 22 its body
@@ -122,9 +123,10 @@ put_entry(idx_a, ea, now, sticky_window, held_until)
 put_entry(idx_b, eb, now, sticky_window, held_until)
 
 put_session(skey, { t = 'o', n = chosen, m = class, c = tonumber(ARGV[2]), e = expires,
-  co = cooloff, a = idx_a, b = idx_b, g = level, i = idem, z = blob })
+  co = cooloff, a = idx_a, b = idx_b, g = level, i = idem, z = blob, o = ARGV[12] })
 if ARGV[11] ~= '' then redis.call('SET', TAG .. 'y:' .. skey, ARGV[11]) end
-due_push(skey, expires)
+local idle_until = tonumber(string.match(ARGV[12], 'w(%d+)'))
+due_push(skey, (idle_until and idle_until < expires) and idle_until or expires)
 if idem ~= '' then
   -- The record names its marker so erasing a participant removes it too.
   redis.call('SET', marker, skey .. '|' .. ARGV[24], 'PX', ARGV[25])

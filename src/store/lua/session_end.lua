@@ -65,18 +65,21 @@ if op == 'extend' then
   -- Both sides must still hold their routes: a session one of whose routes is gone (its
   -- side erased) cannot come back.
   if not (holds(rec.a) and holds(rec.b)) then return { 'closed', rec.t } end
-  rec.e = tonumber(arg)
+  -- The new expiry is the hard one; an idle deadline before it still ends the session first.
+  rec.e, rec.hard = tonumber(arg), nil
   rec.h = rec.e + rec.co
   put_session(skey, rec)
-  due_push(skey, rec.e)
+  local ends = (rec.w and rec.w < rec.e) and rec.w or rec.e
+  due_push(skey, ends)
   push_expiry(ubucket(rec.a), rec.h)
   push_expiry(ubucket(rec.b), rec.h)
   return { 'ok', 'o' }
 end
 
--- A session past its expiry is expired, whoever notices first.
+-- A session past its expiry (or its idle deadline, which `get_session` made its `e`) is
+-- expired, whoever notices first.
 if rec.t == 'o' and not open then
-  rec.t, rec.r = 'c', 'expired'
+  rec.t, rec.r = 'c', rec.hard and 'idle' or 'expired'
   stop_open(rec.e)
   put_session(skey, rec)
   put_event(ARGV[7], 'session.closed', ARGV[8] or '', ARGV[11], now, { rec.a, rec.b })
