@@ -143,22 +143,26 @@ impl Broker {
                         "pool": pool,
                         "proxy_number": rec.get("n"),
                         "provider": provider,
-                        // The URL is put in at delivery from the sealed part beside the
-                        // event: it names the call at the provider.
+                        // The URL and the id are put in at delivery from the sealed part
+                        // beside the event: they name the call at the provider.
                         "recording": {
                             "url": null,
                             "duration_secs": recording.duration_secs,
                             "channels": recording.channels,
-                            "provider_recording_id": recording.provider_recording_id,
+                            "provider_recording_id": null,
                         },
                     }),
                     None,
                 );
                 draft.numbers = self.inner.crypto.seal(
                     "event-numbers",
-                    serde_json::json!({ "/data/recording/url": url })
-                        .to_string()
-                        .as_bytes(),
+                    serde_json::json!({
+                        "/data/recording/url": url,
+                        "/data/recording/provider_recording_id":
+                            recording.provider_recording_id,
+                    })
+                    .to_string()
+                    .as_bytes(),
                 );
                 Some(draft)
             }

@@ -129,7 +129,10 @@ fn hash_spots(holder: Holder, hash: &HashMap<String, String>) -> Vec<Spot> {
         Holder::Recordings => hash
             .iter()
             .filter(|(f, _)| f.starts_with("r:"))
-            .map(|(f, v)| spot(vec![f.clone()], "recording", (String::new(), v.clone())))
+            .map(|(f, v)| {
+                let whole = (String::new(), v.clone(), String::new());
+                spot(vec![f.clone()], "recording", whole)
+            })
             .collect(),
         Holder::Idempotency | Holder::BlockedRef | Holder::Metadata => Vec::new(),
     }
