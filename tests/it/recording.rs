@@ -700,3 +700,39 @@ async fn a_recording_event_still_queued_at_erasure_goes_out_without_its_url() {
     assert_eq!(retried.data()["recording"]["channels"], 2);
     receiver.stop().await;
 }
+
+/// Rotating the data keys re-seals recordings too: hush then reads them with the new key alone.
+#[tokio::test]
+async fn recordings_are_resealed_when_the_data_keys_rotate() {
+    use crate::rotate::{key_id, new_key, rotate, sealed_with};
+    let p = Provider::Twilio;
+    let mut app = TestApp::start_with(|c| p.configure(c)).await;
+    let old = app.config.data_keys[0].clone();
+    let new = new_key();
+    app.pool("rec", json!({}), &proxies(1)).await;
+    let (a, b) = (participant(258), participant(259));
+    let (id, proxy) = session(&app, &a, &b, json!({ "record": true })).await;
+    let call = p.call_id();
+    let hook = p
+        .dial(&p.call(&app, &call, &a, &proxy).await)
+        .callback
+        .expect("a recording hook");
+    let url = "https://recordings.provider.test/rotated.mp3";
+    let rep = Report {
+        call: &call,
+        url,
+        id: "RE0002",
+        duration_secs: 5,
+        channels: 2,
+    };
+    let r = p.report(&app, &hook, &rep).await;
+    assert!(r.status / 100 == 2, "{} {}", r.status, r.text);
+
+    rotate(&app.config, &[&new, &old], None).await;
+    let left = sealed_with(&app, key_id(&app.config, &old)).await;
+    assert!(left.is_empty(), "still sealed with the old key: {left:?}");
+    app.config.data_keys = vec![new];
+    app.restart().await;
+    let found = interactions(&app, &id).await;
+    assert_eq!(found[0]["recording"]["url"], url, "{found:?}");
+}
