@@ -115,11 +115,12 @@ fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
             "max_call_secs must be between 1 and 14400".into(),
         ));
     }
+    // As with ttl_secs, a session may be shorter than any pool default.
     if let Some(Some(s)) = b.idle_ttl_secs
-        && !PoolPolicy::IDLE_TTL_RANGE.contains(&s)
+        && !(1..=*PoolPolicy::IDLE_TTL_RANGE.end()).contains(&s)
     {
         return Err(ApiError::Validation(
-            "idle_ttl_secs must be between 60 and 2592000".into(),
+            "idle_ttl_secs must be between 1 and 2592000".into(),
         ));
     }
     let b_ = parsed.pop().expect("two participants");

@@ -33,6 +33,7 @@ mod relay_vonage;
 mod replicas;
 mod restart;
 mod rotate;
+mod session_options;
 mod sessions;
 mod shards;
 mod slow_clients;
