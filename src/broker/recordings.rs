@@ -192,3 +192,27 @@ impl Broker {
         serde_json::from_slice(&plain).map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_reads_back_from_its_query() {
+        let r = RecordingRef {
+            session_id: "ses_0000008000egxkcc25gj62qbx1".into(),
+            interaction: "int_2yktsbvpmw4a8wav".into(),
+            channels: 2,
+            token: "AbC-_9".into(),
+        };
+        let query = crate::relay::form_urlencoded(r.to_query().as_bytes());
+        assert_eq!(RecordingRef::from_query(&query), Some(r));
+        let three =
+            |c: &str| crate::relay::form_urlencoded(format!("s=a&i=b&c={c}&t=x").as_bytes());
+        assert_eq!(RecordingRef::from_query(&three("1")).unwrap().channels, 1);
+        assert_eq!(RecordingRef::from_query(&three("3")), None);
+        let no_token = crate::relay::form_urlencoded(b"s=a&i=b&c=2");
+        assert_eq!(RecordingRef::from_query(&no_token), None);
+        assert_eq!(channel_count(RecordChannels::Mono), 1);
+    }
+}

@@ -282,3 +282,18 @@ pub fn seconds(raw: Option<&str>) -> Option<u32> {
             .map(|s| s.round() as u32)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_lengths_read_whole_or_decimal_seconds() {
+        assert_eq!(seconds(Some("42")), Some(42));
+        assert_eq!(seconds(Some(" 7.6 ")), Some(8));
+        assert_eq!(seconds(Some("-1")), None);
+        assert_eq!(seconds(Some("NaN")), None);
+        assert_eq!(seconds(Some("")), None);
+        assert_eq!(seconds(None), None);
+    }
+}

@@ -406,6 +406,21 @@ fn assert_free_of(what: &str, hay: &[u8], needles: &[String]) {
     }
 }
 
+/// Neither Redis nor the logs hold any of these participants' digits.
+async fn assert_no_digits(app: &TestApp, people: &[&str]) {
+    let numbers: Vec<String> = people
+        .iter()
+        .flat_map(|n| [n.to_string(), national_digits(n)])
+        .collect();
+    for (key, values) in app.dump().await {
+        assert_free_of(&format!("Redis key {key}"), key.as_bytes(), &numbers);
+        for v in values {
+            assert_free_of(&format!("a value of {key}"), &v, &numbers);
+        }
+    }
+    assert_free_of("the logs", captured_logs().as_bytes(), &numbers);
+}
+
 /// The whole story for one provider; `first` is the first of the 6 participants it uses.
 async fn recorded_calls(p: Provider, first: usize) {
     let app = TestApp::start_with(|c| p.configure(c)).await;
@@ -642,6 +657,7 @@ async fn telnyx_holds_the_time_limit_within_texmls_range() {
     let (_, proxy) = session(&app, &a, &b, json!({ "max_call_secs": 10 })).await;
     let dial = p.dial(&p.call(&app, &p.call_id(), &a, &proxy).await);
     assert_eq!(dial.time_limit, Some(60));
+    assert_no_digits(&app, &[&a, &b]).await;
 }
 
 /// A `recording.completed` still waiting for delivery when a participant is erased goes out
@@ -698,6 +714,7 @@ async fn a_recording_event_still_queued_at_erasure_goes_out_without_its_url() {
         Value::Null
     );
     assert_eq!(retried.data()["recording"]["channels"], 2);
+    assert_no_digits(&app, &[&a, &b]).await;
     receiver.stop().await;
 }
 
@@ -735,4 +752,5 @@ async fn recordings_are_resealed_when_the_data_keys_rotate() {
     app.restart().await;
     let found = interactions(&app, &id).await;
     assert_eq!(found[0]["recording"]["url"], url, "{found:?}");
+    assert_no_digits(&app, &[&a, &b]).await;
 }
