@@ -13,7 +13,7 @@ use crate::broker::{
     UNNAMED_REF_TTL_MS,
 };
 use crate::domain::session::Kind;
-use crate::domain::{E164, Mode, PoolName, PoolPolicy, RecordChannels, SessionId};
+use crate::domain::{E164, Mode, NumberSelection, PoolName, PoolPolicy, RecordChannels, SessionId};
 
 const LABEL_MAX: usize = 128;
 const METADATA_KEYS_MAX: usize = 16;
@@ -58,6 +58,8 @@ pub struct CreateBody {
     max_call_secs: Option<Option<u32>>,
     #[serde(default, deserialize_with = "super::pools::given")]
     idle_ttl_secs: Option<Option<u32>>,
+    proxy_number: Option<String>,
+    number_selection: Option<String>,
 }
 
 fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
@@ -123,6 +125,16 @@ fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
             "idle_ttl_secs must be between 1 and 2592000".into(),
         ));
     }
+    let proxy_number = match b.proxy_number.as_deref() {
+        None => None,
+        Some(raw) => Some(number("proxy_number", raw)?),
+    };
+    let number_selection = match b.number_selection.as_deref() {
+        None => None,
+        Some(s) => Some(NumberSelection::parse(s).ok_or_else(|| {
+            ApiError::Validation("number_selection must be prefer_sticky or avoid_sticky".into())
+        })?),
+    };
     let b_ = parsed.pop().expect("two participants");
     let a_ = parsed.pop().expect("two participants");
     Ok(NewSession {
@@ -136,6 +148,8 @@ fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
             record_channels,
             max_call_secs: b.max_call_secs,
             idle_ttl_secs: b.idle_ttl_secs,
+            number_selection,
+            proxy_number,
         },
     })
 }

@@ -78,6 +78,14 @@ pub enum BrokerError {
     PoolExhausted(String),
     #[error("number {0} still carries a session (open or cooling off)")]
     NumberInUse(String),
+    /// The number a create asked for exists in the pool but cannot serve this session; the
+    /// text says why.
+    #[error("{0}")]
+    NumberUnavailable(String),
+    /// The number a create asked for is no number of the pool. The number is not repeated:
+    /// it may be anybody's.
+    #[error("proxy_number is not a number of pool `{0}`")]
+    NumberNotInPool(String),
     #[error("pool `{0}` still has numbers carrying sessions (open or cooling off)")]
     PoolInUse(String),
     #[error("the session has ended")]

@@ -177,6 +177,18 @@ impl ApiError {
                     "Number in use",
                     e.to_string(),
                 ),
+                B::NumberUnavailable(d) => (
+                    StatusCode::CONFLICT,
+                    "number_in_use",
+                    "Number in use",
+                    d.clone(),
+                ),
+                B::NumberNotInPool(_) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "number_not_in_pool",
+                    "Number not in pool",
+                    e.to_string(),
+                ),
                 B::PoolInUse(_) => (
                     StatusCode::CONFLICT,
                     "pool_in_use",

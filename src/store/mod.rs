@@ -38,7 +38,7 @@ pub use keys::{Keys, ShardKeys};
 pub use numbers::NumberRow;
 pub use pools::{LAYOUT, PoolRow, PoolSet, ShardCounts};
 pub use routes::{Claimed, Entry, Reach, Stub};
-pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended, STICKY_WINDOW_MS};
+pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended, Refusal, STICKY_WINDOW_MS};
 pub use target::{RedisTarget, StoreKind, TargetError};
 
 pub use conn::{Access, Conn};

@@ -5,6 +5,7 @@
 
 mod allocation;
 mod auth;
+mod choose;
 mod cli;
 mod deploy;
 mod dev;
