@@ -25,6 +25,7 @@ mod interactions;
 mod keys;
 mod pools;
 mod reaper;
+mod recordings;
 mod rotation;
 mod routing;
 mod sessions;
@@ -40,6 +41,7 @@ pub use idempotency::{
 };
 pub use keys::{PoolLimit, Principal, Scope};
 pub use reaper::{Reaped, run_reaper};
+pub use recordings::{RecordingRef, RecordingView, channel_count};
 pub use rotation::Rotation;
 pub use routing::{PROVIDER_REF_TTL_MS, UNNAMED_REF_TTL_MS};
 pub use sessions::{MAX_TTL_SECS, STICKY_WINDOW_MS};

@@ -22,6 +22,7 @@ pub mod migrate;
 mod numbers;
 pub mod outbox;
 mod pools;
+mod recordings;
 pub mod rotation;
 mod routes;
 mod sessions;
@@ -398,6 +399,7 @@ mod tests {
             include_str!("lua/idempotency_lease.lua"),
             include_str!("lua/relay_claim.lua"),
             include_str!("lua/interaction_update.lua"),
+            include_str!("lua/recording_put.lua"),
             include_str!("lua/event_put.lua"),
             include_str!("lua/event_redeliver.lua"),
             include_str!("lua/outbox_put.lua"),

@@ -27,6 +27,7 @@ mod pool_low;
 mod pools;
 mod privacy;
 mod receiver;
+mod recording;
 mod relay_plivo;
 mod relay_telnyx;
 mod relay_twilio;
