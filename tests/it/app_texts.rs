@@ -708,6 +708,21 @@ async fn an_idempotency_key_sends_once() {
     settle().await;
     assert_eq!(w.api.requests().len(), 2);
     assert_eq!(w.interactions().await.len(), 2);
+
+    // The audit log has one entry per text sent, naming neither recipient nor words.
+    let page = w
+        .app
+        .get("/v1/audit?action=session.message")
+        .await
+        .expect(200);
+    let entries = page["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{page}");
+    for e in entries {
+        assert_eq!(e["target"], format!("session:{}", w.session), "{e}");
+        assert_eq!(e["detail"]["provider"], "plivo", "{e}");
+        let raw = e.to_string();
+        assert!(!raw.contains(&w.b) && !raw.contains("once only"), "{raw}");
+    }
 }
 
 #[tokio::test]
