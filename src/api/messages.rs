@@ -6,7 +6,8 @@ use serde::Deserialize;
 
 use super::sessions::{idempotency_key, idempotent_answer, number, session_id};
 use super::{ApiError, AppState, Auth, JsonBody};
-use crate::broker::{AppText, Recipient, Scope, Via};
+use crate::broker::{AppText, Recipient, Scope, TextVia};
+use crate::domain::SessionId;
 use crate::http::extract::{Path, State};
 
 #[derive(Deserialize)]
@@ -39,12 +40,12 @@ pub async fn send(
         to,
         body: body.value.body.clone(),
     };
-    let available: Vec<Via> = s
+    let available: Vec<TextVia> = s
         .config
         .providers
         .texting()
         .into_iter()
-        .filter_map(Via::parse)
+        .filter_map(TextVia::parse)
         .collect();
     let Some(key) = idem else {
         let reference = s.broker.text_reference(None);
@@ -52,6 +53,7 @@ pub async fn send(
             .broker
             .send_text(&id, &text, &available, &s.public_url, &reference)
             .await?;
+        audit_text(&auth, &s, &id, &view.id, &view.provider).await;
         return Ok((StatusCode::ACCEPTED, axum::Json(view)).into_response());
     };
     let answer = s
@@ -66,5 +68,27 @@ pub async fn send(
             &s.public_url,
         )
         .await?;
+    // A replay sent nothing new: the first request was recorded.
+    if !answer.replayed
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&answer.body)
+    {
+        let field = |k: &str| v.get(k).and_then(|f| f.as_str()).unwrap_or("");
+        audit_text(&auth, &s, &id, field("id"), field("provider")).await;
+    }
     Ok(idempotent_answer(StatusCode::ACCEPTED, answer))
+}
+
+/// A text is named by its session and interaction, never by its words or its recipient's
+/// number.
+async fn audit_text(auth: &Auth, s: &AppState, id: &SessionId, interaction: &str, via: &str) {
+    let pool = s.broker.pool_name(id.pool_id).await.ok();
+    let detail = serde_json::json!({ "interaction_id": interaction, "provider": via });
+    auth.audit(
+        s,
+        "session.message",
+        &format!("session:{id}"),
+        pool.as_deref(),
+        detail,
+    )
+    .await;
 }

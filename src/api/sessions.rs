@@ -166,12 +166,27 @@ pub async fn create(
     auth.pool_visible(&req.pool)?;
     let Some(key) = idem else {
         let view = s.broker.create_session(req).await?;
+        audit_create(&auth, &s, &view.id, &view.pool, &view.proxy_number).await;
         return Ok((StatusCode::CREATED, axum::Json(view)).into_response());
     };
     let answer = s
         .broker
         .create_session_idempotent(&auth.0.name, &key, &body.raw, req)
         .await?;
+    // A replay made nothing new: the first answer's request was recorded.
+    if !answer.replayed
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&answer.body)
+    {
+        let field = |k: &str| v.get(k).and_then(|f| f.as_str()).unwrap_or("").to_string();
+        audit_create(
+            &auth,
+            &s,
+            &field("id"),
+            &field("pool"),
+            &field("proxy_number"),
+        )
+        .await;
+    }
     Ok(idempotent_answer(StatusCode::CREATED, answer))
 }
 
@@ -205,6 +220,19 @@ pub(super) fn idempotent_answer(status: StatusCode, answer: IdemAnswer) -> Respo
     resp
 }
 
+/// A session is named by its id and its proxy number, never its participants.
+async fn audit_create(auth: &Auth, s: &AppState, id: &str, pool: &str, proxy: &str) {
+    let detail = serde_json::json!({ "pool": pool, "proxy_number": proxy });
+    auth.audit(
+        s,
+        "session.create",
+        &format!("session:{id}"),
+        Some(pool),
+        detail,
+    )
+    .await;
+}
+
 pub async fn show(
     auth: Auth,
     State(s): State<AppState>,
@@ -231,10 +259,18 @@ pub async fn extend(
     auth.require(Scope::Sessions)?;
     let id = session_id(&id)?;
     auth.session_visible(&s.broker, &id).await?;
-    Ok(ok(s
-        .broker
-        .extend_session(&id, body.value.ttl_secs)
-        .await?))
+    let ttl_secs = body.value.ttl_secs;
+    let view = s.broker.extend_session(&id, ttl_secs).await?;
+    let detail = serde_json::json!({ "ttl_secs": ttl_secs, "expires_at": view.expires_at });
+    auth.audit(
+        &s,
+        "session.extend",
+        &format!("session:{id}"),
+        Some(&view.pool),
+        detail,
+    )
+    .await;
+    Ok(ok(view))
 }
 
 pub async fn interactions(
@@ -257,7 +293,17 @@ pub async fn close(
     auth.require(Scope::Sessions)?;
     let id = session_id(&id)?;
     auth.session_visible(&s.broker, &id).await?;
-    Ok(ok(s.broker.close_session(&id).await?))
+    let view = s.broker.close_session(&id).await?;
+    let detail = serde_json::json!({ "pool": view.pool });
+    auth.audit(
+        &s,
+        "session.close",
+        &format!("session:{id}"),
+        Some(&view.pool),
+        detail,
+    )
+    .await;
+    Ok(ok(view))
 }
 
 #[derive(Deserialize)]
@@ -406,5 +452,10 @@ pub async fn erase(
     auth.require(Scope::Admin)?;
     let n = number("number", &raw)?;
     let closed = s.broker.erase_participant(&n, auth.pools()).await?;
+    // The erased number is exactly what must not be kept: the entry says only that an
+    // erasure happened and what it closed.
+    let detail = serde_json::json!({ "closed_sessions": closed });
+    auth.audit(&s, "participant.erase", "participant:-", None, detail)
+        .await;
     Ok(ok(serde_json::json!({ "closed_sessions": closed })))
 }

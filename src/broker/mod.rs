@@ -16,7 +16,9 @@ use crate::domain::{
 };
 use crate::store::{PoolRow, ShardKeys, Store, StoreError};
 
+mod audit;
 mod calls;
+mod capacity;
 mod erasure;
 mod events;
 mod idempotency;
@@ -24,23 +26,30 @@ mod interactions;
 mod keys;
 mod pools;
 mod reaper;
+mod recordings;
 mod rotation;
 mod routing;
 mod sessions;
 mod texts;
 mod views;
 
+pub use audit::{
+    AUDIT_KEEP_MS, AUDIT_PAGE_MAX, Actor, AuditCursor, AuditPage, AuditQuery, AuditView, Via,
+};
 pub use calls::CallStart;
+pub use capacity::{CAPACITY_MARGIN_PCT, CapacityView, StatsView};
 pub use events::{AttemptView, EventId, EventView, SECRET_OVERLAP_MS};
 pub use idempotency::{
     IDEMPOTENCY_LEASE_MS, IDEMPOTENCY_TTL_MS, IdemAnswer, IdemStart, IdemTicket, Once,
 };
 pub use keys::{PoolLimit, Principal, Scope};
 pub use reaper::{Reaped, run_reaper};
+pub use recordings::{RecordingRef, RecordingView, channel_count};
 pub use rotation::Rotation;
 pub use routing::{PROVIDER_REF_TTL_MS, UNNAMED_REF_TTL_MS};
 pub use sessions::{MAX_TTL_SECS, STICKY_WINDOW_MS};
-pub use texts::{AppText, OutboundSms, Recipient, TEXT_MAX_CHARS, Via};
+// `Via` at the root is how a change came (audit); the texts' is which provider sends.
+pub use texts::{AppText, OutboundSms, Recipient, TEXT_MAX_CHARS, Via as TextVia};
 pub use views::{
     AddReport, Decision, InteractionView, InterceptPlan, InterceptVerdict, NewSession,
     NumberCounts, NumberView, OptionsView, Participant, ParticipantView, PoolView, RelayOutcome,
@@ -335,7 +344,8 @@ impl Broker {
             .ok_or_else(|| BrokerError::PoolNotFound(name.to_string()))
     }
 
-    async fn pool_name(&self, id: u32) -> Result<String> {
+    /// A pool's name by its id (cached).
+    pub async fn pool_name(&self, id: u32) -> Result<String> {
         if let Some(n) = self.inner.names.read().expect("lock poisoned").get(&id) {
             return Ok(n.clone());
         }

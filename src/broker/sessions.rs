@@ -8,7 +8,8 @@ use crate::domain::{
     SessionOptions, ShardLoad, rfc3339, shard_order,
 };
 use crate::store::{
-    CreateArgs, Created, EndEvents, EndOp, Ended, IdemMark, PoolRow, Refusal, ShardKeys, StoreError,
+    CreateArgs, CreateOutcome, Created, EndEvents, EndOp, Ended, IdemMark, PoolRow, Refusal,
+    ShardKeys, StoreError,
 };
 use crate::telemetry::METRICS;
 
@@ -171,6 +172,9 @@ impl Broker {
                     .await?
             }
         };
+        // The most numbers these two held in any shard that refused them: what a create
+        // that ran out needed, for the pool's capacity counts.
+        let mut refused_held = 0;
         for s in order {
             let shard = self.shard(row.id, s);
             let id = SessionId::new(row.id, shard.shard);
@@ -239,10 +243,13 @@ impl Broker {
                 .await?;
             let due = match &outcome {
                 Created::Ok { reap_due, .. }
-                | Created::Exhausted { reap_due }
+                | Created::Exhausted { reap_due, .. }
                 | Created::Existing { reap_due, .. }
                 | Created::Refused { reap_due, .. } => *reap_due,
             };
+            if let Created::Exhausted { held, .. } = &outcome {
+                refused_held = refused_held.max(*held);
+            }
             if due {
                 let broker = self.clone();
                 let shard = shard.clone();
@@ -268,7 +275,15 @@ impl Broker {
             if let Created::Refused { why, .. } = outcome {
                 return Err(refused(&row.name, req.choices.proxy_number.as_ref(), why));
             }
-            if let Created::Ok { number, level, .. } = outcome {
+            if let Created::Ok {
+                number,
+                level,
+                held,
+                ..
+            } = outcome
+            {
+                self.note_create(row.id, now, CreateOutcome::Created, held + 1)
+                    .await;
                 METRICS
                     .allocations
                     .with_label_values(&[row.name.as_str(), "ok"])
@@ -300,6 +315,8 @@ impl Broker {
             .with_label_values(&[row.name.as_str(), "exhausted"])
             .inc();
         tracing::warn!(pool = %row.name, "pool exhausted");
+        self.note_create(row.id, now, CreateOutcome::Exhausted, refused_held + 1)
+            .await;
         if policy.callback_url.is_some() {
             let event = self.draft(
                 "pool.exhausted",

@@ -195,6 +195,9 @@ pub struct InteractionView {
     pub duration_secs: Option<u32>,
     pub provider: String,
     pub provider_ref: String,
+    /// The provider's recording of the call, once it reported one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<super::RecordingView>,
 }
 
 /// What the relay asks the app's intercept, and what it does without an answer.

@@ -27,7 +27,7 @@ use super::telnyx::Telnyx;
 use super::twilio::Twilio;
 use super::vonage::Vonage;
 use crate::broker::{Broker, BrokerError, Decision, PROVIDER_REF_TTL_MS, RelayOutcome};
-pub use crate::broker::{OutboundSms, Via};
+pub use crate::broker::{OutboundSms, TextVia as Via};
 use crate::config::Providers;
 use crate::domain::{E164, Millis};
 use crate::http::ApiError;

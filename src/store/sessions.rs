@@ -57,9 +57,13 @@ pub enum Created {
         number: String,
         level: String,
         reap_due: bool,
+        /// The numbers the two participants held in the shard before this one.
+        held: u64,
     },
     Exhausted {
         reap_due: bool,
+        /// The numbers the two participants hold in the shard, all refused to them.
+        held: u64,
     },
     /// The shard already holds the session of this idempotent request.
     Existing {
@@ -68,10 +72,7 @@ pub enum Created {
         reap_due: bool,
     },
     /// The number asked for cannot be had.
-    Refused {
-        why: Refusal,
-        reap_due: bool,
-    },
+    Refused { why: Refusal, reap_due: bool },
 }
 
 /// Why the create script refused the number asked for.
@@ -160,10 +161,11 @@ impl Store {
             .await?;
         let v = strings(reply)?;
         match v.first().map(String::as_str) {
-            Some("1") if v.len() == 4 => Ok(Created::Ok {
+            Some("1") if v.len() >= 4 => Ok(Created::Ok {
                 number: v[1].clone(),
                 level: v[2].clone(),
                 reap_due: v[3] == "1",
+                held: v.get(4).and_then(|n| n.parse().ok()).unwrap_or(0),
             }),
             Some("2") if v.len() == 4 => Ok(Created::Existing {
                 session_key: v[1].clone(),
@@ -183,6 +185,7 @@ impl Store {
             }),
             Some("0") => Ok(Created::Exhausted {
                 reap_due: v.get(1).is_some_and(|d| d == "1"),
+                held: v.get(2).and_then(|n| n.parse().ok()).unwrap_or(0),
             }),
             _ => Err(StoreError::Corrupt("session_create reply")),
         }

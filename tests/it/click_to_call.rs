@@ -1149,3 +1149,49 @@ async fn vonage_places_the_call_with_a_signed_jwt_and_its_bridge_connects_the_ot
 
     assert_no_numbers_stored_or_logged(&app, &[&a, &b]).await;
 }
+
+#[tokio::test]
+async fn the_bridge_records_and_limits_the_call_as_the_session_says() {
+    let (api, app) = twilio_world().await;
+    let twilio = Twilio { app: &app };
+    app.pool("rides", json!({}), &proxies(1)).await;
+    let (a, b) = (participant(70), participant(71));
+    let s = app
+        .create_session_with(&json!({
+            "pool": "rides",
+            "participants": [{ "number": a }, { "number": b }],
+            "record": true,
+            "record_channels": "dual",
+            "max_call_secs": 600,
+        }))
+        .await
+        .expect(201);
+    let (id, proxy) = (
+        s["id"].as_str().unwrap(),
+        s["proxy_number"].as_str().unwrap(),
+    );
+    let iid = start_call(&app, id, &a).await.expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let form = api.only().form();
+    let bridge = on_public(field(&form, "Url")[0]);
+    let params = twilio_bridge("CA70707070707070707070707070707070", proxy, &a);
+    let answer = twilio.post(&bridge, &borrowed(&params)).await;
+    let dial = relay_twilio::twiml(&answer);
+    let dial = dial.child("Dial");
+    assert_eq!(dial.attr("callerId"), Some(proxy), "{}", answer.text);
+    assert_eq!(dial.attr("timeLimit"), Some("600"), "{}", answer.text);
+    assert_eq!(
+        dial.attr("record"),
+        Some("record-from-answer-dual"),
+        "{}",
+        answer.text
+    );
+    // The recording is reported for the call's own interaction.
+    let hook = dial
+        .attr("recordingStatusCallback")
+        .expect("a recording hook");
+    assert!(hook.contains(&iid), "{hook}");
+    assert_eq!(dial.child("Number").text, b);
+}

@@ -5,6 +5,7 @@
 
 mod allocation;
 mod app_texts;
+mod audit;
 mod auth;
 mod choose;
 mod cli;
@@ -28,6 +29,7 @@ mod pool_low;
 mod pools;
 mod privacy;
 mod receiver;
+mod recording;
 mod relay_plivo;
 mod relay_telnyx;
 mod relay_twilio;

@@ -165,7 +165,7 @@ fn the_test_client_signs_plivos_published_vectors() {
 
 /// How a request is signed.
 #[derive(Clone, Debug)]
-enum Sign {
+pub(crate) enum Sign {
     /// As Plivo signs it, with the configured token.
     Plivo,
     /// With another auth token.
@@ -185,7 +185,7 @@ enum Sign {
 static IDS: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh Plivo-style UUID.
-fn uuid() -> String {
+pub(crate) fn uuid() -> String {
     let n = IDS.fetch_add(1, Ordering::SeqCst);
     let r: u64 = rand::rng().random();
     format!(
@@ -226,7 +226,12 @@ impl<'a> Plivo<'a> {
     }
 
     /// POSTs the form to `path_and_query`, signed as `how` says.
-    async fn send(&self, path_and_query: &str, params: &[(&str, &str)], how: Sign) -> Resp {
+    pub(crate) async fn send(
+        &self,
+        path_and_query: &str,
+        params: &[(&str, &str)],
+        how: Sign,
+    ) -> Resp {
         let url = format!("{PUBLIC_URL}{path_and_query}");
         let nonce = nonce();
         let (header, nonce_header) = match &how {
@@ -284,7 +289,7 @@ impl<'a> Plivo<'a> {
 
     /// The answer-URL request of an inbound call from `from` to `to` (E.164, or anything
     /// Plivo might put in `From` for a withheld caller).
-    async fn call(&self, call_uuid: &str, from: &str, to: &str) -> Resp {
+    pub(crate) async fn call(&self, call_uuid: &str, from: &str, to: &str) -> Resp {
         self.post(
             "/hooks/plivo/voice",
             &[

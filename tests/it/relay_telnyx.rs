@@ -167,7 +167,7 @@ impl Hook<'_> {
         B64.encode(key.sign(format!("{ts}|{body}").as_bytes()).to_bytes())
     }
 
-    async fn raw(
+    pub(crate) async fn raw(
         &self,
         path: &str,
         content_type: &str,
@@ -194,7 +194,7 @@ impl Hook<'_> {
         self.raw(path, content_type, body, Some((ts, sig))).await
     }
 
-    async fn call(&self, sid: &str, from: &str, to: &str) -> Resp {
+    pub(crate) async fn call(&self, sid: &str, from: &str, to: &str) -> Resp {
         let body = form(&[
             ("AccountSid", "f5586561-8ff0-4291-a51b-c7dfe4139ff9"),
             ("CallSid", sid),

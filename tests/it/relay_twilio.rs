@@ -200,10 +200,10 @@ async fn interactions(app: &TestApp, session: &str) -> Vec<Value> {
 /// One XML element: what a parser hands Twilio.
 #[derive(Debug, Clone)]
 pub(crate) struct El {
-    name: String,
-    attrs: Vec<(String, String)>,
-    children: Vec<El>,
-    text: String,
+    pub(crate) name: String,
+    pub(crate) attrs: Vec<(String, String)>,
+    pub(crate) children: Vec<El>,
+    pub(crate) text: String,
 }
 
 impl El {
@@ -278,7 +278,7 @@ pub(crate) fn twiml(r: &Resp) -> El {
     root
 }
 
-fn element(s: &str) -> (El, &str) {
+pub(crate) fn element(s: &str) -> (El, &str) {
     assert!(s.starts_with('<'), "expected an element at {s:?}");
     let name_end = s[1..]
         .find(|c: char| c.is_whitespace() || c == '>' || c == '/')

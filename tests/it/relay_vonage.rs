@@ -22,7 +22,7 @@ use sha2::Digest as _;
 
 use crate::harness::*;
 
-const PUBLIC: &str = "https://hush.example.test";
+pub(crate) const PUBLIC: &str = "https://hush.example.test";
 pub(crate) const SIGNATURE_SECRET: &str = "vonage-test-signature-secret-7f3a";
 const API_KEY: &str = "abcd1234";
 const API_SECRET: &str = "vonage-test-api-secret";
@@ -100,7 +100,7 @@ fn token_for_query(params: &[(&str, &str)]) -> String {
 /// The `sig` of a signed SMS as Vonage's SDKs compute it: parameters but `sig` sorted by
 /// name, `&name=value` with `&` and `=` in values made `_`; `md5hash` is MD5 over that text
 /// and the secret, the rest HMACs keyed with the secret. Lower-case hex.
-fn sms_sig(method: &str, secret: &str, params: &[(String, String)]) -> String {
+pub(crate) fn sms_sig(method: &str, secret: &str, params: &[(String, String)]) -> String {
     let mut sorted: Vec<&(String, String)> = params.iter().filter(|(k, _)| k != "sig").collect();
     sorted.sort();
     let text: String = sorted
@@ -305,11 +305,11 @@ async fn ride(app: &TestApp) -> (String, String, String, String) {
     )
 }
 
-fn digits(e164: &str) -> &str {
+pub(crate) fn digits(e164: &str) -> &str {
     e164.trim_start_matches('+')
 }
 
-fn uuid() -> String {
+pub(crate) fn uuid() -> String {
     let r: u128 = rand::random();
     let h = format!("{r:032x}");
     format!(
@@ -347,7 +347,7 @@ fn answer_body(from: &str, to: &str, call: &str) -> String {
 }
 
 /// A signed POST answer webhook: `from` calls `to` (E.164; sent as digits).
-async fn answer_post(app: &TestApp, from: &str, to: &str, call: &str) -> Resp {
+pub(crate) async fn answer_post(app: &TestApp, from: &str, to: &str, call: &str) -> Resp {
     let body = answer_body(from, to, call);
     let token = token_for_body(body.as_bytes());
     answer_post_raw(app, &body, Some(format!("Bearer {token}"))).await

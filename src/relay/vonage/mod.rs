@@ -2,7 +2,8 @@
 //! account's signature secret and are answered with NCCO JSON; inbound SMS carry a `sig`
 //! parameter made with the account's signature method, are answered `204` at once, and the
 //! relayed text leaves later through Vonage's SMS API ([`send`], called by the outbound
-//! queue). Vonage writes numbers as digits without `+`, in both directions.
+//! queue); the SMS API's delivery receipts, signed the same way, may come to the same hook.
+//! Vonage writes numbers as digits without `+`, in both directions.
 
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,12 +13,12 @@ use super::outbound::{self, OutboundSms, SendError, Via};
 pub mod calls;
 mod sign;
 
-use super::dialect::{Dialect, Hook, Path, Read, RestApi, Sent};
+use super::dialect::{self, Dialect, Hook, Path, Read, Recorded, RestApi, Sent};
 use super::{Inbound, Params, Webhook, forbidden, param};
-use crate::broker::{Decision, RelayOutcome};
+use crate::broker::{Decision, RecordingView, RelayOutcome};
 use crate::config::Providers;
-use crate::domain::E164;
 use crate::domain::session::Kind;
+use crate::domain::{E164, RecordChannels};
 use crate::http::{ApiError, AppState, scrub};
 use sign::{check_voice, sms_signed};
 
@@ -35,6 +36,7 @@ impl Dialect for Vonage {
         Path::get_or_post("/hooks/vonage/answer", Hook::VOICE),
         Path::post("/hooks/vonage/event", Hook::Status),
         Path::get_or_post("/hooks/vonage/sms", Hook::SMS),
+        Path::post("/hooks/vonage/recording", Hook::Recording),
         Path::get_or_post("/hooks/vonage/bridge", Hook::Bridge),
     ];
 
@@ -48,15 +50,20 @@ impl Dialect for Vonage {
 
     async fn verify(s: &AppState, hook: Hook, w: &Webhook) -> Result<(), Response> {
         match hook {
-            Hook::Inbound(Kind::Voice) | Hook::Status | Hook::Bridge => check_voice(s, w).await,
+            Hook::Inbound(Kind::Voice) | Hook::Status | Hook::Recording | Hook::Bridge => {
+                check_voice(s, w).await
+            }
             Hook::Inbound(Kind::Sms) => sms_signed(s, w).then_some(()).ok_or_else(forbidden),
         }
     }
 
-    async fn read(_: &AppState, kind: Kind, w: &Webhook) -> Result<Read, ApiError> {
+    async fn read(s: &AppState, kind: Kind, w: &Webhook) -> Result<Read, ApiError> {
         match kind {
             Kind::Voice => read_call(w),
-            Kind::Sms => Ok(read_text(w)),
+            Kind::Sms => match receipt(w) {
+                Some(r) => Ok(Read::Answered(delivery_receipt(s, r).await)),
+                None => Ok(read_text(w)),
+            },
         }
     }
 
@@ -69,7 +76,10 @@ impl Dialect for Vonage {
 
     async fn answer(s: &AppState, inbound: Inbound, outcome: RelayOutcome) -> Response {
         match inbound.kind {
-            Kind::Voice => ncco(voice_ncco(&outcome.decision)),
+            Kind::Voice => {
+                let recorded = dialect::recorded::<Self>(s, &outcome);
+                ncco(voice_ncco_with(&outcome.decision, recorded.as_ref()))
+            }
             // Queued even when this is a resent webhook: if the first attempt failed after
             // the broker recorded it, this is the text's only chance.
             Kind::Sms => {
@@ -80,6 +90,43 @@ impl Dialect for Vonage {
 
     async fn status(s: &AppState, w: &Webhook) -> Response {
         event(s, w).await
+    }
+
+    /// The `record` action's event: `recording_url`, `recording_uuid`, `start_time` and
+    /// `end_time` (<https://developer.vonage.com/en/voice/voice-api/webhook-reference#recording>).
+    /// Vonage does not say how many channels: the action asked for them.
+    fn read_recording(w: &Webhook, channels: u8) -> Result<Option<RecordingView>, ApiError> {
+        let Some(p) = params(w) else {
+            return Err(ApiError::InvalidRequest(
+                "the webhook parameters could not be read".into(),
+            ));
+        };
+        let Some(url) = param(p, "recording_url").filter(|u| !u.is_empty()) else {
+            return Err(ApiError::InvalidRequest(
+                "the `recording_url` parameter is missing".into(),
+            ));
+        };
+        let at = |name: &str| {
+            param(p, name).and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+        };
+        let duration_secs = match (at("start_time"), at("end_time")) {
+            (Some(start), Some(end)) if end >= start => {
+                u32::try_from((end - start).whole_seconds()).ok()
+            }
+            _ => None,
+        };
+        Ok(Some(RecordingView {
+            url: url.to_string(),
+            duration_secs,
+            channels,
+            provider_recording_id: param(p, "recording_uuid").map(str::to_string),
+        }))
+    }
+
+    fn recorded() -> Response {
+        no_content()
     }
 }
 
@@ -145,6 +192,49 @@ async fn event(s: &AppState, w: &Webhook) -> Response {
     }
 }
 
+/// A delivery receipt of the SMS API: `messageId` names the text hush sent, `to` the proxy
+/// number it went from, `status` how it fared.
+/// <https://developer.vonage.com/en/messaging/sms/guides/delivery-receipts>
+struct Receipt<'a> {
+    message_id: &'a str,
+    proxy: E164,
+    status: &'a str,
+}
+
+/// The receipt these signed SMS-webhook parameters are, if they are one: a receipt has a
+/// `status` and no `text`.
+fn receipt(w: &Webhook) -> Option<Receipt<'_>> {
+    let p = params(w)?;
+    if param(p, "text").is_some() {
+        return None;
+    }
+    Some(Receipt {
+        message_id: param(p, "messageId")?,
+        proxy: number(param(p, "to"))?,
+        status: param(p, "status")?,
+    })
+}
+
+/// Applies a delivery receipt to the interaction of the text it reports on (found by the
+/// message id the SMS API answered); a receipt about anything else changes nothing.
+async fn delivery_receipt(s: &AppState, r: Receipt<'_>) -> Response {
+    let status = r.status.trim().to_ascii_lowercase();
+    if status.is_empty() || status.len() > 32 || !status.bytes().all(|b| b.is_ascii_lowercase()) {
+        return no_content();
+    }
+    // `accepted` and `buffered` are on the way; `unknown` may still turn into an answer.
+    let last = matches!(
+        status.as_str(),
+        "delivered" | "expired" | "failed" | "rejected"
+    );
+    match outbound::delivery_report(&s.broker, PROVIDER, r.message_id, &r.proxy, &status, last)
+        .await
+    {
+        Ok(_) => no_content(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
 /// Reads an inbound text, answered `204` as soon as the text to send is recorded; Vonage
 /// resends for 24 hours anything not answered 200/204, and a resent message has the same
 /// `messageId`, so it is relayed once.
@@ -155,14 +245,14 @@ async fn event(s: &AppState, w: &Webhook) -> Response {
 /// which a dialect does not hold, so each part is relayed as it comes; phones show the
 /// parts as separate texts, in the order the network delivers them.
 ///
-/// Anything else that reaches the SMS webhook is answered `204` at once.
+/// Anything else that reaches the SMS webhook is answered `204` at once (delivery receipts
+/// are read before, see [`receipt`]).
 fn read_text(w: &Webhook) -> Read {
     // The signature check has read these parameters already.
     let Some(p) = params(w) else {
         return Read::Answered(forbidden());
     };
-    // Delivery receipts, if pointed here, and binary messages carry no `text`: not a text
-    // between participants.
+    // Binary messages carry no `text`: not a text between participants.
     let (Some(id), Some(text)) = (param(p, "messageId"), param(p, "text")) else {
         return Read::Answered(no_content());
     };
@@ -252,15 +342,51 @@ fn reject() -> Value {
     json!([])
 }
 
+/// Vonage's longest call: `limit` on `connect` may not exceed it
+/// (<https://developer.vonage.com/en/voice/voice-api/ncco-reference#connect>).
+const LONGEST_CALL_SECS: u32 = 7200;
+
+/// The NCCO of a routing decision for a call that is not recorded.
+#[cfg(test)]
+fn voice_ncco(decision: &Decision) -> Value {
+    voice_ncco_with(decision, None)
+}
+
 /// The NCCO of a routing decision. `connect` dials the other party showing the proxy number
 /// (`from`); `talk` speaks the pool's message, after which the NCCO ends and so does the call.
-fn voice_ncco(decision: &Decision) -> Value {
+/// A recorded call starts with a `record` action, which runs beside what follows until the
+/// call ends; `split: conversation` with two channels puts each party on its own
+/// (<https://developer.vonage.com/en/voice/voice-api/ncco-reference#record>).
+fn voice_ncco_with(decision: &Decision, recorded: Option<&Recorded>) -> Value {
     match decision {
-        Decision::Connect { caller_id, to, .. } => json!([{
-            "action": "connect",
-            "from": caller_id.reveal_digits(),
-            "endpoint": [{ "type": "phone", "number": to.reveal_digits() }],
-        }]),
+        Decision::Connect {
+            caller_id,
+            to,
+            call,
+            ..
+        } => {
+            let mut connect = json!({
+                "action": "connect",
+                "from": caller_id.reveal_digits(),
+                "endpoint": [{ "type": "phone", "number": to.reveal_digits() }],
+            });
+            if let Some(secs) = call.max_call_secs {
+                connect["limit"] = json!(secs.min(LONGEST_CALL_SECS));
+            }
+            let Some(r) = recorded else {
+                return json!([connect]);
+            };
+            let mut record = json!({
+                "action": "record",
+                "eventUrl": [r.callback],
+                "eventMethod": "POST",
+            });
+            if r.channels == RecordChannels::Dual {
+                record["split"] = json!("conversation");
+                record["channels"] = json!(2);
+            }
+            json!([record, connect])
+        }
         Decision::Announce { message } => json!([{ "action": "talk", "text": message }]),
         Decision::Relay { .. } => reject(),
     }
@@ -285,12 +411,21 @@ fn call_status(raw: &str) -> Option<(String, bool)> {
 
 // ---- sending
 
-/// Vonage's SMS API answers with its own message ids, but its delivery receipts are not
-/// read: the id is not kept.
+/// The id the SMS API gives the text (its first part's, for a long one) is what its delivery
+/// receipts name.
 impl RestApi for Vonage {
     async fn send_text(http: &reqwest::Client, p: &Providers, msg: &OutboundSms) -> Sent {
-        send(http, p, msg).await.map(|()| None)
+        send_message(http, p, msg).await
     }
+}
+
+/// [`send_message`], without the message id.
+pub async fn send(
+    http: &reqwest::Client,
+    p: &Providers,
+    msg: &OutboundSms,
+) -> Result<(), SendError> {
+    send_message(http, p, msg).await.map(|_| ())
 }
 
 /// Sends one text through Vonage's SMS API, from the proxy number to the other party.
@@ -303,11 +438,11 @@ impl RestApi for Vonage {
 /// Vonage documents as transient (throttled, internal error, too many binds). Anything else
 /// is refused for good, and so is a text Vonage accepted only some parts of: sending it again
 /// would repeat the parts already on their way.
-pub async fn send(
+pub async fn send_message(
     http: &reqwest::Client,
     p: &Providers,
     msg: &OutboundSms,
-) -> Result<(), SendError> {
+) -> Result<Option<String>, SendError> {
     let (Some(key), Some(secret)) = (&p.vonage_api_key, &p.vonage_api_secret) else {
         return Err(SendError::Permanent(
             "HUSH_VONAGE_API_KEY and HUSH_VONAGE_API_SECRET must be set to send texts".into(),
@@ -346,7 +481,10 @@ pub async fn send(
             e.without_url()
         ))
     })?;
-    outcome(&body)
+    outcome(&body)?;
+    Ok(body["messages"][0]["message-id"]
+        .as_str()
+        .map(str::to_string))
 }
 
 /// Reads the `messages[].status` of an SMS API answer: `"0"` for each part is success.
@@ -465,5 +603,49 @@ mod tests {
             panic!("status 6 is permanent");
         };
         assert!(!text.contains("14155550100"), "{text}");
+    }
+
+    #[test]
+    fn a_recorded_call_records_before_it_connects_with_a_limit() {
+        let connect = |record, max_call_secs| Decision::Connect {
+            session_id: "ses_x".into(),
+            caller_id: E164::parse_syntax("+12015550100").unwrap(),
+            to: E164::parse_syntax("+14155550101").unwrap(),
+            call: crate::domain::CallOptions {
+                record,
+                max_call_secs,
+            },
+        };
+        let recorded = |channels| Recorded {
+            channels,
+            callback: "https://h.test/hooks/vonage/recording?s=a".into(),
+        };
+        assert_eq!(
+            voice_ncco_with(
+                &connect(Some(RecordChannels::Dual), Some(600)),
+                Some(&recorded(RecordChannels::Dual))
+            ),
+            json!([
+                {
+                    "action": "record",
+                    "eventUrl": ["https://h.test/hooks/vonage/recording?s=a"],
+                    "eventMethod": "POST",
+                    "split": "conversation",
+                    "channels": 2,
+                },
+                {
+                    "action": "connect",
+                    "from": "12015550100",
+                    "endpoint": [{ "type": "phone", "number": "14155550101" }],
+                    "limit": 600,
+                },
+            ])
+        );
+        let mono = voice_ncco_with(
+            &connect(Some(RecordChannels::Mono), Some(10_000)),
+            Some(&recorded(RecordChannels::Mono)),
+        );
+        assert!(mono[0].get("split").is_none(), "{mono}");
+        assert_eq!(mono[1]["limit"], 7200, "Vonage's longest call");
     }
 }

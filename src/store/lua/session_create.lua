@@ -15,11 +15,12 @@
 --       26 '1' to avoid the pair's last shared number while another is free,
 --       27 the number asked for or '' (allocate one)
 
--- Returns {0, due} when no number is free, {1, number, level, due} on success,
--- {2, session key, fingerprint, due} when this shard already holds the session of the
--- idempotent request (a retry of a create whose answer was lost), and {3, why, due} when
--- the number asked for cannot be had: why is 'missing' (not in this shard), 'capability',
--- 'draining', 'held_a' or 'held_b' (that participant holds it, open or cooling off).
+-- Returns {0, due, held} when no number is free, {1, number, level, due, held} on success
+-- (held: the numbers the two already hold here), {2, session key, fingerprint, due} when
+-- this shard already holds the session of the idempotent request (a retry of a create whose
+-- answer was lost), and {3, why, due} when the number asked for cannot be had: why is
+-- 'missing' (not in this shard), 'capability', 'draining', 'held_a' or 'held_b' (that
+-- participant holds it, open or cooling off).
 local nums = KEYS[1]
 -- Redis's clock, not the caller's: a request delayed on its way still sees time as it is.
 local now = clock_ms()
@@ -99,6 +100,9 @@ local function walk(z)
 end
 
 local chosen, meta = nil, nil
+-- What the two hold between them, for the pool's capacity counts (before avoiding the
+-- sticky number, which counts it as held only for the walk).
+local held_count = nheld
 local asked = ARGV[27] or ''
 if asked ~= '' then
   -- The same checks allocation makes, in the same step as the claim, so a number asked for
@@ -137,7 +141,7 @@ else
   if not chosen and fresh_sticky and ARGV[26] == '1' and eligible(sticky) then
     chosen = sticky
   end
-  if not chosen then return { 0, due } end
+  if not chosen then return { 0, due, held_count } end
   meta = parse_meta(redis.call('HGET', nums, chosen))
 end
 
@@ -187,4 +191,4 @@ if ARGV[20] and ARGV[20] ~= '' then
 end
 put_event(ARGV[17], 'session.created', fill(ARGV[18] or '', 'PROXY', chosen), ARGV[19], now,
   { idx_a, idx_b })
-return { 1, chosen, level, due }
+return { 1, chosen, level, due, held_count }
