@@ -70,7 +70,28 @@ pub async fn create(
         },
         Some(key) => s.broker.once(&auth.0.name, &key, &body.raw, work).await?,
     };
+    // A replay placed nothing new: the first request was recorded.
+    if !answer.replayed
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&answer.body)
+    {
+        let field = |k: &str| v.get(k).and_then(|f| f.as_str()).unwrap_or("");
+        audit_call(&auth, &s, &id, field("id"), field("provider")).await;
+    }
     Ok(idempotent_answer(StatusCode::CREATED, answer))
+}
+
+/// A call is named by its session and interaction, never by a participant's number.
+async fn audit_call(auth: &Auth, s: &AppState, id: &SessionId, interaction: &str, via: &str) {
+    let pool = s.broker.pool_name(id.pool_id).await.ok();
+    let detail = serde_json::json!({ "interaction_id": interaction, "provider": via });
+    auth.audit(
+        s,
+        "session.call",
+        &format!("session:{id}"),
+        pool.as_deref(),
+        detail,
+    )
+    .await;
 }
 
 /// Records the call, asks the provider to place it, and gives the answer's JSON. A call

@@ -602,6 +602,16 @@ async fn an_idempotency_key_places_one_call() {
     send2().await.expect(201);
     send2().await.expect(201);
     assert_eq!(api.made().len(), 3);
+
+    // The audit log has one entry per call placed, naming no number.
+    let page = app.get("/v1/audit?action=session.call").await.expect(200);
+    let entries = page["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{page}");
+    for e in entries {
+        assert_eq!(e["target"], format!("session:{id}"), "{e}");
+        assert_eq!(e["detail"]["provider"], "twilio", "{e}");
+        assert!(!e.to_string().contains(&national_digits(&a)), "{e}");
+    }
 }
 
 #[tokio::test]
