@@ -906,7 +906,7 @@ impl<'a> Exchange<'a> {
         let dialect = self.dialect;
         self.outcome(session.as_ref(), &reference, move |i| match dialect {
             // Vonage's delivery receipts are not read: the queue's `sent` is the last word.
-            Dialect::Vonage => i.status != "received" && i.status != "allowed",
+            Dialect::Vonage => !matches!(i.status.as_str(), "started" | "allowed"),
             _ => i.ended_at.is_some(),
         })
         .await?;
