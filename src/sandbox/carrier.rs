@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::document::{self, Act};
 use super::{Delivered, Dialect, Sandbox, sign};
 use crate::broker::{InteractionView, PoolLimit, SessionView};
 use crate::domain::{E164, PoolName, SessionId};
@@ -88,108 +89,6 @@ impl Answer {
         }
         out
     }
-}
-
-/// What the carrier makes of hush's answer.
-enum Act {
-    /// Dial `to`, showing `caller_id`; report on the dialled leg at `status_url` if given.
-    Ring {
-        to: String,
-        caller_id: String,
-        status_url: Option<String>,
-    },
-    /// Speak this to the caller, then hang up.
-    Say(String),
-    /// Send a text; report its delivery at `status_url` if given.
-    Text {
-        to: String,
-        from: String,
-        body: String,
-        status_url: Option<String>,
-    },
-    /// Nothing reaches anyone; why, for people.
-    Nothing(&'static str),
-}
-
-/// `text` with XML's five entities and character references read back.
-fn unescape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('&') {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        let Some(end) = tail.find(';') else {
-            out.push_str(tail);
-            return out;
-        };
-        let entity = &tail[1..end];
-        let ch = match entity {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            e if e.starts_with("#x") => u32::from_str_radix(&e[2..], 16)
-                .ok()
-                .and_then(char::from_u32),
-            e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
-            _ => None,
-        };
-        match ch {
-            Some(c) => out.push(c),
-            None => out.push_str(&tail[..=end]),
-        }
-        rest = &tail[end + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The opening tag `<tag ...>` (its attributes text) and where its content starts.
-fn open_tag<'a>(doc: &'a str, tag: &str) -> Option<(&'a str, usize)> {
-    let needle = format!("<{tag}");
-    let mut from = 0;
-    while let Some(at) = doc[from..].find(&needle) {
-        let start = from + at + needle.len();
-        if doc[start..].starts_with([' ', '>', '/', '\t', '\n']) {
-            let end = start + doc[start..].find('>')?;
-            return Some((&doc[start..end], end + 1));
-        }
-        from = start;
-    }
-    None
-}
-
-/// The value of attribute `name` of the first `<tag>`.
-fn attr(doc: &str, tag: &str, name: &str) -> Option<String> {
-    let (attrs, _) = open_tag(doc, tag)?;
-    let needle = format!("{name}=\"");
-    let mut from = 0;
-    while let Some(at) = attrs[from..].find(&needle) {
-        let start = from + at;
-        // A whole attribute name, not the end of a longer one.
-        if start == 0 || attrs[..start].ends_with([' ', '\t', '\n']) {
-            let value = &attrs[start + needle.len()..];
-            return Some(unescape(&value[..value.find('"')?]));
-        }
-        from = start + needle.len();
-    }
-    None
-}
-
-/// The text content of the first `<tag>`.
-fn content(doc: &str, tag: &str) -> Option<String> {
-    let (attrs, start) = open_tag(doc, tag)?;
-    if attrs.ends_with('/') {
-        return Some(String::new());
-    }
-    let end = start + doc[start..].find(&format!("</{tag}>"))?;
-    Some(unescape(&doc[start..end]))
-}
-
-/// A number as Plivo and Vonage write it (digits) in E.164 form.
-fn plus(n: &str) -> String {
-    format!("+{}", n.trim().trim_start_matches('+'))
 }
 
 /// One call or text played through, step by step.
@@ -472,6 +371,28 @@ impl<'a> Exchange<'a> {
         Ok(())
     }
 
+    /// Waits (a little) until hush's outbound queue has settled the text it sent: a
+    /// delivery report that comes before hush has recorded the provider's id of the text
+    /// names a message hush does not know yet, and is dropped. A carrier's report comes
+    /// after its API has answered, so this is the order a real one keeps too.
+    async fn send_settled(
+        &self,
+        session: Option<&SessionView>,
+        reference: &str,
+    ) -> Result<(), ApiError> {
+        let Some(session) = session else {
+            return Ok(());
+        };
+        for _ in 0..60 {
+            let found = self.interaction(session, reference).await?;
+            if found.is_none_or(|i| !matches!(i.status.as_str(), "started" | "allowed")) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     /// The interaction as hush recorded it, and the events this exchange made. `settled`
     /// says whether the interaction is as final as it will get.
     async fn outcome(
@@ -612,7 +533,7 @@ impl<'a> Exchange<'a> {
         if !(200..300).contains(&answer.status) {
             return Ok(self.steps);
         }
-        let act = self.read_call(&answer.body);
+        let act = document::read_call(self.dialect, &answer.body);
         self.intercept(session.as_ref(), &reference).await?;
         match act {
             Act::Ring {
@@ -662,42 +583,6 @@ impl<'a> Exchange<'a> {
         self.outcome(session.as_ref(), &reference, |i| i.ended_at.is_some())
             .await?;
         Ok(self.steps)
-    }
-
-    fn read_call(&self, doc: &str) -> Act {
-        match self.dialect {
-            Dialect::Twilio | Dialect::Telnyx | Dialect::Plivo => {
-                let digits = self.dialect == Dialect::Plivo;
-                let number = |n: String| if digits { plus(&n) } else { n };
-                if let (Some(caller_id), Some(to)) =
-                    (attr(doc, "Dial", "callerId"), content(doc, "Number"))
-                {
-                    return Act::Ring {
-                        to: number(to.trim().to_string()),
-                        caller_id: number(caller_id),
-                        status_url: attr(doc, "Number", "statusCallback"),
-                    };
-                }
-                let say = if digits { "Speak" } else { "Say" };
-                match content(doc, say) {
-                    Some(message) => Act::Say(message),
-                    None => Act::Nothing("The call is refused: nobody is reached"),
-                }
-            }
-            Dialect::Vonage => {
-                let ncco: Value = serde_json::from_str(doc).unwrap_or_default();
-                let first = ncco.get(0).cloned().unwrap_or_default();
-                match first["action"].as_str() {
-                    Some("connect") => Act::Ring {
-                        to: plus(first["endpoint"][0]["number"].as_str().unwrap_or_default()),
-                        caller_id: plus(first["from"].as_str().unwrap_or_default()),
-                        status_url: None,
-                    },
-                    Some("talk") => Act::Say(first["text"].as_str().unwrap_or_default().into()),
-                    _ => Act::Nothing("The call ends at once: nobody is reached"),
-                }
-            }
-        }
     }
 
     /// The status callback a provider sends when the connected call ends.
@@ -857,7 +742,9 @@ impl<'a> Exchange<'a> {
         }
         self.intercept(session.as_ref(), &reference).await?;
         let act = match self.dialect {
-            Dialect::Twilio | Dialect::Plivo => self.read_text(&answer.body),
+            Dialect::Twilio | Dialect::Plivo => {
+                document::read_text(self.dialect, &answer.body, &from, &to)
+            }
             Dialect::Telnyx | Dialect::Vonage => self.api_text(body).await,
         };
         match act {
@@ -890,6 +777,9 @@ impl<'a> Exchange<'a> {
                     phone: Some(recipient.clone()),
                     caller_id: Some(sender.clone()),
                 });
+                if self.dialect == Dialect::Telnyx {
+                    self.send_settled(session.as_ref(), &reference).await?;
+                }
                 if let Some(req) = self.text_status(&reference, &recipient, &sender, status_url) {
                     self.status(
                         format!("{} reports the text delivered", self.provider()),
@@ -911,47 +801,6 @@ impl<'a> Exchange<'a> {
         })
         .await?;
         Ok(self.steps)
-    }
-
-    /// The text a TwiML or Plivo XML answer sends.
-    fn read_text(&self, doc: &str) -> Act {
-        let sender = self.from.reveal().to_string();
-        let proxy = self.to.reveal().to_string();
-        match self.dialect {
-            Dialect::Twilio => {
-                let Some(message) = content(doc, "Message") else {
-                    return Act::Nothing("No text is sent on");
-                };
-                match attr(doc, "Message", "to") {
-                    Some(to) => Act::Text {
-                        to,
-                        from: attr(doc, "Message", "from").unwrap_or(proxy),
-                        body: content(doc, "Body").unwrap_or(message),
-                        status_url: attr(doc, "Message", "action"),
-                    },
-                    // Without `to`, a reply to the sender from the number it wrote to.
-                    None => Act::Text {
-                        to: sender,
-                        from: proxy,
-                        body: message,
-                        status_url: None,
-                    },
-                }
-            }
-            _ => match (
-                attr(doc, "Message", "src"),
-                attr(doc, "Message", "dst"),
-                content(doc, "Message"),
-            ) {
-                (Some(src), Some(dst), Some(body)) => Act::Text {
-                    to: plus(&dst),
-                    from: plus(&src),
-                    body,
-                    status_url: attr(doc, "Message", "callbackUrl"),
-                },
-                _ => Act::Nothing("No text is sent on"),
-            },
-        }
     }
 
     /// The text hush's outbound queue sent through the stand-in API: the relayed text, or
@@ -1057,25 +906,6 @@ impl<'a> Exchange<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn documents_are_read_as_a_carrier_reads_them() {
-        let doc = r#"<Response><Dial callerId="+12015550100" answerOnBridge="true"><Number statusCallback="https://h.example/hooks/twilio/status?a=1&amp;b=2">+14155550143</Number></Dial></Response>"#;
-        assert_eq!(attr(doc, "Dial", "callerId").unwrap(), "+12015550100");
-        assert_eq!(content(doc, "Number").unwrap(), "+14155550143");
-        assert_eq!(
-            attr(doc, "Number", "statusCallback").unwrap(),
-            "https://h.example/hooks/twilio/status?a=1&b=2"
-        );
-        let say = "<Response><Say>Ended &lt;here&gt; &amp; &#13;now</Say><Hangup/></Response>";
-        assert_eq!(content(say, "Say").unwrap(), "Ended <here> & \rnow");
-        assert_eq!(content(say, "Hangup").unwrap(), "");
-        assert!(attr(say, "Dial", "callerId").is_none());
-        // `<Numbers>` is not `<Number>`, and `xto=` is not `to=`.
-        let tricky = r#"<Numbers/><Number>+1</Number><Message xto="a" to="b">hi</Message>"#;
-        assert_eq!(content(tricky, "Number").unwrap(), "+1");
-        assert_eq!(attr(tricky, "Message", "to").unwrap(), "b");
-    }
 
     #[test]
     fn uuids_look_like_uuids() {

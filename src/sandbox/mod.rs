@@ -10,6 +10,7 @@
 //! events it reads back through the broker, as the API would.
 
 mod carrier;
+mod document;
 mod sign;
 
 use std::net::SocketAddr;
