@@ -52,6 +52,7 @@ impl Dialect {
         Dialect::Vonage,
     ];
 
+    /// The provider's name as the API and interactions write it.
     pub fn name(self) -> &'static str {
         match self {
             Dialect::Twilio => "twilio",
@@ -245,8 +246,9 @@ pub fn routes(sandbox: Arc<Sandbox>) -> Router<AppState> {
         .layer(Extension(sandbox))
 }
 
-/// Where the stand-in APIs live, below hush's own address.
+/// Where the stand-in Telnyx API lives, below hush's own address.
 pub const TELNYX_API_BASE: &str = "/sandbox/telnyx";
+/// Where the stand-in Vonage SMS API lives, below hush's own address.
 pub const VONAGE_API_BASE: &str = "/sandbox/vonage";
 const TELNYX_API_PATH: &str = "/sandbox/telnyx/v2/messages";
 const VONAGE_API_PATH: &str = "/sandbox/vonage/sms/json";
