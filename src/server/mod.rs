@@ -37,7 +37,18 @@ use crate::telemetry::METRICS;
 /// Every route hush answers: the app's API and the webhooks of each configured provider,
 /// under the layers both share.
 pub fn app(state: crate::http::AppState) -> Router {
-    let routes = crate::api::routes().merge(crate::relay::router(&state));
+    app_with(state, None)
+}
+
+/// [`app`], with the sandbox's routes when it is on; without it they do not exist (404).
+pub fn app_with(
+    state: crate::http::AppState,
+    sandbox: Option<Arc<crate::sandbox::Sandbox>>,
+) -> Router {
+    let mut routes = crate::api::routes().merge(crate::relay::router(&state));
+    if let Some(sandbox) = sandbox {
+        routes = routes.merge(crate::sandbox::routes(sandbox));
+    }
     crate::http::layered(routes, state)
 }
 

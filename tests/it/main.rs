@@ -35,6 +35,7 @@ mod relay_vonage;
 mod replicas;
 mod restart;
 mod rotate;
+mod sandbox;
 mod session_options;
 mod sessions;
 mod shards;
