@@ -110,6 +110,11 @@ pub struct Config {
     /// `HUSH_CALLBACK_ALLOW_PRIVATE`: let callback and intercept URLs be plain http and reach
     /// private, loopback and link-local addresses. For development and tests only.
     pub callback_allow_private: bool,
+    /// `HUSH_AUDIT_SESSIONS`: `people` (default) records the session changes people make
+    /// (through the console or the CLI) in the audit log; `all` also those apps make through
+    /// the API, one entry per create, extend, close or text (about 300 bytes each, kept 90
+    /// days: sized in docs/operations.md).
+    pub audit_all_sessions: bool,
     /// `HUSH_EVENT_RETRY_SCHEDULE`: comma-separated seconds between delivery attempts of an
     /// event (default 5,30,120,600,1800,3600,10800,21600,43200,86400); after the last one the
     /// event is marked failed. Fractions are allowed (`0.2`).
@@ -233,6 +238,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             reaper_interval_ms: 1000,
             callback_allow_private: false,
+            audit_all_sessions: false,
             event_retry_schedule_ms: EVENT_RETRY_SCHEDULE_SECS.iter().map(|s| s * 1000).collect(),
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 15_000,
@@ -276,6 +282,7 @@ impl std::fmt::Debug for Config {
             reaper_interval_ms,
             providers,
             callback_allow_private,
+            audit_all_sessions,
             event_retry_schedule_ms,
             header_read_timeout_ms,
             body_read_timeout_ms,
@@ -307,6 +314,7 @@ impl std::fmt::Debug for Config {
             .field("reaper_interval_ms", reaper_interval_ms)
             .field("providers", providers)
             .field("callback_allow_private", callback_allow_private)
+            .field("audit_all_sessions", audit_all_sessions)
             .field("event_retry_schedule_ms", event_retry_schedule_ms)
             .field("header_read_timeout_ms", header_read_timeout_ms)
             .field("body_read_timeout_ms", body_read_timeout_ms)
@@ -355,6 +363,7 @@ struct FileConfig {
     vonage_api_base: Option<String>,
     vonage_token_max_age_secs: Option<u64>,
     callback_allow_private: Option<String>,
+    audit_sessions: Option<String>,
     event_retry_schedule: Option<String>,
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
@@ -437,6 +446,7 @@ impl Config {
             &mut raw.callback_allow_private,
             "HUSH_CALLBACK_ALLOW_PRIVATE",
         );
+        over(&mut raw.audit_sessions, "HUSH_AUDIT_SESSIONS");
         over(&mut raw.event_retry_schedule, "HUSH_EVENT_RETRY_SCHEDULE");
         over(&mut raw.sandbox, "HUSH_SANDBOX");
         over(
@@ -584,6 +594,18 @@ impl Config {
                     return Err(ConfigError::Invalid {
                         key: "HUSH_CALLBACK_ALLOW_PRIVATE",
                         reason: "use true or false".into(),
+                    });
+                }
+            };
+        }
+        if let Some(v) = raw.audit_sessions {
+            config.audit_all_sessions = match v.as_str() {
+                "all" => true,
+                "people" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "HUSH_AUDIT_SESSIONS",
+                        reason: "use people or all".into(),
                     });
                 }
             };

@@ -43,7 +43,8 @@ pub fn build_broker(config: &Config) -> anyhow::Result<Broker> {
             )
         })
         .context("HUSH_REDIS_URL is not a usable Redis URL")?;
-    Ok(Broker::new(store, crypto, Arc::new(domain::SystemClock)))
+    Ok(Broker::new(store, crypto, Arc::new(domain::SystemClock))
+        .audit_all_sessions(config.audit_all_sessions))
 }
 
 /// Serves the API on `listener` and runs the reaper (and the outbound text worker, when a
