@@ -110,6 +110,9 @@ pub struct Config {
     /// `HUSH_CALLBACK_ALLOW_PRIVATE`: let callback and intercept URLs be plain http and reach
     /// private, loopback and link-local addresses. For development and tests only.
     pub callback_allow_private: bool,
+    /// `HUSH_CONSOLE`: serve the ops console at `/console` (default true). It is a client of
+    /// the public API and grants nothing a key does not; turn it off where no one needs it.
+    pub console: bool,
     /// `HUSH_EVENT_RETRY_SCHEDULE`: comma-separated seconds between delivery attempts of an
     /// event (default 5,30,120,600,1800,3600,10800,21600,43200,86400); after the last one the
     /// event is marked failed. Fractions are allowed (`0.2`).
@@ -193,6 +196,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             reaper_interval_ms: 1000,
             callback_allow_private: false,
+            console: true,
             event_retry_schedule_ms: EVENT_RETRY_SCHEDULE_SECS.iter().map(|s| s * 1000).collect(),
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 15_000,
@@ -232,6 +236,7 @@ impl std::fmt::Debug for Config {
             reaper_interval_ms,
             providers,
             callback_allow_private,
+            console,
             event_retry_schedule_ms,
             header_read_timeout_ms,
             body_read_timeout_ms,
@@ -261,6 +266,7 @@ impl std::fmt::Debug for Config {
             .field("reaper_interval_ms", reaper_interval_ms)
             .field("providers", providers)
             .field("callback_allow_private", callback_allow_private)
+            .field("console", console)
             .field("event_retry_schedule_ms", event_retry_schedule_ms)
             .field("header_read_timeout_ms", header_read_timeout_ms)
             .field("body_read_timeout_ms", body_read_timeout_ms)
@@ -303,6 +309,7 @@ struct FileConfig {
     vonage_api_base: Option<String>,
     vonage_token_max_age_secs: Option<u64>,
     callback_allow_private: Option<String>,
+    console: Option<String>,
     event_retry_schedule: Option<String>,
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
@@ -379,6 +386,7 @@ impl Config {
             &mut raw.callback_allow_private,
             "HUSH_CALLBACK_ALLOW_PRIVATE",
         );
+        over(&mut raw.console, "HUSH_CONSOLE");
         over(&mut raw.event_retry_schedule, "HUSH_EVENT_RETRY_SCHEDULE");
         if let Some(v) = env("HUSH_REAPER_INTERVAL_MS").filter(|v| !v.is_empty()) {
             raw.reaper_interval_ms = Some(v.parse().map_err(|_| ConfigError::Invalid {
@@ -509,6 +517,18 @@ impl Config {
                 _ => {
                     return Err(ConfigError::Invalid {
                         key: "HUSH_CALLBACK_ALLOW_PRIVATE",
+                        reason: "use true or false".into(),
+                    });
+                }
+            };
+        }
+        if let Some(v) = raw.console {
+            config.console = match v.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "HUSH_CONSOLE",
                         reason: "use true or false".into(),
                     });
                 }

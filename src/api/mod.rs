@@ -6,6 +6,7 @@ mod events;
 mod ops;
 mod pools;
 mod sessions;
+mod whoami;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -28,6 +29,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.yaml"),
+    ("GET", "/v1/whoami"),
     ("GET", "/v1/pools"),
     ("GET", "/v1/pools/{name}"),
     ("PUT", "/v1/pools/{name}"),
@@ -58,6 +60,7 @@ pub fn routes() -> Router<AppState> {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.yaml", get(ops::openapi))
+        .route("/v1/whoami", get(whoami::show))
         .route("/v1/pools", get(pools::list))
         .route(
             "/v1/pools/{name}",

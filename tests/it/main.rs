@@ -6,6 +6,7 @@
 mod allocation;
 mod auth;
 mod cli;
+mod console;
 mod deploy;
 mod dev;
 mod doorbell;
