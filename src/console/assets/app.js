@@ -302,7 +302,7 @@
       field('Name', nameIn, 'lower-case letters, digits, - and _'),
       field('Session TTL (s)', ttl, 'default 3600'),
       field('Cool-off (s)', cool, 'default 3600'),
-      h('div', { class: 'field' }, h('button', { type: 'submit', class: 'primary' }, 'Create pool'))),
+      h('div', { class: 'field btn' }, h('button', { type: 'submit', class: 'primary' }, 'Create pool'))),
     err);
 
     const table = h('table', { class: 'stack' },
@@ -335,34 +335,43 @@
     return `${secs} s`;
   }
 
-  const POLICY = [
-    ['default_ttl_secs', 'Session TTL (s)', 'int'],
-    ['cooloff_secs', 'Cool-off (s)', 'int'],
-    ['idle_ttl_secs', 'Idle TTL (s)', 'int?', 'blank: none'],
-    ['max_call_secs', 'Call time limit (s)', 'int?', 'blank: none'],
-    ['geo_match', 'Geo-match', ['area_code', 'country', 'any']],
-    ['number_selection', 'Number selection', ['prefer_sticky', 'avoid_sticky']],
-    ['low_threshold_pct', 'pool.low threshold (%)', 'int'],
-    ['shards', 'Shards', 'int', 'can only grow'],
-    ['provider', 'Provider', 'text?', 'blank: any configured'],
-    ['record', 'Record calls', 'bool'],
-    ['record_channels', 'Recording channels', ['dual', 'mono']],
-    ['out_of_session_message', 'Out-of-session message', 'long'],
-    ['callback_url', 'Callback URL', 'url?', 'blank: no events'],
-    ['callback_include_numbers', 'Callbacks include participant numbers', 'bool'],
-    ['intercept_url', 'Intercept URL', 'url?', 'blank: no intercept'],
-    ['intercept_timeout_ms', 'Intercept timeout (ms)', 'int'],
-    ['intercept_fallback', 'Intercept fallback', ['allow', 'block']],
+  /// The policy's settings, in groups: [key, label, kind, hint]; a kind that is a list holds
+  /// the choices as [value, label].
+  const POLICY_GROUPS = [
+    ['Sessions', [
+      ['default_ttl_secs', 'Session TTL (s)', 'int'],
+      ['cooloff_secs', 'Cool-off (s)', 'int', 'after a session ends, its routes stay reserved this long'],
+      ['idle_ttl_secs', 'Idle TTL (s)', 'int?', 'blank: sessions never end for being idle'],
+      ['geo_match', 'Geo-match', [['area_code', 'same area code, then country'], ['country', 'same country'], ['any', 'any number']]],
+      ['number_selection', 'Number selection', [['prefer_sticky', "reuse the pair's last number"], ['avoid_sticky', "avoid the pair's last number"]]],
+      ['low_threshold_pct', 'pool.low threshold (%)', 'int', 'share of numbers in use that sends pool.low'],
+      ['shards', 'Shards', 'int', 'can only grow'],
+      ['provider', 'Provider', 'text?', 'blank: any configured provider'],
+    ]],
+    ['Calls and texts', [
+      ['max_call_secs', 'Call time limit (s)', 'int?', 'blank: no limit'],
+      ['record_channels', 'Recording channels', [['dual', 'two channels'], ['mono', 'one channel']]],
+      ['record', 'Record calls', 'bool'],
+      ['out_of_session_message', 'Out-of-session message', 'long', 'what a caller without a session hears'],
+    ]],
+    ['Callbacks and intercept', [
+      ['callback_url', 'Callback URL', 'url?', 'blank: no events are sent'],
+      ['callback_include_numbers', 'Callbacks include participant numbers', 'bool'],
+      ['intercept_url', 'Intercept URL', 'url?', 'blank: no intercept'],
+      ['intercept_timeout_ms', 'Intercept timeout (ms)', 'int'],
+      ['intercept_fallback', 'When the intercept does not answer', [['allow', 'connect (allow)'], ['block', 'announce the message (block)']]],
+    ]],
   ];
+  const POLICY = POLICY_GROUPS.flatMap(([, fields]) => fields);
 
   /// The policy form: only fields whose value changed are sent, as a merge patch.
   function policyForm(pool, onSaved) {
     const err = h('div');
     const inputs = {};
-    const fields = POLICY.map(([key, label, kind, hint]) => {
+    const fieldOf = ([key, label, kind, hint]) => {
       const v = pool[key];
       let input;
-      if (Array.isArray(kind)) input = select(key, kind.map((o) => [o, o]), v);
+      if (Array.isArray(kind)) input = select(key, kind, v);
       else if (kind === 'bool') {
         input = h('input', { type: 'checkbox', name: key, checked: !!v });
         inputs[key] = input;
@@ -372,7 +381,9 @@
       else input = h('input', { type: kind.startsWith('url') ? 'url' : 'text', name: key, value: v || '' });
       inputs[key] = input;
       return field(label, input, hint);
-    });
+    };
+    const groups = POLICY_GROUPS.map(([legend, list]) =>
+      h('fieldset', {}, h('legend', {}, legend), h('div', { class: 'grid' }, list.map(fieldOf))));
     const read = (key, kind) => {
       const input = inputs[key];
       if (kind === 'bool') return input.checked;
@@ -406,7 +417,7 @@
     },
     h('h2', { id: 'policy-title' }, 'Policy'),
     h('p', { class: 'muted small' }, 'Only the settings you change are sent; the others are kept.'),
-    h('div', { class: 'grid' }, fields),
+    groups,
     h('button', { type: 'submit', class: 'primary' }, 'Save changes'),
     err);
   }
@@ -733,7 +744,7 @@
     h('h2', { id: 'find-title' }, "Find a participant's sessions"),
     h('div', { class: 'row' },
       field("Participant's number", who, 'E.164; it is not stored or logged'),
-      h('div', { class: 'field' }, h('button', { type: 'submit', class: 'primary' }, 'Find'))),
+      h('div', { class: 'field btn' }, h('button', { type: 'submit', class: 'primary' }, 'Find'))),
     results);
 
     const list = await pools().catch(() => []);
@@ -768,7 +779,7 @@
     },
     h('h2', { id: 'open-title' }, "A pool's open sessions"),
     h('div', { class: 'row' }, field('Pool', poolIn),
-      h('div', { class: 'field' }, h('button', { type: 'submit' }, 'List'))),
+      h('div', { class: 'field btn' }, h('button', { type: 'submit' }, 'List'))),
     open);
     append(root, h('h1', {}, 'Sessions'), find, byPool);
   }
@@ -836,7 +847,7 @@
             }
           },
         }, field('New time to live from now (s)', ttl),
-        h('div', { class: 'field' }, h('button', { type: 'submit' }, 'Extend'))),
+        h('div', { class: 'field btn' }, h('button', { type: 'submit' }, 'Extend'))),
         h('button', {
           type: 'button', class: 'danger',
           onclick: async () => {
@@ -881,7 +892,7 @@
         class: 'card row', 'aria-label': 'Filters',
         onsubmit: (ev) => { ev.preventDefault(); load(); },
       }, chooser, field('Status', status), field('Show', limit),
-      h('div', { class: 'field' }, h('button', { type: 'submit', class: 'primary' }, 'Apply'))),
+      h('div', { class: 'field btn' }, h('button', { type: 'submit', class: 'primary' }, 'Apply'))),
       h('section', { class: 'card' }, list));
     await load();
     if (name) append(root, await deliverySettings(name));
@@ -999,7 +1010,7 @@
       },
       h('div', { class: 'row' }, field('Actor (key name)', f.actor), field('Action', f.action), field('Target', f.target),
         field('Since', f.since), field('Until', f.until),
-        h('div', { class: 'field' }, h('button', { type: 'submit', class: 'primary' }, 'Apply')))),
+        h('div', { class: 'field btn' }, h('button', { type: 'submit', class: 'primary' }, 'Apply')))),
       h('section', { class: 'card' }, list));
     await show(0);
   }
@@ -1083,7 +1094,7 @@
           go('sandbox');
         }
       },
-    }, field('New phone’s name', name), h('div', { class: 'field' }, h('button', { type: 'submit' }, 'Add phone')), addErr);
+    }, field('New phone’s name', name), h('div', { class: 'field btn' }, h('button', { type: 'submit' }, 'Add phone')), addErr);
     append(root, h('section', { class: 'card' }, h('h2', {}, 'Phones'), phones), add, run, steps);
   }
 
