@@ -38,6 +38,12 @@
       if (kid !== null && kid !== undefined && kid !== false) el.append(kid);
     }
   }
+
+  /// `el.replaceChildren`, leaving out absent parts as [`append`] does.
+  function fill(el, ...kids) {
+    el.replaceChildren();
+    append(el, ...kids);
+  }
   let uid = 0;
   const nextId = (p) => `${p}-${++uid}`;
 
@@ -60,9 +66,9 @@
 
   function say(message) {
     const box = $('#status');
-    box.replaceChildren(h('div', {}, message));
+    fill(box, h('div', {}, message));
     clearTimeout(say.timer);
-    say.timer = setTimeout(() => box.replaceChildren(), 5000);
+    say.timer = setTimeout(() => fill(box), 5000);
   }
 
   function when(iso) {
@@ -143,12 +149,12 @@
 
   /// Runs `work`, showing any problem in `slot` (emptied first).
   async function guarded(slot, work) {
-    slot.replaceChildren();
+    fill(slot);
     try {
       return await work();
     } catch (e) {
       if (!(e instanceof Problem)) throw e;
-      slot.replaceChildren(problemBox(e));
+      fill(slot, problemBox(e));
       return undefined;
     }
   }
@@ -188,7 +194,7 @@
     $('#who').hidden = false;
     $('#who-name').textContent = `${who.name} · ${who.scopes.join(', ')}`;
     const nav = $('#nav');
-    nav.replaceChildren(...PAGES.filter(offered).map((p) =>
+    fill(nav, ...PAGES.filter(offered).map((p) =>
       h('a', { href: `#/${p.id}`, 'data-page': p.id }, p.title)));
     nav.hidden = false;
     route();
@@ -197,7 +203,7 @@
   function signOut(message) {
     sessionStorage.removeItem(KEY_SLOT);
     Object.assign(S, { key: null, who: null, pools: null, sandbox: null });
-    $('#view').replaceChildren();
+    fill($('#view'));
     $('#view').hidden = true;
     $('#nav').hidden = true;
     $('#who').hidden = true;
@@ -248,7 +254,7 @@
       }
     }
     if (turn !== rendering) return;
-    view.replaceChildren(body);
+    fill(view, body);
     document.title = `${page.title} · hush console`;
   }
 
@@ -264,7 +270,9 @@
     const choice = h('select', { name: 'pool', onchange: () => go(page, choice.value) },
       h('option', { value: '' }, list.length ? 'Choose a pool…' : 'No pools yet'),
       list.map((p) => h('option', { value: p.name, selected: p.name === current }, p.name)));
-    return field(label, choice);
+    const f = field(label, choice);
+    f.classList.add('chooser');
+    return f;
   }
 
   // ---- Pools ------------------------------------------------------------------------------
@@ -318,7 +326,7 @@
         h('td', { class: 'num', 'data-label': 'TTL' }, duration(p.default_ttl_secs)),
         h('td', { class: 'num', 'data-label': 'Cool-off' }, duration(p.cooloff_secs)),
         h('td', { 'data-label': 'Callbacks' }, p.callback_url ? 'on' : h('span', { class: 'muted' }, 'off'))))));
-    append(root, 
+    append(root,
       h('div', { class: 'head' }, h('h1', {}, 'Pools')),
       h('section', { class: 'card' },
         list.length ? h('div', { class: 'table-wrap' }, table)
@@ -404,7 +412,7 @@
           if (now !== was) patch[key] = now;
         }
         if (!Object.keys(patch).length) {
-          err.replaceChildren(h('p', { class: 'muted' }, 'Nothing changed.'));
+          fill(err, h('p', { class: 'muted' }, 'Nothing changed.'));
           return;
         }
         const saved = await guarded(err, () => api('PATCH', `/v1/pools/${enc(pool.name)}`, patch));
@@ -455,7 +463,7 @@
         }, 'Delete for good'),
         h('button', { type: 'button', onclick: () => { confirmBox.hidden = true; } }, 'Keep it')));
 
-    append(root, 
+    append(root,
       h('p', { class: 'small' }, h('a', { href: '#/pools' }, '← All pools')),
       h('div', { class: 'head' }, h('h1', {}, `Pool ${name} `, state),
         h('div', { class: 'actions' },
@@ -467,7 +475,7 @@
         stat(pool.numbers.active, 'active'),
         stat(pool.numbers.draining, 'draining'),
         stat(pool.open_sessions, 'open sessions'),
-        busyPct === null ? null : stat(`${busyPct}%`, 'busiest use (peak)'),
+        busyPct === null ? null : stat(`${busyPct}%`, 'of numbers, peak for one person'),
         created === null ? null : stat(created, 'created, 24 h'),
         exhausted === null ? null : stat(exhausted, 'exhausted, 24 h')),
       capacity && capacity.warning ? h('p', { class: 'notice', role: 'note' }, capacity.warning) : null,
@@ -558,7 +566,7 @@
       const q = `limit=${PAGE_SIZE}${cursor ? `&cursor=${enc(cursor)}` : ''}`;
       const data = await api('GET', `/v1/pools/${enc(name)}/numbers?${q}`);
       cursors[page + 1] = data.next_cursor || undefined;
-      listSlot.replaceChildren(
+      fill(listSlot,
         h('h2', { id: 'numbers-title' }, `Numbers of ${name}`),
         data.numbers.length ? h('div', { class: 'table-wrap' }, numbersTable(name, data.numbers, () => show(page)))
           : h('p', { class: 'muted' }, 'This pool has no numbers yet: import some below.'),
@@ -657,7 +665,7 @@
         const skippedBy = new Map(report.skipped.map((s) => [s.number, s.code]));
         for (const r of good) if (skippedBy.has(r.number)) r.error = SKIP_REASONS[skippedBy.get(r.number)] || skippedBy.get(r.number);
         const left = rows.filter((r) => r.error).length;
-        preview.replaceChildren(
+        fill(preview,
           h('p', { class: left ? 'notice' : '', role: 'status' },
             `Added ${report.added.length} number${report.added.length === 1 ? '' : 's'}; ${left} row${left === 1 ? '' : 's'} left out.`),
           previewTable(rows.filter((r) => r.error)));
@@ -672,7 +680,7 @@
         const bad = rows.filter((r) => r.error).length;
         importBtn.disabled = rows.length === bad;
         importBtn.textContent = `Import ${rows.length - bad} number${rows.length - bad === 1 ? '' : 's'}`;
-        preview.replaceChildren(
+        fill(preview,
           h('p', {}, `${rows.length} row${rows.length === 1 ? '' : 's'}: ${rows.length - bad} ready, ${bad} with errors (left out).`),
           previewTable(rows));
       },
@@ -735,7 +743,7 @@
         ev.preventDefault();
         const data = await guarded(results, () => api('GET', `/v1/sessions?participant=${enc(who.value.trim())}`));
         if (data) {
-          results.replaceChildren(data.sessions.length
+          fill(results, data.sessions.length
             ? sessionsTable(data.sessions)
             : h('p', { class: 'muted' }, 'No open session for this number.'));
         }
@@ -762,7 +770,7 @@
         `/v1/sessions?pool=${enc(poolIn.value)}&limit=50${c ? `&cursor=${enc(c)}` : ''}`));
       if (!data) return;
       cursors[page + 1] = data.next_cursor || undefined;
-      open.replaceChildren(
+      fill(open,
         data.sessions.length ? sessionsTable(data.sessions) : h('p', { class: 'muted' }, 'No open sessions on this page.'),
         h('div', { class: 'pager' },
           h('button', { type: 'button', disabled: page === 0, onclick: () => show(page - 1) }, '← Previous'),
@@ -812,7 +820,7 @@
     const people = h('dd', {});
     let shown = false;
     const paint = () => {
-      people.replaceChildren(...s.participants.map((p, i) => h('div', {},
+      fill(people, ...s.participants.map((p, i) => h('div', {},
         `${i + 1}. ${p.label || 'no label'} — `, h('span', { class: 'mono' }, shown ? (p.number || '(erased)') : masked(p.number)))));
       reveal.textContent = shown ? 'Hide numbers' : 'Show numbers';
       reveal.setAttribute('aria-pressed', String(shown));
@@ -821,7 +829,7 @@
     paint();
     const ttl = h('input', { type: 'number', name: 'ttl_secs', min: 1, value: '3600' });
     const open = s.status === 'open';
-    append(root, 
+    append(root,
       h('p', { class: 'small' }, h('a', { href: '#/sessions' }, '← Sessions')),
       h('div', { class: 'head' }, h('h1', {}, 'Session ', h('span', { class: 'mono' }, s.id), ' ', statusBadge(s.status))),
       h('section', { class: 'card' },
@@ -884,7 +892,7 @@
       if (name) q.push(`pool=${enc(name)}`);
       if (status.value) q.push(`status=${status.value}`);
       const data = await guarded(list, () => api('GET', `/v1/events?${q.join('&')}`));
-      if (data) list.replaceChildren(eventsTable(data.events, load));
+      if (data) fill(list, eventsTable(data.events, load));
     };
     const chooser = await poolChooser('events', name, 'Pool (all when none is chosen)');
     append(root, h('h1', {}, 'Events'),
@@ -935,13 +943,13 @@
       type: 'button',
       onclick: async () => {
         if (secretSlot.childElementCount && !secretSlot.querySelector('.problem')) {
-          secretSlot.replaceChildren();
+          fill(secretSlot);
           showSecret.textContent = 'Show signing secret';
           return;
         }
         const data = await guarded(secretSlot, () => api('GET', `/v1/pools/${enc(name)}/callback-secret`));
         if (data) {
-          secretSlot.replaceChildren(h('p', {}, h('code', { class: 'secret' }, data.secret)));
+          fill(secretSlot, h('p', {}, h('code', { class: 'secret' }, data.secret)));
           showSecret.textContent = 'Hide signing secret';
         }
       },
@@ -986,24 +994,24 @@
       const data = await guarded(list, () => api('GET', `/v1/audit?${q.join('&')}`));
       if (!data) return;
       cursors[page + 1] = data.next_cursor || undefined;
-      list.replaceChildren(
+      fill(list,
         data.entries.length ? h('div', { class: 'table-wrap' }, h('table', { class: 'stack audit' },
           h('thead', {}, h('tr', {}, h('th', {}, 'When'), h('th', {}, 'Who'), h('th', {}, 'Via'),
             h('th', {}, 'Action'), h('th', {}, 'Target'), h('th', {}, 'Detail'))),
           h('tbody', {}, data.entries.map((e) => h('tr', {},
-            h('td', { 'data-label': 'When' }, when(e.at)),
+            h('td', { class: 'nowrap', 'data-label': 'When' }, when(e.at)),
             h('td', { 'data-label': 'Who' }, e.actor),
             h('td', { 'data-label': 'Via' }, e.via),
             h('td', { 'data-label': 'Action' }, h('code', {}, e.action)),
             h('td', { class: 'mono', 'data-label': 'Target' }, e.target),
-            h('td', { class: 'mono small', 'data-label': 'Detail' }, e.detail && Object.keys(e.detail).length ? JSON.stringify(e.detail) : '')))))
+            h('td', { class: 'mono small detail', 'data-label': 'Detail' }, details(e.detail))))))
         ) : h('p', { class: 'muted' }, 'No entries match.'),
         h('div', { class: 'pager' },
           h('button', { type: 'button', disabled: page === 0, onclick: () => show(page - 1) }, '← Newer'),
           h('span', { class: 'muted small' }, `Page ${page + 1}`),
           h('button', { type: 'button', disabled: !data.next_cursor, onclick: () => show(page + 1) }, 'Older →')));
     };
-    append(root, 
+    append(root,
       h('form', {
         class: 'card', 'aria-label': 'Filters',
         onsubmit: (ev) => { ev.preventDefault(); cursors.length = 1; show(0); },
@@ -1013,6 +1021,13 @@
         h('div', { class: 'field btn' }, h('button', { type: 'submit', class: 'primary' }, 'Apply')))),
       h('section', { class: 'card' }, list));
     await show(0);
+  }
+
+  /// An audit entry's detail as `key: value` lines.
+  function details(d) {
+    if (!d || typeof d !== 'object') return '';
+    return Object.entries(d).map(([k, v]) =>
+      h('div', {}, `${k}: ${Array.isArray(v) ? v.join(', ') : typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}`));
   }
 
   // ---- Sandbox ----------------------------------------------------------------------------
@@ -1050,7 +1065,7 @@
         ev.preventDefault();
         for (const { card, screen } of cards.values()) {
           card.classList.remove('ringing', 'texted', 'calling');
-          screen.replaceChildren(h('span', { class: 'muted' }, 'Idle'));
+          fill(screen, h('span', { class: 'muted' }, 'Idle'));
         }
         const isCall = kind.value === 'call';
         const req = { from: from.value, to: to.value, dialect: dialect.value };
@@ -1058,11 +1073,12 @@
         const sender = cards.get(from.value);
         if (sender) {
           sender.card.classList.add('calling');
-          sender.screen.replaceChildren(h('span', {}, `${isCall ? 'Calling' : 'Texting'} ${to.value}…`));
+          fill(sender.screen, h('span', {}, `${isCall ? 'Calling' : 'Texting'} ${to.value}…`));
         }
         const data = await guarded(err, () => api('POST', `/v1/sandbox/${isCall ? 'calls' : 'texts'}`, req));
         if (!data) return;
-        steps.replaceChildren(h('h2', {}, 'What happened'),
+        if (sender) fill(sender.screen, h('span', {}, `${isCall ? 'Called' : 'Texted'} ${to.value}`));
+        fill(steps, h('h2', {}, 'What happened'),
           h('ol', { class: 'steps' }, data.steps.map((s) => h('li', { 'data-step': s.step },
             h('strong', {}, s.title), ' ', h('span', { class: 'badge' }, s.step),
             s.detail ? h('pre', { class: 'detail' }, s.detail) : null))));
@@ -1071,7 +1087,7 @@
           const target = cards.get(s.phone);
           if (!target) continue;
           target.card.classList.add(isCall ? 'ringing' : 'texted');
-          target.screen.replaceChildren(
+          fill(target.screen,
             h('div', {}, isCall ? 'Incoming call' : 'New message'),
             h('div', { class: 'caller mono' }, s.caller_id),
             isCall ? null : h('div', {}, `“${req.body}”`));
