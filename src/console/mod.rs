@@ -23,6 +23,15 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
      img-src 'self'; connect-src 'self'; form-action 'none'; base-uri 'none'; \
      frame-ancestors 'none'";
 
+/// Every path the console answers (`GET` only); metrics label requests by these.
+pub const ROUTES: &[&str] = &[
+    "/console",
+    "/console/",
+    "/console/app.js",
+    "/console/app.css",
+    "/console/icon.svg",
+];
+
 /// The console's routes, mounted beside the API when `HUSH_CONSOLE` is on.
 pub fn routes() -> Router<AppState> {
     Router::new()

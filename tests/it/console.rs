@@ -292,6 +292,11 @@ async fn the_console_is_served_with_a_strict_policy_and_can_be_turned_off() {
             Some("nosniff")
         );
     }
+    // Every path metrics may name is served.
+    for path in hush::console::ROUTES {
+        let r = app.call(Method::GET, path, None, None).await;
+        assert!(r.status == 200 || r.status == 308, "{path}: {}", r.status);
+    }
     // Nothing inline for the policy to forbid, and nothing fetched from elsewhere.
     let page = app.call(Method::GET, "/console", None, None).await.text;
     assert!(!page.contains("<script>") && !page.contains("<style") && !page.contains("style="));
@@ -507,6 +512,10 @@ async fn an_operator_runs_a_pool_from_the_console() {
     assert!(
         !kept.as_str().unwrap().contains(&national_digits(&rider)),
         "{kept}"
+    );
+    assert!(
+        !captured_logs().contains(&national_digits(&rider)),
+        "the number searched for reached hush's logs"
     );
     b.find(&format!("a[href='#/sessions/{id}']"))
         .await
