@@ -414,6 +414,15 @@ async fn an_operator_runs_a_pool_from_the_console() {
 
     // Signing in: a wrong key is refused, a right one shows the pages its scopes allow.
     b.goto(&app.url("/console")).await;
+    b.find("#key").await;
+    let offered = b
+        .eval("return [...document.querySelectorAll('button, a:not(.skip)')].filter(e => e.offsetParent).map(e => e.textContent.trim())")
+        .await;
+    assert_eq!(
+        offered,
+        json!(["Sign in"]),
+        "signed out, only signing in is offered"
+    );
     b.screenshot("01-sign-in", 1280).await;
     b.type_into("#key", "hush_wrong").await;
     b.click("#signin-form", "Sign in").await;
@@ -470,6 +479,7 @@ async fn an_operator_runs_a_pool_from_the_console() {
     b.wait_text("#status", "is draining").await;
     b.wait_text("table.stack", "Reactivate").await;
     b.screenshot("04-numbers", 1280).await;
+    b.screenshot("04-numbers-phone", 390).await;
     b.click("table.stack", "Reactivate").await;
     b.wait_text("#status", "active again").await;
 
