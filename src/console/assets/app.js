@@ -537,6 +537,7 @@
         svg.append(h('svg:text', { x: x + 2, y: H - 8 }, s.at.slice(11, 16)));
       }
     });
+    svg.append(h('svg:text', { x: W - R, y: H - 8, 'text-anchor': 'end' }, 'UTC'));
     return svg;
   }
 
