@@ -539,6 +539,12 @@ async fn an_operator_runs_a_pool_from_the_console() {
         "participant numbers are masked until asked for"
     );
     b.screenshot("06-session", 1280).await;
+    let before = app.get_session(&id).await.expect(200)["expires_at"].clone();
+    b.type_into("input[name=ttl_secs]", "86400").await;
+    b.click("main", "Extend").await;
+    b.wait_text("#status", "Session extended").await;
+    let after = app.get_session(&id).await.expect(200)["expires_at"].clone();
+    assert!(after.as_str() > before.as_str(), "{before} → {after}");
     b.click("main", "Close session").await;
     b.wait_text("#status", "Session closed").await;
     b.wait_text("h1", "closed").await;
@@ -665,7 +671,15 @@ async fn a_key_with_only_the_sessions_scope_sees_no_pool_editing() {
     app.pool("rides", json!({}), &proxies(2)).await;
     let key = app.key(&["sessions"]).await;
     let b = Browser::start().await;
-    b.sign_in(&app, &key).await;
+    // By keyboard alone: the key field has the focus, Enter signs in.
+    b.goto(&app.url("/console")).await;
+    b.find("#key").await;
+    let focused = b.c().active_element().await.unwrap();
+    assert_eq!(focused.attr("id").await.unwrap().as_deref(), Some("key"));
+    focused
+        .send_keys(&format!("{key}{}", char::from(fantoccini::key::Key::Enter)))
+        .await
+        .unwrap();
     let nav = b.wait_text("#nav", "Sessions").await;
     for hidden in ["Pools", "Numbers", "Capacity", "Events", "Audit log"] {
         assert!(
