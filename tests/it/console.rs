@@ -372,6 +372,17 @@ async fn whoami_and_the_paged_listings_the_console_reads() {
         ids.push(s["id"].as_str().unwrap().to_string());
     }
     app.close_session(&ids[0]).await.expect(200);
+    // A closed session cooling off still holds its number.
+    let held: i64 = app.get("/v1/pools/paged/numbers").await.expect(200)["numbers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            assert!(n["holding_sessions"].as_i64() >= n["open_sessions"].as_i64());
+            n["holding_sessions"].as_i64().unwrap() - n["open_sessions"].as_i64().unwrap()
+        })
+        .sum();
+    assert_eq!(held, 1, "one session cooling off");
     let mut listed = Vec::new();
     let mut cursor: Option<String> = None;
     loop {

@@ -583,7 +583,7 @@
   function numbersTable(pool, numbers, refresh) {
     return h('table', { class: 'stack' },
       h('thead', {}, h('tr', {}, h('th', {}, 'Number'), h('th', {}, 'Capabilities'), h('th', {}, 'State'),
-        h('th', { class: 'num' }, 'Open sessions'), h('th', {}, 'Actions'))),
+        h('th', { class: 'num' }, 'Open sessions'), h('th', { class: 'num' }, 'Cooling off'), h('th', {}, 'Actions'))),
       h('tbody', {}, numbers.map((n) => {
         const err = h('div');
         const path = `/v1/pools/${enc(pool)}/numbers/${enc(n.number)}`;
@@ -598,6 +598,8 @@
           h('td', { 'data-label': 'Capabilities' }, n.capabilities.join(', ') || '—'),
           h('td', { 'data-label': 'State' }, h('span', { class: `badge ${n.state === 'active' ? 'ok' : 'warn'}` }, n.state)),
           h('td', { class: 'num', 'data-label': 'Open sessions' }, n.open_sessions),
+          h('td', { class: 'num', 'data-label': 'Cooling off' },
+            n.holding_sessions === undefined ? '—' : Math.max(0, n.holding_sessions - n.open_sessions)),
           h('td', { 'data-label': 'Actions' },
             h('div', { class: 'actions' },
               n.state === 'active'
