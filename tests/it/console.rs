@@ -610,6 +610,10 @@ async fn an_operator_runs_a_pool_from_the_console() {
     b.wait_text("h1", "Capacity").await;
     b.screenshot("08-capacity", 1280).await;
 
+    b.page("#/pools").await;
+    b.wait_text("table.stack", "rides").await;
+    b.screenshot("00-pools", 1280).await;
+
     // The pool's page, with its chart, at desktop and at phone width.
     b.page("#/pools/rides").await;
     b.wait_text("h2", "Policy").await;
