@@ -643,7 +643,7 @@
 
   function importForm(pool, refresh) {
     const file = h('input', { type: 'file', name: 'csv', accept: '.csv,text/csv,text/plain' });
-    const text = h('textarea', { name: 'csv_text', rows: 5, spellcheck: false, placeholder: 'number,capabilities\n+12015550100,voice;sms' });
+    const text = h('textarea', { name: 'csv_text', rows: 7, spellcheck: false, placeholder: 'number,capabilities\n+12015550100,voice;sms' });
     const preview = h('div', { 'aria-live': 'polite' });
     const err = h('div');
     let rows = [];
