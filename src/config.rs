@@ -135,6 +135,13 @@ pub struct Config {
     /// `HUSH_READINESS_TIMEOUT_MS`: how long `/readyz` waits for Redis before answering 503
     /// (default 1000). Keep it under the probe's own timeout.
     pub readiness_timeout_ms: u64,
+    /// `HUSH_SANDBOX`: serve the simulated carrier (`/v1/sandbox`, see docs/sandbox.md), which
+    /// sends signed webhooks to this very server. `hush dev` turns it on; never in production.
+    pub sandbox: bool,
+    /// `HUSH_SANDBOX_TELNYX_SIGNING_KEY`: base64 of the 32-byte Ed25519 secret key whose public
+    /// half is `HUSH_TELNYX_PUBLIC_KEY`, so the sandbox can sign as Telnyx does. `hush dev`
+    /// makes one.
+    pub sandbox_telnyx_signing_key: Option<Secret<String>>,
 }
 
 /// The default delay before each retry of an event delivery.
@@ -203,6 +210,8 @@ impl Default for Config {
             keepalive_idle_ms: 75_000,
             max_connections: None,
             readiness_timeout_ms: 1000,
+            sandbox: false,
+            sandbox_telnyx_signing_key: None,
             providers: Providers {
                 telnyx_api_base: "https://api.telnyx.com".into(),
                 vonage_signature_method: "md5hash".into(),
@@ -243,6 +252,8 @@ impl std::fmt::Debug for Config {
             keepalive_idle_ms,
             max_connections,
             readiness_timeout_ms,
+            sandbox,
+            sandbox_telnyx_signing_key,
         } = self;
         let masked_url = match crate::store::RedisTarget::parse(redis_url) {
             Ok(target) => target.to_string(),
@@ -273,6 +284,8 @@ impl std::fmt::Debug for Config {
             .field("keepalive_idle_ms", keepalive_idle_ms)
             .field("max_connections", max_connections)
             .field("readiness_timeout_ms", readiness_timeout_ms)
+            .field("sandbox", sandbox)
+            .field("sandbox_telnyx_signing_key", sandbox_telnyx_signing_key)
             .finish()
     }
 }
@@ -316,6 +329,8 @@ struct FileConfig {
     keepalive_idle_ms: Option<u64>,
     max_connections: Option<u64>,
     readiness_timeout_ms: Option<u64>,
+    sandbox: Option<String>,
+    sandbox_telnyx_signing_key: Option<String>,
 }
 
 impl Config {
@@ -388,6 +403,11 @@ impl Config {
         );
         over(&mut raw.console, "HUSH_CONSOLE");
         over(&mut raw.event_retry_schedule, "HUSH_EVENT_RETRY_SCHEDULE");
+        over(&mut raw.sandbox, "HUSH_SANDBOX");
+        over(
+            &mut raw.sandbox_telnyx_signing_key,
+            "HUSH_SANDBOX_TELNYX_SIGNING_KEY",
+        );
         if let Some(v) = env("HUSH_REAPER_INTERVAL_MS").filter(|v| !v.is_empty()) {
             raw.reaper_interval_ms = Some(v.parse().map_err(|_| ConfigError::Invalid {
                 key: "HUSH_REAPER_INTERVAL_MS",
@@ -534,6 +554,19 @@ impl Config {
                 }
             };
         }
+        if let Some(v) = raw.sandbox {
+            config.sandbox = match v.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "HUSH_SANDBOX",
+                        reason: "use true or false".into(),
+                    });
+                }
+            };
+        }
+        config.sandbox_telnyx_signing_key = raw.sandbox_telnyx_signing_key.map(Secret::new);
         if let Some(v) = raw.event_retry_schedule {
             let steps: Option<Vec<u64>> = v
                 .split(',')

@@ -2,6 +2,7 @@
 
 mod bench;
 mod dev;
+mod sandbox_cli;
 
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use hush::broker::{Broker, PoolLimit};
+use hush::broker::{Actor, Broker, PoolLimit};
 use hush::config::Config;
 use hush::domain::{
     E164, GeoMatch, NumberSelection, NumberState, PoolName, PoolPolicy, RecordChannels, SessionId,
@@ -46,6 +47,9 @@ enum Command {
     /// Move hush's data to another Redis (one server to a Cluster, for example).
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Play a call or text through the sandbox of a running `hush dev` and print each step.
+    #[command(subcommand)]
+    Sandbox(sandbox_cli::SandboxCmd),
     /// Measure routing, allocation, memory and event delivery as ratios against baselines
     /// taken in the same run, on a private redis-server started for the purpose.
     Bench(bench::BenchArgs),
@@ -206,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Dev => dev::run(config).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Sandbox(cmd) => sandbox_cli::run(cmd).await,
         Command::Store(StoreCmd::Migrate { to, from, replace }) => {
             let from = match from {
                 Some(url) => url,
@@ -357,6 +362,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     hush::run(config, listener, token).await
 }
 
+/// Records a change the CLI made, as `cli:<OS user>`; a failed write is logged, never fatal.
+async fn audit(
+    broker: &Broker,
+    action: &str,
+    target: &str,
+    pool: Option<&str>,
+    detail: serde_json::Value,
+) {
+    broker
+        .audit(&Actor::cli(), action, target, pool, detail)
+        .await;
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -387,6 +405,15 @@ async fn keys(broker: &Broker, cmd: KeysCmd) -> anyhow::Result<()> {
                     }
                 }
             }
+            let pools_seen = match &pools {
+                PoolLimit::All => serde_json::json!("*"),
+                PoolLimit::Only(names) => {
+                    serde_json::json!(names.iter().map(|n| n.as_str()).collect::<Vec<_>>())
+                }
+            };
+            let scope_names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+            let detail = serde_json::json!({ "scopes": scope_names, "pools": pools_seen });
+            audit(broker, "key.create", &format!("key:{name}"), None, detail).await;
             eprintln!("created key `{name}`; it is shown once:");
             println!("{key}");
         }
@@ -399,6 +426,8 @@ async fn keys(broker: &Broker, cmd: KeysCmd) -> anyhow::Result<()> {
             if !broker.revoke_api_key(&name).await? {
                 bail!("no key named `{name}`");
             }
+            let target = format!("key:{name}");
+            audit(broker, "key.revoke", &target, None, serde_json::json!({})).await;
             println!("revoked `{name}`");
         }
         KeysCmd::RotateData { stop_after } => {
@@ -414,6 +443,8 @@ async fn keys(broker: &Broker, cmd: KeysCmd) -> anyhow::Result<()> {
                 "re-sealed {}, already current {}, skipped {}",
                 r.resealed, r.current, r.skipped
             );
+            let detail = serde_json::json!({ "resealed": r.resealed, "stopped": r.stopped });
+            audit(broker, "data.rotate", "data:-", None, detail).await;
             if r.stopped {
                 println!("stopped after {} re-sealed; run again to go on", r.resealed);
                 return Ok(());
@@ -511,11 +542,35 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
                 })?;
                 Ok(policy)
             };
+            let given: Vec<&str> = [
+                ("default_ttl_secs", default_ttl_secs.is_some()),
+                ("cooloff_secs", cooloff_secs.is_some()),
+                ("geo_match", geo_match.is_some()),
+                ("out_of_session_message", out_of_session_message.is_some()),
+                ("shards", shards.is_some()),
+                ("record", record.is_some()),
+                ("record_channels", record_channels.is_some()),
+                ("max_call_secs", max_call_secs.is_some()),
+                ("idle_ttl_secs", idle_ttl_secs.is_some()),
+                ("provider", provider.is_some()),
+                ("number_selection", number_selection.is_some()),
+            ]
+            .iter()
+            .filter(|(_, g)| *g)
+            .map(|(f, _)| *f)
+            .collect();
             let exists = broker.pool_policy(&pool).await?.is_some();
             let view = if replace || !exists {
                 let (view, created) = broker
                     .put_pool(&pool, &change(&PoolPolicy::default())?, shards.is_none())
                     .await?;
+                let action = if created {
+                    "pool.create"
+                } else {
+                    "pool.update"
+                };
+                let detail = serde_json::json!({ "fields": given, "replace": true });
+                audit(broker, action, &format!("pool:{name}"), Some(&name), detail).await;
                 eprintln!(
                     "{} pool `{name}`{}",
                     if created { "created" } else { "replaced" },
@@ -528,6 +583,15 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
                 view
             } else {
                 let view = broker.patch_pool(&pool, change).await?;
+                let detail = serde_json::json!({ "fields": given });
+                audit(
+                    broker,
+                    "pool.update",
+                    &format!("pool:{name}"),
+                    Some(&name),
+                    detail,
+                )
+                .await;
                 eprintln!("updated pool `{name}`: changed the settings given, kept the others");
                 view
             };
@@ -550,6 +614,15 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
         PoolsCmd::Show { name } => print_json(&broker.get_pool(&pool_name(&name)?).await?),
         PoolsCmd::Delete { name } => {
             broker.delete_pool(&pool_name(&name)?).await?;
+            let target = format!("pool:{name}");
+            audit(
+                broker,
+                "pool.delete",
+                &target,
+                Some(&name),
+                serde_json::json!({}),
+            )
+            .await;
             println!("deleted pool `{name}`");
             Ok(())
         }
@@ -595,6 +668,10 @@ async fn numbers(broker: &Broker, cmd: NumbersCmd) -> anyhow::Result<()> {
             let (mut added, mut skipped) = (0, 0);
             for chunk in rows.chunks(1000) {
                 let report = broker.add_numbers(&pool, chunk).await?;
+                let detail =
+                    serde_json::json!({ "added": report.added, "skipped": report.skipped.len() });
+                let target = format!("pool:{pool}");
+                audit(broker, "number.add", &target, Some(pool.as_str()), detail).await;
                 added += report.added.len();
                 skipped += report.skipped.len();
                 for s in report.skipped {
@@ -621,6 +698,9 @@ async fn numbers(broker: &Broker, cmd: NumbersCmd) -> anyhow::Result<()> {
             let view = broker
                 .set_number_state(&pool_name(&pool)?, &number, NumberState::Draining)
                 .await?;
+            let detail = serde_json::json!({ "pool": pool, "state": "draining" });
+            let target = format!("number:{}", number.reveal());
+            audit(broker, "number.update", &target, Some(&pool), detail).await;
             print_json(&view)
         }
     }

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub outbound_texts: IntCounterVec,
     /// Provider webhooks refused because their signature did not verify, by provider.
     pub webhook_signature_failures: IntCounterVec,
+    /// Audit entries and pool counts that could not be written (`record`: `audit`,
+    /// `pool_stats`); the change they describe went through.
+    pub record_write_failures: IntCounterVec,
 }
 
 /// The `outcome` label values of `hush_event_delivery_attempts_total`.
@@ -139,6 +142,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["provider"],
     )?;
+    let record_write_failures = IntCounterVec::new(
+        Opts::new(
+            "hush_record_write_failures_total",
+            "Audit entries and pool counts not written (the change itself went through)",
+        ),
+        &["record"],
+    )?;
+    registry.register(Box::new(record_write_failures.clone()))?;
     registry.register(Box::new(event_delivery_attempts.clone()))?;
     registry.register(Box::new(events_pending.clone()))?;
     registry.register(Box::new(event_oldest_pending_seconds.clone()))?;
@@ -171,6 +182,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         event_oldest_pending_seconds,
         outbound_texts,
         webhook_signature_failures,
+        record_write_failures,
     })
 }
 

@@ -51,5 +51,15 @@ pub async fn redeliver(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Pools)?;
     auth.event_visible(&s.broker, &id).await?;
-    Ok(ok(s.broker.redeliver_event(&id).await?))
+    let view = s.broker.redeliver_event(&id).await?;
+    let detail = serde_json::json!({ "type": view.kind });
+    auth.audit(
+        &s,
+        "event.redeliver",
+        &format!("event:{id}"),
+        Some(&view.pool),
+        detail,
+    )
+    .await;
+    Ok(ok(view))
 }

@@ -2,6 +2,8 @@
 //! errors, and per-request metrics and logs that name the route template, never the path
 //! (paths can hold a participant's number).
 
+mod audit;
+mod capacity;
 mod events;
 mod ops;
 mod pools;
@@ -19,7 +21,7 @@ use serde::de::DeserializeOwned;
 // The shared plumbing keeps answering to its old paths here.
 pub use crate::http::{ApiError, AppState, BODY_LIMIT, edge, problem, scrub};
 
-use crate::broker::{Broker, BrokerError, EventId, PoolLimit, Principal, Scope};
+use crate::broker::{Actor, Broker, BrokerError, EventId, PoolLimit, Principal, Scope, Via};
 use crate::domain::{PoolName, SessionId};
 
 /// Every route the server answers, as `(method, path template)`; a test holds
@@ -51,6 +53,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/events/{id}/redeliver"),
     ("POST", "/v1/route"),
     ("DELETE", "/v1/participants/{number}"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/pools/{name}/stats"),
+    ("GET", "/v1/pools/{name}/capacity"),
 ];
 
 /// The app's routes; the server mounts them beside the provider webhooks.
@@ -100,12 +105,37 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/events/{id}/redeliver", post(events::redeliver))
         .route("/v1/route", post(sessions::route))
         .route("/v1/participants/{number}", delete(sessions::erase))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/pools/{name}/stats", get(capacity::stats))
+        .route("/v1/pools/{name}/capacity", get(capacity::capacity))
 }
 
-/// The caller, authenticated by its bearer key.
-pub struct Auth(pub std::sync::Arc<Principal>);
+/// The header the ops console sends, so its changes are told apart from other API calls.
+pub const CLIENT_HEADER: &str = "x-hush-client";
+
+/// The caller, authenticated by its bearer key, and what it called through (the console
+/// says so in [`CLIENT_HEADER`]).
+pub struct Auth(pub std::sync::Arc<Principal>, pub Via);
 
 impl Auth {
+    /// Records a change this caller made, once it succeeded; never fails (see
+    /// `broker::audit`). `pool` lets keys limited to that pool see the entry. A handler that
+    /// changes anything calls this once, last.
+    pub async fn audit(
+        &self,
+        s: &AppState,
+        action: &str,
+        target: &str,
+        pool: Option<&str>,
+        detail: serde_json::Value,
+    ) {
+        let actor = Actor {
+            name: self.0.name.clone(),
+            via: self.1,
+        };
+        s.broker.audit(&actor, action, target, pool, detail).await;
+    }
+
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.0.allows(scope) {
             Ok(())
@@ -164,8 +194,12 @@ impl FromRequestParts<AppState> for Auth {
             .map(str::trim)
             .filter(|k| !k.is_empty() && k.len() <= 256)
             .ok_or(ApiError::Unauthorized)?;
+        let via = match parts.headers.get(CLIENT_HEADER).map(|v| v.as_bytes()) {
+            Some(b"console") => Via::Console,
+            _ => Via::Api,
+        };
         match state.broker.authenticate(key).await? {
-            Some(p) => Ok(Auth(p)),
+            Some(p) => Ok(Auth(p, via)),
             None => Err(ApiError::Unauthorized),
         }
     }

@@ -231,6 +231,14 @@ fn target_url(
     }
 }
 
+/// The settings a request body names, for the audit log: names only, as a URL or message
+/// may carry what an operator would not want copied into a log kept 90 days.
+fn given_fields(raw: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// PUT: the body is the whole policy; settings it leaves out take their defaults.
 pub async fn put(
     auth: Auth,
@@ -253,11 +261,20 @@ pub async fn put(
         .value
         .apply(PoolPolicy::default(), s.config.callback_allow_private)?;
     let (view, created) = s.broker.put_pool(&name, &policy, keep_shards).await?;
-    let status = if created {
-        StatusCode::CREATED
+    let (status, action) = if created {
+        (StatusCode::CREATED, "pool.create")
     } else {
-        StatusCode::OK
+        (StatusCode::OK, "pool.update")
     };
+    let detail = serde_json::json!({ "fields": given_fields(&body.raw), "replace": true });
+    auth.audit(
+        &s,
+        action,
+        &format!("pool:{name}"),
+        Some(name.as_str()),
+        detail,
+    )
+    .await;
     Ok((status, axum::Json(view)).into_response())
 }
 
@@ -272,6 +289,7 @@ pub async fn patch(
     let name = pool_name(&name)?;
     auth.pool_visible(&name)?;
     let allow_private = s.config.callback_allow_private;
+    let fields = given_fields(&body.raw);
     let body = body.value;
     // The broker may call this more than once (a concurrent change won the race); the body
     // is applied afresh to whatever it read last.
@@ -281,6 +299,15 @@ pub async fn patch(
             body.clone().apply(current.clone(), allow_private)
         })
         .await?;
+    let detail = serde_json::json!({ "fields": fields });
+    auth.audit(
+        &s,
+        "pool.update",
+        &format!("pool:{name}"),
+        Some(name.as_str()),
+        detail,
+    )
+    .await;
     Ok(ok(view))
 }
 
@@ -294,6 +321,15 @@ pub async fn delete(
     let name = pool_name(&name)?;
     auth.pool_visible(&name)?;
     s.broker.delete_pool(&name).await?;
+    let target = format!("pool:{name}");
+    auth.audit(
+        &s,
+        "pool.delete",
+        &target,
+        Some(name.as_str()),
+        serde_json::json!({}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -347,7 +383,17 @@ pub async fn add_numbers(
         .into_iter()
         .map(|n| (n.number, n.capabilities))
         .collect();
-    Ok(ok(s.broker.add_numbers(&name, &input).await?))
+    let report = s.broker.add_numbers(&name, &input).await?;
+    let detail = serde_json::json!({ "added": report.added, "skipped": report.skipped.len() });
+    auth.audit(
+        &s,
+        "number.add",
+        &format!("pool:{name}"),
+        Some(name.as_str()),
+        detail,
+    )
+    .await;
+    Ok(ok(report))
 }
 
 #[derive(Deserialize)]
@@ -408,7 +454,12 @@ pub async fn patch_number(
     let number = proxy_number(&number)?;
     let state = NumberState::parse(&body.value.state)
         .ok_or_else(|| ApiError::Validation("state must be active or draining".into()))?;
-    Ok(ok(s.broker.set_number_state(&name, &number, state).await?))
+    let view = s.broker.set_number_state(&name, &number, state).await?;
+    let detail = serde_json::json!({ "pool": name.as_str(), "state": state.as_str() });
+    let target = format!("number:{}", number.reveal());
+    auth.audit(&s, "number.update", &target, Some(name.as_str()), detail)
+        .await;
+    Ok(ok(view))
 }
 
 pub async fn delete_number(
@@ -421,6 +472,10 @@ pub async fn delete_number(
     auth.pool_visible(&name)?;
     let number = proxy_number(&number)?;
     s.broker.remove_number(&name, &number).await?;
+    let detail = serde_json::json!({ "pool": name.as_str() });
+    let target = format!("number:{}", number.reveal());
+    auth.audit(&s, "number.remove", &target, Some(name.as_str()), detail)
+        .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -433,6 +488,16 @@ pub async fn callback_secret(
     let name = pool_name(&name)?;
     auth.pool_visible(&name)?;
     let secret = s.broker.callback_secret(&name).await?;
+    // Reading a secret is no change, but who has seen it matters when it leaks.
+    let target = format!("pool:{name}");
+    auth.audit(
+        &s,
+        "callback_secret.read",
+        &target,
+        Some(name.as_str()),
+        serde_json::json!({}),
+    )
+    .await;
     Ok(ok(serde_json::json!({ "secret": secret })))
 }
 
@@ -445,5 +510,14 @@ pub async fn rotate_callback_secret(
     let name = pool_name(&name)?;
     auth.pool_visible(&name)?;
     let secret = s.broker.rotate_callback_secret(&name).await?;
+    let target = format!("pool:{name}");
+    auth.audit(
+        &s,
+        "callback_secret.rotate",
+        &target,
+        Some(name.as_str()),
+        serde_json::json!({}),
+    )
+    .await;
     Ok(ok(serde_json::json!({ "secret": secret })))
 }

@@ -13,7 +13,7 @@ use crate::broker::{
     UNNAMED_REF_TTL_MS,
 };
 use crate::domain::session::Kind;
-use crate::domain::{E164, Mode, PoolName, PoolPolicy, RecordChannels, SessionId};
+use crate::domain::{E164, Mode, NumberSelection, PoolName, PoolPolicy, RecordChannels, SessionId};
 
 const LABEL_MAX: usize = 128;
 const METADATA_KEYS_MAX: usize = 16;
@@ -58,6 +58,8 @@ pub struct CreateBody {
     max_call_secs: Option<Option<u32>>,
     #[serde(default, deserialize_with = "super::pools::given")]
     idle_ttl_secs: Option<Option<u32>>,
+    proxy_number: Option<String>,
+    number_selection: Option<String>,
 }
 
 fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
@@ -123,6 +125,16 @@ fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
             "idle_ttl_secs must be between 1 and 2592000".into(),
         ));
     }
+    let proxy_number = match b.proxy_number.as_deref() {
+        None => None,
+        Some(raw) => Some(number("proxy_number", raw)?),
+    };
+    let number_selection = match b.number_selection.as_deref() {
+        None => None,
+        Some(s) => Some(NumberSelection::parse(s).ok_or_else(|| {
+            ApiError::Validation("number_selection must be prefer_sticky or avoid_sticky".into())
+        })?),
+    };
     let b_ = parsed.pop().expect("two participants");
     let a_ = parsed.pop().expect("two participants");
     Ok(NewSession {
@@ -136,6 +148,8 @@ fn parse_create(b: CreateBody) -> Result<NewSession, ApiError> {
             record_channels,
             max_call_secs: b.max_call_secs,
             idle_ttl_secs: b.idle_ttl_secs,
+            number_selection,
+            proxy_number,
         },
     })
 }
@@ -166,12 +180,27 @@ pub async fn create(
     auth.pool_visible(&req.pool)?;
     let Some(key) = idem else {
         let view = s.broker.create_session(req).await?;
+        audit_create(&auth, &s, &view.id, &view.pool, &view.proxy_number).await;
         return Ok((StatusCode::CREATED, axum::Json(view)).into_response());
     };
     let answer = s
         .broker
         .create_session_idempotent(&auth.0.name, &key, &body.raw, req)
         .await?;
+    // A replay made nothing new: the first answer's request was recorded.
+    if !answer.replayed
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&answer.body)
+    {
+        let field = |k: &str| v.get(k).and_then(|f| f.as_str()).unwrap_or("").to_string();
+        audit_create(
+            &auth,
+            &s,
+            &field("id"),
+            &field("pool"),
+            &field("proxy_number"),
+        )
+        .await;
+    }
     let mut resp = (
         StatusCode::CREATED,
         [(header::CONTENT_TYPE, "application/json")],
@@ -183,6 +212,19 @@ pub async fn create(
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(resp)
+}
+
+/// A session is named by its id and its proxy number, never its participants.
+async fn audit_create(auth: &Auth, s: &AppState, id: &str, pool: &str, proxy: &str) {
+    let detail = serde_json::json!({ "pool": pool, "proxy_number": proxy });
+    auth.audit(
+        s,
+        "session.create",
+        &format!("session:{id}"),
+        Some(pool),
+        detail,
+    )
+    .await;
 }
 
 pub async fn show(
@@ -211,10 +253,18 @@ pub async fn extend(
     auth.require(Scope::Sessions)?;
     let id = session_id(&id)?;
     auth.session_visible(&s.broker, &id).await?;
-    Ok(ok(s
-        .broker
-        .extend_session(&id, body.value.ttl_secs)
-        .await?))
+    let ttl_secs = body.value.ttl_secs;
+    let view = s.broker.extend_session(&id, ttl_secs).await?;
+    let detail = serde_json::json!({ "ttl_secs": ttl_secs, "expires_at": view.expires_at });
+    auth.audit(
+        &s,
+        "session.extend",
+        &format!("session:{id}"),
+        Some(&view.pool),
+        detail,
+    )
+    .await;
+    Ok(ok(view))
 }
 
 pub async fn interactions(
@@ -237,7 +287,17 @@ pub async fn close(
     auth.require(Scope::Sessions)?;
     let id = session_id(&id)?;
     auth.session_visible(&s.broker, &id).await?;
-    Ok(ok(s.broker.close_session(&id).await?))
+    let view = s.broker.close_session(&id).await?;
+    let detail = serde_json::json!({ "pool": view.pool });
+    auth.audit(
+        &s,
+        "session.close",
+        &format!("session:{id}"),
+        Some(&view.pool),
+        detail,
+    )
+    .await;
+    Ok(ok(view))
 }
 
 #[derive(Deserialize)]
@@ -412,5 +472,10 @@ pub async fn erase(
     auth.require(Scope::Admin)?;
     let n = number("number", &raw)?;
     let closed = s.broker.erase_participant(&n, auth.pools()).await?;
+    // The erased number is exactly what must not be kept: the entry says only that an
+    // erasure happened and what it closed.
+    let detail = serde_json::json!({ "closed_sessions": closed });
+    auth.audit(&s, "participant.erase", "participant:-", None, detail)
+        .await;
     Ok(ok(serde_json::json!({ "closed_sessions": closed })))
 }

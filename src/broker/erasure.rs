@@ -106,6 +106,9 @@ impl Broker {
                 )
                 .await?;
             if ended != Ended::Retry {
+                // The provider's recordings name the call: the app deletes them at the
+                // provider (it had their ids in `recording.completed`); hush forgets them.
+                self.inner.store.recordings_drop(shard, &key).await?;
                 return Ok(was_open);
             }
         }

@@ -287,8 +287,9 @@ impl Broker {
         Ok(Some((row.name.clone(), url, self.signing_secrets(&row)?)))
     }
 
-    /// Opens the numbers sealed beside an event, for pools that send them.
-    pub fn event_numbers(&self, sealed: &str) -> Result<Vec<Option<String>>> {
+    /// Opens what is sealed beside an event: the participants' numbers (a list), or values
+    /// by the JSON pointer of their place in the body (an object).
+    pub fn event_sealed_part(&self, sealed: &str) -> Result<serde_json::Value> {
         let plain = self.inner.crypto.open("event-numbers", sealed)?;
         serde_json::from_slice(&plain).map_err(|_| BrokerError::Crypto(CryptoError::Corrupt))
     }

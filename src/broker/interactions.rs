@@ -1,6 +1,8 @@
 //! Interactions, the calls and texts relayed through a session: status callbacks, the
 //! app's intercept (what to ask it, and its verdict), and listing a session's interactions.
 
+use std::collections::HashMap;
+
 use crate::domain::{E164, Millis, SessionId, rfc3339};
 
 use super::{
@@ -194,13 +196,28 @@ impl Broker {
     /// The interactions of a readable session, oldest first.
     pub async fn interactions(&self, id: &SessionId) -> Result<Vec<InteractionView>> {
         let (shard, _) = self.record(id).await?;
+        let mut all = self.inner.store.interactions(&shard, &id.key()).await?;
+        // Recordings sit beside the interactions they belong to, as `r:<interaction id>`.
+        let recordings: HashMap<String, String> = all
+            .keys()
+            .filter(|k| k.starts_with("r:"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|k| all.remove_entry(&k))
+            .map(|(k, v)| (k[2..].to_string(), v))
+            .collect();
         let mut out = Vec::new();
-        for (iid, rec) in self.inner.store.interactions(&shard, &id.key()).await? {
+        for (iid, rec) in all {
             let f: Vec<&str> = rec.splitn(8, '|').collect();
             if f.len() != 8 {
                 continue;
             }
             let ms = |s: &str| s.parse::<Millis>().ok();
+            let recording = recordings
+                .get(&iid)
+                .map(|sealed| self.open_recording(sealed))
+                .transpose()?;
             out.push(InteractionView {
                 id: iid,
                 kind: if f[0] == "v" { "voice" } else { "sms" },
@@ -211,6 +228,7 @@ impl Broker {
                 duration_secs: f[5].parse().ok(),
                 provider: f[6].to_string(),
                 provider_ref: f[7].to_string(),
+                recording,
             });
         }
         out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));

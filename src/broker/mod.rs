@@ -16,6 +16,8 @@ use crate::domain::{
 };
 use crate::store::{PoolRow, ShardKeys, Store, StoreError};
 
+mod audit;
+mod capacity;
 mod erasure;
 mod events;
 mod idempotency;
@@ -23,17 +25,23 @@ mod interactions;
 mod keys;
 mod pools;
 mod reaper;
+mod recordings;
 mod rotation;
 mod routing;
 mod sessions;
 mod views;
 
+pub use audit::{
+    AUDIT_KEEP_MS, AUDIT_PAGE_MAX, Actor, AuditCursor, AuditPage, AuditQuery, AuditView, Via,
+};
+pub use capacity::{CAPACITY_MARGIN_PCT, CapacityView, StatsView};
 pub use events::{AttemptView, EventId, EventView, SECRET_OVERLAP_MS};
 pub use idempotency::{
     IDEMPOTENCY_LEASE_MS, IDEMPOTENCY_TTL_MS, IdemAnswer, IdemStart, IdemTicket, Once,
 };
 pub use keys::{PoolLimit, Principal, Scope};
 pub use reaper::{Reaped, run_reaper};
+pub use recordings::{RecordingRef, RecordingView, channel_count};
 pub use rotation::Rotation;
 pub use routing::{PROVIDER_REF_TTL_MS, UNNAMED_REF_TTL_MS};
 pub use sessions::{MAX_TTL_SECS, STICKY_WINDOW_MS};
@@ -76,6 +84,14 @@ pub enum BrokerError {
     PoolExhausted(String),
     #[error("number {0} still carries a session (open or cooling off)")]
     NumberInUse(String),
+    /// The number a create asked for exists in the pool but cannot serve this session; the
+    /// text says why.
+    #[error("{0}")]
+    NumberUnavailable(String),
+    /// The number a create asked for is no number of the pool. The number is not repeated:
+    /// it may be anybody's.
+    #[error("proxy_number is not a number of pool `{0}`")]
+    NumberNotInPool(String),
     #[error("pool `{0}` still has numbers carrying sessions (open or cooling off)")]
     PoolInUse(String),
     #[error("the session has ended")]

@@ -129,6 +129,9 @@ impl Broker {
 }
 
 /// Runs [`Broker::reap_once`] every `interval` until `shutdown`, finishing the pass in hand.
+/// How often the reaper loop trims the audit log.
+const AUDIT_TRIM_EVERY_MS: Millis = 3_600_000;
+
 pub async fn run_reaper(
     broker: Broker,
     interval: std::time::Duration,
@@ -136,10 +139,25 @@ pub async fn run_reaper(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The audit log is trimmed far less often than sessions are reaped: by the hour it
+    // keeps at most an hour past its 90 days. Any instance may do it; it is idempotent.
+    let mut trimmed_at: Millis = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        let now = broker.now();
+        if now - trimmed_at >= AUDIT_TRIM_EVERY_MS {
+            match broker.audit_trim(now).await {
+                Ok(n) => {
+                    trimmed_at = now;
+                    if n > 0 {
+                        tracing::info!(removed = n, "audit log trimmed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "audit trim failed; retrying next tick"),
+            }
         }
         match broker.reap_once(broker.now()).await {
             Ok(r) if r.expired + r.released > 0 => {

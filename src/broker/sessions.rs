@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 
 use crate::domain::{
-    CloseReason, E164, GeoMatch, Millis, Mode, PoolName, PoolPolicy, SessionId, SessionOptions,
-    ShardLoad, rfc3339, shard_order,
+    CloseReason, E164, GeoMatch, Millis, Mode, NumberSelection, PoolName, PoolPolicy, SessionId,
+    SessionOptions, ShardLoad, rfc3339, shard_order,
 };
 use crate::store::{
-    CreateArgs, Created, EndEvents, EndOp, Ended, IdemMark, PoolRow, ShardKeys, StoreError,
+    CreateArgs, CreateOutcome, Created, EndEvents, EndOp, Ended, IdemMark, PoolRow, Refusal,
+    ShardKeys, StoreError,
 };
 use crate::telemetry::METRICS;
 
@@ -22,6 +23,25 @@ pub use crate::store::STICKY_WINDOW_MS;
 
 /// Longest session a client may ask for (30 days).
 pub const MAX_TTL_SECS: u32 = 2_592_000;
+
+/// Why the number a create asked for was refused, as the app reads it. The proxy number is
+/// ours and may be named; a participant only by its place in the request.
+fn refused(pool: &str, number: Option<&E164>, why: Refusal) -> BrokerError {
+    let Some(n) = number.map(E164::reveal) else {
+        return BrokerError::Store(StoreError::Corrupt("refusal without a number asked for"));
+    };
+    match why {
+        // Removed between the owner read and the script.
+        Refusal::Missing => BrokerError::NumberNotInPool(pool.to_string()),
+        Refusal::Capability => BrokerError::NumberUnavailable(format!(
+            "number {n} lacks the capability this session's mode needs"
+        )),
+        Refusal::Draining => BrokerError::NumberUnavailable(format!("number {n} is draining")),
+        Refusal::Held(side) => BrokerError::NumberUnavailable(format!(
+            "number {n} is held by participants[{side}] in another session (open or cooling off)"
+        )),
+    }
+}
 
 /// The participants as a session view shows them: a number only while it is not erased.
 fn participant_views(p: [BlobParticipant; 2]) -> Vec<ParticipantView> {
@@ -135,10 +155,27 @@ impl Broker {
         let mut pair = [idx_a.as_str(), idx_b.as_str()];
         pair.sort();
         let start = shard_of(&pair.concat(), row.shards);
-        for s in self
-            .allocation_order(&row, &idx_a, &idx_b, start, now)
-            .await?
-        {
+        let avoid_sticky = req
+            .choices
+            .number_selection
+            .unwrap_or(policy.number_selection)
+            == NumberSelection::AvoidSticky;
+        // A number asked for is tried only in the shard its owner entry names, by the same
+        // script: whatever the shard holds decides, in the same step as the claim.
+        let order = match &req.choices.proxy_number {
+            Some(n) => match self.owner(n, true).await? {
+                Some((pool_id, s)) if pool_id == row.id && s < row.shards => vec![s],
+                _ => return Err(BrokerError::NumberNotInPool(row.name.clone())),
+            },
+            None => {
+                self.allocation_order(&row, &idx_a, &idx_b, start, now, avoid_sticky)
+                    .await?
+            }
+        };
+        // The most numbers these two held in any shard that refused them: what a create
+        // that ran out needed, for the pool's capacity counts.
+        let mut refused_held = 0;
+        for s in order {
             let shard = self.shard(row.id, s);
             let id = SessionId::new(row.id, shard.shard);
             let key = id.key();
@@ -200,13 +237,19 @@ impl Broker {
                         fingerprint: &t.fingerprint,
                         ttl_ms: IDEMPOTENCY_TTL_MS,
                     }),
+                    proxy_number: req.choices.proxy_number.as_ref().map(|n| n.reveal()),
+                    avoid_sticky,
                 })
                 .await?;
             let due = match &outcome {
                 Created::Ok { reap_due, .. }
-                | Created::Exhausted { reap_due }
-                | Created::Existing { reap_due, .. } => *reap_due,
+                | Created::Exhausted { reap_due, .. }
+                | Created::Existing { reap_due, .. }
+                | Created::Refused { reap_due, .. } => *reap_due,
             };
+            if let Created::Exhausted { held, .. } = &outcome {
+                refused_held = refused_held.max(*held);
+            }
             if due {
                 let broker = self.clone();
                 let shard = shard.clone();
@@ -229,7 +272,18 @@ impl Broker {
                     .made_before(&shard, session_key, fingerprint, ticket)
                     .await;
             }
-            if let Created::Ok { number, level, .. } = outcome {
+            if let Created::Refused { why, .. } = outcome {
+                return Err(refused(&row.name, req.choices.proxy_number.as_ref(), why));
+            }
+            if let Created::Ok {
+                number,
+                level,
+                held,
+                ..
+            } = outcome
+            {
+                self.note_create(row.id, now, CreateOutcome::Created, held + 1)
+                    .await;
                 METRICS
                     .allocations
                     .with_label_values(&[row.name.as_str(), "ok"])
@@ -261,6 +315,8 @@ impl Broker {
             .with_label_values(&[row.name.as_str(), "exhausted"])
             .inc();
         tracing::warn!(pool = %row.name, "pool exhausted");
+        self.note_create(row.id, now, CreateOutcome::Exhausted, refused_held + 1)
+            .await;
         if policy.callback_url.is_some() {
             let event = self.draft(
                 "pool.exhausted",
@@ -277,7 +333,8 @@ impl Broker {
 
     /// The order a create tries `row`'s shards in (see [`shard_order`]): the shard where the
     /// pair last shared a number, then by load. One pipelined read of every shard's counters
-    /// and sticky entry; a pool of one shard needs none.
+    /// and sticky entry; a pool of one shard needs none. With `avoid_sticky` that shard comes
+    /// last instead: the number lives there, so any other shard with a free number spares it.
     async fn allocation_order(
         &self,
         row: &PoolRow,
@@ -285,6 +342,7 @@ impl Broker {
         idx_b: &str,
         start: u16,
         now: Millis,
+        avoid_sticky: bool,
     ) -> Result<Vec<u16>> {
         if row.shards <= 1 {
             return Ok(vec![0]);
@@ -315,7 +373,16 @@ impl Broker {
                 open: c.open,
             })
             .collect();
-        Ok(shard_order(&loads, sticky.map(|(s, _)| s), start))
+        let sticky = sticky.map(|(s, _)| s);
+        if !avoid_sticky {
+            return Ok(shard_order(&loads, sticky, start));
+        }
+        let mut order = shard_order(&loads, None, start);
+        if let Some(s) = sticky {
+            order.retain(|&x| x != s);
+            order.push(s);
+        }
+        Ok(order)
     }
 
     /// The raw record of a live (readable) session, with its shard.

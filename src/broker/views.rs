@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    CallOptions, E164, InterceptFallback, Mode, NumberState, PoolName, PoolPolicy, RecordChannels,
-    SessionOptions,
+    CallOptions, E164, InterceptFallback, Mode, NumberSelection, NumberState, PoolName, PoolPolicy,
+    RecordChannels, SessionOptions,
 };
 
 /// One side of a session being created: a real number and the app's optional label.
@@ -37,6 +37,9 @@ pub struct SessionChoices {
     pub record_channels: Option<RecordChannels>,
     pub max_call_secs: Option<Option<u32>>,
     pub idle_ttl_secs: Option<Option<u32>>,
+    pub number_selection: Option<NumberSelection>,
+    /// The pool's number to use instead of allocating one.
+    pub proxy_number: Option<E164>,
 }
 
 /// One side of a session as the app sees it; the number is gone once erased.
@@ -191,6 +194,9 @@ pub struct InteractionView {
     pub duration_secs: Option<u32>,
     pub provider: String,
     pub provider_ref: String,
+    /// The provider's recording of the call, once it reported one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<super::RecordingView>,
 }
 
 /// What the relay asks the app's intercept, and what it does without an answer.

@@ -225,23 +225,36 @@ async fn send(
     }
 }
 
-/// The body as stored, with the participants' numbers put in for pools that send them.
+/// The body as stored, with what was sealed beside it put in: the participants' numbers for
+/// pools that send them, or values at named places (a recording's URL).
 fn body(broker: &Broker, item: &mut Leased) -> Result<String, String> {
     if item.numbers.is_empty() {
         return Ok(std::mem::take(&mut item.sealed));
     }
-    let numbers = broker
-        .event_numbers(&item.numbers)
+    let sealed = broker
+        .event_sealed_part(&item.numbers)
         .map_err(|e| e.to_string())?;
     let mut body: serde_json::Value =
         serde_json::from_str(&item.sealed).map_err(|_| "stored event is not JSON".to_string())?;
+    let numbers = match sealed {
+        serde_json::Value::Object(places) => {
+            for (pointer, value) in places {
+                if let Some(slot) = body.pointer_mut(&pointer) {
+                    *slot = value;
+                }
+            }
+            return Ok(body.to_string());
+        }
+        serde_json::Value::Array(numbers) => numbers,
+        _ => return Err("stored event numbers are corrupt".into()),
+    };
     if let Some(list) = body
         .pointer_mut("/data/participants")
         .and_then(|p| p.as_array_mut())
     {
         for (p, n) in list.iter_mut().zip(numbers) {
             if let Some(obj) = p.as_object_mut() {
-                obj.insert("number".into(), n.into());
+                obj.insert("number".into(), n);
             }
         }
     }

@@ -25,6 +25,8 @@ pub enum ApiError {
     InvalidPath(String),
     /// Our own bug, logged with this context; the client sees a generic 500.
     Internal(String),
+    /// A refusal of an edge's own: status, stable code, title and detail (scrubbed).
+    Refused(StatusCode, &'static str, &'static str, String),
 }
 
 impl From<BrokerError> for ApiError {
@@ -128,6 +130,7 @@ impl ApiError {
                 scrub(d),
             ),
             ApiError::Internal(_) => internal(),
+            ApiError::Refused(status, code, title, d) => (*status, code, title, scrub(d)),
             ApiError::Broker(e) => match e {
                 B::InvalidNumber { field, reason } => (
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -175,6 +178,18 @@ impl ApiError {
                     StatusCode::CONFLICT,
                     "number_in_use",
                     "Number in use",
+                    e.to_string(),
+                ),
+                B::NumberUnavailable(d) => (
+                    StatusCode::CONFLICT,
+                    "number_in_use",
+                    "Number in use",
+                    d.clone(),
+                ),
+                B::NumberNotInPool(_) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "number_not_in_pool",
+                    "Number not in pool",
                     e.to_string(),
                 ),
                 B::PoolInUse(_) => (

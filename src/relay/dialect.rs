@@ -14,9 +14,12 @@ use axum::routing::{MethodFilter, on};
 use reqwest::Client;
 
 use super::outbound::{OutboundSms, SendError};
-use super::{Inbound, Webhook};
-use crate::broker::{BrokerError, PROVIDER_REF_TTL_MS, RelayOutcome};
+use super::{Inbound, Webhook, forbidden};
+use crate::broker::{
+    BrokerError, Decision, PROVIDER_REF_TTL_MS, RecordingRef, RecordingView, RelayOutcome,
+};
 use crate::config::Providers;
+use crate::domain::RecordChannels;
 use crate::domain::session::Kind;
 use crate::http::{ApiError, AppState};
 
@@ -27,6 +30,8 @@ pub enum Hook {
     Inbound(Kind),
     /// A report on an interaction already routed: a call's progress, a text's delivery.
     Status,
+    /// A recorded call's recording is ready at the provider.
+    Recording,
 }
 
 impl Hook {
@@ -125,6 +130,40 @@ pub trait Dialect: Send + Sync + 'static {
 
     /// Reads a verified status report and applies it to the interaction it names.
     fn status(state: &AppState, webhook: &Webhook) -> impl Future<Output = Response> + Send;
+
+    /// Reads a verified recording report: the finished recording, or `None` when the report
+    /// is about anything else (a recording starting, or none made). `channels` is what the
+    /// dial asked for, for providers whose report does not say.
+    fn read_recording(webhook: &Webhook, channels: u8) -> Result<Option<RecordingView>, ApiError>;
+
+    /// The answer to a recording report once it is applied (or had nothing to apply).
+    fn recorded() -> Response;
+}
+
+/// What a connected call's dial records: how, and where the provider reports the recording.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub channels: RecordChannels,
+    /// The recording callback's URL, naming the interaction (see [`RecordingRef`]).
+    pub callback: String,
+}
+
+/// The recording a connected call's dial asks for, when its session records calls.
+pub fn recorded<D: Dialect>(s: &AppState, outcome: &RelayOutcome) -> Option<Recorded> {
+    let Decision::Connect {
+        session_id, call, ..
+    } = &outcome.decision
+    else {
+        return None;
+    };
+    let channels = call.record?;
+    let interaction = outcome.interaction.as_deref()?;
+    let path = D::PATHS.iter().find(|p| p.hook == Hook::Recording)?.path;
+    let reference = s.broker.recording_ref(session_id, interaction, channels);
+    Some(Recorded {
+        channels,
+        callback: format!("{}{path}?{}", s.public_url, reference.to_query()),
+    })
 }
 
 /// What a provider's REST API does for hush: today, send a text that a webhook could not
@@ -149,6 +188,7 @@ pub fn routes<D: Dialect>() -> Router<AppState> {
         Hook::Inbound(Kind::Voice) => r.route(p.path, on(p.methods, voice::<D>)),
         Hook::Inbound(Kind::Sms) => r.route(p.path, on(p.methods, sms::<D>)),
         Hook::Status => r.route(p.path, on(p.methods, status::<D>)),
+        Hook::Recording => r.route(p.path, on(p.methods, recording::<D>)),
     })
 }
 
@@ -192,4 +232,68 @@ async fn status<D: Dialect>(State(s): State<AppState>, webhook: Webhook) -> Resp
         return refusal;
     }
     D::status(&s, &webhook).await
+}
+
+/// Verify, check the reference the URL carries, read, attach: the whole answer to a
+/// recording report. A reference hush did not make is refused like a bad signature.
+async fn recording<D: Dialect>(State(s): State<AppState>, webhook: Webhook) -> Response {
+    if let Err(refusal) = D::verify(&s, Hook::Recording, &webhook).await {
+        return refusal;
+    }
+    let Some(reference) =
+        RecordingRef::from_query(webhook.query()).filter(|r| s.broker.recording_ref_valid(r))
+    else {
+        tracing::debug!(
+            provider = D::NAME,
+            "recording callback without a valid reference"
+        );
+        return forbidden();
+    };
+    let recording = match D::read_recording(&webhook, reference.channels) {
+        Ok(Some(recording)) => recording,
+        Ok(None) => return D::recorded(),
+        Err(e) => return e.into_response(),
+    };
+    match s
+        .broker
+        .recording_completed(D::NAME, &reference, recording)
+        .await
+    {
+        Ok(attached) => {
+            tracing::debug!(
+                provider = D::NAME,
+                interaction = %reference.interaction,
+                attached,
+                "recording callback"
+            );
+            D::recorded()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// A recording's length from a provider's text: whole seconds, or a decimal rounded.
+pub fn seconds(raw: Option<&str>) -> Option<u32> {
+    let raw = raw?.trim();
+    raw.parse::<u32>().ok().or_else(|| {
+        raw.parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| s.round() as u32)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_lengths_read_whole_or_decimal_seconds() {
+        assert_eq!(seconds(Some("42")), Some(42));
+        assert_eq!(seconds(Some(" 7.6 ")), Some(8));
+        assert_eq!(seconds(Some("-1")), None);
+        assert_eq!(seconds(Some("NaN")), None);
+        assert_eq!(seconds(Some("")), None);
+        assert_eq!(seconds(None), None);
+    }
 }

@@ -11,12 +11,12 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::dialect::{Dialect, Hook, Path, Read};
+use super::dialect::{self, Dialect, Hook, Path, Read, Recorded};
 use super::{Inbound, Webhook, forbidden, form_urlencoded, param, same, xml_escape};
-use crate::broker::{Decision, RelayOutcome};
+use crate::broker::{Decision, RecordingView, RelayOutcome};
 use crate::config::Providers;
-use crate::domain::E164;
 use crate::domain::session::Kind;
+use crate::domain::{E164, RecordChannels};
 use crate::http::{ApiError, AppState};
 
 /// The provider name interactions are recorded under.
@@ -28,6 +28,8 @@ const SIGNATURE_MA: &str = "x-plivo-signature-ma-v3";
 const NONCE: &str = "x-plivo-signature-v3-nonce";
 /// The status route; relayed texts name it as their delivery-report URL.
 const STATUS_PATH: &str = "/hooks/plivo/status";
+/// Where `<Record callbackUrl>` reports a recorded call's file.
+const RECORDING_PATH: &str = "/hooks/plivo/recording";
 
 /// Plivo's side of the [`Dialect`] contract.
 pub struct Plivo;
@@ -36,8 +38,12 @@ impl Dialect for Plivo {
     const NAME: &'static str = PROVIDER;
     /// Plivo application URLs: Answer URL → `/hooks/plivo/voice`, Message URL →
     /// `/hooks/plivo/sms`, Hangup URL → `/hooks/plivo/status` (all `POST`).
-    const PATHS: &'static [Path] =
-        &Path::posted("/hooks/plivo/voice", "/hooks/plivo/sms", STATUS_PATH);
+    const PATHS: &'static [Path] = &[
+        Path::post("/hooks/plivo/voice", Hook::VOICE),
+        Path::post("/hooks/plivo/sms", Hook::SMS),
+        Path::post(STATUS_PATH, Hook::Status),
+        Path::post(RECORDING_PATH, Hook::Recording),
+    ];
 
     /// Plivo is enabled when its auth token is configured: without it no request can be
     /// verified.
@@ -69,12 +75,66 @@ impl Dialect for Plivo {
             tracing::debug!(provider = PROVIDER, "repeated webhook answered as before");
         }
         let status_url = format!("{}{STATUS_PATH}", s.public_url);
-        xml(render(&inbound, &outcome.decision, &status_url))
+        let recorded = dialect::recorded::<Self>(s, &outcome);
+        xml(render_with(
+            &inbound,
+            &outcome.decision,
+            &status_url,
+            recorded.as_ref(),
+        ))
     }
 
     async fn status(s: &AppState, hook: &Webhook) -> Response {
         status(s, hook).await
     }
+
+    /// `<Record callbackUrl>` posts `RecordUrl`, `RecordingID` and `RecordingDuration` once
+    /// the file is ready (<https://www.plivo.com/docs/voice/xml/record>); the names of the
+    /// record API's callback (`record_url`, `recording_id`, `recording_duration`) are read
+    /// too. Plivo does not say how many channels: the dial asked for them.
+    fn read_recording(hook: &Webhook, channels: u8) -> Result<Option<RecordingView>, ApiError> {
+        let params = hook.form();
+        let get = |names: [&str; 2]| {
+            names
+                .iter()
+                .find_map(|n| param(params, n).filter(|v| !v.is_empty()))
+        };
+        let Some(url) = get(["RecordUrl", "record_url"]) else {
+            return Err(ApiError::InvalidRequest(
+                "the `RecordUrl` parameter is missing".into(),
+            ));
+        };
+        Ok(Some(RecordingView {
+            url: url.to_string(),
+            duration_secs: dialect::seconds(get(["RecordingDuration", "recording_duration"])),
+            channels,
+            provider_recording_id: get(["RecordingID", "recording_id"]).map(str::to_string),
+        }))
+    }
+
+    fn recorded() -> Response {
+        StatusCode::OK.into_response()
+    }
+}
+
+/// Plivo's longest call, and what a recording of a whole call may last
+/// (<https://www.plivo.com/docs/voice/xml/dial>: `timeLimit` defaults to 14,400 s).
+const LONGEST_CALL_SECS: u32 = 14_400;
+
+/// The `<Record>` before a recorded call's `<Dial>`: it starts when the dialled party
+/// answers, records in the background (`redirect="false"` goes on to the dial at once),
+/// one channel per party for `stereo`, and reports the file to `callbackUrl`. `maxLength`
+/// otherwise defaults to 60 s, so it is the call's own limit.
+fn record_element(r: &Recorded, max_call_secs: Option<u32>) -> String {
+    format!(
+        r#"<Record startOnDialAnswer="true" redirect="false" recordChannelType="{}" maxLength="{}" callbackUrl="{}" callbackMethod="POST"/>"#,
+        match r.channels {
+            RecordChannels::Dual => "stereo",
+            RecordChannels::Mono => "mono",
+        },
+        max_call_secs.unwrap_or(LONGEST_CALL_SECS),
+        xml_escape(&r.callback),
+    )
 }
 
 // ---- signature V3
@@ -266,14 +326,38 @@ fn unknown_number(kind: Kind) -> String {
     }
 }
 
-/// Renders the broker's decision. `status_url` is where Plivo reports on a relayed text.
+/// Renders the broker's decision for a call that is not recorded.
+#[cfg(test)]
 fn render(inbound: &Inbound, decision: &Decision, status_url: &str) -> String {
+    render_with(inbound, decision, status_url, None)
+}
+
+/// Renders the broker's decision. `status_url` is where Plivo reports on a relayed text;
+/// `recorded` when the session records its calls.
+fn render_with(
+    inbound: &Inbound,
+    decision: &Decision,
+    status_url: &str,
+    recorded: Option<&Recorded>,
+) -> String {
     match decision {
         // https://www.plivo.com/docs/voice/xml/dial: `callerId` is what the other party
         // sees, so it is the proxy number; both numbers in Plivo's digits-only form.
-        Decision::Connect { caller_id, to, .. } => format!(
-            r#"<Response><Dial callerId="{}"><Number>{}</Number></Dial></Response>"#,
+        // `timeLimit` ends the call after that many seconds.
+        Decision::Connect {
+            caller_id,
+            to,
+            call,
+            ..
+        } => format!(
+            r#"<Response>{}<Dial callerId="{}"{}><Number>{}</Number></Dial></Response>"#,
+            recorded
+                .map(|r| record_element(r, call.max_call_secs))
+                .unwrap_or_default(),
             xml_escape(caller_id.reveal_digits()),
+            call.max_call_secs
+                .map(|secs| format!(r#" timeLimit="{secs}""#))
+                .unwrap_or_default(),
             xml_escape(to.reveal_digits()),
         ),
         // https://www.plivo.com/docs/messaging/xml/message. Message XML can send text only
@@ -918,5 +1002,48 @@ mod tests {
         // Malformed.
         assert!(parse_status(&form(&[("CallStatus", "completed")]), &[]).is_err());
         assert!(parse_status(&form(&[("CallUUID", "c"), ("To", "12015550100")]), &[]).is_err());
+    }
+
+    #[test]
+    fn a_recorded_call_records_from_the_answer_then_dials_with_a_limit() {
+        let n = |s: &str| E164::parse_syntax(s).unwrap();
+        let connect = |record, max_call_secs| Decision::Connect {
+            session_id: "ses_x".into(),
+            caller_id: n("+12015550100"),
+            to: n("+14155550101"),
+            call: crate::domain::CallOptions {
+                record,
+                max_call_secs,
+            },
+        };
+        let call = Inbound::call(Some(n("+14155550102")), n("+12015550100"), "u-1".into());
+        let recorded = |channels| Recorded {
+            channels,
+            callback: "https://h.test/hooks/plivo/recording?s=a&i=b".into(),
+        };
+        assert_eq!(
+            render_with(
+                &call,
+                &connect(Some(RecordChannels::Dual), Some(300)),
+                "https://h.test/hooks/plivo/status",
+                Some(&recorded(RecordChannels::Dual)),
+            ),
+            "<Response><Record startOnDialAnswer=\"true\" redirect=\"false\" \
+             recordChannelType=\"stereo\" maxLength=\"300\" callbackUrl=\
+             \"https://h.test/hooks/plivo/recording?s=a&amp;i=b\" callbackMethod=\"POST\"/>\
+             <Dial callerId=\"12015550100\" timeLimit=\"300\"><Number>14155550101</Number>\
+             </Dial></Response>"
+        );
+        let mono = render_with(
+            &call,
+            &connect(Some(RecordChannels::Mono), None),
+            "https://h.test/hooks/plivo/status",
+            Some(&recorded(RecordChannels::Mono)),
+        );
+        assert!(
+            mono.contains(r#"recordChannelType="mono" maxLength="14400""#),
+            "{mono}"
+        );
+        assert!(!mono.contains("timeLimit"), "{mono}");
     }
 }

@@ -14,10 +14,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::{Value, json};
 
-use super::dialect::{Dialect, Hook, Path, Read, RestApi, Sent};
+use super::dialect::{self, Dialect, Hook, Path, Read, Recorded, RestApi, Sent};
 use super::outbound::{self, OutboundSms, SendError, Via};
 use super::{Inbound, Webhook, forbidden, form_urlencoded, param, xml_escape};
-use crate::broker::{Decision, RelayOutcome};
+use crate::broker::{Decision, RecordingView, RelayOutcome};
 use crate::config::Providers;
 use crate::domain::E164;
 use crate::domain::session::Kind;
@@ -34,11 +34,12 @@ pub struct Telnyx;
 
 impl Dialect for Telnyx {
     const NAME: &'static str = PROVIDER;
-    const PATHS: &'static [Path] = &Path::posted(
-        "/hooks/telnyx/voice",
-        "/hooks/telnyx/sms",
-        "/hooks/telnyx/status",
-    );
+    const PATHS: &'static [Path] = &[
+        Path::post("/hooks/telnyx/voice", Hook::VOICE),
+        Path::post("/hooks/telnyx/sms", Hook::SMS),
+        Path::post("/hooks/telnyx/status", Hook::Status),
+        Path::post("/hooks/telnyx/recording", Hook::Recording),
+    ];
 
     /// Telnyx is enabled when the public key that checks its webhooks is set.
     fn enabled(p: &Providers) -> bool {
@@ -70,7 +71,10 @@ impl Dialect for Telnyx {
 
     async fn answer(state: &AppState, inbound: Inbound, outcome: RelayOutcome) -> Response {
         match inbound.kind {
-            Kind::Voice => texml(render_call(Some(&outcome.decision))),
+            Kind::Voice => {
+                let recorded = dialect::recorded::<Self>(state, &outcome);
+                texml(render_call_with(Some(&outcome.decision), recorded.as_ref()))
+            }
             Kind::Sms => {
                 outbound::queue_answer(&state.broker, Via::Telnyx, inbound, outcome, accepted).await
             }
@@ -79,6 +83,32 @@ impl Dialect for Telnyx {
 
     async fn status(state: &AppState, hook: &Webhook) -> Response {
         status(state, &hook.body).await
+    }
+
+    /// TeXML's recording callback carries Twilio's fields (`RecordingUrl`,
+    /// `RecordingStatus`, `RecordingDuration`, `RecordingChannels`, `RecordingSid`)
+    /// (<https://developers.telnyx.com/api-reference/callbacks/texml-recording-completed>),
+    /// as a form or as a JSON object.
+    fn read_recording(hook: &Webhook, channels: u8) -> Result<Option<RecordingView>, ApiError> {
+        if !hook.body.trim_ascii_start().starts_with(b"{") {
+            return super::twilio::read_recording(hook.form(), channels);
+        }
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&hook.body) else {
+            return Err(ApiError::InvalidRequest("the callback is not JSON".into()));
+        };
+        let params: Vec<(String, String)> = map
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k, s)),
+                Value::Number(n) => Some((k, n.to_string())),
+                _ => None,
+            })
+            .collect();
+        super::twilio::read_recording(&params, channels)
+    }
+
+    fn recorded() -> Response {
+        accepted()
     }
 }
 
@@ -158,12 +188,36 @@ fn verified(state: &AppState, headers: &HeaderMap, body: &[u8]) -> bool {
 
 const XML_HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 
-/// The TeXML answer to a call.
+/// TeXML's range for `timeLimit`, in seconds
+/// (<https://developers.telnyx.com/docs/voice/programmable-voice/texml-verbs/dial>).
+const TIME_LIMIT_SECS: (u32, u32) = (60, 14_400);
+
+/// The TeXML answer to a call that is not recorded.
 pub fn render_call(decision: Option<&Decision>) -> String {
+    render_call_with(decision, None)
+}
+
+/// The TeXML answer to a call; `recorded` when the session records its calls. `<Dial>`
+/// takes TwiML's recording attributes, and a time limit within TeXML's range.
+pub fn render_call_with(decision: Option<&Decision>, recorded: Option<&Recorded>) -> String {
     let body = match decision {
-        Some(Decision::Connect { caller_id, to, .. }) => format!(
-            r#"<Dial callerId="{}"><Number>{}</Number></Dial>"#,
+        Some(Decision::Connect {
+            caller_id,
+            to,
+            call,
+            ..
+        }) => format!(
+            r#"<Dial callerId="{}"{}{}><Number>{}</Number></Dial>"#,
             xml_escape(caller_id.reveal()),
+            call.max_call_secs
+                .map(|secs| format!(
+                    r#" timeLimit="{}""#,
+                    secs.clamp(TIME_LIMIT_SECS.0, TIME_LIMIT_SECS.1)
+                ))
+                .unwrap_or_default(),
+            recorded
+                .map(super::twilio::dial_recording)
+                .unwrap_or_default(),
             xml_escape(to.reveal())
         ),
         Some(Decision::Announce { message }) => {
@@ -576,5 +630,44 @@ mod tests {
             "<Response><Say>Ended &lt;now&gt; &amp; &quot;done&quot;</Say><Hangup/></Response>"
         ));
         assert!(render_call(None).ends_with("<Response><Reject/></Response>"));
+    }
+
+    #[test]
+    fn a_recorded_call_dials_with_recording_and_a_limit_in_texmls_range() {
+        let n = |s: &str| E164::parse_syntax(s).unwrap();
+        let connect = |record, max_call_secs| Decision::Connect {
+            session_id: "s".into(),
+            caller_id: n("+12015550100"),
+            to: n("+14155550101"),
+            call: crate::domain::CallOptions {
+                record,
+                max_call_secs,
+            },
+        };
+        let recorded = |channels| Recorded {
+            channels,
+            callback: "https://h.test/hooks/telnyx/recording?s=a&i=b".into(),
+        };
+        use crate::domain::RecordChannels;
+        let dual = connect(Some(RecordChannels::Dual), Some(600));
+        assert_eq!(
+            render_call_with(Some(&dual), Some(&recorded(RecordChannels::Dual))),
+            format!(
+                "{XML_HEAD}<Response><Dial callerId=\"+12015550100\" timeLimit=\"600\" \
+                 record=\"record-from-answer-dual\" recordingStatusCallback=\
+                 \"https://h.test/hooks/telnyx/recording?s=a&amp;i=b\" \
+                 recordingStatusCallbackEvent=\"completed\"><Number>+14155550101</Number>\
+                 </Dial></Response>"
+            )
+        );
+        let mono = connect(Some(RecordChannels::Mono), None);
+        let doc = render_call_with(Some(&mono), Some(&recorded(RecordChannels::Mono)));
+        assert!(doc.contains(r#" record="record-from-answer" "#), "{doc}");
+        assert!(!doc.contains("timeLimit"), "{doc}");
+        // TeXML takes 60 s to 4 h.
+        let short = connect(None, Some(5));
+        assert!(render_call(Some(&short)).contains(r#"timeLimit="60""#));
+        let long = connect(None, Some(86_400));
+        assert!(render_call(Some(&long)).contains(r#"timeLimit="14400""#));
     }
 }

@@ -11,16 +11,17 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use super::dialect::{Dialect, Hook, Path, Read};
+use super::dialect::{self, Dialect, Hook, Path, Read, Recorded};
 use super::{Inbound, Webhook, forbidden, form_urlencoded, param, same, xml_escape};
-use crate::broker::{BrokerError, Decision, RelayOutcome};
+use crate::broker::{BrokerError, Decision, RecordingView, RelayOutcome};
 use crate::config::Providers;
-use crate::domain::E164;
 use crate::domain::session::Kind;
+use crate::domain::{E164, RecordChannels};
 use crate::http::{ApiError, AppState};
 
 const PROVIDER: &str = "twilio";
 const STATUS_PATH: &str = "/hooks/twilio/status";
+const RECORDING_PATH: &str = "/hooks/twilio/recording";
 
 /// Twilio is served when something can check its signatures: the auth token or a shared key.
 pub fn enabled(p: &Providers) -> bool {
@@ -37,8 +38,12 @@ pub struct Twilio;
 
 impl Dialect for Twilio {
     const NAME: &'static str = PROVIDER;
-    const PATHS: &'static [Path] =
-        &Path::posted("/hooks/twilio/voice", "/hooks/twilio/sms", STATUS_PATH);
+    const PATHS: &'static [Path] = &[
+        Path::post("/hooks/twilio/voice", Hook::VOICE),
+        Path::post("/hooks/twilio/sms", Hook::SMS),
+        Path::post(STATUS_PATH, Hook::Status),
+        Path::post(RECORDING_PATH, Hook::Recording),
+    ];
 
     fn enabled(p: &Providers) -> bool {
         enabled(p)
@@ -66,12 +71,70 @@ impl Dialect for Twilio {
 
     // A retry (`replay`) gets the same decision from the broker, so the same document.
     async fn answer(s: &AppState, inbound: Inbound, outcome: RelayOutcome) -> Response {
-        twiml(render(&outcome.decision, &inbound, &s.public_url))
+        let recorded = dialect::recorded::<Self>(s, &outcome);
+        twiml(render_with(
+            &outcome.decision,
+            &inbound,
+            &s.public_url,
+            recorded.as_ref(),
+        ))
     }
 
     async fn status(s: &AppState, hook: &Webhook) -> Response {
         status(s, hook).await
     }
+
+    fn read_recording(hook: &Webhook, channels: u8) -> Result<Option<RecordingView>, ApiError> {
+        read_recording(hook.form(), channels)
+    }
+
+    fn recorded() -> Response {
+        twiml("<Response/>".into())
+    }
+}
+
+/// A `<Dial>`'s recording status callback
+/// (https://www.twilio.com/docs/voice/twiml/dial#recordingstatuscallback): `RecordingSid`,
+/// `RecordingUrl`, `RecordingStatus`, `RecordingDuration`, `RecordingChannels`. Only a
+/// `completed` recording has a file; the dial asks for no other event, and any other is
+/// acknowledged without effect. TeXML sends the same fields.
+pub(super) fn read_recording(
+    params: &[(String, String)],
+    channels: u8,
+) -> Result<Option<RecordingView>, ApiError> {
+    let get = |name: &str| param(params, name).filter(|v| !v.is_empty());
+    if get("RecordingStatus").is_some_and(|s| s != "completed") {
+        return Ok(None);
+    }
+    let Some(url) = get("RecordingUrl") else {
+        return Err(ApiError::InvalidRequest(
+            "the `RecordingUrl` parameter is missing".into(),
+        ));
+    };
+    Ok(Some(RecordingView {
+        url: url.to_string(),
+        duration_secs: dialect::seconds(get("RecordingDuration")),
+        channels: match get("RecordingChannels") {
+            Some("1") => 1,
+            Some("2") => 2,
+            _ => channels,
+        },
+        provider_recording_id: get("RecordingSid").map(str::to_string),
+    }))
+}
+
+/// The `<Dial>` attributes of a recorded call: dual records each party on a channel of its
+/// own, from the moment the other party answers
+/// (https://www.twilio.com/docs/voice/twiml/dial#record); TeXML takes the same.
+pub(super) fn dial_recording(r: &Recorded) -> String {
+    format!(
+        " record=\"{}\" recordingStatusCallback=\"{}\" recordingStatusCallbackEvent=\"completed\"",
+        match r.channels {
+            RecordChannels::Dual => "record-from-answer-dual",
+            RecordChannels::Mono => "record-from-answer",
+        },
+        xml_escape(&r.callback),
+    )
 }
 
 /// Reads Twilio's request fields: `CallSid` or `MessageSid`, `From`, `To`, and for texts
@@ -123,8 +186,19 @@ fn media_urls(params: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
-/// The TwiML answering `decision`.
+/// The TwiML answering `decision`, for a call that is not recorded.
+#[cfg(test)]
 fn render(decision: &Decision, inbound: &Inbound, public_url: &str) -> String {
+    render_with(decision, inbound, public_url, None)
+}
+
+/// The TwiML answering `decision`; `recorded` when the session records its calls.
+fn render_with(
+    decision: &Decision,
+    inbound: &Inbound,
+    public_url: &str,
+    recorded: Option<&Recorded>,
+) -> String {
     let status_url = format!("{public_url}{STATUS_PATH}");
     match decision {
         // `answerOnBridge` keeps the caller's leg ringing until the other party picks up, so
@@ -133,10 +207,21 @@ fn render(decision: &Decision, inbound: &Inbound, public_url: &str) -> String {
         // status callback reports the bridged leg's outcome and length; it names the inbound
         // call as `ParentCallSid`
         // (https://www.twilio.com/docs/voice/twiml/number#attributes-status-callback).
-        Decision::Connect { caller_id, to, .. } => format!(
-            "<Response><Dial callerId=\"{}\" answerOnBridge=\"true\">\
+        // `timeLimit` ends the call after that many seconds
+        // (https://www.twilio.com/docs/voice/twiml/dial#timelimit).
+        Decision::Connect {
+            caller_id,
+            to,
+            call,
+            ..
+        } => format!(
+            "<Response><Dial callerId=\"{}\" answerOnBridge=\"true\"{}{}>\
              <Number statusCallback=\"{}\">{}</Number></Dial></Response>",
             xml_escape(caller_id.reveal()),
+            call.max_call_secs
+                .map(|secs| format!(" timeLimit=\"{secs}\""))
+                .unwrap_or_default(),
+            recorded.map(dial_recording).unwrap_or_default(),
             xml_escape(&status_url),
             xml_escape(to.reveal()),
         ),
@@ -959,5 +1044,61 @@ mod tests {
         assert!(StatusReport::parse(&odd, &[]).is_err());
         assert!(StatusReport::parse(&params(&[("CallSid", "CA1")]), &[]).is_err());
         assert!(StatusReport::parse(&[], &[]).is_err());
+    }
+
+    #[test]
+    fn a_recorded_call_dials_with_recording_and_a_limit() {
+        let n = |s: &str| E164::parse_syntax(s).unwrap();
+        let connect = Decision::Connect {
+            session_id: "ses_x".into(),
+            caller_id: n("+12015550100"),
+            to: n("+14155550101"),
+            call: crate::domain::CallOptions {
+                record: Some(RecordChannels::Mono),
+                max_call_secs: Some(900),
+            },
+        };
+        let call = Inbound::call(Some(n("+14155550102")), n("+12015550100"), "CA1".into());
+        let recorded = Recorded {
+            channels: RecordChannels::Mono,
+            callback: "https://h.test/hooks/twilio/recording?s=a&i=b".into(),
+        };
+        assert_eq!(
+            render_with(&connect, &call, "https://h.test", Some(&recorded)),
+            "<Response><Dial callerId=\"+12015550100\" answerOnBridge=\"true\" \
+             timeLimit=\"900\" record=\"record-from-answer\" recordingStatusCallback=\
+             \"https://h.test/hooks/twilio/recording?s=a&amp;i=b\" \
+             recordingStatusCallbackEvent=\"completed\"><Number statusCallback=\
+             \"https://h.test/hooks/twilio/status\">+14155550101</Number></Dial></Response>"
+        );
+    }
+
+    #[test]
+    fn recording_callbacks_read_twilios_fields() {
+        let p = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let done = p(&[
+            ("RecordingSid", "RE1"),
+            ("RecordingUrl", "https://api.twilio.com/r/RE1"),
+            ("RecordingStatus", "completed"),
+            ("RecordingDuration", "42"),
+            ("RecordingChannels", "1"),
+        ]);
+        assert_eq!(
+            read_recording(&done, 2).unwrap(),
+            Some(RecordingView {
+                url: "https://api.twilio.com/r/RE1".into(),
+                duration_secs: Some(42),
+                channels: 1,
+                provider_recording_id: Some("RE1".into()),
+            })
+        );
+        let absent = p(&[("RecordingSid", "RE1"), ("RecordingStatus", "absent")]);
+        assert_eq!(read_recording(&absent, 2).unwrap(), None);
+        assert!(read_recording(&p(&[("RecordingStatus", "completed")]), 2).is_err());
     }
 }

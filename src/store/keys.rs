@@ -60,6 +60,25 @@ impl Keys {
     pub fn token(&self, provider: &str, digest: &str) -> String {
         format!("{}:jti:{provider}:{digest}", self.prefix)
     }
+    /// ZSET one UTC day of the audit log: entry (JSON, starting with its id) → when, in ms.
+    /// Every audit key shares the tag `{audit}`, so a write and its index are one slot.
+    pub fn audit_day(&self, day: i64) -> String {
+        format!("{}:{{audit}}:d:{day}", self.prefix)
+    }
+    /// ZSET the days (since the epoch) that hold audit entries, scored by themselves.
+    pub fn audit_days(&self) -> String {
+        format!("{}:{{audit}}:days", self.prefix)
+    }
+    /// HASH one hour (since the epoch) of a pool's per-minute counts: `c<minute of the
+    /// hour>` sessions created, `x<minute>` creates refused as exhausted. By pool id, so a
+    /// pool deleted and made again starts afresh.
+    pub fn pool_minutes(&self, pool_id: u32, hour: i64) -> String {
+        format!("{}:{{ps{pool_id}}}:m:{hour}", self.prefix)
+    }
+    /// ZSET minute of the hour → the most numbers one create needed in that minute.
+    pub fn pool_peaks(&self, pool_id: u32, hour: i64) -> String {
+        format!("{}:{{ps{pool_id}}}:p:{hour}", self.prefix)
+    }
     pub fn shard(&self, pool_id: u32, shard: u16) -> ShardKeys {
         ShardKeys {
             tag: format!("{}:{{p{pool_id}.{shard}}}:", self.prefix),

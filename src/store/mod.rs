@@ -12,6 +12,7 @@
 
 mod acked;
 mod api_keys;
+pub mod audit;
 pub mod conn;
 mod doorbell;
 mod events;
@@ -21,9 +22,11 @@ pub mod migrate;
 mod numbers;
 pub mod outbox;
 mod pools;
+mod recordings;
 pub mod rotation;
 mod routes;
 mod sessions;
+pub mod stats;
 pub mod target;
 pub mod tls;
 pub mod upgrade;
@@ -37,7 +40,8 @@ pub use keys::{Keys, ShardKeys};
 pub use numbers::NumberRow;
 pub use pools::{LAYOUT, PoolRow, PoolSet, ShardCounts};
 pub use routes::{Claimed, Entry, Reach, Stub};
-pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended, STICKY_WINDOW_MS};
+pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended, Refusal, STICKY_WINDOW_MS};
+pub use stats::{CreateOutcome, MinuteCounts, STATS_MINUTES};
 pub use target::{RedisTarget, StoreKind, TargetError};
 
 pub use conn::{Access, Conn};
@@ -395,6 +399,7 @@ mod tests {
             include_str!("lua/idempotency_lease.lua"),
             include_str!("lua/relay_claim.lua"),
             include_str!("lua/interaction_update.lua"),
+            include_str!("lua/recording_put.lua"),
             include_str!("lua/event_put.lua"),
             include_str!("lua/event_redeliver.lua"),
             include_str!("lua/outbox_put.lua"),

@@ -42,6 +42,9 @@ enum Holder {
     BlockedRef,
     /// `{p..}:y:<session>`: a session's metadata, the whole string sealed.
     Metadata,
+    /// `{p..}:i:<session>`: a session's interactions; `r:<interaction>` fields are sealed
+    /// recordings.
+    Recordings,
 }
 
 impl Holder {
@@ -58,6 +61,7 @@ impl Holder {
                 "s" => Holder::Sessions,
                 "ref" => Holder::BlockedRef,
                 "y" => Holder::Metadata,
+                "i" => Holder::Recordings,
                 "ev" if within.starts_with("ev:m:") => Holder::Fields(&["z"], "event-numbers"),
                 "ox" if within.starts_with("ox:m:") => Holder::Fields(&["b"], "outbox"),
                 _ => return None,
@@ -120,6 +124,14 @@ fn hash_spots(holder: Holder, hash: &HashMap<String, String>) -> Vec<Spot> {
             .map(|(f, v)| {
                 let whole = (String::new(), v.clone(), String::new());
                 spot(vec![f.to_string()], purpose, whole)
+            })
+            .collect(),
+        Holder::Recordings => hash
+            .iter()
+            .filter(|(f, _)| f.starts_with("r:"))
+            .map(|(f, v)| {
+                let whole = (String::new(), v.clone(), String::new());
+                spot(vec![f.clone()], "recording", whole)
             })
             .collect(),
         Holder::Idempotency | Holder::BlockedRef | Holder::Metadata => Vec::new(),

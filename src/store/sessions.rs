@@ -36,6 +36,11 @@ pub struct CreateArgs<'a> {
     /// For an idempotent create: the script refuses to make a second session for a request
     /// its shard already holds one for, and marks the one it makes.
     pub idempotency: Option<IdemMark<'a>>,
+    /// The number the app asked for: the script claims that one or refuses
+    /// ([`Created::Refused`]) instead of allocating.
+    pub proxy_number: Option<&'a str>,
+    /// Take the pair's last shared number only when no other is free.
+    pub avoid_sticky: bool,
 }
 
 /// The session.closed events a session change may record: one for an expiry the change
@@ -52,9 +57,13 @@ pub enum Created {
         number: String,
         level: String,
         reap_due: bool,
+        /// The numbers the two participants held in the shard before this one.
+        held: u64,
     },
     Exhausted {
         reap_due: bool,
+        /// The numbers the two participants hold in the shard, all refused to them.
+        held: u64,
     },
     /// The shard already holds the session of this idempotent request.
     Existing {
@@ -62,6 +71,20 @@ pub enum Created {
         fingerprint: String,
         reap_due: bool,
     },
+    /// The number asked for cannot be had.
+    Refused { why: Refusal, reap_due: bool },
+}
+
+/// Why the create script refused the number asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The shard does not hold it (removed since its owner entry was read).
+    Missing,
+    /// It lacks the capability the session's mode needs.
+    Capability,
+    Draining,
+    /// The participant of this side (0 or 1) holds it, open or cooling off.
+    Held(u8),
 }
 
 /// How a session changes in [`Store::session_end`].
@@ -131,23 +154,38 @@ impl Store {
                         a.idempotency.map(|m| m.fingerprint).unwrap_or(""),
                     ),
                     a.idempotency.map(|m| m.ttl_ms).unwrap_or(0),
+                    if a.avoid_sticky { "1" } else { "" },
+                    a.proxy_number.unwrap_or(""),
                 ),
             )
             .await?;
         let v = strings(reply)?;
         match v.first().map(String::as_str) {
-            Some("1") if v.len() == 4 => Ok(Created::Ok {
+            Some("1") if v.len() >= 4 => Ok(Created::Ok {
                 number: v[1].clone(),
                 level: v[2].clone(),
                 reap_due: v[3] == "1",
+                held: v.get(4).and_then(|n| n.parse().ok()).unwrap_or(0),
             }),
             Some("2") if v.len() == 4 => Ok(Created::Existing {
                 session_key: v[1].clone(),
                 fingerprint: v[2].clone(),
                 reap_due: v[3] == "1",
             }),
+            Some("3") if v.len() == 3 => Ok(Created::Refused {
+                why: match v[1].as_str() {
+                    "missing" => Refusal::Missing,
+                    "capability" => Refusal::Capability,
+                    "draining" => Refusal::Draining,
+                    "held_a" => Refusal::Held(0),
+                    "held_b" => Refusal::Held(1),
+                    _ => return Err(StoreError::Corrupt("session_create refusal")),
+                },
+                reap_due: v[2] == "1",
+            }),
             Some("0") => Ok(Created::Exhausted {
                 reap_due: v.get(1).is_some_and(|d| d == "1"),
+                held: v.get(2).and_then(|n| n.parse().ok()).unwrap_or(0),
             }),
             _ => Err(StoreError::Corrupt("session_create reply")),
         }

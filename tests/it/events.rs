@@ -801,6 +801,13 @@ async fn a_410_fails_the_event_at_once_and_redelivery_sends_it_again() {
     assert_eq!(again["id"], id.as_str(), "{again}");
     assert_eq!(again["status"], "pending", "{again}");
     assert!(again.get("failure").is_none(), "{again}");
+    let audit = app
+        .get("/v1/audit?action=event.redeliver")
+        .await
+        .expect(200);
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["target"], format!("event:{id}"), "{audit}");
     let sent = receiver.wait_for(2, WAIT).await;
     assert_eq!(sent[1].id, id);
     assert_eq!(sent[1].raw, first.raw, "redelivery sends the same event");

@@ -147,8 +147,8 @@ struct LossyLink {
     cuts: Arc<AtomicUsize>,
 }
 
-/// The start of the create script's success reply: `{1, proxy number, level, due}`.
-const CREATED_REPLY: &[u8] = b"*4\r\n:1\r\n$12\r\n+1201";
+/// The start of the create script's success reply: `{1, proxy number, level, due, held}`.
+const CREATED_REPLY: &[u8] = b"*5\r\n:1\r\n$12\r\n+1201";
 
 impl LossyLink {
     async fn start(upstream: String) -> LossyLink {

@@ -4,7 +4,9 @@
 //! prefix and secrets on a Redis the harness starts, so tests run in parallel safely.
 
 mod allocation;
+mod audit;
 mod auth;
+mod choose;
 mod cli;
 mod console;
 mod deploy;
@@ -26,6 +28,7 @@ mod pool_low;
 mod pools;
 mod privacy;
 mod receiver;
+mod recording;
 mod relay_plivo;
 mod relay_telnyx;
 mod relay_twilio;
@@ -33,6 +36,7 @@ mod relay_vonage;
 mod replicas;
 mod restart;
 mod rotate;
+mod sandbox;
 mod session_options;
 mod sessions;
 mod shards;

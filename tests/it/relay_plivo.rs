@@ -14,8 +14,8 @@ use sha2::Sha256;
 
 use crate::harness::*;
 
-const PUBLIC_URL: &str = "https://hush.example.test";
-const TOKEN: &str = "MjU3ZDUxYmQ0ZmQ5ZjE2ZjI0ZWE4YjM0YmYwNDM5";
+pub(crate) const PUBLIC_URL: &str = "https://hush.example.test";
+pub(crate) const TOKEN: &str = "MjU3ZDUxYmQ0ZmQ5ZjE2ZjI0ZWE4YjM0YmYwNDM5";
 const MESSAGE: &str = "Ride over <&> \"bye\" — 'for now'";
 
 // ---------------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ fn the_test_client_signs_plivos_published_vectors() {
 
 /// How a request is signed.
 #[derive(Clone, Debug)]
-enum Sign {
+pub(crate) enum Sign {
     /// As Plivo signs it, with the configured token.
     Plivo,
     /// With another auth token.
@@ -185,7 +185,7 @@ enum Sign {
 static IDS: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh Plivo-style UUID.
-fn uuid() -> String {
+pub(crate) fn uuid() -> String {
     let n = IDS.fetch_add(1, Ordering::SeqCst);
     let r: u64 = rand::rng().random();
     format!(
@@ -211,22 +211,27 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// Plivo's form of a number: digits with the country code, no `+`.
-fn digits(e164: &str) -> String {
+pub(crate) fn digits(e164: &str) -> String {
     e164.trim_start_matches('+').to_string()
 }
 
 /// A client that calls hush's Plivo routes as Plivo would.
-struct Plivo<'a> {
+pub(crate) struct Plivo<'a> {
     app: &'a TestApp,
 }
 
 impl<'a> Plivo<'a> {
-    fn new(app: &'a TestApp) -> Self {
+    pub(crate) fn new(app: &'a TestApp) -> Self {
         Plivo { app }
     }
 
     /// POSTs the form to `path_and_query`, signed as `how` says.
-    async fn send(&self, path_and_query: &str, params: &[(&str, &str)], how: Sign) -> Resp {
+    pub(crate) async fn send(
+        &self,
+        path_and_query: &str,
+        params: &[(&str, &str)],
+        how: Sign,
+    ) -> Resp {
         let url = format!("{PUBLIC_URL}{path_and_query}");
         let nonce = nonce();
         let (header, nonce_header) = match &how {
@@ -278,13 +283,13 @@ impl<'a> Plivo<'a> {
         self.app.send(req).await
     }
 
-    async fn post(&self, path_and_query: &str, params: &[(&str, &str)]) -> Resp {
+    pub(crate) async fn post(&self, path_and_query: &str, params: &[(&str, &str)]) -> Resp {
         self.send(path_and_query, params, Sign::Plivo).await
     }
 
     /// The answer-URL request of an inbound call from `from` to `to` (E.164, or anything
     /// Plivo might put in `From` for a withheld caller).
-    async fn call(&self, call_uuid: &str, from: &str, to: &str) -> Resp {
+    pub(crate) async fn call(&self, call_uuid: &str, from: &str, to: &str) -> Resp {
         self.post(
             "/hooks/plivo/voice",
             &[

@@ -23,11 +23,11 @@ pub(crate) const API_KEY: &str = "KEYtelnyx-test-api-key";
 const MESSAGE: &str = "This conversation has ended. <Bye> & \"thanks\"";
 const XML_HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 
-fn signing_key() -> SigningKey {
+pub(crate) fn signing_key() -> SigningKey {
     SigningKey::from_bytes(&[42; 32])
 }
 
-fn public_key(key: &SigningKey) -> String {
+pub(crate) fn public_key(key: &SigningKey) -> String {
     B64.encode(key.verifying_key().to_bytes())
 }
 
@@ -150,13 +150,13 @@ impl FakeTelnyx {
 // ---------------------------------------------------------------------------------------------
 
 /// Posts a body to a Telnyx hook with the headers Telnyx sends.
-struct Hook<'a> {
+pub(crate) struct Hook<'a> {
     app: &'a TestApp,
     key: SigningKey,
 }
 
 impl Hook<'_> {
-    fn new(app: &TestApp) -> Hook<'_> {
+    pub(crate) fn new(app: &TestApp) -> Hook<'_> {
         Hook {
             app,
             key: signing_key(),
@@ -167,7 +167,7 @@ impl Hook<'_> {
         B64.encode(key.sign(format!("{ts}|{body}").as_bytes()).to_bytes())
     }
 
-    async fn raw(
+    pub(crate) async fn raw(
         &self,
         path: &str,
         content_type: &str,
@@ -188,13 +188,13 @@ impl Hook<'_> {
         self.app.send(req).await
     }
 
-    async fn post(&self, path: &str, content_type: &str, body: &str) -> Resp {
+    pub(crate) async fn post(&self, path: &str, content_type: &str, body: &str) -> Resp {
         let ts = (now_ms() / 1000).to_string();
         let sig = Self::sign_with(&self.key, &ts, body);
         self.raw(path, content_type, body, Some((ts, sig))).await
     }
 
-    async fn call(&self, sid: &str, from: &str, to: &str) -> Resp {
+    pub(crate) async fn call(&self, sid: &str, from: &str, to: &str) -> Resp {
         let body = form(&[
             ("AccountSid", "f5586561-8ff0-4291-a51b-c7dfe4139ff9"),
             ("CallSid", sid),
@@ -228,7 +228,7 @@ impl Hook<'_> {
 }
 
 /// `application/x-www-form-urlencoded`, every byte but letters and digits escaped.
-fn form(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
     let enc = |s: &str| {
         s.bytes()
             .map(|b| {

@@ -199,15 +199,15 @@ async fn interactions(app: &TestApp, session: &str) -> Vec<Value> {
 
 /// One XML element: what a parser hands Twilio.
 #[derive(Debug, Clone)]
-struct El {
-    name: String,
-    attrs: Vec<(String, String)>,
-    children: Vec<El>,
-    text: String,
+pub(crate) struct El {
+    pub(crate) name: String,
+    pub(crate) attrs: Vec<(String, String)>,
+    pub(crate) children: Vec<El>,
+    pub(crate) text: String,
 }
 
 impl El {
-    fn attr(&self, name: &str) -> Option<&str> {
+    pub(crate) fn attr(&self, name: &str) -> Option<&str> {
         self.attrs
             .iter()
             .find(|(k, _)| k == name)
@@ -215,14 +215,14 @@ impl El {
     }
 
     #[track_caller]
-    fn child(&self, name: &str) -> &El {
+    pub(crate) fn child(&self, name: &str) -> &El {
         self.children
             .iter()
             .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("<{}> has no <{name}>: {self:?}", self.name))
     }
 
-    fn names(&self) -> Vec<&str> {
+    pub(crate) fn names(&self) -> Vec<&str> {
         self.children.iter().map(|c| c.name.as_str()).collect()
     }
 }
@@ -278,7 +278,7 @@ fn twiml(r: &Resp) -> El {
     root
 }
 
-fn element(s: &str) -> (El, &str) {
+pub(crate) fn element(s: &str) -> (El, &str) {
     assert!(s.starts_with('<'), "expected an element at {s:?}");
     let name_end = s[1..]
         .find(|c: char| c.is_whitespace() || c == '>' || c == '/')

@@ -22,8 +22,8 @@ use sha2::Digest as _;
 
 use crate::harness::*;
 
-const PUBLIC: &str = "https://hush.example.test";
-const SIGNATURE_SECRET: &str = "vonage-test-signature-secret-7f3a";
+pub(crate) const PUBLIC: &str = "https://hush.example.test";
+pub(crate) const SIGNATURE_SECRET: &str = "vonage-test-signature-secret-7f3a";
 const API_KEY: &str = "abcd1234";
 const API_SECRET: &str = "vonage-test-api-secret";
 const ENDED: &str = "This ride has ended. <Call> support & \"ask\" for 'Sam' 😀";
@@ -78,7 +78,7 @@ fn hs256() -> Value {
 }
 
 /// The token Vonage sends with a POST: `payload_hash` is the SHA-256 of the body.
-fn token_for_body(body: &[u8]) -> String {
+pub(crate) fn token_for_body(body: &[u8]) -> String {
     jwt(SIGNATURE_SECRET, &hs256(), &claims(Some(sha256_hex(body))))
 }
 
@@ -305,11 +305,11 @@ async fn ride(app: &TestApp) -> (String, String, String, String) {
     )
 }
 
-fn digits(e164: &str) -> &str {
+pub(crate) fn digits(e164: &str) -> &str {
     e164.trim_start_matches('+')
 }
 
-fn uuid() -> String {
+pub(crate) fn uuid() -> String {
     let r: u128 = rand::random();
     let h = format!("{r:032x}");
     format!(
@@ -347,7 +347,7 @@ fn answer_body(from: &str, to: &str, call: &str) -> String {
 }
 
 /// A signed POST answer webhook: `from` calls `to` (E.164; sent as digits).
-async fn answer_post(app: &TestApp, from: &str, to: &str, call: &str) -> Resp {
+pub(crate) async fn answer_post(app: &TestApp, from: &str, to: &str, call: &str) -> Resp {
     let body = answer_body(from, to, call);
     let token = token_for_body(body.as_bytes());
     answer_post_raw(app, &body, Some(format!("Bearer {token}"))).await

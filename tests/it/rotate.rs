@@ -15,11 +15,11 @@ use crate::intercept::BLOCKED;
 use crate::receiver::Receiver;
 use crate::relay_telnyx::{API_KEY, FakeTelnyx};
 
-fn new_key() -> Secret<[u8; 32]> {
+pub(crate) fn new_key() -> Secret<[u8; 32]> {
     Secret::new(rand::random())
 }
 
-fn key_id(config: &Config, key: &Secret<[u8; 32]>) -> u16 {
+pub(crate) fn key_id(config: &Config, key: &Secret<[u8; 32]>) -> u16 {
     Crypto::new(
         config.index_key.as_ref().unwrap(),
         std::slice::from_ref(key),
@@ -29,7 +29,7 @@ fn key_id(config: &Config, key: &Secret<[u8; 32]>) -> u16 {
 }
 
 /// Rotates with `keys` (the first seals), stopping after `stop_after` re-seals if given.
-async fn rotate(
+pub(crate) async fn rotate(
     config: &Config,
     keys: &[&Secret<[u8; 32]>],
     stop_after: Option<u64>,
@@ -47,7 +47,7 @@ async fn rotate(
 }
 
 /// Every `|`-separated part of every value under the prefix that is a ciphertext of key `id`.
-async fn sealed_with(app: &TestApp, id: u16) -> Vec<String> {
+pub(crate) async fn sealed_with(app: &TestApp, id: u16) -> Vec<String> {
     let mut found = Vec::new();
     for (key, values) in app.dump().await {
         for v in values {

@@ -11,12 +11,12 @@ use serde_json::{Value, json};
 use super::outbound::{self, OutboundSms, SendError, Via};
 mod sign;
 
-use super::dialect::{Dialect, Hook, Path, Read, RestApi, Sent};
+use super::dialect::{self, Dialect, Hook, Path, Read, Recorded, RestApi, Sent};
 use super::{Inbound, Params, Webhook, forbidden, param};
-use crate::broker::{Decision, RelayOutcome};
+use crate::broker::{Decision, RecordingView, RelayOutcome};
 use crate::config::Providers;
-use crate::domain::E164;
 use crate::domain::session::Kind;
+use crate::domain::{E164, RecordChannels};
 use crate::http::{ApiError, AppState, scrub};
 use sign::{check_voice, sms_signed};
 
@@ -34,6 +34,7 @@ impl Dialect for Vonage {
         Path::get_or_post("/hooks/vonage/answer", Hook::VOICE),
         Path::post("/hooks/vonage/event", Hook::Status),
         Path::get_or_post("/hooks/vonage/sms", Hook::SMS),
+        Path::post("/hooks/vonage/recording", Hook::Recording),
     ];
 
     /// Vonage is enabled when its signature secret is set: both kinds of webhook are signed
@@ -46,7 +47,7 @@ impl Dialect for Vonage {
 
     async fn verify(s: &AppState, hook: Hook, w: &Webhook) -> Result<(), Response> {
         match hook {
-            Hook::Inbound(Kind::Voice) | Hook::Status => check_voice(s, w).await,
+            Hook::Inbound(Kind::Voice) | Hook::Status | Hook::Recording => check_voice(s, w).await,
             Hook::Inbound(Kind::Sms) => sms_signed(s, w).then_some(()).ok_or_else(forbidden),
         }
     }
@@ -67,7 +68,10 @@ impl Dialect for Vonage {
 
     async fn answer(s: &AppState, inbound: Inbound, outcome: RelayOutcome) -> Response {
         match inbound.kind {
-            Kind::Voice => ncco(voice_ncco(&outcome.decision)),
+            Kind::Voice => {
+                let recorded = dialect::recorded::<Self>(s, &outcome);
+                ncco(voice_ncco_with(&outcome.decision, recorded.as_ref()))
+            }
             // Queued even when this is a resent webhook: if the first attempt failed after
             // the broker recorded it, this is the text's only chance.
             Kind::Sms => {
@@ -78,6 +82,43 @@ impl Dialect for Vonage {
 
     async fn status(s: &AppState, w: &Webhook) -> Response {
         event(s, w).await
+    }
+
+    /// The `record` action's event: `recording_url`, `recording_uuid`, `start_time` and
+    /// `end_time` (<https://developer.vonage.com/en/voice/voice-api/webhook-reference#recording>).
+    /// Vonage does not say how many channels: the action asked for them.
+    fn read_recording(w: &Webhook, channels: u8) -> Result<Option<RecordingView>, ApiError> {
+        let Some(p) = params(w) else {
+            return Err(ApiError::InvalidRequest(
+                "the webhook parameters could not be read".into(),
+            ));
+        };
+        let Some(url) = param(p, "recording_url").filter(|u| !u.is_empty()) else {
+            return Err(ApiError::InvalidRequest(
+                "the `recording_url` parameter is missing".into(),
+            ));
+        };
+        let at = |name: &str| {
+            param(p, name).and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+        };
+        let duration_secs = match (at("start_time"), at("end_time")) {
+            (Some(start), Some(end)) if end >= start => {
+                u32::try_from((end - start).whole_seconds()).ok()
+            }
+            _ => None,
+        };
+        Ok(Some(RecordingView {
+            url: url.to_string(),
+            duration_secs,
+            channels,
+            provider_recording_id: param(p, "recording_uuid").map(str::to_string),
+        }))
+    }
+
+    fn recorded() -> Response {
+        no_content()
     }
 }
 
@@ -243,15 +284,51 @@ fn reject() -> Value {
     json!([])
 }
 
+/// Vonage's longest call: `limit` on `connect` may not exceed it
+/// (<https://developer.vonage.com/en/voice/voice-api/ncco-reference#connect>).
+const LONGEST_CALL_SECS: u32 = 7200;
+
+/// The NCCO of a routing decision for a call that is not recorded.
+#[cfg(test)]
+fn voice_ncco(decision: &Decision) -> Value {
+    voice_ncco_with(decision, None)
+}
+
 /// The NCCO of a routing decision. `connect` dials the other party showing the proxy number
 /// (`from`); `talk` speaks the pool's message, after which the NCCO ends and so does the call.
-fn voice_ncco(decision: &Decision) -> Value {
+/// A recorded call starts with a `record` action, which runs beside what follows until the
+/// call ends; `split: conversation` with two channels puts each party on its own
+/// (<https://developer.vonage.com/en/voice/voice-api/ncco-reference#record>).
+fn voice_ncco_with(decision: &Decision, recorded: Option<&Recorded>) -> Value {
     match decision {
-        Decision::Connect { caller_id, to, .. } => json!([{
-            "action": "connect",
-            "from": caller_id.reveal_digits(),
-            "endpoint": [{ "type": "phone", "number": to.reveal_digits() }],
-        }]),
+        Decision::Connect {
+            caller_id,
+            to,
+            call,
+            ..
+        } => {
+            let mut connect = json!({
+                "action": "connect",
+                "from": caller_id.reveal_digits(),
+                "endpoint": [{ "type": "phone", "number": to.reveal_digits() }],
+            });
+            if let Some(secs) = call.max_call_secs {
+                connect["limit"] = json!(secs.min(LONGEST_CALL_SECS));
+            }
+            let Some(r) = recorded else {
+                return json!([connect]);
+            };
+            let mut record = json!({
+                "action": "record",
+                "eventUrl": [r.callback],
+                "eventMethod": "POST",
+            });
+            if r.channels == RecordChannels::Dual {
+                record["split"] = json!("conversation");
+                record["channels"] = json!(2);
+            }
+            json!([record, connect])
+        }
         Decision::Announce { message } => json!([{ "action": "talk", "text": message }]),
         Decision::Relay { .. } => reject(),
     }
@@ -456,5 +533,49 @@ mod tests {
             panic!("status 6 is permanent");
         };
         assert!(!text.contains("14155550100"), "{text}");
+    }
+
+    #[test]
+    fn a_recorded_call_records_before_it_connects_with_a_limit() {
+        let connect = |record, max_call_secs| Decision::Connect {
+            session_id: "ses_x".into(),
+            caller_id: E164::parse_syntax("+12015550100").unwrap(),
+            to: E164::parse_syntax("+14155550101").unwrap(),
+            call: crate::domain::CallOptions {
+                record,
+                max_call_secs,
+            },
+        };
+        let recorded = |channels| Recorded {
+            channels,
+            callback: "https://h.test/hooks/vonage/recording?s=a".into(),
+        };
+        assert_eq!(
+            voice_ncco_with(
+                &connect(Some(RecordChannels::Dual), Some(600)),
+                Some(&recorded(RecordChannels::Dual))
+            ),
+            json!([
+                {
+                    "action": "record",
+                    "eventUrl": ["https://h.test/hooks/vonage/recording?s=a"],
+                    "eventMethod": "POST",
+                    "split": "conversation",
+                    "channels": 2,
+                },
+                {
+                    "action": "connect",
+                    "from": "12015550100",
+                    "endpoint": [{ "type": "phone", "number": "14155550101" }],
+                    "limit": 600,
+                },
+            ])
+        );
+        let mono = voice_ncco_with(
+            &connect(Some(RecordChannels::Mono), Some(10_000)),
+            Some(&recorded(RecordChannels::Mono)),
+        );
+        assert!(mono[0].get("split").is_none(), "{mono}");
+        assert_eq!(mono[1]["limit"], 7200, "Vonage's longest call");
     }
 }

@@ -11,11 +11,16 @@
 --       18 its body (`__PROXY__` stands for the number chosen), 19 sealed numbers or '',
 --       20 pool.low event id or '', 21 the pool's low threshold (percent), 22 its body
 --       (`__BUSY__`, `__TOTAL__` stand for the shard's busy and total numbers),
---       23 idempotency digest or '', 24 request fingerprint, 25 marker ttl ms
+--       23 idempotency digest or '', 24 request fingerprint, 25 marker ttl ms,
+--       26 '1' to avoid the pair's last shared number while another is free,
+--       27 the number asked for or '' (allocate one)
 
--- Returns {0, due} when no number is free, {1, number, level, due} on success, and
--- {2, session key, fingerprint, due} when this shard already holds the session of the
--- idempotent request (a retry of a create whose answer was lost).
+-- Returns {0, due, held} when no number is free, {1, number, level, due, held} on success
+-- (held: the numbers the two already hold here), {2, session key, fingerprint, due} when
+-- this shard already holds the session of the idempotent request (a retry of a create whose
+-- answer was lost), and {3, why, due} when the number asked for cannot be had: why is
+-- 'missing' (not in this shard), 'capability', 'draining', 'held_a' or 'held_b' (that
+-- participant holds it, open or cooling off).
 local nums = KEYS[1]
 -- Redis's clock, not the caller's: a request delayed on its way still sees time as it is.
 local now = clock_ms()
@@ -94,19 +99,52 @@ local function walk(z)
   return nil
 end
 
-local chosen = nil
-if sticky and sticky_at + sticky_window > now and not held[sticky] and eligible(sticky) then
-  chosen = sticky
-end
-if not chosen then
-  for level in string.gmatch(ARGV[8], '[^,]+') do
-    chosen = walk(TAG .. 'l:' .. class .. ':' .. level)
-    if chosen then break end
+local chosen, meta = nil, nil
+-- What the two hold between them, for the pool's capacity counts (before avoiding the
+-- sticky number, which counts it as held only for the walk).
+local held_count = nheld
+local asked = ARGV[27] or ''
+if asked ~= '' then
+  -- The same checks allocation makes, in the same step as the claim, so a number asked for
+  -- is refused exactly when allocation would have skipped it.
+  local raw = redis.call('HGET', nums, asked)
+  if not raw then return { 3, 'missing', due } end
+  meta = parse_meta(raw)
+  local capable = false
+  for _, c in ipairs(classes(meta.caps)) do
+    if c == class then capable = true end
   end
+  if not capable then return { 3, 'capability', due } end
+  if meta.state ~= 'active' then return { 3, 'draining', due } end
+  if held[asked] then
+    local sid = ea.routes[asked]
+    local rec = sid and get_session(sid)
+    return { 3, (rec and rec.h > now) and 'held_a' or 'held_b', due }
+  end
+  chosen = asked
+else
+  local fresh_sticky = sticky and sticky_at + sticky_window > now and not held[sticky]
+  if fresh_sticky and ARGV[26] == '1' then
+    -- Avoiding it: walk as if the pair held it (one more member read per segment), and come
+    -- back to it only when nothing else is free.
+    held[sticky] = true
+    nheld = nheld + 1
+  elseif fresh_sticky and eligible(sticky) then
+    chosen = sticky
+  end
+  if not chosen then
+    for level in string.gmatch(ARGV[8], '[^,]+') do
+      chosen = walk(TAG .. 'l:' .. class .. ':' .. level)
+      if chosen then break end
+    end
+  end
+  if not chosen and fresh_sticky and ARGV[26] == '1' and eligible(sticky) then
+    chosen = sticky
+  end
+  if not chosen then return { 0, due, held_count } end
+  meta = parse_meta(redis.call('HGET', nums, chosen))
 end
-if not chosen then return { 0, due } end
 
-local meta = parse_meta(redis.call('HGET', nums, chosen))
 local level = 'any'
 local geos = ',' .. meta.geos .. ','
 if area_tag ~= '' and string.find(geos, ',' .. area_tag .. ',', 1, true) then
@@ -153,4 +191,4 @@ if ARGV[20] and ARGV[20] ~= '' then
 end
 put_event(ARGV[17], 'session.created', fill(ARGV[18] or '', 'PROXY', chosen), ARGV[19], now,
   { idx_a, idx_b })
-return { 1, chosen, level, due }
+return { 1, chosen, level, due, held_count }
