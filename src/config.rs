@@ -156,14 +156,25 @@ pub struct Providers {
     pub twilio_auth_token: Option<Secret<String>>,
     /// `HUSH_TWILIO_SHARED_KEYS`: `id=secret,...` for HMAC-SHA256 webhook signatures.
     pub twilio_shared_keys: Vec<(String, Secret<String>)>,
+    /// `HUSH_TWILIO_ACCOUNT_SID`: with `HUSH_TWILIO_AUTH_TOKEN`, lets hush send texts
+    /// through Twilio's Messaging API (HTTP Basic auth `AccountSid:AuthToken`).
+    pub twilio_account_sid: Option<Secret<String>>,
+    /// `HUSH_TWILIO_API_BASE`: Twilio's API (default `https://api.twilio.com`).
+    pub twilio_api_base: String,
     /// `HUSH_TELNYX_PUBLIC_KEY`: base64 Ed25519 key that signs Telnyx webhooks.
     pub telnyx_public_key: Option<Secret<String>>,
     /// `HUSH_TELNYX_API_KEY`: bearer key for sending messages through Telnyx.
     pub telnyx_api_key: Option<Secret<String>>,
     /// `HUSH_TELNYX_API_BASE`: Telnyx's API (default `https://api.telnyx.com`).
     pub telnyx_api_base: String,
-    /// `HUSH_PLIVO_AUTH_TOKEN`: signs `X-Plivo-Signature-V3`.
+    /// `HUSH_PLIVO_AUTH_TOKEN`: signs `X-Plivo-Signature-V3`, and with `HUSH_PLIVO_AUTH_ID`
+    /// authenticates hush to Plivo's Message API.
     pub plivo_auth_token: Option<Secret<String>>,
+    /// `HUSH_PLIVO_AUTH_ID`: with `HUSH_PLIVO_AUTH_TOKEN`, lets hush send texts through
+    /// Plivo's Message API (HTTP Basic auth `auth_id:auth_token`).
+    pub plivo_auth_id: Option<Secret<String>>,
+    /// `HUSH_PLIVO_API_BASE`: Plivo's API (default `https://api.plivo.com`).
+    pub plivo_api_base: String,
     /// `HUSH_VONAGE_SIGNATURE_SECRET`: signs voice JWTs and signed SMS.
     pub vonage_signature_secret: Option<Secret<String>>,
     /// `HUSH_VONAGE_SIGNATURE_METHOD`: `md5hash`, `md5`, `sha1`, `sha256` or `sha512`.
@@ -178,6 +189,28 @@ pub struct Providers {
     /// accepted (default 300, at most 3600). Each token is accepted for one request only,
     /// and its id is remembered in Redis for this long.
     pub vonage_token_max_age_secs: u32,
+}
+
+impl Providers {
+    /// The providers whose API credentials are set, so that can send the texts the app
+    /// asks for, by name (`twilio`, `telnyx`, `plivo`, `vonage`).
+    pub fn texting(&self) -> Vec<&'static str> {
+        let set = |s: &Option<Secret<String>>| s.as_ref().is_some_and(|s| !s.expose().is_empty());
+        let mut out = Vec::new();
+        if set(&self.twilio_account_sid) && set(&self.twilio_auth_token) {
+            out.push("twilio");
+        }
+        if set(&self.telnyx_api_key) {
+            out.push("telnyx");
+        }
+        if set(&self.plivo_auth_id) && set(&self.plivo_auth_token) {
+            out.push("plivo");
+        }
+        if set(&self.vonage_api_key) && set(&self.vonage_api_secret) {
+            out.push("vonage");
+        }
+        out
+    }
 }
 
 /// The default of `HUSH_VONAGE_TOKEN_MAX_AGE_SECS`: Vonage signs each webhook as it sends
@@ -213,7 +246,9 @@ impl Default for Config {
             sandbox: false,
             sandbox_telnyx_signing_key: None,
             providers: Providers {
+                twilio_api_base: "https://api.twilio.com".into(),
                 telnyx_api_base: "https://api.telnyx.com".into(),
+                plivo_api_base: "https://api.plivo.com".into(),
                 vonage_signature_method: "md5hash".into(),
                 vonage_api_base: "https://rest.nexmo.com".into(),
                 vonage_token_max_age_secs: VONAGE_TOKEN_MAX_AGE_SECS,
@@ -311,10 +346,14 @@ struct FileConfig {
     reaper_interval_ms: Option<u64>,
     twilio_auth_token: Option<String>,
     twilio_shared_keys: Option<String>,
+    twilio_account_sid: Option<String>,
+    twilio_api_base: Option<String>,
     telnyx_public_key: Option<String>,
     telnyx_api_key: Option<String>,
     telnyx_api_base: Option<String>,
     plivo_auth_token: Option<String>,
+    plivo_auth_id: Option<String>,
+    plivo_api_base: Option<String>,
     vonage_signature_secret: Option<String>,
     vonage_signature_method: Option<String>,
     vonage_api_key: Option<String>,
@@ -382,10 +421,14 @@ impl Config {
         over(&mut raw.log_format, "HUSH_LOG_FORMAT");
         over(&mut raw.twilio_auth_token, "HUSH_TWILIO_AUTH_TOKEN");
         over(&mut raw.twilio_shared_keys, "HUSH_TWILIO_SHARED_KEYS");
+        over(&mut raw.twilio_account_sid, "HUSH_TWILIO_ACCOUNT_SID");
+        over(&mut raw.twilio_api_base, "HUSH_TWILIO_API_BASE");
         over(&mut raw.telnyx_public_key, "HUSH_TELNYX_PUBLIC_KEY");
         over(&mut raw.telnyx_api_key, "HUSH_TELNYX_API_KEY");
         over(&mut raw.telnyx_api_base, "HUSH_TELNYX_API_BASE");
         over(&mut raw.plivo_auth_token, "HUSH_PLIVO_AUTH_TOKEN");
+        over(&mut raw.plivo_auth_id, "HUSH_PLIVO_AUTH_ID");
+        over(&mut raw.plivo_api_base, "HUSH_PLIVO_API_BASE");
         over(
             &mut raw.vonage_signature_secret,
             "HUSH_VONAGE_SIGNATURE_SECRET",
@@ -500,12 +543,23 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?;
         }
+        p.twilio_account_sid = raw
+            .twilio_account_sid
+            .filter(|v| !v.is_empty())
+            .map(Secret::new);
+        if let Some(v) = raw.twilio_api_base {
+            p.twilio_api_base = v.trim_end_matches('/').to_string();
+        }
         p.telnyx_public_key = raw.telnyx_public_key.map(Secret::new);
         p.telnyx_api_key = raw.telnyx_api_key.map(Secret::new);
         if let Some(v) = raw.telnyx_api_base {
             p.telnyx_api_base = v.trim_end_matches('/').to_string();
         }
         p.plivo_auth_token = raw.plivo_auth_token.map(Secret::new);
+        p.plivo_auth_id = raw.plivo_auth_id.filter(|v| !v.is_empty()).map(Secret::new);
+        if let Some(v) = raw.plivo_api_base {
+            p.plivo_api_base = v.trim_end_matches('/').to_string();
+        }
         p.vonage_signature_secret = raw.vonage_signature_secret.map(Secret::new);
         if let Some(v) = raw.vonage_signature_method {
             p.vonage_signature_method = v;
@@ -772,6 +826,20 @@ impl Config {
                     .into(),
             );
         }
+        if p.twilio_account_sid.is_some() && p.twilio_auth_token.is_none() {
+            out.push(
+                "HUSH_TWILIO_ACCOUNT_SID is set without HUSH_TWILIO_AUTH_TOKEN: texts cannot be \
+                 sent through Twilio"
+                    .into(),
+            );
+        }
+        if p.plivo_auth_id.is_some() && p.plivo_auth_token.is_none() {
+            out.push(
+                "HUSH_PLIVO_AUTH_ID is set without HUSH_PLIVO_AUTH_TOKEN: texts cannot be sent \
+                 through Plivo"
+                    .into(),
+            );
+        }
         if self.public_url.is_none()
             && (p.twilio_auth_token.is_some()
                 || !p.twilio_shared_keys.is_empty()
@@ -886,6 +954,39 @@ mod tests {
         assert!(bad.to_string().contains("32 bytes"));
         let missing = Config::load_from(None, env(&[])).unwrap().require_keys();
         assert!(missing.unwrap_err().to_string().contains("gen-secrets"));
+    }
+
+    #[test]
+    fn messaging_credentials_name_the_providers_that_send_and_never_print() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("HUSH_TWILIO_ACCOUNT_SID", "AC0123456789abcdef"),
+                ("HUSH_TWILIO_AUTH_TOKEN", "twilio-secret-token"),
+                ("HUSH_TWILIO_API_BASE", "http://127.0.0.1:9/"),
+                ("HUSH_PLIVO_AUTH_ID", "MAPLIVOAUTHID"),
+                ("HUSH_PLIVO_API_BASE", "http://127.0.0.1:8"),
+            ]),
+        )
+        .unwrap();
+        let p = &c.providers;
+        assert_eq!(p.twilio_api_base, "http://127.0.0.1:9");
+        assert_eq!(p.plivo_api_base, "http://127.0.0.1:8");
+        // Plivo's auth ID without its token sends nothing, and says so at start.
+        assert_eq!(p.texting(), ["twilio"]);
+        assert!(
+            c.warnings()
+                .iter()
+                .any(|w| w.contains("HUSH_PLIVO_AUTH_ID"))
+        );
+        let printed = format!("{c:?}");
+        for secret in ["twilio-secret-token", "AC0123456789abcdef", "MAPLIVOAUTHID"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        let d = Config::default();
+        assert_eq!(d.providers.twilio_api_base, "https://api.twilio.com");
+        assert_eq!(d.providers.plivo_api_base, "https://api.plivo.com");
+        assert!(d.providers.texting().is_empty());
     }
 
     #[test]

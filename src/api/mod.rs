@@ -5,6 +5,7 @@
 mod audit;
 mod capacity;
 mod events;
+mod messages;
 mod ops;
 mod pools;
 mod sessions;
@@ -47,6 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/sessions/{id}"),
     ("DELETE", "/v1/sessions/{id}"),
     ("GET", "/v1/sessions/{id}/interactions"),
+    ("POST", "/v1/sessions/{id}/messages"),
     ("GET", "/v1/pools/{name}/callback-secret"),
     ("POST", "/v1/pools/{name}/callback-secret/rotate"),
     ("GET", "/v1/events"),
@@ -93,6 +95,7 @@ pub fn routes() -> Router<AppState> {
             "/v1/sessions/{id}/interactions",
             get(sessions::interactions),
         )
+        .route("/v1/sessions/{id}/messages", post(messages::send))
         .route(
             "/v1/pools/{name}/callback-secret",
             get(pools::callback_secret),

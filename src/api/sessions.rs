@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::{ApiError, AppState, Auth, JsonBody, ok};
 use crate::broker::{
-    BrokerError, Decision, NewSession, PROVIDER_REF_TTL_MS, Participant, Scope, SessionChoices,
-    UNNAMED_REF_TTL_MS,
+    BrokerError, Decision, IdemAnswer, NewSession, PROVIDER_REF_TTL_MS, Participant, Scope,
+    SessionChoices, UNNAMED_REF_TTL_MS,
 };
 use crate::domain::session::Kind;
 use crate::domain::{E164, Mode, NumberSelection, PoolName, PoolPolicy, RecordChannels, SessionId};
@@ -23,7 +23,7 @@ const IDEMPOTENCY_KEY_MAX: usize = 255;
 /// client can tell a retry that went through before from its own.
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-fn number(field: &str, raw: &str) -> Result<E164, ApiError> {
+pub(super) fn number(field: &str, raw: &str) -> Result<E164, ApiError> {
     E164::parse(raw).map_err(|reason| {
         ApiError::Broker(BrokerError::InvalidNumber {
             field: field.to_string(),
@@ -32,7 +32,7 @@ fn number(field: &str, raw: &str) -> Result<E164, ApiError> {
     })
 }
 
-fn session_id(raw: &str) -> Result<SessionId, ApiError> {
+pub(super) fn session_id(raw: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(raw).ok_or(ApiError::Broker(BrokerError::SessionNotFound))
 }
 
@@ -161,21 +161,7 @@ pub async fn create(
     body: JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Sessions)?;
-    let idem = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let k = v
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX)
-                .ok_or_else(|| {
-                    ApiError::Validation(
-                        "Idempotency-Key must be 1 to 255 visible characters".into(),
-                    )
-                })?;
-            Some(k.to_string())
-        }
-    };
+    let idem = idempotency_key(&headers)?;
     let req = parse_create(body.value)?;
     auth.pool_visible(&req.pool)?;
     let Some(key) = idem else {
@@ -201,8 +187,28 @@ pub async fn create(
         )
         .await;
     }
+    Ok(idempotent_answer(StatusCode::CREATED, answer))
+}
+
+/// The `Idempotency-Key` header, when the request has one.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let k = v
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX)
+        .ok_or_else(|| {
+            ApiError::Validation("Idempotency-Key must be 1 to 255 visible characters".into())
+        })?;
+    Ok(Some(k.to_string()))
+}
+
+/// The answer of an idempotent request, marked when it repeats an earlier one's.
+pub(super) fn idempotent_answer(status: StatusCode, answer: IdemAnswer) -> Response {
     let mut resp = (
-        StatusCode::CREATED,
+        status,
         [(header::CONTENT_TYPE, "application/json")],
         answer.body,
     )
@@ -211,7 +217,7 @@ pub async fn create(
         resp.headers_mut()
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
-    Ok(resp)
+    resp
 }
 
 /// A session is named by its id and its proxy number, never its participants.

@@ -223,7 +223,7 @@ impl Broker {
 /// How a failed request gives up its key: freed when the failure created nothing, handed to
 /// the next retry at once when that cannot be known (Redis may have run the step and lost the
 /// answer), so the retry looks for what was made before making anything.
-fn lease_after(failure: &BrokerError) -> Lease {
+pub(super) fn lease_after(failure: &BrokerError) -> Lease {
     match failure {
         BrokerError::Store(_) => Lease::Lapse,
         _ => Lease::Drop,

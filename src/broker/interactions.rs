@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{E164, Millis, SessionId, rfc3339};
+use crate::domain::{E164, Millis, SessionId, parse_interaction_code, rfc3339};
 
 use super::{
     Broker, BrokerError, EventId, InteractionView, InterceptPlan, InterceptVerdict, Result,
@@ -100,6 +100,7 @@ impl Broker {
                     "session_id": format!("{}__SKEY__", SessionId::shard_prefix(pool_id, shard)),
                     "interaction_id": "__IID__",
                     "kind": "__KIND__",
+                    "initiated_by": "__BY__",
                     "from_participant": "__SIDE__",
                     "status": status,
                     "duration_secs": "__DURATION__",
@@ -214,14 +215,16 @@ impl Broker {
                 continue;
             }
             let ms = |s: &str| s.parse::<Millis>().ok();
+            let (kind, initiated_by) = parse_interaction_code(f[0]);
             let recording = recordings
                 .get(&iid)
                 .map(|sealed| self.open_recording(sealed))
                 .transpose()?;
             out.push(InteractionView {
                 id: iid,
-                kind: if f[0] == "v" { "voice" } else { "sms" },
+                kind: super::kind_name(kind),
                 from_participant: if f[1] == "0" { 0 } else { 1 },
+                initiated_by,
                 status: f[2].to_string(),
                 started_at: rfc3339(ms(f[3]).unwrap_or(0)),
                 ended_at: ms(f[4]).map(rfc3339),

@@ -29,6 +29,7 @@ mod recordings;
 mod rotation;
 mod routing;
 mod sessions;
+mod texts;
 mod views;
 
 pub use audit::{
@@ -45,6 +46,8 @@ pub use recordings::{RecordingRef, RecordingView, channel_count};
 pub use rotation::Rotation;
 pub use routing::{PROVIDER_REF_TTL_MS, UNNAMED_REF_TTL_MS};
 pub use sessions::{MAX_TTL_SECS, STICKY_WINDOW_MS};
+// `Via` at the root is how a change came (audit); the texts' is which provider sends.
+pub use texts::{AppText, OutboundSms, Recipient, TEXT_MAX_CHARS, Via as TextVia};
 pub use views::{
     AddReport, Decision, InteractionView, InterceptPlan, InterceptVerdict, NewSession,
     NumberCounts, NumberView, OptionsView, Participant, ParticipantView, PoolView, RelayOutcome,
@@ -96,6 +99,15 @@ pub enum BrokerError {
     PoolInUse(String),
     #[error("the session has ended")]
     SessionClosed,
+    #[error("`to` is neither participant of the session (by number or label)")]
+    NotAParticipant,
+    #[error("{0}")]
+    ProviderUnavailable(String),
+    #[error(
+        "pool `{0}` names no provider and several have API credentials: set the pool's \
+         `provider`"
+    )]
+    ProviderAmbiguous(String),
     #[error("event not found, or not redeliverable")]
     EventNotFound,
     #[error("this Idempotency-Key was used with another request body")]
@@ -330,7 +342,8 @@ impl Broker {
             .ok_or_else(|| BrokerError::PoolNotFound(name.to_string()))
     }
 
-    async fn pool_name(&self, id: u32) -> Result<String> {
+    /// A pool's name by its id (cached).
+    pub async fn pool_name(&self, id: u32) -> Result<String> {
         if let Some(n) = self.inner.names.read().expect("lock poisoned").get(&id) {
             return Ok(n.clone());
         }

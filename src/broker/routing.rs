@@ -3,7 +3,7 @@
 //! once per provider reference.
 
 use crate::crypto::CryptoError;
-use crate::domain::{E164, PoolPolicy, SessionId, session::Kind};
+use crate::domain::{E164, Initiator, PoolPolicy, SessionId, interaction_code, session::Kind};
 use crate::store::{Reach, ShardKeys, StoreError};
 use crate::telemetry::METRICS;
 
@@ -188,6 +188,7 @@ impl Broker {
                     "session_id": format!("{}__SKEY__", SessionId::shard_prefix(pool_id, shard)),
                     "interaction_id": interaction,
                     "kind": kind_name(kind),
+                    "initiated_by": Initiator::Participant.as_str(),
                     "from_participant": "__SIDE__",
                     "pool": pool,
                     "proxy_number": to.reveal(),
@@ -204,10 +205,7 @@ impl Broker {
                     idx.as_deref(),
                     to.reveal(),
                     self.now(),
-                    match kind {
-                        Kind::Voice => "v",
-                        Kind::Sms => "s",
-                    },
+                    interaction_code(kind, Initiator::Participant),
                     provider,
                     provider_ref,
                     &interaction,

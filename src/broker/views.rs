@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    CallOptions, E164, InterceptFallback, Mode, NumberSelection, NumberState, PoolName, PoolPolicy,
-    RecordChannels, SessionOptions,
+    CallOptions, E164, Initiator, InterceptFallback, Mode, NumberSelection, NumberState, PoolName,
+    PoolPolicy, RecordChannels, SessionOptions,
 };
 
 /// One side of a session being created: a real number and the app's optional label.
@@ -180,12 +180,15 @@ pub enum InterceptVerdict {
     Blocked(Option<String>),
 }
 
-/// One relayed call or text. Holds no numbers and no message body.
+/// One call or text through a session. Holds no numbers and no message body.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct InteractionView {
     pub id: String,
     pub kind: &'static str,
+    /// The participant who called or texted; for one the app started, the other side of
+    /// the participant it reached (whom the proxy number stands for).
     pub from_participant: u8,
+    pub initiated_by: Initiator,
     pub status: String,
     pub started_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]

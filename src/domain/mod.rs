@@ -12,7 +12,10 @@ pub use pool::{
     GeoMatch, InterceptFallback, NumberSelection, NumberState, PROVIDERS, PoolPolicy, ShardLoad,
     emptiest_shard, shard_order,
 };
-pub use session::{CallOptions, CloseReason, Mode, RecordChannels, SessionOptions, Status};
+pub use session::{
+    CallOptions, CloseReason, Initiator, Mode, RecordChannels, SessionOptions, Status,
+    interaction_code, parse_interaction_code,
+};
 
 /// Milliseconds since the Unix epoch; the unit every stored time uses.
 pub type Millis = i64;

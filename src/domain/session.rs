@@ -149,12 +149,52 @@ impl SessionOptions {
     }
 }
 
-/// What an inbound interaction is.
+/// What an interaction is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Voice,
     Sms,
+}
+
+/// Who started an interaction: a participant calling or texting the proxy number, or the
+/// app asking hush to reach a participant from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Initiator {
+    Participant,
+    App,
+}
+
+impl Initiator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Initiator::Participant => "participant",
+            Initiator::App => "app",
+        }
+    }
+}
+
+/// The first field of a stored interaction record: `v`/`s` for a call or text a participant
+/// started, upper case when the app started it. Records written before the app could start
+/// any read as a participant's.
+pub fn interaction_code(kind: Kind, by: Initiator) -> &'static str {
+    match (kind, by) {
+        (Kind::Voice, Initiator::Participant) => "v",
+        (Kind::Sms, Initiator::Participant) => "s",
+        (Kind::Voice, Initiator::App) => "V",
+        (Kind::Sms, Initiator::App) => "S",
+    }
+}
+
+/// Reads [`interaction_code`] back; anything else is a participant's text, as before.
+pub fn parse_interaction_code(code: &str) -> (Kind, Initiator) {
+    match code {
+        "v" => (Kind::Voice, Initiator::Participant),
+        "V" => (Kind::Voice, Initiator::App),
+        "S" => (Kind::Sms, Initiator::App),
+        _ => (Kind::Sms, Initiator::Participant),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -219,6 +259,22 @@ mod tests {
                 record: Some(RecordChannels::Dual),
                 max_call_secs: Some(30)
             }
+        );
+    }
+
+    #[test]
+    fn interaction_codes_round_trip_and_old_records_are_participants() {
+        for kind in [Kind::Voice, Kind::Sms] {
+            for by in [Initiator::Participant, Initiator::App] {
+                assert_eq!(
+                    parse_interaction_code(interaction_code(kind, by)),
+                    (kind, by)
+                );
+            }
+        }
+        assert_eq!(
+            parse_interaction_code("s"),
+            (Kind::Sms, Initiator::Participant)
         );
     }
 }

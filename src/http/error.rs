@@ -210,6 +210,24 @@ impl ApiError {
                     "Session closed",
                     e.to_string(),
                 ),
+                B::NotAParticipant => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "not_a_participant",
+                    "Not a participant",
+                    e.to_string(),
+                ),
+                B::ProviderUnavailable(_) => (
+                    StatusCode::CONFLICT,
+                    "provider_unavailable",
+                    "Provider unavailable",
+                    e.to_string(),
+                ),
+                B::ProviderAmbiguous(_) => (
+                    StatusCode::CONFLICT,
+                    "provider_ambiguous",
+                    "Provider not chosen",
+                    e.to_string(),
+                ),
                 B::IdempotencyConflict => (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "idempotency_conflict",

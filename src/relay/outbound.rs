@@ -1,6 +1,7 @@
-//! Texts hush sends through a provider's API (Telnyx, Vonage), where the provider's webhook
-//! is answered at once and the relayed text goes out afterwards. Each text is recorded in
-//! Redis before the webhook is answered, so a hush restart neither loses nor doubles it.
+//! Texts hush sends through a provider's API: relayed texts (Telnyx, Vonage), where the
+//! provider's webhook is answered at once and the text goes out afterwards, and texts the
+//! app sends (any provider, see `broker::texts`). Each text is recorded in Redis before the
+//! webhook or the app is answered, so a hush restart neither loses nor doubles it.
 //!
 //! [`enqueue`] seals the text (numbers and body) and queues it once per [`OutboundSms::key`];
 //! [`deliver_once`] claims due texts with a lease, sends them side by side and settles the
@@ -14,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,32 +22,17 @@ use axum::response::{IntoResponse, Response};
 
 use super::Inbound;
 use super::dialect::{Dialect, RestApi};
+use super::plivo::Plivo;
 use super::telnyx::Telnyx;
+use super::twilio::Twilio;
 use super::vonage::Vonage;
 use crate::broker::{Broker, BrokerError, Decision, PROVIDER_REF_TTL_MS, RelayOutcome};
+pub use crate::broker::{OutboundSms, TextVia as Via};
 use crate::config::Providers;
-use crate::crypto::CryptoError;
 use crate::domain::{E164, Millis};
 use crate::http::ApiError;
 use crate::store::outbox::{Leased, Settle, Settlement};
 use crate::store::{Queue, Rings};
-
-/// Which provider API sends the text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Via {
-    Telnyx,
-    Vonage,
-}
-
-impl Via {
-    /// The provider's name, as metrics label it.
-    pub fn label(self) -> &'static str {
-        match self {
-            Via::Telnyx => "telnyx",
-            Via::Vonage => "vonage",
-        }
-    }
-}
 
 /// Counts one attempt's outcome (`sent`, `retry` or `failed`) for a provider.
 fn count_text(provider: &'static str, outcome: &'static str) {
@@ -55,19 +40,6 @@ fn count_text(provider: &'static str, outcome: &'static str) {
         .outbound_texts
         .with_label_values(&[provider, outcome])
         .inc();
-}
-
-/// One text to send: from the proxy number to the other participant.
-#[derive(Clone, Debug)]
-pub struct OutboundSms {
-    pub via: Via,
-    pub from: E164,
-    pub to: E164,
-    pub text: String,
-    pub media: Vec<String>,
-    /// Unique per relayed text (provider + inbound message id): sending is idempotent on it.
-    /// Written `<provider>:<inbound message id>`, so the worker can mark the interaction.
-    pub key: String,
 }
 
 /// Queues what a decision sends back for an inbound text, when the provider's API sends it:
@@ -94,6 +66,7 @@ pub async fn queue_answer(
             text: inbound.body.unwrap_or_default(),
             media: inbound.media,
             key,
+            report_url: None,
         },
         Decision::Announce { message } => match inbound.from {
             Some(sender) => OutboundSms {
@@ -103,6 +76,7 @@ pub async fn queue_answer(
                 text: message,
                 media: Vec::new(),
                 key,
+                report_url: None,
             },
             None => return queued(),
         },
@@ -155,56 +129,6 @@ const BATCH: usize = 32;
 /// How often an idle worker looks for due texts: the most a relayed text waits.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
-/// The sealed form of a queued text.
-#[derive(Serialize, Deserialize)]
-struct Record {
-    /// `t` Telnyx, `v` Vonage.
-    v: String,
-    f: String,
-    t: String,
-    x: String,
-    #[serde(default)]
-    m: Vec<String>,
-    k: String,
-}
-
-const PURPOSE: &str = "outbox";
-
-fn seal(broker: &Broker, msg: &OutboundSms) -> String {
-    let record = Record {
-        v: match msg.via {
-            Via::Telnyx => "t",
-            Via::Vonage => "v",
-        }
-        .into(),
-        f: msg.from.reveal().into(),
-        t: msg.to.reveal().into(),
-        x: msg.text.clone(),
-        m: msg.media.clone(),
-        k: msg.key.clone(),
-    };
-    let plain = serde_json::to_vec(&record).expect("a text record serialises");
-    broker.crypto().seal(PURPOSE, &plain)
-}
-
-fn open(broker: &Broker, sealed: &str) -> Result<OutboundSms, CryptoError> {
-    let plain = broker.crypto().open(PURPOSE, sealed)?;
-    let r: Record = serde_json::from_slice(&plain).map_err(|_| CryptoError::Corrupt)?;
-    let number = |s: &str| E164::parse_syntax(s).map_err(|_| CryptoError::Corrupt);
-    Ok(OutboundSms {
-        via: match r.v.as_str() {
-            "t" => Via::Telnyx,
-            "v" => Via::Vonage,
-            _ => return Err(CryptoError::Corrupt),
-        },
-        from: number(&r.f)?,
-        to: number(&r.t)?,
-        text: r.x,
-        media: r.m,
-        key: r.k,
-    })
-}
-
 /// Queues a text for sending, durably, before the provider's webhook is answered. The same
 /// `key` queues nothing new, whether its text is still waiting, was sent or was given up.
 pub async fn enqueue(broker: &Broker, msg: OutboundSms) -> Result<(), BrokerError> {
@@ -214,7 +138,7 @@ pub async fn enqueue(broker: &Broker, msg: OutboundSms) -> Result<(), BrokerErro
 /// [`enqueue`]; `replay` when the provider sent this message before, whose text may then
 /// be in the queue every text shared in earlier versions, queued there before an upgrade.
 async fn put(broker: &Broker, msg: OutboundSms, replay: bool) -> Result<(), BrokerError> {
-    let id = broker.crypto().digest(PURPOSE, msg.key.as_bytes());
+    let id = broker.text_id(&msg.key);
     let store = broker.store();
     if replay && store.outbox_seen(&store.outbox_tag(None), &id).await? {
         tracing::debug!(key = %msg.key, "outbound text queued before the upgrade");
@@ -227,7 +151,7 @@ async fn put(broker: &Broker, msg: OutboundSms, replay: bool) -> Result<(), Brok
         .outbox_put(
             &store.outbox_tag(shard.as_ref()),
             &id,
-            &seal(broker, &msg),
+            &broker.seal_text(&msg),
             broker.now_ms(),
         )
         .await?;
@@ -347,7 +271,9 @@ async fn attempt(
     msg: &OutboundSms,
 ) -> Result<Option<String>, SendError> {
     match msg.via {
+        Via::Twilio => Twilio::send_text(http, providers, msg).await,
         Via::Telnyx => Telnyx::send_text(http, providers, msg).await,
+        Via::Plivo => Plivo::send_text(http, providers, msg).await,
         Via::Vonage => Vonage::send_text(http, providers, msg).await,
     }
 }
@@ -379,7 +305,7 @@ async fn deliver(
     item: Leased,
     claimed_at: Millis,
 ) -> Option<Sent> {
-    let msg = match open(broker, &item.sealed) {
+    let msg = match broker.open_text(&item.sealed) {
         Ok(msg) => msg,
         Err(e) => {
             tracing::error!(error = %e, "a queued text cannot be opened; giving it up");
@@ -553,10 +479,7 @@ async fn settle_surely(
 
 /// Whether this instance has any provider that sends texts through an API, so needs a worker.
 pub fn needed(p: &Providers) -> bool {
-    Telnyx::enabled(p)
-        || Vonage::enabled(p)
-        || p.telnyx_api_key.is_some()
-        || p.vonage_api_key.is_some()
+    Telnyx::enabled(p) || Vonage::enabled(p) || !p.texting().is_empty()
 }
 
 /// Runs [`deliver_once`] until `shutdown`: at once again after a full batch, when a text is

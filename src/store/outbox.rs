@@ -26,19 +26,36 @@ use std::sync::LazyLock;
 
 use redis::{Script, Value};
 
-use super::{Result, ShardKeys, Store, StoreError, script, strings};
+use super::{EventDraft, Result, ShardKeys, Store, StoreError, script, strings};
 
 struct Scripts {
     put: Script,
     claim: Script,
     settle: Script,
+    app_text: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     put: script(include_str!("lua/outbox_put.lua")),
     claim: script(include_str!("lua/outbox_claim.lua")),
     settle: script(include_str!("lua/outbox_settle.lua")),
+    app_text: script(include_str!("lua/app_text.lua")),
 });
+
+/// What recording and queueing a text the app sends came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppTextQueued {
+    /// Recorded and queued as this interaction.
+    Queued(String),
+    /// The reference was queued before, as this interaction: nothing new was written.
+    Again(String),
+    /// The session has ended.
+    Closed,
+    /// The recipient is not (or no longer) that side of the session.
+    Stranger,
+    /// No such session.
+    Missing,
+}
 
 /// A text claimed by one worker until `lease_until`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +121,55 @@ impl Store {
             .collect();
         tags.push(self.outbox_tag(None));
         Ok(tags)
+    }
+
+    /// Records a text the app sends in a session of `shard` as an interaction, and queues
+    /// it (sealed, under `id`) in the shard's queue, due at once, in one step; the event,
+    /// when the pool wants events, in the same step. Once per `reference`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn app_text(
+        &self,
+        shard: &ShardKeys,
+        session_key: &str,
+        recipient_idx: &str,
+        side: u8,
+        interaction: &str,
+        provider: &str,
+        reference: &str,
+        ref_ttl_ms: i64,
+        id: &str,
+        sealed: &str,
+        event: Option<&EventDraft>,
+    ) -> Result<AppTextQueued> {
+        let reply: Value = self
+            .run_acked(
+                &SCRIPTS.app_text,
+                &shard.interaction_script_keys(provider, reference),
+                &[
+                    shard.tag(),
+                    session_key,
+                    recipient_idx,
+                    if side == 0 { "0" } else { "1" },
+                    interaction,
+                    provider,
+                    reference,
+                    &ref_ttl_ms.to_string(),
+                    id,
+                    sealed,
+                    event.map(|e| e.id.as_str()).unwrap_or(""),
+                    event.map(|e| e.body.as_str()).unwrap_or(""),
+                ],
+            )
+            .await?;
+        let v = strings(reply)?;
+        match (v.first().map(String::as_str), v.get(1)) {
+            (Some("queued"), Some(iid)) => Ok(AppTextQueued::Queued(iid.clone())),
+            (Some("again"), Some(iid)) => Ok(AppTextQueued::Again(iid.clone())),
+            (Some("closed"), _) => Ok(AppTextQueued::Closed),
+            (Some("stranger"), _) => Ok(AppTextQueued::Stranger),
+            (Some("missing"), _) => Ok(AppTextQueued::Missing),
+            _ => Err(StoreError::Corrupt("app_text reply")),
+        }
     }
 
     /// Queues a sealed text under `id` in the queue `tag`, due at `due`. False when the id

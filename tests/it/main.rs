@@ -4,6 +4,7 @@
 //! prefix and secrets on a Redis the harness starts, so tests run in parallel safely.
 
 mod allocation;
+mod app_texts;
 mod audit;
 mod auth;
 mod choose;

@@ -936,7 +936,7 @@ impl hush::domain::Clock for ShiftedClock {
 }
 
 /// A broker on this config's Redis and prefix whose clock runs `shift` ahead.
-fn broker_at(config: &hush::config::Config, shift: i64) -> hush::broker::Broker {
+pub(crate) fn broker_at(config: &hush::config::Config, shift: i64) -> hush::broker::Broker {
     let crypto =
         hush::crypto::Crypto::new(config.index_key.as_ref().unwrap(), &config.data_keys).unwrap();
     let store = hush::store::Store::connect(&config.redis_url, &config.redis_prefix).unwrap();
@@ -958,6 +958,7 @@ async fn a_worker_that_dies_holding_a_text_leaves_it_to_another_and_none_sends_t
         text: format!("text {key}"),
         media: vec![],
         key: format!("telnyx:{key}"),
+        report_url: None,
     };
 
     // An instance claims a text and dies holding it: it may have died before the request to
@@ -1106,6 +1107,7 @@ async fn texts_sent_through_the_api_are_counted_by_provider_and_outcome() {
             text: "counted".into(),
             media: vec![],
             key: "telnyx:counted".into(),
+            report_url: None,
         },
     )
     .await

@@ -100,7 +100,7 @@ fn token_for_query(params: &[(&str, &str)]) -> String {
 /// The `sig` of a signed SMS as Vonage's SDKs compute it: parameters but `sig` sorted by
 /// name, `&name=value` with `&` and `=` in values made `_`; `md5hash` is MD5 over that text
 /// and the secret, the rest HMACs keyed with the secret. Lower-case hex.
-fn sms_sig(method: &str, secret: &str, params: &[(String, String)]) -> String {
+pub(crate) fn sms_sig(method: &str, secret: &str, params: &[(String, String)]) -> String {
     let mut sorted: Vec<&(String, String)> = params.iter().filter(|(k, _)| k != "sig").collect();
     sorted.sort();
     let text: String = sorted
@@ -938,6 +938,7 @@ async fn send_reads_what_the_sms_api_answers() {
         text: "a=b&c 😀".into(),
         media: vec![],
         key: "vonage:0A00000000000001".into(),
+        report_url: None,
     };
     let http = http_client();
 

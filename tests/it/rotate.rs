@@ -119,6 +119,7 @@ async fn every_record_is_resealed_and_hush_then_runs_on_the_new_key_alone() {
             text: "waiting through the rotation".into(),
             media: vec![],
             key: "telnyx:rot-text".into(),
+            report_url: None,
         },
     )
     .await

@@ -2,7 +2,8 @@
 //! account's signature secret and are answered with NCCO JSON; inbound SMS carry a `sig`
 //! parameter made with the account's signature method, are answered `204` at once, and the
 //! relayed text leaves later through Vonage's SMS API ([`send`], called by the outbound
-//! queue). Vonage writes numbers as digits without `+`, in both directions.
+//! queue); the SMS API's delivery receipts, signed the same way, may come to the same hook.
+//! Vonage writes numbers as digits without `+`, in both directions.
 
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -52,10 +53,13 @@ impl Dialect for Vonage {
         }
     }
 
-    async fn read(_: &AppState, kind: Kind, w: &Webhook) -> Result<Read, ApiError> {
+    async fn read(s: &AppState, kind: Kind, w: &Webhook) -> Result<Read, ApiError> {
         match kind {
             Kind::Voice => read_call(w),
-            Kind::Sms => Ok(read_text(w)),
+            Kind::Sms => match receipt(w) {
+                Some(r) => Ok(Read::Answered(delivery_receipt(s, r).await)),
+                None => Ok(read_text(w)),
+            },
         }
     }
 
@@ -177,6 +181,49 @@ async fn event(s: &AppState, w: &Webhook) -> Response {
     }
 }
 
+/// A delivery receipt of the SMS API: `messageId` names the text hush sent, `to` the proxy
+/// number it went from, `status` how it fared.
+/// <https://developer.vonage.com/en/messaging/sms/guides/delivery-receipts>
+struct Receipt<'a> {
+    message_id: &'a str,
+    proxy: E164,
+    status: &'a str,
+}
+
+/// The receipt these signed SMS-webhook parameters are, if they are one: a receipt has a
+/// `status` and no `text`.
+fn receipt(w: &Webhook) -> Option<Receipt<'_>> {
+    let p = params(w)?;
+    if param(p, "text").is_some() {
+        return None;
+    }
+    Some(Receipt {
+        message_id: param(p, "messageId")?,
+        proxy: number(param(p, "to"))?,
+        status: param(p, "status")?,
+    })
+}
+
+/// Applies a delivery receipt to the interaction of the text it reports on (found by the
+/// message id the SMS API answered); a receipt about anything else changes nothing.
+async fn delivery_receipt(s: &AppState, r: Receipt<'_>) -> Response {
+    let status = r.status.trim().to_ascii_lowercase();
+    if status.is_empty() || status.len() > 32 || !status.bytes().all(|b| b.is_ascii_lowercase()) {
+        return no_content();
+    }
+    // `accepted` and `buffered` are on the way; `unknown` may still turn into an answer.
+    let last = matches!(
+        status.as_str(),
+        "delivered" | "expired" | "failed" | "rejected"
+    );
+    match outbound::delivery_report(&s.broker, PROVIDER, r.message_id, &r.proxy, &status, last)
+        .await
+    {
+        Ok(_) => no_content(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
 /// Reads an inbound text, answered `204` as soon as the text to send is recorded; Vonage
 /// resends for 24 hours anything not answered 200/204, and a resent message has the same
 /// `messageId`, so it is relayed once.
@@ -187,14 +234,14 @@ async fn event(s: &AppState, w: &Webhook) -> Response {
 /// which a dialect does not hold, so each part is relayed as it comes; phones show the
 /// parts as separate texts, in the order the network delivers them.
 ///
-/// Anything else that reaches the SMS webhook is answered `204` at once.
+/// Anything else that reaches the SMS webhook is answered `204` at once (delivery receipts
+/// are read before, see [`receipt`]).
 fn read_text(w: &Webhook) -> Read {
     // The signature check has read these parameters already.
     let Some(p) = params(w) else {
         return Read::Answered(forbidden());
     };
-    // Delivery receipts, if pointed here, and binary messages carry no `text`: not a text
-    // between participants.
+    // Binary messages carry no `text`: not a text between participants.
     let (Some(id), Some(text)) = (param(p, "messageId"), param(p, "text")) else {
         return Read::Answered(no_content());
     };
@@ -353,12 +400,21 @@ fn call_status(raw: &str) -> Option<(String, bool)> {
 
 // ---- sending
 
-/// Vonage's SMS API answers with its own message ids, but its delivery receipts are not
-/// read: the id is not kept.
+/// The id the SMS API gives the text (its first part's, for a long one) is what its delivery
+/// receipts name.
 impl RestApi for Vonage {
     async fn send_text(http: &reqwest::Client, p: &Providers, msg: &OutboundSms) -> Sent {
-        send(http, p, msg).await.map(|()| None)
+        send_message(http, p, msg).await
     }
+}
+
+/// [`send_message`], without the message id.
+pub async fn send(
+    http: &reqwest::Client,
+    p: &Providers,
+    msg: &OutboundSms,
+) -> Result<(), SendError> {
+    send_message(http, p, msg).await.map(|_| ())
 }
 
 /// Sends one text through Vonage's SMS API, from the proxy number to the other party.
@@ -371,11 +427,11 @@ impl RestApi for Vonage {
 /// Vonage documents as transient (throttled, internal error, too many binds). Anything else
 /// is refused for good, and so is a text Vonage accepted only some parts of: sending it again
 /// would repeat the parts already on their way.
-pub async fn send(
+pub async fn send_message(
     http: &reqwest::Client,
     p: &Providers,
     msg: &OutboundSms,
-) -> Result<(), SendError> {
+) -> Result<Option<String>, SendError> {
     let (Some(key), Some(secret)) = (&p.vonage_api_key, &p.vonage_api_secret) else {
         return Err(SendError::Permanent(
             "HUSH_VONAGE_API_KEY and HUSH_VONAGE_API_SECRET must be set to send texts".into(),
@@ -414,7 +470,10 @@ pub async fn send(
             e.without_url()
         ))
     })?;
-    outcome(&body)
+    outcome(&body)?;
+    Ok(body["messages"][0]["message-id"]
+        .as_str()
+        .map(str::to_string))
 }
 
 /// Reads the `messages[].status` of an SMS API answer: `"0"` for each part is success.

@@ -2,8 +2,8 @@
 -- app's intercept verdict, which also becomes the answer retries of the request get).
 -- KEYS: 1 ref key. ARGV: 1 tag, 2 status, 3 now ms, 4 duration secs or '', 5 final (1|0),
 --       6 interaction.completed event id or '', 7 its body (`__SKEY__`, `__IID__`, `__KIND__`,
---       `__SIDE__`, `__DURATION__` are filled in here), 8 verdict ('' none, 'c' allowed,
---       'b' blocked), 9 the block message, sealed, or ''
+--       `__BY__`, `__SIDE__`, `__DURATION__` are filled in here), 8 verdict ('' none,
+--       'c' allowed, 'b' blocked), 9 the block message, sealed, or ''
 -- Returns 1 when an interaction changed, 0 when the reference is unknown.
 local seen = redis.call('GET', KEYS[1])
 if not seen then return 0 end
@@ -34,7 +34,9 @@ if ARGV[5] == '1' then
   local body = ARGV[7] or ''
   body = fill(body, 'SKEY', sid)
   body = fill(body, 'IID', iid)
-  body = fill(body, 'KIND', kind == 'v' and 'voice' or 'sms')
+  -- Upper case: the app started it (see `interaction_code`).
+  body = fill(body, 'KIND', (kind == 'v' or kind == 'V') and 'voice' or 'sms')
+  body = fill(body, 'BY', (kind == 'V' or kind == 'S') and 'app' or 'participant')
   body = fill(body, 'SIDE', side)
   body = fill(body, 'DURATION', duration ~= '' and duration or 'null')
   put_event(ARGV[6], 'interaction.completed', body, '', tonumber(ARGV[3]))
