@@ -660,6 +660,7 @@ async fn an_operator_runs_a_pool_from_the_console() {
             "pool.update",
             "number.add",
             "number.update",
+            "session.extend",
             "session.close",
             "event.redeliver",
             "callback_secret.read",
