@@ -8,6 +8,7 @@
 //! Each browser test starts its own chromedriver on a free port. On 2 cores the module takes
 //! about 15 s (its tests run side by side, most of each in Chromium starting).
 
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,14 +42,17 @@ impl Browser {
             );
         }
         let port = free_port();
+        // In a process group of its own, with the browser it starts: a test that fails before
+        // closing the session still takes Chromium down with chromedriver.
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("starting chromedriver");
-        watchdog(driver.id());
+        group_watchdog(driver.id());
         let profile = tempfile::tempdir().unwrap();
         let caps = json!({
             "goog:chromeOptions": {
@@ -238,9 +242,34 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        kill_group(self.driver.id());
         let _ = self.driver.wait();
     }
+}
+
+/// Kills the process group led by `pid`: chromedriver and the browser it started.
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Kills the process group led by `pid` once this test process is gone, as
+/// [`watchdog`] does for one process.
+fn group_watchdog(pid: u32) {
+    let me = std::process::id();
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+         kill -KILL -- -{pid} 2>/dev/null"
+    );
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
 }
 
 fn screens_dir() -> PathBuf {
