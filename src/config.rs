@@ -115,6 +115,9 @@ pub struct Config {
     /// the API, one entry per create, extend, close or text (about 300 bytes each, kept 90
     /// days: sized in docs/operations.md).
     pub audit_all_sessions: bool,
+    /// `HUSH_CONSOLE`: serve the ops console at `/console` (default true). It is a client of
+    /// the public API and grants nothing a key does not; turn it off where no one needs it.
+    pub console: bool,
     /// `HUSH_EVENT_RETRY_SCHEDULE`: comma-separated seconds between delivery attempts of an
     /// event (default 5,30,120,600,1800,3600,10800,21600,43200,86400); after the last one the
     /// event is marked failed. Fractions are allowed (`0.2`).
@@ -239,6 +242,7 @@ impl Default for Config {
             reaper_interval_ms: 1000,
             callback_allow_private: false,
             audit_all_sessions: false,
+            console: true,
             event_retry_schedule_ms: EVENT_RETRY_SCHEDULE_SECS.iter().map(|s| s * 1000).collect(),
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 15_000,
@@ -283,6 +287,7 @@ impl std::fmt::Debug for Config {
             providers,
             callback_allow_private,
             audit_all_sessions,
+            console,
             event_retry_schedule_ms,
             header_read_timeout_ms,
             body_read_timeout_ms,
@@ -315,6 +320,7 @@ impl std::fmt::Debug for Config {
             .field("providers", providers)
             .field("callback_allow_private", callback_allow_private)
             .field("audit_all_sessions", audit_all_sessions)
+            .field("console", console)
             .field("event_retry_schedule_ms", event_retry_schedule_ms)
             .field("header_read_timeout_ms", header_read_timeout_ms)
             .field("body_read_timeout_ms", body_read_timeout_ms)
@@ -364,6 +370,7 @@ struct FileConfig {
     vonage_token_max_age_secs: Option<u64>,
     callback_allow_private: Option<String>,
     audit_sessions: Option<String>,
+    console: Option<String>,
     event_retry_schedule: Option<String>,
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
@@ -447,6 +454,7 @@ impl Config {
             "HUSH_CALLBACK_ALLOW_PRIVATE",
         );
         over(&mut raw.audit_sessions, "HUSH_AUDIT_SESSIONS");
+        over(&mut raw.console, "HUSH_CONSOLE");
         over(&mut raw.event_retry_schedule, "HUSH_EVENT_RETRY_SCHEDULE");
         over(&mut raw.sandbox, "HUSH_SANDBOX");
         over(
@@ -606,6 +614,18 @@ impl Config {
                     return Err(ConfigError::Invalid {
                         key: "HUSH_AUDIT_SESSIONS",
                         reason: "use people or all".into(),
+                    });
+                }
+            };
+        }
+        if let Some(v) = raw.console {
+            config.console = match v.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "HUSH_CONSOLE",
+                        reason: "use true or false".into(),
                     });
                 }
             };

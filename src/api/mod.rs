@@ -9,6 +9,7 @@ mod messages;
 mod ops;
 mod pools;
 mod sessions;
+mod whoami;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -31,6 +32,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.yaml"),
+    ("GET", "/v1/whoami"),
     ("GET", "/v1/pools"),
     ("GET", "/v1/pools/{name}"),
     ("PUT", "/v1/pools/{name}"),
@@ -65,6 +67,7 @@ pub fn routes() -> Router<AppState> {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.yaml", get(ops::openapi))
+        .route("/v1/whoami", get(whoami::show))
         .route("/v1/pools", get(pools::list))
         .route(
             "/v1/pools/{name}",

@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod choose;
 mod cli;
+mod console;
 mod deploy;
 mod dev;
 mod doorbell;
