@@ -110,6 +110,14 @@ pub struct Config {
     /// `HUSH_CALLBACK_ALLOW_PRIVATE`: let callback and intercept URLs be plain http and reach
     /// private, loopback and link-local addresses. For development and tests only.
     pub callback_allow_private: bool,
+    /// `HUSH_AUDIT_SESSIONS`: `people` (default) records the session changes people make
+    /// (through the console or the CLI) in the audit log; `all` also those apps make through
+    /// the API, one entry per create, extend, close, text or call (about 300 bytes each, kept 90
+    /// days: sized in docs/operations.md).
+    pub audit_all_sessions: bool,
+    /// `HUSH_CONSOLE`: serve the ops console at `/console` (default true). It is a client of
+    /// the public API and grants nothing a key does not; turn it off where no one needs it.
+    pub console: bool,
     /// `HUSH_EVENT_RETRY_SCHEDULE`: comma-separated seconds between delivery attempts of an
     /// event (default 5,30,120,600,1800,3600,10800,21600,43200,86400); after the last one the
     /// event is marked failed. Fractions are allowed (`0.2`).
@@ -132,6 +140,13 @@ pub struct Config {
     /// `HUSH_READINESS_TIMEOUT_MS`: how long `/readyz` waits for Redis before answering 503
     /// (default 1000). Keep it under the probe's own timeout.
     pub readiness_timeout_ms: u64,
+    /// `HUSH_SANDBOX`: serve the simulated carrier (`/v1/sandbox`, see docs/sandbox.md), which
+    /// sends signed webhooks to this very server. `hush dev` turns it on; never in production.
+    pub sandbox: bool,
+    /// `HUSH_SANDBOX_TELNYX_SIGNING_KEY`: base64 of the 32-byte Ed25519 secret key whose public
+    /// half is `HUSH_TELNYX_PUBLIC_KEY`, so the sandbox can sign as Telnyx does. `hush dev`
+    /// makes one.
+    pub sandbox_telnyx_signing_key: Option<Secret<String>>,
 }
 
 /// The default delay before each retry of an event delivery.
@@ -242,12 +257,16 @@ impl Default for Config {
             log_format: LogFormat::Text,
             reaper_interval_ms: 1000,
             callback_allow_private: false,
+            audit_all_sessions: false,
+            console: true,
             event_retry_schedule_ms: EVENT_RETRY_SCHEDULE_SECS.iter().map(|s| s * 1000).collect(),
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 15_000,
             keepalive_idle_ms: 75_000,
             max_connections: None,
             readiness_timeout_ms: 1000,
+            sandbox: false,
+            sandbox_telnyx_signing_key: None,
             providers: Providers {
                 twilio_api_base: "https://api.twilio.com".into(),
                 telnyx_api_base: "https://api.telnyx.com".into(),
@@ -284,12 +303,16 @@ impl std::fmt::Debug for Config {
             reaper_interval_ms,
             providers,
             callback_allow_private,
+            audit_all_sessions,
+            console,
             event_retry_schedule_ms,
             header_read_timeout_ms,
             body_read_timeout_ms,
             keepalive_idle_ms,
             max_connections,
             readiness_timeout_ms,
+            sandbox,
+            sandbox_telnyx_signing_key,
         } = self;
         let masked_url = match crate::store::RedisTarget::parse(redis_url) {
             Ok(target) => target.to_string(),
@@ -313,12 +336,16 @@ impl std::fmt::Debug for Config {
             .field("reaper_interval_ms", reaper_interval_ms)
             .field("providers", providers)
             .field("callback_allow_private", callback_allow_private)
+            .field("audit_all_sessions", audit_all_sessions)
+            .field("console", console)
             .field("event_retry_schedule_ms", event_retry_schedule_ms)
             .field("header_read_timeout_ms", header_read_timeout_ms)
             .field("body_read_timeout_ms", body_read_timeout_ms)
             .field("keepalive_idle_ms", keepalive_idle_ms)
             .field("max_connections", max_connections)
             .field("readiness_timeout_ms", readiness_timeout_ms)
+            .field("sandbox", sandbox)
+            .field("sandbox_telnyx_signing_key", sandbox_telnyx_signing_key)
             .finish()
     }
 }
@@ -364,12 +391,16 @@ struct FileConfig {
     vonage_voice_api_base: Option<String>,
     vonage_token_max_age_secs: Option<u64>,
     callback_allow_private: Option<String>,
+    audit_sessions: Option<String>,
+    console: Option<String>,
     event_retry_schedule: Option<String>,
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     keepalive_idle_ms: Option<u64>,
     max_connections: Option<u64>,
     readiness_timeout_ms: Option<u64>,
+    sandbox: Option<String>,
+    sandbox_telnyx_signing_key: Option<String>,
 }
 
 impl Config {
@@ -449,7 +480,14 @@ impl Config {
             &mut raw.callback_allow_private,
             "HUSH_CALLBACK_ALLOW_PRIVATE",
         );
+        over(&mut raw.audit_sessions, "HUSH_AUDIT_SESSIONS");
+        over(&mut raw.console, "HUSH_CONSOLE");
         over(&mut raw.event_retry_schedule, "HUSH_EVENT_RETRY_SCHEDULE");
+        over(&mut raw.sandbox, "HUSH_SANDBOX");
+        over(
+            &mut raw.sandbox_telnyx_signing_key,
+            "HUSH_SANDBOX_TELNYX_SIGNING_KEY",
+        );
         if let Some(v) = env("HUSH_REAPER_INTERVAL_MS").filter(|v| !v.is_empty()) {
             raw.reaper_interval_ms = Some(v.parse().map_err(|_| ConfigError::Invalid {
                 key: "HUSH_REAPER_INTERVAL_MS",
@@ -613,6 +651,43 @@ impl Config {
                 }
             };
         }
+        if let Some(v) = raw.audit_sessions {
+            config.audit_all_sessions = match v.as_str() {
+                "all" => true,
+                "people" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "HUSH_AUDIT_SESSIONS",
+                        reason: "use people or all".into(),
+                    });
+                }
+            };
+        }
+        if let Some(v) = raw.console {
+            config.console = match v.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "HUSH_CONSOLE",
+                        reason: "use true or false".into(),
+                    });
+                }
+            };
+        }
+        if let Some(v) = raw.sandbox {
+            config.sandbox = match v.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "HUSH_SANDBOX",
+                        reason: "use true or false".into(),
+                    });
+                }
+            };
+        }
+        config.sandbox_telnyx_signing_key = raw.sandbox_telnyx_signing_key.map(Secret::new);
         if let Some(v) = raw.event_retry_schedule {
             let steps: Option<Vec<u64>> = v
                 .split(',')

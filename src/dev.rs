@@ -60,6 +60,50 @@ fn secrets(config: &mut Config, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Provider secrets for the sandbox, from `./.hush/providers.env` (made once), for every
+/// provider the environment does not configure: hush verifies webhooks with them and the
+/// sandbox signs with them, so the real relay path runs, signature check included.
+fn provider_secrets(config: &mut Config, dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join("providers.env");
+    if !path.exists() {
+        let token = |n| hush::sandbox::random_token(n);
+        let (telnyx_private, telnyx_public) = hush::sandbox::telnyx_key_pair();
+        write_private(
+            &path,
+            &format!(
+                "HUSH_TWILIO_AUTH_TOKEN={}\nHUSH_TELNYX_PUBLIC_KEY={telnyx_public}\n\
+                 HUSH_SANDBOX_TELNYX_SIGNING_KEY={telnyx_private}\nHUSH_PLIVO_AUTH_TOKEN={}\n\
+                 HUSH_VONAGE_SIGNATURE_SECRET={}\n",
+                token(16),
+                token(20),
+                token(16)
+            ),
+        )?;
+        eprintln!("created sandbox provider secrets in {}", path.display());
+    }
+    let text = std::fs::read_to_string(&path)?;
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .map(|v| Secret::new(v.trim().to_string()))
+    };
+    let p = &mut config.providers;
+    if p.twilio_auth_token.is_none() && p.twilio_shared_keys.is_empty() {
+        p.twilio_auth_token = get("HUSH_TWILIO_AUTH_TOKEN");
+    }
+    if p.telnyx_public_key.is_none() {
+        p.telnyx_public_key = get("HUSH_TELNYX_PUBLIC_KEY");
+        config.sandbox_telnyx_signing_key = get("HUSH_SANDBOX_TELNYX_SIGNING_KEY");
+    }
+    if p.plivo_auth_token.is_none() {
+        p.plivo_auth_token = get("HUSH_PLIVO_AUTH_TOKEN");
+    }
+    if p.vonage_signature_secret.is_none() {
+        p.vonage_signature_secret = get("HUSH_VONAGE_SIGNATURE_SECRET");
+    }
+    Ok(())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -201,6 +245,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let dir = PathBuf::from(DIR);
     std::fs::create_dir_all(&dir)?;
     secrets(&mut config, &dir)?;
+    if std::env::var_os("HUSH_SANDBOX").is_none() {
+        config.sandbox = true;
+    }
+    if config.sandbox {
+        provider_secrets(&mut config, &dir)?;
+    }
     let external = std::env::var("HUSH_REDIS_URL").is_ok_and(|v| !v.is_empty());
     let redis = if external {
         None
@@ -217,7 +267,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: &Config, dir: &Path) -> anyhow::Result<()> {
-    let broker = hush::build_broker(config)?;
+    let mut config = config.clone();
+    let broker = hush::build_broker(&config)?;
     broker
         .ping()
         .await
@@ -228,6 +279,17 @@ async fn serve(config: &Config, dir: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (set HUSH_LISTEN)", config.listen))?;
     let addr = listener.local_addr()?;
+    let base = format!("http://{addr}");
+    config.listen = addr;
+    if config.sandbox {
+        // Providers sign for the URL they call; here that is hush's own address.
+        if config.public_url.is_none() {
+            config.public_url = Some(base.clone());
+        }
+        hush::sandbox::use_stand_in_apis(&mut config.providers, &base);
+    }
+    // `hush sandbox` finds this instance here.
+    write_private(&dir.join("url"), &format!("{base}\n"))?;
     // `export` lines, so that `. ./.hush/env` alone reaches the CLI's environment.
     let env = format!(
         "export HUSH_REDIS_URL={}\nexport HUSH_REDIS_PREFIX={}\nexport HUSH_INDEX_KEY={}\n\
@@ -250,13 +312,23 @@ async fn serve(config: &Config, dir: &Path) -> anyhow::Result<()> {
     println!(
         "curl -s -X POST http://{addr}/v1/sessions -H 'Authorization: Bearer {key}' \
          -H 'Content-Type: application/json' -d '{{\"pool\":\"demo\",\"participants\":\
-         [{{\"number\":\"+14155550101\",\"label\":\"rider\"}},{{\"number\":\"+14155550102\",\"label\":\"driver\"}}]}}'"
+         [{{\"number\":\"+14155550142\",\"label\":\"rider\"}},{{\"number\":\"+14155550143\",\"label\":\"driver\"}}]}}'"
     );
     println!();
+    if config.sandbox {
+        println!(
+            "The sandbox plays the carrier: Rider is +14155550142, Driver +14155550143. Call \
+             the session's proxy number from Rider (docs/sandbox.md):"
+        );
+        println!();
+        println!("hush sandbox call --from +14155550142 --to <proxy_number> [--dialect twilio]");
+        println!();
+    }
     println!(
         "In another shell in this directory, `. ./.hush/env` points the CLI at this instance \
          (e.g. `hush pools list`)."
     );
+    let config = &config;
     if config.callback_allow_private {
         println!("Callback and intercept URLs may be plain http on private addresses here.");
     }

@@ -1,16 +1,18 @@
 //! hush: a phone-number masking broker. This file wires the layers together; the logic
 //! lives in `domain` (rules), `store` (Redis), `broker` (use-cases), and the two HTTP edges
 //! `api` (the app's REST API) and `relay` (provider webhooks) over the plumbing in `http`,
-//! mounted together by `server`.
+//! mounted together by `server`, with the simulated carrier of `sandbox` when it is on.
 
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod domain;
 pub mod events;
 pub mod http;
 pub mod relay;
+pub mod sandbox;
 pub mod server;
 pub mod store;
 pub mod telemetry;
@@ -42,7 +44,8 @@ pub fn build_broker(config: &Config) -> anyhow::Result<Broker> {
             )
         })
         .context("HUSH_REDIS_URL is not a usable Redis URL")?;
-    Ok(Broker::new(store, crypto, Arc::new(domain::SystemClock)))
+    Ok(Broker::new(store, crypto, Arc::new(domain::SystemClock))
+        .audit_all_sessions(config.audit_all_sessions))
 }
 
 /// Serves the API on `listener` and runs the reaper (and the outbound text worker, when a
@@ -93,16 +96,23 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-    let app = server::app(http::AppState {
-        broker,
-        public_url: config.public_url().into(),
-        config: Arc::new(config.clone()),
-        http: events::ssrf::client(
-            config.callback_allow_private,
-            Duration::from_millis(domain::PoolPolicy::INTERCEPT_TIMEOUT_MAX_MS as u64),
-        ),
-        dialers: relay::calls::dialers(&config.providers),
-    });
+    let sandbox = match config.sandbox {
+        true => Some(sandbox::Sandbox::new(&config, listener.local_addr()?)?),
+        false => None,
+    };
+    let app = server::app_with(
+        http::AppState {
+            broker,
+            public_url: config.public_url().into(),
+            config: Arc::new(config.clone()),
+            http: events::ssrf::client(
+                config.callback_allow_private,
+                Duration::from_millis(domain::PoolPolicy::INTERCEPT_TIMEOUT_MAX_MS as u64),
+            ),
+            dialers: relay::calls::dialers(&config.providers),
+        },
+        sandbox,
+    );
     tracing::info!(addr = %listener.local_addr()?, "hush listening");
     let served = server::serve(listener, app, limits, shutdown.clone()).await;
     shutdown.cancel();

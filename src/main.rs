@@ -2,6 +2,7 @@
 
 mod bench;
 mod dev;
+mod sandbox_cli;
 
 use std::path::PathBuf;
 
@@ -46,6 +47,9 @@ enum Command {
     /// Move hush's data to another Redis (one server to a Cluster, for example).
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Play a call or text through the sandbox of a running `hush dev` and print each step.
+    #[command(subcommand)]
+    Sandbox(sandbox_cli::SandboxCmd),
     /// Measure routing, allocation, memory and event delivery as ratios against baselines
     /// taken in the same run, on a private redis-server started for the purpose.
     Bench(bench::BenchArgs),
@@ -206,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Dev => dev::run(config).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Sandbox(cmd) => sandbox_cli::run(cmd).await,
         Command::Store(StoreCmd::Migrate { to, from, replace }) => {
             let from = match from {
                 Some(url) => url,

@@ -10,6 +10,7 @@ mod messages;
 mod ops;
 mod pools;
 mod sessions;
+mod whoami;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -32,6 +33,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.yaml"),
+    ("GET", "/v1/whoami"),
     ("GET", "/v1/pools"),
     ("GET", "/v1/pools/{name}"),
     ("PUT", "/v1/pools/{name}"),
@@ -67,6 +69,7 @@ pub fn routes() -> Router<AppState> {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.yaml", get(ops::openapi))
+        .route("/v1/whoami", get(whoami::show))
         .route("/v1/pools", get(pools::list))
         .route(
             "/v1/pools/{name}",

@@ -1,6 +1,6 @@
 //! Pools and their numbers (scope `pools`).
 
-use crate::http::extract::{Path, State};
+use crate::http::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -396,16 +396,44 @@ pub async fn add_numbers(
     Ok(ok(report))
 }
 
+#[derive(Deserialize)]
+pub struct NumbersQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// A pool's numbers by number; with `limit`, one page of them and the cursor of the next.
 pub async fn list_numbers(
     auth: Auth,
     State(s): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<NumbersQuery>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Pools)?;
     let name = pool_name(&name)?;
     auth.pool_visible(&name)?;
-    let numbers = s.broker.list_numbers(&name).await?;
-    Ok(ok(serde_json::json!({ "numbers": numbers })))
+    if q.limit.is_some_and(|l| !(1..=MAX_NUMBERS).contains(&l)) {
+        return Err(ApiError::Validation(format!(
+            "limit must be between 1 and {MAX_NUMBERS}"
+        )));
+    }
+    let mut numbers = s.broker.list_numbers(&name).await?;
+    // The cursor is the last number of the page before: proxy numbers are ours to show.
+    if let Some(after) = q.cursor {
+        // A `+` left unencoded in a query string arrives as a space.
+        let after = after.replace(' ', "+");
+        numbers.retain(|n| n.number > after);
+    }
+    let next = match q.limit {
+        Some(limit) if numbers.len() > limit => {
+            numbers.truncate(limit);
+            numbers.last().map(|n| n.number.clone())
+        }
+        _ => None,
+    };
+    Ok(ok(
+        serde_json::json!({ "numbers": numbers, "next_cursor": next }),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -310,24 +310,50 @@ pub async fn close(
 pub struct ListQuery {
     participant: Option<String>,
     pool: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
 }
 
+/// Largest page of a pool's open sessions.
+const PAGE_MAX: usize = 200;
+
+/// A participant's open sessions (all of them: a person holds few), or, with only `pool`,
+/// one page of that pool's open sessions.
 pub async fn list(
     auth: Auth,
     State(s): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Sessions)?;
-    let raw = q.participant.ok_or_else(|| {
-        ApiError::Validation("the `participant` query parameter is required".into())
-    })?;
+    let pool = pool_param(q.pool)?;
+    let Some(raw) = q.participant else {
+        let pool = pool.ok_or_else(|| {
+            ApiError::Validation(
+                "give the `participant` query parameter, or `pool` for a page of its open sessions"
+                    .into(),
+            )
+        })?;
+        auth.pool_visible(&pool)?;
+        let limit = q.limit.unwrap_or(50);
+        if !(1..=PAGE_MAX).contains(&limit) {
+            return Err(ApiError::Validation(format!(
+                "limit must be between 1 and {PAGE_MAX}"
+            )));
+        }
+        let (sessions, next) = s
+            .broker
+            .open_sessions_page(&pool, q.cursor.as_deref(), limit)
+            .await?;
+        return Ok(ok(
+            serde_json::json!({ "sessions": sessions, "next_cursor": next }),
+        ));
+    };
     // A `+` left unencoded in a query string arrives as a space.
     let raw = match raw.strip_prefix(' ') {
         Some(rest) => format!("+{rest}"),
         None => raw,
     };
     let participant = number("participant", &raw)?;
-    let pool = pool_param(q.pool)?;
     let sessions = s
         .broker
         .sessions_of(&participant, pool.as_ref(), auth.pools())

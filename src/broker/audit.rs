@@ -157,6 +157,12 @@ impl Broker {
         pool: Option<&str>,
         detail: Value,
     ) {
+        // An app makes a session change on every ride: a log of people's changes would be
+        // buried under them, and Redis would carry tens of gigabytes of them at scale.
+        if actor.via == Via::Api && action.starts_with("session.") && !self.inner.audit_all_sessions
+        {
+            return;
+        }
         if let Err(e) = self
             .audit_at(self.now(), actor, action, target, pool, detail)
             .await

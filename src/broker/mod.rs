@@ -147,6 +147,8 @@ struct Inner {
     store: Store,
     crypto: Arc<Crypto>,
     clock: Arc<dyn Clock>,
+    /// Whether apps' own session changes go into the audit log (`HUSH_AUDIT_SESSIONS=all`).
+    audit_all_sessions: bool,
     /// proxy number → (pool id, shard). Numbers rarely move; a route miss re-reads it.
     owners: RwLock<HashMap<String, (u32, u16)>>,
     /// pool id → name; ids are never reused for another name.
@@ -226,12 +228,22 @@ fn shard_of(number: &str, shards: u16) -> u16 {
 }
 
 impl Broker {
+    /// Records apps' session changes in the audit log too, not only people's. Set once, on
+    /// a broker not yet cloned.
+    pub fn audit_all_sessions(mut self, on: bool) -> Broker {
+        Arc::get_mut(&mut self.inner)
+            .expect("set before the broker is shared")
+            .audit_all_sessions = on;
+        self
+    }
+
     pub fn new(store: Store, crypto: Crypto, clock: Arc<dyn Clock>) -> Broker {
         Broker {
             inner: Arc::new(Inner {
                 store,
                 crypto: Arc::new(crypto),
                 clock,
+                audit_all_sessions: false,
                 owners: RwLock::new(HashMap::new()),
                 names: RwLock::new(HashMap::new()),
                 pools: RwLock::new(HashMap::new()),

@@ -383,6 +383,7 @@ impl Broker {
                     capabilities: Capabilities::from_code(&n.caps).names(),
                     state: NumberState::parse(&n.state).unwrap_or(NumberState::Active),
                     open_sessions: n.open.max(0),
+                    holding_sessions: n.holding.max(n.open).max(0),
                     number: n.number,
                 });
             }

@@ -121,6 +121,8 @@ pub struct NumberView {
     pub capabilities: Vec<&'static str>,
     pub state: NumberState,
     pub open_sessions: i64,
+    /// Sessions holding the number: the open ones and those cooling off.
+    pub holding_sessions: i64,
 }
 
 /// A number a bulk add left out, with the code saying why.

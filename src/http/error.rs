@@ -30,6 +30,8 @@ pub enum ApiError {
     ProviderRefused(String),
     /// The provider could not be reached or failed (5xx, timeout): worth retrying.
     ProviderDown(String),
+    /// A refusal of an edge's own: status, stable code, title and detail (scrubbed).
+    Refused(StatusCode, &'static str, &'static str, String),
 }
 
 impl From<BrokerError> for ApiError {
@@ -145,6 +147,7 @@ impl ApiError {
                 "Provider down",
                 scrub(d),
             ),
+            ApiError::Refused(status, code, title, d) => (*status, code, title, scrub(d)),
             ApiError::Broker(e) => match e {
                 B::InvalidNumber { field, reason } => (
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -350,6 +350,17 @@ async fn deliver(
         });
     }
     let result = attempt(http, providers, &msg).await;
+    // The provider may report on the text as soon as it answers: its id is matched to the
+    // interaction now, not when the pass settles, or an early report would find nothing.
+    if let Ok(Some(message_id)) = &result
+        && let Some((provider, _)) = msg.key.split_once(':')
+        && let Err(e) = broker
+            .store()
+            .outbox_alias(&tag, provider, message_id, &msg.key, PROVIDER_REF_TTL_MS)
+            .await
+    {
+        tracing::warn!(error = %e, "delivery reports for a sent text will not be matched");
+    }
     let now = broker.now_ms();
     let settle = match &result {
         Ok(_) => Settle::Done {
@@ -407,13 +418,13 @@ async fn settle_queue(broker: &Broker, tag: &str, sent: Vec<Sent>) {
     }
     for s in &sent {
         if let Some(tried) = &s.tried {
-            after_settle(broker, tag, s, tried).await;
+            after_settle(broker, s, tried).await;
         }
     }
 }
 
-/// The metrics, log line, delivery-report alias and interaction status of one settled attempt.
-async fn after_settle(broker: &Broker, tag: &str, sent: &Sent, tried: &Tried) {
+/// The metrics, log line and interaction status of one settled attempt.
+async fn after_settle(broker: &Broker, sent: &Sent, tried: &Tried) {
     let (msg, item) = (&tried.msg, &sent.item);
     count_text(
         msg.via.label(),
@@ -435,14 +446,7 @@ async fn after_settle(broker: &Broker, tag: &str, sent: &Sent, tried: &Tried) {
     let Some((provider, reference)) = msg.key.split_once(':') else {
         return;
     };
-    if let Ok(Some(message_id)) = &tried.result
-        && let Err(e) = broker
-            .store()
-            .outbox_alias(tag, provider, message_id, &msg.key, PROVIDER_REF_TTL_MS)
-            .await
-    {
-        tracing::warn!(error = %e, "delivery reports for a sent text will not be matched");
-    }
+    // A report that came first already moved the interaction on; a final status stays final.
     let status = match sent.settle {
         Settle::Done { .. } => Some(("sent", false)),
         Settle::Failed { .. } => Some(("failed", true)),

@@ -34,10 +34,24 @@ use tower::ServiceExt as _;
 use crate::config::{Config, ConfigError};
 use crate::telemetry::METRICS;
 
-/// Every route hush answers: the app's API and the webhooks of each configured provider,
-/// under the layers both share.
+/// Every route hush answers: the app's API, the webhooks of each configured provider and
+/// the console (unless turned off), under the layers they share.
 pub fn app(state: crate::http::AppState) -> Router {
-    let routes = crate::api::routes().merge(crate::relay::router(&state));
+    app_with(state, None)
+}
+
+/// [`app`], with the sandbox's routes when it is on; without it they do not exist (404).
+pub fn app_with(
+    state: crate::http::AppState,
+    sandbox: Option<Arc<crate::sandbox::Sandbox>>,
+) -> Router {
+    let mut routes = crate::api::routes().merge(crate::relay::router(&state));
+    if state.config.console {
+        routes = routes.merge(crate::console::routes());
+    }
+    if let Some(sandbox) = sandbox {
+        routes = routes.merge(crate::sandbox::routes(sandbox));
+    }
     crate::http::layered(routes, state)
 }
 

@@ -302,6 +302,17 @@ impl Store {
             .collect())
     }
 
+    /// The names of a shard's session buckets that hold any record (as `xb` lists them).
+    pub async fn session_buckets(&self, shard: &ShardKeys) -> Result<Vec<String>> {
+        self.query("ZRANGE", (shard.due_buckets(), 0, -1)).await
+    }
+
+    /// The session keys a bucket holds (by its name in `xb`), without their records.
+    pub async fn bucket_keys(&self, shard: &ShardKeys, bucket: &str) -> Result<Vec<String>> {
+        self.query("HKEYS", shard.session_bucket_named(bucket))
+            .await
+    }
+
     /// Puts a bucket back in the due order at its earliest transition, once the reaper has
     /// worked through it.
     pub async fn bucket_settle(&self, shard: &ShardKeys, bucket: &str) -> Result<()> {

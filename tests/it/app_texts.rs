@@ -352,7 +352,12 @@ struct World {
 async fn world(provider: &'static str) -> World {
     let api = FakeApi::start().await;
     let base = api.base.clone();
-    let app = TestApp::start_with(|c| configure(c, provider, &base)).await;
+    let app = TestApp::start_with(|c| {
+        configure(c, provider, &base);
+        // Texts the app sends are audited only on request (HUSH_AUDIT_SESSIONS=all).
+        c.audit_all_sessions = true;
+    })
+    .await;
     app.pool("texts", json!({ "cooloff_secs": 60 }), &proxies(1))
         .await;
     let (a, b) = (participant(30), participant(31));

@@ -53,7 +53,7 @@ fn assert_no_participant(what: &str, hay: &str, participants: &[String]) {
 
 #[tokio::test]
 async fn each_change_through_the_api_is_recorded_once() {
-    let app = TestApp::start().await;
+    let app = TestApp::start_with(|c| c.audit_all_sessions = true).await;
     let (a, b) = (participant(200), participant(201));
     let numbers = vec![proxy(60), proxy(61)];
     let pool = "audited";
@@ -194,6 +194,34 @@ async fn the_console_header_marks_its_changes() {
     assert_eq!(entries[1]["action"], "pool.create");
     assert_eq!(entries[1]["via"], "console");
     assert_eq!(entries[1]["actor"], "test-admin");
+}
+
+#[tokio::test]
+async fn by_default_sessions_are_audited_when_people_change_them() {
+    let app = TestApp::start().await;
+    app.pool("people", json!({}), &proxies(2)).await;
+    let (a, b) = (participant(210), participant(211));
+    // The app's own create and close: routine, left out.
+    let s = app.open_session("people", &a, &b, Some(600)).await;
+    let id = s["id"].as_str().unwrap();
+    app.patch(&format!("/v1/sessions/{id}"), &json!({ "ttl_secs": 900 }))
+        .await
+        .expect(200);
+    // A person closing it from the console: recorded.
+    let req = app
+        .client
+        .delete(app.url(&format!("/v1/sessions/{id}")))
+        .bearer_auth(&app.admin_key)
+        .header("X-Hush-Client", "console");
+    app.send(req).await.expect(200);
+    let entries = all_entries(&app, &format!("target=session:{id}"), 50).await;
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    assert_eq!(
+        (entries[0]["action"].as_str(), entries[0]["via"].as_str()),
+        (Some("session.close"), Some("console"))
+    );
+    // Changes to pools are recorded whoever makes them.
+    assert_eq!(all_entries(&app, "target=pool:people", 50).await.len(), 2);
 }
 
 #[tokio::test]
@@ -492,7 +520,7 @@ async fn stats_count_creations_and_exhaustion_and_capacity_warns() {
 
 #[tokio::test]
 async fn a_retried_create_is_recorded_once_and_limited_keys_see_their_pools() {
-    let app = TestApp::start().await;
+    let app = TestApp::start_with(|c| c.audit_all_sessions = true).await;
     app.pool("mine", json!({}), &[proxy(80)]).await;
     app.pool("theirs", json!({}), &[proxy(81)]).await;
     let body = json!({

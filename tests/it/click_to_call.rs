@@ -276,6 +276,8 @@ async fn twilio_world() -> (CallApi, TestApp) {
     .await;
     let base = api.base.clone();
     let app = TestApp::start_with(|c| {
+        // Calls the app starts are audited only on request (HUSH_AUDIT_SESSIONS=all).
+        c.audit_all_sessions = true;
         c.public_url = Some(PUBLIC.into());
         c.providers.twilio_auth_token = Some(Secret::new(relay_twilio::TOKEN.into()));
         c.providers.twilio_account_sid = Some(Secret::new(TWILIO_SID.into()));

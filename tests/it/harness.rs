@@ -384,10 +384,19 @@ pub struct TestApp {
 }
 
 async fn serve(config: Config) -> (String, CancellationToken, JoinHandle<anyhow::Result<()>>) {
+    serve_bound(config, |_, _| {}).await
+}
+
+/// [`serve`], letting `bound` adjust the config once the address is known.
+async fn serve_bound(
+    config: Config,
+    bound: impl FnOnce(&mut Config, &str),
+) -> (String, CancellationToken, JoinHandle<anyhow::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut config = config;
     config.listen = addr;
+    bound(&mut config, &format!("http://{addr}"));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(hush::run(config, listener, shutdown.clone()));
     (format!("http://{addr}"), shutdown, task)
@@ -422,6 +431,34 @@ impl TestApp {
             .await
             .expect("creating the admin key");
         Self::start_as(config, admin_key).await
+    }
+
+    /// hush with this config, adjusted by `bound` once its address (`http://127.0.0.1:port`)
+    /// is known, for settings that name hush's own address.
+    pub async fn start_bound(config: Config, bound: impl FnOnce(&mut Config, &str)) -> TestApp {
+        init_logging();
+        let admin_key = hush::create_api_key(&config, "test-admin", &["admin"])
+            .await
+            .expect("creating the admin key");
+        let mut seen = None;
+        let (base_url, shutdown, task) = serve_bound(config, |c, base| {
+            bound(c, base);
+            seen = Some(c.clone());
+        })
+        .await;
+        let config = seen.expect("the config was adjusted");
+        let app = TestApp {
+            base_url,
+            client: http_client(),
+            admin_key,
+            redis_url: config.redis_url.clone(),
+            prefix: config.redis_prefix.clone(),
+            config,
+            shutdown,
+            task: Some(task),
+        };
+        app.wait_healthy().await;
+        app
     }
 
     /// hush with this config and an admin key made beforehand, for a hush that cannot reach

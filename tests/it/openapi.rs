@@ -79,7 +79,8 @@ fn concrete(template: &str) -> String {
 
 #[tokio::test]
 async fn openapi_is_served_and_matches_the_server() {
-    let app = TestApp::start().await;
+    // The sandbox's paths exist only while it is on.
+    let app = TestApp::start_with(|c| c.sandbox = true).await;
     let file = std::fs::read_to_string(repo_path("proto/openapi.yaml"))
         .expect("proto/openapi.yaml exists");
 

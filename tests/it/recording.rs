@@ -754,3 +754,55 @@ async fn recordings_are_resealed_when_the_data_keys_rotate() {
     assert_eq!(found[0]["recording"]["url"], url, "{found:?}");
     assert_no_digits(&app, &[&a, &b]).await;
 }
+
+/// Idle expiry through each provider's webhook: a call connects (with the session's time
+/// limit in the dial) and pushes the idle deadline; once the deadline passes, with no reaper
+/// running, the same caller reaches nobody.
+#[tokio::test]
+async fn an_idle_session_stops_connecting_on_time_in_every_dialect() {
+    for (i, p) in [
+        Provider::Twilio,
+        Provider::Telnyx,
+        Provider::Plivo,
+        Provider::Vonage,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let app = TestApp::start_with(|c| {
+            p.configure(c);
+            c.reaper_interval_ms = 600_000;
+        })
+        .await;
+        app.pool(
+            "rec",
+            json!({ "cooloff_secs": 1, "max_call_secs": 300 }),
+            &proxies(1),
+        )
+        .await;
+        let (a, b) = (participant(280 + 2 * i), participant(281 + 2 * i));
+        let (id, proxy) = session(&app, &a, &b, json!({ "idle_ttl_secs": 1 })).await;
+
+        let r = p.call(&app, &p.call_id(), &a, &proxy).await;
+        assert_eq!(p.dial(&r).time_limit, Some(300), "{p:?}: {}", r.text);
+        assert!(
+            r.text.contains(&b[1..]),
+            "{p:?} connects to the other party: {}",
+            r.text
+        );
+        let got = app.get_session(&id).await.expect(200);
+        let deadline = ts_ms(&got["idle_expires_at"]);
+
+        sleep_until_ms(deadline + 150).await;
+        let ended = app.get_session(&id).await.expect(200);
+        assert_eq!(ended["close_reason"], "idle", "{p:?}: {ended}");
+        let r = p.call(&app, &p.call_id(), &a, &proxy).await;
+        assert_eq!(r.status, 200, "{p:?}: {}", r.text);
+        assert!(
+            !r.text.contains(&b[1..]) && !r.text.contains("Dial") && !r.text.contains("connect"),
+            "{p:?}: an idle session reaches nobody: {}",
+            r.text
+        );
+        assert_no_digits(&app, &[&a, &b]).await;
+    }
+}
