@@ -79,31 +79,17 @@ pub fn dialers(p: &Providers) -> Dialers {
     .into()
 }
 
-/// A provider's answer to a call request, read the same way for every provider: 2xx is
-/// placed, 429 and 5xx are worth a retry, any other status is a refusal. What the provider
-/// said is not kept: it may echo the numbers.
+/// A provider's answer to a call request ([`super::rest_answer`]): what is worth a retry
+/// makes the provider unavailable, any other refusal refuses the call.
 pub async fn answered(
     provider: &str,
     sent: Result<reqwest::Response, reqwest::Error>,
 ) -> Result<serde_json::Value, CallError> {
-    let resp = sent.map_err(|e| {
-        CallError::Unavailable(format!(
-            "{provider} could not be reached{}",
-            if e.is_timeout() { " in time" } else { "" }
-        ))
-    })?;
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp.json().await.unwrap_or(serde_json::Value::Null));
-    }
-    if status.as_u16() == 429 || status.is_server_error() {
-        return Err(CallError::Unavailable(format!(
-            "{provider} answered {}",
-            status.as_u16()
-        )));
-    }
-    Err(CallError::Refused(format!(
-        "{provider} refused the call with {}",
-        status.as_u16()
-    )))
+    super::rest_answer(provider, sent).await.map_err(|r| {
+        if r.retry {
+            CallError::Unavailable(r.why)
+        } else {
+            CallError::Refused(r.why)
+        }
+    })
 }

@@ -240,6 +240,50 @@ pub fn xml_escape(text: &str) -> String {
     out
 }
 
+/// How a provider's REST API answered a request hush made (a text to send, a call to
+/// place), read the same way for every provider: 2xx is accepted, with its JSON body (`Null`
+/// when it has none); 429, 5xx and transport failures are worth another try
+/// ([`Rejected::retry`]); any other status is a refusal. What the provider said is not kept:
+/// its messages may quote the numbers back.
+pub async fn rest_answer(
+    api: &str,
+    sent: Result<reqwest::Response, reqwest::Error>,
+) -> Result<serde_json::Value, Rejected> {
+    let resp = sent.map_err(|e| Rejected {
+        retry: true,
+        why: format!(
+            "{api} could not be reached{}",
+            if e.is_timeout() { " in time" } else { "" }
+        ),
+    })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp.json().await.unwrap_or(serde_json::Value::Null));
+    }
+    Err(Rejected {
+        retry: status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error(),
+        why: format!("{api} answered HTTP {}", status.as_u16()),
+    })
+}
+
+/// A request a provider's REST API did not accept.
+#[derive(Debug)]
+pub struct Rejected {
+    /// Whether the same request is worth sending again later.
+    pub retry: bool,
+    pub why: String,
+}
+
+impl From<Rejected> for outbound::SendError {
+    fn from(r: Rejected) -> Self {
+        if r.retry {
+            outbound::SendError::Retry(r.why)
+        } else {
+            outbound::SendError::Permanent(r.why)
+        }
+    }
+}
+
 /// Constant-time comparison of two signatures.
 pub fn same(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;

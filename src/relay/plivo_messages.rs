@@ -1,7 +1,6 @@
 //! Texts hush sends through Plivo's Message API (the app's texts; relayed ones are answered
 //! inline in Plivo XML). <https://www.plivo.com/docs/messaging/api/message/send-a-message>
 
-use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::dialect::{RestApi, Sent};
@@ -54,28 +53,10 @@ pub async fn send(
         .basic_auth(id.expose(), Some(token.expose()))
         .json(&body)
         .send()
-        .await
-        .map_err(|e| {
-            SendError::Retry(if e.is_timeout() {
-                "the Plivo API did not answer in time".into()
-            } else {
-                "the Plivo API could not be reached".into()
-            })
-        })?;
-    let status = resp.status();
-    if status.is_success() {
-        let id = resp
-            .json::<Value>()
-            .await
-            .ok()
-            .and_then(|v| v["message_uuid"][0].as_str().map(str::to_string));
-        return Ok(id);
-    }
-    // The error body is not kept: it may quote the numbers back.
-    let why = format!("the Plivo API answered HTTP {}", status.as_u16());
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        Err(SendError::Retry(why))
-    } else {
-        Err(SendError::Permanent(why))
-    }
+        .await;
+    let answer = super::rest_answer("the Plivo API", resp).await?;
+    Ok(answer
+        .pointer("/message_uuid/0")
+        .and_then(Value::as_str)
+        .map(str::to_string))
 }

@@ -491,30 +491,12 @@ pub async fn post_message(
         .bearer_auth(key.expose())
         .json(&body)
         .send()
-        .await
-        .map_err(|e| {
-            SendError::Retry(if e.is_timeout() {
-                "the Telnyx API did not answer in time".into()
-            } else {
-                "the Telnyx API could not be reached".into()
-            })
-        })?;
-    let status = resp.status();
-    if status.is_success() {
-        let id = resp
-            .json::<Value>()
-            .await
-            .ok()
-            .and_then(|v| text_at(&v, "/data/id").map(str::to_string));
-        return Ok(id);
-    }
-    // The error body is not kept: Telnyx may quote the numbers back.
-    let why = format!("the Telnyx API answered HTTP {}", status.as_u16());
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        Err(SendError::Retry(why))
-    } else {
-        Err(SendError::Permanent(why))
-    }
+        .await;
+    let answer = super::rest_answer("the Telnyx API", resp).await?;
+    Ok(answer
+        .pointer("/data/id")
+        .and_then(Value::as_str)
+        .map(str::to_string))
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! answered inline in TwiML).
 //! <https://www.twilio.com/docs/messaging/api/message-resource#create-a-message-resource>
 
-use axum::http::StatusCode;
 use serde_json::Value;
 
 use super::dialect::{RestApi, Sent};
@@ -51,28 +50,10 @@ pub async fn send(
         .basic_auth(sid.expose(), Some(token.expose()))
         .form(&form)
         .send()
-        .await
-        .map_err(|e| {
-            SendError::Retry(if e.is_timeout() {
-                "the Twilio API did not answer in time".into()
-            } else {
-                "the Twilio API could not be reached".into()
-            })
-        })?;
-    let status = resp.status();
-    if status.is_success() {
-        let id = resp
-            .json::<Value>()
-            .await
-            .ok()
-            .and_then(|v| v["sid"].as_str().map(str::to_string));
-        return Ok(id);
-    }
-    // The error body is not kept: Twilio's messages quote the numbers back.
-    let why = format!("the Twilio API answered HTTP {}", status.as_u16());
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        Err(SendError::Retry(why))
-    } else {
-        Err(SendError::Permanent(why))
-    }
+        .await;
+    let answer = super::rest_answer("the Twilio API", resp).await?;
+    Ok(answer
+        .pointer("/sid")
+        .and_then(Value::as_str)
+        .map(str::to_string))
 }
