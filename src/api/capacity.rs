@@ -7,13 +7,10 @@ use crate::http::extract::{Path, Query, State};
 use axum::response::Response;
 
 use super::{ApiError, AppState, Auth, ok};
-use crate::broker::{BrokerError, Scope};
-use crate::domain::PoolName;
+use crate::broker::Scope;
 use crate::store::STATS_MINUTES;
 
-fn pool_name(raw: &str) -> Result<PoolName, ApiError> {
-    PoolName::parse(raw).ok_or_else(|| BrokerError::PoolNotFound(super::scrub(raw)).into())
-}
+use super::pools::pool_name;
 
 #[derive(Deserialize)]
 pub struct StatsQuery {

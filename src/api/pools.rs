@@ -15,7 +15,7 @@ use crate::domain::{
 /// Largest bulk import in one request.
 const MAX_NUMBERS: usize = 1000;
 
-fn pool_name(raw: &str) -> Result<PoolName, ApiError> {
+pub(super) fn pool_name(raw: &str) -> Result<PoolName, ApiError> {
     PoolName::parse(raw).ok_or_else(|| {
         ApiError::NotFound(
             "pool_not_found",
