@@ -620,7 +620,7 @@ async fn a_label_names_the_recipient() {
 
 #[tokio::test]
 async fn a_provider_5xx_is_retried_and_the_text_sent_once() {
-    for provider in ["twilio", "plivo"] {
+    for provider in ["twilio", "plivo", "telnyx", "vonage"] {
         let w = world(provider).await;
         w.api.answer_next(&[503]);
         let it = w.send(&w.b, "second time lucky").await.expect(202);
@@ -639,7 +639,7 @@ async fn a_provider_5xx_is_retried_and_the_text_sent_once() {
 
 #[tokio::test]
 async fn a_provider_4xx_fails_the_interaction_without_retrying() {
-    for provider in ["twilio", "plivo"] {
+    for provider in ["twilio", "plivo", "telnyx", "vonage"] {
         let w = world(provider).await;
         w.api.answer_next(&[400]);
         let it = w.send(&w.b, "to a landline").await.expect(202);
@@ -655,7 +655,13 @@ async fn a_provider_4xx_fails_the_interaction_without_retrying() {
 /// Idempotency-Key) gets the first answer and sends nothing more.
 #[tokio::test]
 async fn a_restart_between_the_answer_and_the_send_sends_once() {
-    let mut w = world("telnyx").await;
+    for provider in ["twilio", "plivo", "telnyx", "vonage"] {
+        restart_between_the_answer_and_the_send(provider).await;
+    }
+}
+
+async fn restart_between_the_answer_and_the_send(provider: &'static str) {
+    let mut w = world(provider).await;
     let text = "meet at the north gate";
     w.api.set_down(true);
     let first = w.send_as(&w.b, text, Some("restart-1")).await.expect(202);
