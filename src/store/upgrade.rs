@@ -267,7 +267,10 @@ impl Store {
         }
         let (mut done, mut dropped) = (0, 0);
         while let Some(joined) = tasks.join_next().await {
-            let (d, l) = joined.expect("an upgrade task panicked")?;
+            // A task that panicked converted part of its keys at most: the run stops with an
+            // error rather than take the whole process down, and running it again resumes.
+            let (d, l) = joined
+                .map_err(|_| StoreError::Corrupt("a key the upgrade could not convert"))??;
             done += d;
             dropped += l;
         }
