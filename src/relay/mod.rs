@@ -8,10 +8,8 @@ pub mod calls;
 pub mod dialect;
 pub mod outbound;
 pub mod plivo;
-mod plivo_messages;
 pub mod telnyx;
 pub mod twilio;
-mod twilio_messages;
 pub mod vonage;
 
 use std::sync::OnceLock;

@@ -3,10 +3,10 @@
 
 use serde_json::{Value, json};
 
-use super::dialect::{RestApi, Sent};
-use super::outbound::{OutboundSms, SendError};
-use super::plivo::Plivo;
+use super::Plivo;
 use crate::config::Providers;
+use crate::relay::dialect::{RestApi, Sent};
+use crate::relay::outbound::{OutboundSms, SendError};
 
 impl RestApi for Plivo {
     async fn send_text(http: &reqwest::Client, p: &Providers, msg: &OutboundSms) -> Sent {
@@ -54,7 +54,7 @@ pub async fn send(
         .json(&body)
         .send()
         .await;
-    let answer = super::rest_answer("the Plivo API", resp).await?;
+    let answer = crate::relay::rest_answer("the Plivo API", resp).await?;
     Ok(answer
         .pointer("/message_uuid/0")
         .and_then(Value::as_str)

@@ -4,10 +4,10 @@
 
 use serde_json::Value;
 
-use super::dialect::{RestApi, Sent};
-use super::outbound::{OutboundSms, SendError};
-use super::twilio::Twilio;
+use super::Twilio;
 use crate::config::Providers;
+use crate::relay::dialect::{RestApi, Sent};
+use crate::relay::outbound::{OutboundSms, SendError};
 
 impl RestApi for Twilio {
     async fn send_text(http: &reqwest::Client, p: &Providers, msg: &OutboundSms) -> Sent {
@@ -51,7 +51,7 @@ pub async fn send(
         .form(&form)
         .send()
         .await;
-    let answer = super::rest_answer("the Twilio API", resp).await?;
+    let answer = crate::relay::rest_answer("the Twilio API", resp).await?;
     Ok(answer
         .pointer("/sid")
         .and_then(Value::as_str)
