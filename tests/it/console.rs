@@ -759,21 +759,7 @@ async fn a_key_with_only_the_sessions_scope_sees_no_pool_editing() {
 #[tokio::test]
 async fn the_sandbox_page_rings_the_other_phone_showing_the_proxy_number() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = hush_command();
-    cmd.arg("dev")
-        .current_dir(dir.path())
-        .env("HUSH_LISTEN", format!("127.0.0.1:{port}"));
-    let mut dev = Proc::spawn(cmd);
-    let key = dev
-        .wait_line(Duration::from_secs(60), "an `admin key:` line", |l| {
-            l.split_once("admin key:")
-                .map(|(_, k)| k.trim().to_string())
-                .filter(|k| !k.is_empty())
-        })
-        .await;
-    let base = format!("http://127.0.0.1:{port}");
-    wait_healthz(&base, &mut dev).await;
+    let (_dev, base, key) = crate::dev::start_dev(dir.path()).await;
     let client = http_client();
     let sandbox = client
         .get(format!("{base}/v1/sandbox"))

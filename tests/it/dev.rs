@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::harness::*;
 
 /// `hush dev` in `dir` on a free port: the process, its base URL and its admin key.
-async fn start_dev(dir: &Path) -> (Proc, String, String) {
+pub(crate) async fn start_dev(dir: &Path) -> (Proc, String, String) {
     let port = free_port();
     let mut cmd = hush_command();
     cmd.arg("dev")

@@ -433,21 +433,7 @@ async fn the_sandbox_is_absent_when_off() {
 #[tokio::test]
 async fn hush_sandbox_call_prints_the_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = hush_command();
-    cmd.arg("dev")
-        .current_dir(dir.path())
-        .env("HUSH_LISTEN", format!("127.0.0.1:{port}"));
-    let mut dev = Proc::spawn(cmd);
-    let key = dev
-        .wait_line(Duration::from_secs(60), "an `admin key:` line", |l| {
-            l.split_once("admin key:")
-                .map(|(_, k)| k.trim().to_string())
-                .filter(|k| !k.is_empty())
-        })
-        .await;
-    let base = format!("http://127.0.0.1:{port}");
-    wait_healthz(&base, &mut dev).await;
+    let (mut dev, base, key) = crate::dev::start_dev(dir.path()).await;
     let client = http_client();
     let session: Value = client
         .post(format!("{base}/v1/sessions"))
