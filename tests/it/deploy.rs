@@ -117,7 +117,7 @@ fn listen_port(service: &Y) -> Option<u16> {
 /// What the three compose files have in common.
 fn check_common(file: &str) -> BTreeMap<String, Y> {
     let services = compose(file);
-    let config_rs = read("src/config.rs");
+    let config_rs = read("src/config/mod.rs");
     for (name, service) in &services {
         if let Some(deps) = service.get("depends_on") {
             for dep in deps.map().keys() {
