@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{ApiError, AppState, Auth, JsonBody, ok};
 use crate::broker::Scope;
 use crate::domain::{
-    E164, GeoMatch, InterceptFallback, NumberSelection, NumberState, PoolName, PoolPolicy,
+    E164, GeoMatch, InterceptFallback, NumberSelection, NumberState, PinMode, PoolName, PoolPolicy,
     RecordChannels,
 };
 
@@ -68,6 +68,22 @@ pub struct PoolBody {
     provider: Option<Option<String>>,
     #[serde(default, deserialize_with = "given")]
     number_selection: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    pin: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    pin_length: Option<Option<u8>>,
+    #[serde(default, deserialize_with = "given")]
+    pin_prompt_timeout_secs: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "given")]
+    pin_retry: Option<Option<u8>>,
+    #[serde(default, deserialize_with = "given")]
+    pin_caller_check: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "given")]
+    pin_failure_limit: Option<Option<u8>>,
+    #[serde(default, deserialize_with = "given")]
+    pin_prompt: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    pin_text_prompt: Option<Option<String>>,
 }
 
 /// A field that is present, as its value or `null`; serde calls this only for present fields.
@@ -196,6 +212,38 @@ impl PoolBody {
                         )
                     })
                 },
+            )?,
+            pin: merge(self.pin, base.pin, d.pin, |v| {
+                PinMode::parse(&v).ok_or_else(|| {
+                    ApiError::Validation("pin must be off, fallback or always".into())
+                })
+            })?,
+            pin_length: merge(self.pin_length, base.pin_length, d.pin_length, Ok)?,
+            pin_prompt_timeout_secs: merge(
+                self.pin_prompt_timeout_secs,
+                base.pin_prompt_timeout_secs,
+                d.pin_prompt_timeout_secs,
+                Ok,
+            )?,
+            pin_retry: merge(self.pin_retry, base.pin_retry, d.pin_retry, Ok)?,
+            pin_caller_check: merge(
+                self.pin_caller_check,
+                base.pin_caller_check,
+                d.pin_caller_check,
+                Ok,
+            )?,
+            pin_failure_limit: merge(
+                self.pin_failure_limit,
+                base.pin_failure_limit,
+                d.pin_failure_limit,
+                Ok,
+            )?,
+            pin_prompt: merge(self.pin_prompt, base.pin_prompt, d.pin_prompt, Ok)?,
+            pin_text_prompt: merge(
+                self.pin_text_prompt,
+                base.pin_text_prompt,
+                d.pin_text_prompt,
+                Ok,
             )?,
         };
         policy.check().map_err(ApiError::Validation)?;

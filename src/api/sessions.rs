@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{ApiError, AppState, Auth, JsonBody, ok};
 use crate::broker::{
-    BrokerError, Decision, IdemAnswer, NewSession, PROVIDER_REF_TTL_MS, Participant, Scope,
+    BrokerError, Decision, IdemAnswer, Input, NewSession, PROVIDER_REF_TTL_MS, Participant, Scope,
     SessionChoices, UNNAMED_REF_TTL_MS,
 };
 use crate::domain::session::Kind;
@@ -377,9 +377,19 @@ enum RouteAnswer<'a> {
         session_id: &'a str,
         from: &'a str,
         to: &'a str,
+        /// The text to pass on when it is not the one that came (its PIN taken off).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<&'a str>,
     },
     Announce {
         message: &'a str,
+    },
+    /// Ask the caller for a PIN, then call again with `digits` and this `attempt`.
+    Gather {
+        digits: u8,
+        attempt: u8,
+        timeout_secs: u32,
+        prompt: &'a str,
     },
 }
 
@@ -392,6 +402,12 @@ pub struct RouteBody {
     /// The caller's own id of the call or message, so a retried request is recognised and
     /// answered as the first one was.
     reference: Option<String>,
+    /// A text's body: one that opens with a PIN reaches that PIN's session.
+    body: Option<String>,
+    /// What the caller typed at a PIN prompt (`""` for nothing), with the prompt's
+    /// `attempt`; the call's `reference` is required with them.
+    digits: Option<String>,
+    attempt: Option<u8>,
 }
 
 pub async fn route(
@@ -428,12 +444,39 @@ pub async fn route(
     }
     // The same path as a provider's webhook: intercept, interaction, events. A request
     // without a reference of its own is a new interaction each time.
+    let named = b.reference.is_some();
     let (reference, remembered_ms) = match b.reference {
         Some(reference) => (reference, PROVIDER_REF_TTL_MS),
         None => (
             format!("unnamed_{}", SessionId::new(0, 0).key()),
             UNNAMED_REF_TTL_MS,
         ),
+    };
+    let input = match (&b.digits, b.attempt) {
+        (Some(digits), attempt) => {
+            if kind != Kind::Voice || b.body.is_some() || !named {
+                return Err(ApiError::Validation(
+                    "digits come with a call (kind voice) and its reference, without a body".into(),
+                ));
+            }
+            if digits.len() > 16 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(ApiError::Validation(
+                    "digits is at most 16 digits 0-9".into(),
+                ));
+            }
+            Input::Digits {
+                digits,
+                attempt: attempt.filter(|a| *a >= 1).ok_or_else(|| {
+                    ApiError::Validation("attempt (1 or more) comes with digits".into())
+                })?,
+            }
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::Validation("attempt comes with digits".into()));
+        }
+        (None, None) => Input::Arrived {
+            body: b.body.as_deref(),
+        },
     };
     let outcome = s
         .relay_remembered(
@@ -443,6 +486,7 @@ pub async fn route(
             from.as_ref(),
             &to,
             kind,
+            input,
         )
         .await?;
     let answer = match &outcome.decision {
@@ -464,8 +508,20 @@ pub async fn route(
             session_id,
             from: from.reveal(),
             to: to.reveal(),
+            body: outcome.body.as_deref(),
         },
         Decision::Announce { message } => RouteAnswer::Announce { message },
+        Decision::Gather {
+            digits,
+            attempt,
+            timeout_secs,
+            prompt,
+        } => RouteAnswer::Gather {
+            digits: *digits,
+            attempt: *attempt,
+            timeout_secs: *timeout_secs,
+            prompt,
+        },
     };
     Ok(ok(answer))
 }

@@ -225,7 +225,7 @@ async fn reaches(
         Decision::Connect {
             caller_id, to: got, ..
         } => caller_id == *proxy && got == *to,
-        Decision::Announce { .. } => false,
+        Decision::Announce { .. } | Decision::Gather { .. } => false,
         other => bail!("a call was answered {other:?}"),
     })
 }

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::{Crypto, CryptoError};
 use crate::domain::{
-    Clock, E164, GeoMatch, InterceptFallback, Millis, NumberError, NumberSelection, PoolName,
-    PoolPolicy, RecordChannels, session::Kind,
+    Clock, E164, GeoMatch, InterceptFallback, Millis, NumberError, NumberSelection, PinMode,
+    PoolName, PoolPolicy, RecordChannels, session::Kind,
 };
 use crate::store::{PoolRow, ShardKeys, Store, StoreError};
 
@@ -46,7 +46,7 @@ pub use keys::{PoolLimit, Principal, Scope};
 pub use reaper::{Reaped, run_reaper};
 pub use recordings::{RecordingRef, RecordingView, channel_count};
 pub use rotation::Rotation;
-pub use routing::{PROVIDER_REF_TTL_MS, UNNAMED_REF_TTL_MS};
+pub use routing::{Input, PROVIDER_REF_TTL_MS, UNNAMED_REF_TTL_MS};
 pub use sessions::{MAX_TTL_SECS, STICKY_WINDOW_MS};
 // `Via` at the root is how a change came (audit); the texts' is which provider sends.
 pub use texts::{AppText, OutboundSms, Recipient, TEXT_MAX_CHARS, Via as TextVia};
@@ -211,6 +211,29 @@ fn policy_of(row: &PoolRow) -> PoolPolicy {
             .get("nsel")
             .and_then(|v| NumberSelection::parse(v))
             .unwrap_or(d.number_selection),
+        pin: f
+            .get("pin")
+            .and_then(|v| PinMode::parse(v))
+            .unwrap_or(d.pin),
+        pin_length: f
+            .get("pinl")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.pin_length),
+        pin_prompt_timeout_secs: f
+            .get("pint")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.pin_prompt_timeout_secs),
+        pin_retry: f
+            .get("pinr")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.pin_retry),
+        pin_caller_check: f.get("pinc").is_none_or(|v| v != "0"),
+        pin_failure_limit: f
+            .get("pinf")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.pin_failure_limit),
+        pin_prompt: f.get("pinp").cloned().unwrap_or(d.pin_prompt),
+        pin_text_prompt: f.get("pins").cloned().unwrap_or(d.pin_text_prompt),
     }
 }
 

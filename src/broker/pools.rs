@@ -48,6 +48,14 @@ fn policy_fields(policy: &PoolPolicy) -> Vec<(&'static str, String)> {
         ),
         ("prov", policy.provider.clone().unwrap_or_default()),
         ("nsel", policy.number_selection.as_str().into()),
+        ("pin", policy.pin.as_str().into()),
+        ("pinl", policy.pin_length.to_string()),
+        ("pint", policy.pin_prompt_timeout_secs.to_string()),
+        ("pinr", policy.pin_retry.to_string()),
+        ("pinc", flag(policy.pin_caller_check)),
+        ("pinf", policy.pin_failure_limit.to_string()),
+        ("pinp", policy.pin_prompt.clone()),
+        ("pins", policy.pin_text_prompt.clone()),
         (
             "if",
             match policy.intercept_fallback {

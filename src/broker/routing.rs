@@ -3,7 +3,9 @@
 //! once per provider reference.
 
 use crate::crypto::CryptoError;
-use crate::domain::{E164, Initiator, PoolPolicy, SessionId, interaction_code, session::Kind};
+use crate::domain::{
+    Access, E164, Initiator, PoolPolicy, SessionId, interaction_code, session::Kind,
+};
 use crate::store::{Reach, ShardKeys, StoreError};
 use crate::telemetry::METRICS;
 
@@ -17,6 +19,16 @@ pub const PROVIDER_REF_TTL_MS: i64 = 48 * 3600 * 1000;
 /// without `reference`) is remembered: nothing can retry it, so only long enough for the
 /// app's intercept to give its verdict.
 pub const UNNAMED_REF_TTL_MS: i64 = 60 * 1000;
+
+/// What came with a call or text beyond who calls whom.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// A call or text arriving on the proxy number; a text's body may open with a PIN.
+    Arrived { body: Option<&'a str> },
+    /// What the caller typed at the `attempt`th PIN prompt of the call (`""`: nothing in
+    /// time).
+    Digits { digits: &'a str, attempt: u8 },
+}
 
 impl Broker {
     /// The pool and shard a proxy number belongs to, from the cache unless `fresh`: numbers
@@ -138,11 +150,20 @@ impl Broker {
         to: &E164,
         kind: Kind,
     ) -> Result<RelayOutcome> {
-        self.relay_remembered(provider, provider_ref, PROVIDER_REF_TTL_MS, from, to, kind)
-            .await
+        self.relay_remembered(
+            provider,
+            provider_ref,
+            PROVIDER_REF_TTL_MS,
+            from,
+            to,
+            kind,
+            Input::Arrived { body: None },
+        )
+        .await
     }
 
-    /// [`Broker::relay`], remembering the answer for `ref_ttl_ms`.
+    /// [`Broker::relay`], remembering the answer for `ref_ttl_ms`, with what came with it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn relay_remembered(
         &self,
         provider: &str,
@@ -151,7 +172,9 @@ impl Broker {
         from: Option<&E164>,
         to: &E164,
         kind: Kind,
+        input: Input<'_>,
     ) -> Result<RelayOutcome> {
+        let _ = input;
         if provider_ref.is_empty()
             || provider_ref.len() > 128
             || !provider_ref
@@ -225,6 +248,8 @@ impl Broker {
                     interaction: Some(interaction),
                     replay,
                     pending,
+                    access: Access::Direct,
+                    body: None,
                 }),
                 crate::store::Claimed::Block {
                     sealed_message,
@@ -245,6 +270,8 @@ impl Broker {
                         interaction: Some(interaction),
                         replay: true,
                         pending: false,
+                        access: Access::Direct,
+                        body: None,
                     })
                 }
                 crate::store::Claimed::Announce => {
@@ -261,6 +288,8 @@ impl Broker {
                         interaction: None,
                         replay: false,
                         pending: false,
+                        access: Access::Direct,
+                        body: None,
                     })
                 }
             };

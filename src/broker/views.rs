@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    CallOptions, E164, Initiator, InterceptFallback, Mode, NumberSelection, NumberState, PoolName,
-    PoolPolicy, RecordChannels, SessionOptions,
+    Access, CallOptions, E164, Initiator, InterceptFallback, Mode, NumberSelection, NumberState,
+    PoolName, PoolPolicy, RecordChannels, SessionOptions,
 };
 
 /// One side of a session being created: a real number and the app's optional label.
@@ -157,6 +157,23 @@ pub enum Decision {
     Announce {
         message: String,
     },
+    /// Ask the caller for a PIN: the number carries PIN sessions and the caller has no route
+    /// of their own there, or has one and PIN sessions too (then silence connects the route).
+    /// What the caller types comes back on the dialect's [`Hook::Digits`] path, at
+    /// [`digits_url`] for this `attempt`.
+    ///
+    /// [`Hook::Digits`]: crate::relay::dialect::Hook::Digits
+    /// [`digits_url`]: crate::relay::dialect::digits_url
+    Gather {
+        /// How many digits a PIN has: the provider stops listening once that many came.
+        digits: u8,
+        /// Which prompt this is for the call, from 1.
+        attempt: u8,
+        /// Seconds of silence after which the provider reports that nothing was typed.
+        timeout_secs: u32,
+        /// What the caller hears first.
+        prompt: String,
+    },
 }
 
 /// What the relay answers an inbound call or text, and the interaction it recorded.
@@ -170,6 +187,11 @@ pub struct RelayOutcome {
     /// True while the pool's intercept has not decided this interaction: the first request
     /// asks the app, a retry meanwhile gets the pool's fallback.
     pub pending: bool,
+    /// How the caller reached the session.
+    pub access: Access,
+    /// The text to relay when it is not the one that came: a text that opened with a PIN
+    /// goes on without it.
+    pub body: Option<String>,
 }
 
 /// What the app's intercept decided for an interaction.

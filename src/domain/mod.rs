@@ -9,11 +9,11 @@ pub mod session;
 pub use ids::{PoolName, SessionId};
 pub use number::{Capabilities, E164, Geo, NumberError};
 pub use pool::{
-    GeoMatch, InterceptFallback, NumberSelection, NumberState, PROVIDERS, PoolPolicy, ShardLoad,
-    emptiest_shard, shard_order,
+    GeoMatch, InterceptFallback, NumberSelection, NumberState, PROVIDERS, PinMode, PoolPolicy,
+    ShardLoad, emptiest_shard, shard_order,
 };
 pub use session::{
-    CallOptions, CloseReason, Initiator, Mode, RecordChannels, SessionOptions, Status,
+    Access, CallOptions, CloseReason, Initiator, Mode, RecordChannels, SessionOptions, Status,
     interaction_code, parse_interaction_code,
 };
 

@@ -92,6 +92,37 @@ impl NumberSelection {
     }
 }
 
+/// Whether a pool gives sessions a PIN on a shared number instead of a number of their own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinMode {
+    /// Never: a pair with no number free gets `pool_exhausted`.
+    #[default]
+    Off,
+    /// Only when no number is free for the pair.
+    Fallback,
+    /// Every session.
+    Always,
+}
+
+impl PinMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PinMode::Off => "off",
+            PinMode::Fallback => "fallback",
+            PinMode::Always => "always",
+        }
+    }
+    pub fn parse(s: &str) -> Option<PinMode> {
+        match s {
+            "off" => Some(PinMode::Off),
+            "fallback" => Some(PinMode::Fallback),
+            "always" => Some(PinMode::Always),
+            _ => None,
+        }
+    }
+}
+
 /// The providers hush speaks, by the names their hooks and interactions carry.
 pub const PROVIDERS: [&str; 4] = ["twilio", "telnyx", "plivo", "vonage"];
 
@@ -127,6 +158,25 @@ pub struct PoolPolicy {
     /// for); none means the only provider configured.
     pub provider: Option<String>,
     pub number_selection: NumberSelection,
+    /// PIN sessions: when a session gets a PIN on a shared number instead of a route.
+    pub pin: PinMode,
+    /// Digits in a PIN.
+    pub pin_length: u8,
+    /// How long a caller who also holds a route of their own on the number is given to start
+    /// typing a PIN before that route connects; for other callers, how long each prompt waits.
+    pub pin_prompt_timeout_secs: u32,
+    /// Prompts after a wrong PIN before the out-of-session answer.
+    pub pin_retry: u8,
+    /// Whether only the participant a PIN was given to can use it (their caller ID must be
+    /// known and theirs); off, any caller with the PIN gets through, withheld ones too.
+    pub pin_caller_check: bool,
+    /// Wrong PINs one caller may type on one number within a minute before every further
+    /// try is refused.
+    pub pin_failure_limit: u8,
+    /// What a caller hears when asked for a PIN.
+    pub pin_prompt: String,
+    /// The reply to a text that needs a PIN and does not open with a right one.
+    pub pin_text_prompt: String,
 }
 
 impl PoolPolicy {
@@ -138,6 +188,13 @@ impl PoolPolicy {
     pub const SHARDS_MAX: u16 = 64;
     pub const MAX_CALL_RANGE: std::ops::RangeInclusive<u32> = 1..=14_400;
     pub const IDLE_TTL_RANGE: std::ops::RangeInclusive<u32> = 60..=2_592_000;
+    pub const PIN_LENGTH_RANGE: std::ops::RangeInclusive<u8> = 4..=8;
+    pub const PIN_TIMEOUT_RANGE: std::ops::RangeInclusive<u32> = 1..=30;
+    pub const PIN_RETRY_MAX: u8 = 5;
+    pub const PIN_FAILURE_LIMIT_RANGE: std::ops::RangeInclusive<u8> = 1..=100;
+    pub const DEFAULT_PIN_PROMPT: &'static str = "Please enter your PIN.";
+    pub const DEFAULT_PIN_TEXT_PROMPT: &'static str =
+        "Start your message with your PIN, then a space.";
 
     /// The first rule the policy breaks, as a sentence naming the field; the API and the
     /// command line refuse a policy with the same words.
@@ -179,6 +236,26 @@ impl PoolPolicy {
         {
             return Err("provider must be twilio, telnyx, plivo or vonage".into());
         }
+        if !Self::PIN_LENGTH_RANGE.contains(&self.pin_length) {
+            return Err("pin_length must be between 4 and 8".into());
+        }
+        if !Self::PIN_TIMEOUT_RANGE.contains(&self.pin_prompt_timeout_secs) {
+            return Err("pin_prompt_timeout_secs must be between 1 and 30".into());
+        }
+        if self.pin_retry > Self::PIN_RETRY_MAX {
+            return Err("pin_retry must be between 0 and 5".into());
+        }
+        if !Self::PIN_FAILURE_LIMIT_RANGE.contains(&self.pin_failure_limit) {
+            return Err("pin_failure_limit must be between 1 and 100".into());
+        }
+        for (name, text) in [
+            ("pin_prompt", &self.pin_prompt),
+            ("pin_text_prompt", &self.pin_text_prompt),
+        ] {
+            if text.trim().is_empty() || text.len() > Self::MESSAGE_MAX {
+                return Err(format!("{name} must hold 1 to 1000 bytes"));
+            }
+        }
         Ok(())
     }
 }
@@ -203,6 +280,14 @@ impl Default for PoolPolicy {
             idle_ttl_secs: None,
             provider: None,
             number_selection: NumberSelection::PreferSticky,
+            pin: PinMode::Off,
+            pin_length: 6,
+            pin_prompt_timeout_secs: 4,
+            pin_retry: 2,
+            pin_caller_check: true,
+            pin_failure_limit: 5,
+            pin_prompt: PoolPolicy::DEFAULT_PIN_PROMPT.into(),
+            pin_text_prompt: PoolPolicy::DEFAULT_PIN_TEXT_PROMPT.into(),
         }
     }
 }

@@ -175,6 +175,25 @@ impl Initiator {
     }
 }
 
+/// How a caller reached a session: by a route of their own on the proxy number, or by typing
+/// the session's PIN on a number shared by many (see `pin` in the pool policy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    #[default]
+    Direct,
+    Pin,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Direct => "direct",
+            Access::Pin => "pin",
+        }
+    }
+}
+
 /// The first field of a stored interaction record: `v`/`s` for a call or text a participant
 /// started, upper case when the app started it. Records written before the app could start
 /// any read as a participant's.

@@ -2,7 +2,7 @@
 //! provider webhooks, and the app's own `POST /v1/route`. The broker decides; when the pool
 //! has an intercept, the app is asked before the answer stands.
 
-use crate::broker::{BrokerError, Decision, InterceptVerdict, RelayOutcome};
+use crate::broker::{BrokerError, Decision, Input, InterceptVerdict, RelayOutcome};
 use crate::domain::session::Kind;
 use crate::domain::{E164, InterceptFallback};
 use crate::events::intercept;
@@ -13,6 +13,7 @@ impl AppState {
     /// the app's say when the pool has an intercept. The answer is remembered with the
     /// provider's reference, so a retried webhook is not asked again: it gets what the
     /// first one got, block message included, for `ref_ttl_ms`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn relay_remembered(
         &self,
         provider: &str,
@@ -21,10 +22,11 @@ impl AppState {
         from: Option<&E164>,
         to: &E164,
         kind: Kind,
+        input: Input<'_>,
     ) -> Result<RelayOutcome, BrokerError> {
         let mut outcome = self
             .broker
-            .relay_remembered(provider, provider_ref, ref_ttl_ms, from, to, kind)
+            .relay_remembered(provider, provider_ref, ref_ttl_ms, from, to, kind, input)
             .await?;
         if !outcome.pending {
             return Ok(outcome);
@@ -33,7 +35,7 @@ impl AppState {
             Decision::Connect { session_id, .. } | Decision::Relay { session_id, .. } => {
                 session_id.clone()
             }
-            Decision::Announce { .. } => return Ok(outcome),
+            Decision::Announce { .. } | Decision::Gather { .. } => return Ok(outcome),
         };
         let Some(interaction) = outcome.interaction.clone() else {
             return Ok(outcome);

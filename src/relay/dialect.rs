@@ -16,7 +16,7 @@ use reqwest::Client;
 use super::outbound::{OutboundSms, SendError};
 use super::{Inbound, Webhook, forbidden};
 use crate::broker::{
-    BrokerError, CallStart, Decision, PROVIDER_REF_TTL_MS, RecordingRef, RecordingView,
+    BrokerError, CallStart, Decision, Input, PROVIDER_REF_TTL_MS, RecordingRef, RecordingView,
     RelayOutcome,
 };
 use crate::config::Providers;
@@ -37,6 +37,9 @@ pub enum Hook {
     /// A call the app started, answered by the participant rung first: the provider asks
     /// how to connect the other. Its URL names the session and the interaction.
     Bridge,
+    /// What a caller typed at a PIN prompt ([`Decision::Gather`]), or that nothing came in
+    /// time. Its URL names the attempt ([`digits_url`]).
+    Digits,
 }
 
 impl Hook {
@@ -89,6 +92,15 @@ pub enum Read {
     Answered(Response),
 }
 
+/// The end of a PIN prompt as a provider reports it: the call, read as [`Dialect::read`]
+/// reads an inbound call (caller, proxy number, the provider's call id), and what was typed.
+#[derive(Clone, Debug)]
+pub struct Digits {
+    pub call: Inbound,
+    /// The digits typed, without a finishing `#`; empty when nothing came in time.
+    pub digits: String,
+}
+
 /// What one provider does in its own way. Calls and texts are the inbound kinds today;
 /// recordings, gathered digits and calls the app starts land as new [`Hook`]s and
 /// decisions, each read and rendered here once per dialect.
@@ -122,6 +134,12 @@ pub trait Dialect: Send + Sync + 'static {
 
     /// The answer when the called number is no pool's.
     fn unrouted(kind: Kind) -> Response;
+
+    /// Reads a verified report of what a caller typed at a PIN prompt.
+    fn read_digits(
+        state: &AppState,
+        webhook: &Webhook,
+    ) -> impl Future<Output = Result<Digits, ApiError>> + Send;
 
     /// Answers the broker's decision: a document the provider executes (dial with the proxy
     /// as caller ID, say, reject, send a text inline), or an acknowledgement once a text to
@@ -216,6 +234,17 @@ pub fn bridge_url<D: Dialect>(public_url: &str, call: &CallStart) -> String {
     )
 }
 
+/// The URL of dialect `D`'s digits hook for the `attempt`th PIN prompt of a call. The
+/// attempt travels in the URL, which the provider signs, so a retried report of one prompt
+/// is told from the report of the next.
+pub fn digits_url<D: Dialect>(public_url: &str, attempt: u8) -> String {
+    let path = D::PATHS
+        .iter()
+        .find(|p| p.hook == Hook::Digits)
+        .map_or("", |p| p.path);
+    format!("{public_url}{path}?attempt={attempt}")
+}
+
 /// The URL of dialect `D`'s status hook for `call`, naming the interaction as `ref`: the
 /// provider's own reports on the call carry its call id, not hush's.
 pub fn status_url<D: Dialect>(public_url: &str, call: &CallStart) -> String {
@@ -234,6 +263,7 @@ pub fn routes<D: Dialect>() -> Router<AppState> {
         Hook::Status => r.route(p.path, on(p.methods, status::<D>)),
         Hook::Bridge => r.route(p.path, on(p.methods, bridge::<D>)),
         Hook::Recording => r.route(p.path, on(p.methods, recording::<D>)),
+        Hook::Digits => r.route(p.path, on(p.methods, digits::<D>)),
     })
 }
 
@@ -263,13 +293,63 @@ async fn inbound<D: Dialect>(s: &AppState, kind: Kind, webhook: Webhook) -> Resp
             inbound.from.as_ref(),
             &inbound.to,
             kind,
+            Input::Arrived {
+                body: inbound.body.as_deref(),
+            },
         )
         .await;
+    respond::<D>(s, inbound, outcome, kind).await
+}
+
+/// The answer to a routed call or text, in `D`'s dialect.
+async fn respond<D: Dialect>(
+    s: &AppState,
+    mut inbound: Inbound,
+    outcome: Result<RelayOutcome, BrokerError>,
+    kind: Kind,
+) -> Response {
     match outcome {
-        Ok(outcome) => D::answer(s, inbound, outcome).await,
+        Ok(mut outcome) => {
+            if let Some(body) = outcome.body.take() {
+                inbound.body = Some(body);
+            }
+            D::answer(s, inbound, outcome).await
+        }
         Err(BrokerError::NumberNotFound(_)) => D::unrouted(kind),
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// The end of a PIN prompt: verify, read, let the broker check the PIN (or connect the
+/// caller's own route when nothing was typed and they hold one), answer. The attempt comes
+/// from the signed URL; a report without one is the first prompt's.
+async fn digits<D: Dialect>(State(s): State<AppState>, webhook: Webhook) -> Response {
+    if let Err(refusal) = D::verify(&s, Hook::Digits, &webhook).await {
+        return refusal;
+    }
+    let typed = match D::read_digits(&s, &webhook).await {
+        Ok(typed) => typed,
+        Err(e) => return e.into_response(),
+    };
+    let attempt = super::param(webhook.query(), "attempt")
+        .and_then(|a| a.parse::<u8>().ok())
+        .filter(|a| *a >= 1)
+        .unwrap_or(1);
+    let outcome = s
+        .relay_remembered(
+            D::NAME,
+            &typed.call.provider_ref,
+            PROVIDER_REF_TTL_MS,
+            typed.call.from.as_ref(),
+            &typed.call.to,
+            Kind::Voice,
+            Input::Digits {
+                digits: &typed.digits,
+                attempt,
+            },
+        )
+        .await;
+    respond::<D>(&s, typed.call, outcome, Kind::Voice).await
 }
 
 async fn status<D: Dialect>(State(s): State<AppState>, webhook: Webhook) -> Response {
@@ -323,6 +403,7 @@ async fn bridge<D: Dialect>(State(s): State<AppState>, webhook: Webhook) -> Resp
             inbound.from.as_ref(),
             &inbound.to,
             Kind::Voice,
+            Input::Arrived { body: None },
         )
         .await;
     match outcome {

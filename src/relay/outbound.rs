@@ -80,7 +80,7 @@ pub async fn queue_answer(
             },
             None => return queued(),
         },
-        Decision::Connect { .. } => return queued(),
+        Decision::Connect { .. } | Decision::Gather { .. } => return queued(),
     };
     match put(broker, text, outcome.replay).await {
         Ok(()) => queued(),

@@ -66,6 +66,12 @@ impl Dialect for Telnyx {
         }
     }
 
+    async fn read_digits(_: &AppState, _: &Webhook) -> Result<super::dialect::Digits, ApiError> {
+        Err(ApiError::InvalidRequest(
+            "PIN prompts are not answered here yet".into(),
+        ))
+    }
+
     fn unrouted(kind: Kind) -> Response {
         match kind {
             Kind::Voice => texml(render_call(None)),
@@ -281,7 +287,7 @@ pub fn render_call_with(decision: Option<&Decision>, recorded: Option<&Recorded>
             format!("<Say>{}</Say><Hangup/>", xml_escape(message))
         }
         // A number that is no pool's, or an answer that is not a call's.
-        Some(Decision::Relay { .. }) | None => "<Reject/>".into(),
+        Some(Decision::Relay { .. } | Decision::Gather { .. }) | None => "<Reject/>".into(),
     };
     format!("{XML_HEAD}<Response>{body}</Response>")
 }

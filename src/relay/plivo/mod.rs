@@ -69,6 +69,12 @@ impl Dialect for Plivo {
         })
     }
 
+    async fn read_digits(_: &AppState, _: &Webhook) -> Result<super::dialect::Digits, ApiError> {
+        Err(ApiError::InvalidRequest(
+            "PIN prompts are not answered here yet".into(),
+        ))
+    }
+
     fn unrouted(kind: Kind) -> Response {
         xml(unknown_number(kind))
     }
@@ -389,6 +395,7 @@ fn render_with(
                 "<Response/>".into()
             }
         },
+        Decision::Gather { .. } => "<Response><Hangup/></Response>".into(),
         Decision::Announce { message } => match (inbound.kind, &inbound.from) {
             (Kind::Voice, _) => format!(
                 "<Response><Speak>{}</Speak><Hangup/></Response>",

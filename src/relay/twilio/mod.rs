@@ -47,6 +47,7 @@ impl Dialect for Twilio {
         Path::post(STATUS_PATH, Hook::Status),
         Path::post(RECORDING_PATH, Hook::Recording),
         Path::post("/hooks/twilio/bridge", Hook::Bridge),
+        Path::post("/hooks/twilio/digits", Hook::Digits),
     ];
 
     fn enabled(p: &Providers) -> bool {
@@ -73,14 +74,26 @@ impl Dialect for Twilio {
         })
     }
 
+    // `<Gather action>` posts the call's fields as the voice webhook does, with `Digits`
+    // (https://www.twilio.com/docs/voice/twiml/gather#action); `finishOnKey` is not sent.
+    async fn read_digits(_: &AppState, hook: &Webhook) -> Result<dialect::Digits, ApiError> {
+        let params = hook.form();
+        Ok(dialect::Digits {
+            call: parse(Kind::Voice, params)?,
+            digits: param(params, "Digits").unwrap_or_default().to_string(),
+        })
+    }
+
     // A retry (`replay`) gets the same decision from the broker, so the same document.
     async fn answer(s: &AppState, inbound: Inbound, outcome: RelayOutcome) -> Response {
         let recorded = dialect::recorded::<Self>(s, &outcome);
+        let digits_url = dialect::digits_url::<Self>;
         twiml(render_with(
             &outcome.decision,
             &inbound,
             &s.public_url,
             recorded.as_ref(),
+            digits_url,
         ))
     }
 
@@ -193,7 +206,13 @@ fn media_urls(params: &[(String, String)]) -> Vec<String> {
 /// The TwiML answering `decision`, for a call that is not recorded.
 #[cfg(test)]
 fn render(decision: &Decision, inbound: &Inbound, public_url: &str) -> String {
-    render_with(decision, inbound, public_url, None)
+    render_with(
+        decision,
+        inbound,
+        public_url,
+        None,
+        dialect::digits_url::<Twilio>,
+    )
 }
 
 /// The TwiML answering `decision`; `recorded` when the session records its calls.
@@ -202,6 +221,7 @@ fn render_with(
     inbound: &Inbound,
     public_url: &str,
     recorded: Option<&Recorded>,
+    digits_url: fn(&str, u8) -> String,
 ) -> String {
     let status_url = format!("{public_url}{STATUS_PATH}");
     match decision {
@@ -251,6 +271,23 @@ fn render_with(
             doc.push_str("</Message></Response>");
             doc
         }
+        // `actionOnEmptyResult` posts to `action` when nothing was typed in time too, so the
+        // broker decides what silence means (the caller's own route, or another prompt)
+        // (https://www.twilio.com/docs/voice/twiml/gather#actiononemptyresult); `numDigits`
+        // ends the prompt as soon as a whole PIN came. The prompt is inside `<Gather>`, so
+        // typing may start while it plays.
+        Decision::Gather {
+            digits,
+            attempt,
+            timeout_secs,
+            prompt,
+        } => format!(
+            "<Response><Gather input=\"dtmf\" numDigits=\"{digits}\" timeout=\"{timeout_secs}\" \
+             actionOnEmptyResult=\"true\" method=\"POST\" action=\"{}\"><Say>{}</Say></Gather>\
+             </Response>",
+            xml_escape(&digits_url(public_url, *attempt)),
+            xml_escape(prompt),
+        ),
         Decision::Announce { message } => match inbound.kind {
             Kind::Voice => format!(
                 "<Response><Say>{}</Say><Hangup/></Response>",

@@ -50,9 +50,11 @@ impl Dialect for Vonage {
 
     async fn verify(s: &AppState, hook: Hook, w: &Webhook) -> Result<(), Response> {
         match hook {
-            Hook::Inbound(Kind::Voice) | Hook::Status | Hook::Recording | Hook::Bridge => {
-                check_voice(s, w).await
-            }
+            Hook::Inbound(Kind::Voice)
+            | Hook::Status
+            | Hook::Recording
+            | Hook::Bridge
+            | Hook::Digits => check_voice(s, w).await,
             Hook::Inbound(Kind::Sms) => sms_signed(s, w).then_some(()).ok_or_else(forbidden),
         }
     }
@@ -65,6 +67,12 @@ impl Dialect for Vonage {
                 None => Ok(read_text(w)),
             },
         }
+    }
+
+    async fn read_digits(_: &AppState, _: &Webhook) -> Result<super::dialect::Digits, ApiError> {
+        Err(ApiError::InvalidRequest(
+            "PIN prompts are not answered here yet".into(),
+        ))
     }
 
     fn unrouted(kind: Kind) -> Response {
@@ -388,7 +396,7 @@ fn voice_ncco_with(decision: &Decision, recorded: Option<&Recorded>) -> Value {
             json!([record, connect])
         }
         Decision::Announce { message } => json!([{ "action": "talk", "text": message }]),
-        Decision::Relay { .. } => reject(),
+        Decision::Relay { .. } | Decision::Gather { .. } => reject(),
     }
 }
 
