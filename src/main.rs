@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use hush::broker::{Actor, Broker, PoolLimit};
 use hush::config::Config;
 use hush::domain::{
-    E164, GeoMatch, NumberSelection, NumberState, PoolName, PoolPolicy, RecordChannels, SessionId,
+    E164, GeoMatch, NumberSelection, NumberState, PinMode, PoolName, PoolPolicy, RecordChannels,
+    SessionId,
 };
 
 #[derive(Parser)]
@@ -86,6 +87,10 @@ enum KeysCmd {
 }
 
 #[derive(Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per run; boxing the flags would only blur the clap derive"
+)]
 enum PoolsCmd {
     /// Create a pool, or change the settings given of an existing one: the others keep
     /// their current values (a merge, like `PATCH /v1/pools/{name}`). With `--replace`,
@@ -131,6 +136,32 @@ enum PoolsCmd {
         /// prefer_sticky (default) or avoid_sticky.
         #[arg(long)]
         number_selection: Option<String>,
+        /// PIN sessions: off (default), fallback (a PIN on a shared number only when no
+        /// number is free for the pair) or always.
+        #[arg(long)]
+        pin: Option<String>,
+        /// Digits in a PIN (4 to 8; default 6).
+        #[arg(long)]
+        pin_length: Option<u8>,
+        /// Seconds each PIN prompt waits for digits (1 to 30; default 4).
+        #[arg(long)]
+        pin_prompt_timeout_secs: Option<u32>,
+        /// Prompts again after a wrong PIN before the out-of-session message (0 to 5;
+        /// default 2).
+        #[arg(long)]
+        pin_retry: Option<u8>,
+        /// Only the participant a PIN was given to may use it (true or false; default true).
+        #[arg(long)]
+        pin_caller_check: Option<bool>,
+        /// Wrong PINs one caller may type on one number in a minute (1 to 100; default 5).
+        #[arg(long)]
+        pin_failure_limit: Option<u8>,
+        /// What a caller hears when asked for a PIN.
+        #[arg(long)]
+        pin_prompt: Option<String>,
+        /// The reply to a text that does not start with a right PIN.
+        #[arg(long)]
+        pin_text_prompt: Option<String>,
     },
     List,
     Show {
@@ -478,6 +509,14 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
             idle_ttl_secs,
             provider,
             number_selection,
+            pin,
+            pin_length,
+            pin_prompt_timeout_secs,
+            pin_retry,
+            pin_caller_check,
+            pin_failure_limit,
+            pin_prompt,
+            pin_text_prompt,
         } => {
             let pool = pool_name(&name)?;
             let record_channels = record_channels
@@ -499,6 +538,9 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
                 .map(|v| {
                     GeoMatch::parse(&v).context("--geo-match must be area_code, country or any")
                 })
+                .transpose()?;
+            let pin = pin
+                .map(|v| PinMode::parse(&v).context("--pin must be off, fallback or always"))
                 .transpose()?;
             let change = |current: &PoolPolicy| -> anyhow::Result<PoolPolicy> {
                 let mut policy = current.clone();
@@ -535,6 +577,30 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
                 if let Some(v) = number_selection {
                     policy.number_selection = v;
                 }
+                if let Some(v) = pin {
+                    policy.pin = v;
+                }
+                if let Some(v) = pin_length {
+                    policy.pin_length = v;
+                }
+                if let Some(v) = pin_prompt_timeout_secs {
+                    policy.pin_prompt_timeout_secs = v;
+                }
+                if let Some(v) = pin_retry {
+                    policy.pin_retry = v;
+                }
+                if let Some(v) = pin_caller_check {
+                    policy.pin_caller_check = v;
+                }
+                if let Some(v) = pin_failure_limit {
+                    policy.pin_failure_limit = v;
+                }
+                if let Some(v) = &pin_prompt {
+                    policy.pin_prompt = v.clone();
+                }
+                if let Some(v) = &pin_text_prompt {
+                    policy.pin_text_prompt = v.clone();
+                }
                 // The rule names the API's field; say it as the option the user typed.
                 policy.check().map_err(|e| {
                     let (field, rule) = e.split_once(' ').unwrap_or((&e, ""));
@@ -554,6 +620,14 @@ async fn pools(broker: &Broker, cmd: PoolsCmd) -> anyhow::Result<()> {
                 ("idle_ttl_secs", idle_ttl_secs.is_some()),
                 ("provider", provider.is_some()),
                 ("number_selection", number_selection.is_some()),
+                ("pin", pin.is_some()),
+                ("pin_length", pin_length.is_some()),
+                ("pin_prompt_timeout_secs", pin_prompt_timeout_secs.is_some()),
+                ("pin_retry", pin_retry.is_some()),
+                ("pin_caller_check", pin_caller_check.is_some()),
+                ("pin_failure_limit", pin_failure_limit.is_some()),
+                ("pin_prompt", pin_prompt.is_some()),
+                ("pin_text_prompt", pin_text_prompt.is_some()),
             ]
             .iter()
             .filter(|(_, g)| *g)

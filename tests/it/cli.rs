@@ -392,3 +392,76 @@ async fn serve_logs_without_colour_codes_when_not_on_a_terminal() {
         "log lines on a pipe carry escape codes: {out:?}"
     );
 }
+
+/// The PIN settings have a flag each; a merge changes only those given, and a value out of
+/// range is refused in the words of the flag.
+#[tokio::test]
+async fn pools_put_sets_the_pin_policy() {
+    let app = TestApp::start().await;
+    let (ok, _, err) = cli_full(
+        &app.config,
+        &[
+            "pools",
+            "put",
+            "pinned",
+            "--pin",
+            "fallback",
+            "--pin-length",
+            "8",
+            "--pin-prompt-timeout-secs",
+            "7",
+            "--pin-retry",
+            "0",
+            "--pin-caller-check",
+            "false",
+            "--pin-failure-limit",
+            "20",
+            "--pin-prompt",
+            "Your code, please.",
+            "--pin-text-prompt",
+            "Begin with your code.",
+        ],
+    );
+    assert!(ok, "{err}");
+    let pool = app.get("/v1/pools/pinned").await.expect(200);
+    assert_eq!(pool["pin"], "fallback", "{pool}");
+    assert_eq!(pool["pin_length"], 8);
+    assert_eq!(pool["pin_prompt_timeout_secs"], 7);
+    assert_eq!(pool["pin_retry"], 0);
+    assert_eq!(pool["pin_caller_check"], false);
+    assert_eq!(pool["pin_failure_limit"], 20);
+    assert_eq!(pool["pin_prompt"], "Your code, please.");
+    assert_eq!(pool["pin_text_prompt"], "Begin with your code.");
+
+    let (ok, _, err) = cli_full(&app.config, &["pools", "put", "pinned", "--pin", "always"]);
+    assert!(ok, "{err}");
+    let pool = app.get("/v1/pools/pinned").await.expect(200);
+    assert_eq!(pool["pin"], "always");
+    assert_eq!(pool["pin_length"], 8, "a merge keeps the others: {pool}");
+
+    for (flag, value, said) in [
+        (
+            "--pin",
+            "sometimes",
+            "--pin must be off, fallback or always",
+        ),
+        ("--pin-length", "3", "--pin-length must be"),
+        (
+            "--pin-prompt-timeout-secs",
+            "31",
+            "--pin-prompt-timeout-secs must be",
+        ),
+        ("--pin-retry", "6", "--pin-retry must be"),
+        ("--pin-failure-limit", "0", "--pin-failure-limit must be"),
+        ("--pin-prompt", " ", "--pin-prompt must hold"),
+    ] {
+        let (ok, _, err) = cli_full(&app.config, &["pools", "put", "pinned", flag, value]);
+        assert!(!ok, "{flag} {value:?} was taken");
+        assert!(err.contains(said), "{flag} {value:?}: {err}");
+    }
+    let pool = app.get("/v1/pools/pinned").await.expect(200);
+    assert_eq!(
+        pool["pin_length"], 8,
+        "a refused change changed nothing: {pool}"
+    );
+}
