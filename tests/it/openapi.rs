@@ -190,3 +190,45 @@ fn every_operation_lists_the_statuses_any_request_can_get() {
         assert!(missing.is_empty(), "{op} does not list {missing:?}");
     }
 }
+
+/// The property names of `components.schemas.<name>` in the contract.
+fn schema_properties(name: &str) -> BTreeSet<String> {
+    use yaml_rust2::YamlLoader;
+    let file = std::fs::read_to_string(repo_path("proto/openapi.yaml")).unwrap();
+    let doc = &YamlLoader::load_from_str(&file).expect("the contract is YAML")[0];
+    doc["components"]["schemas"][name]["properties"]
+        .as_hash()
+        .unwrap_or_else(|| panic!("no properties in schema {name}"))
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every setting the contract lets a PUT give is one the server takes and shows, and every
+/// field of a pool as the server shows it is in the contract's `Pool`.
+#[tokio::test]
+async fn the_pool_schemas_name_what_the_server_takes_and_shows() {
+    let app = TestApp::start().await;
+    let settable = schema_properties("PoolPolicy");
+    let shown = schema_properties("Pool");
+    // Every settable field, sent as null (its default): an unknown one would be refused.
+    let body: serde_json::Map<String, serde_json::Value> = settable
+        .iter()
+        .map(|f| (f.clone(), serde_json::Value::Null))
+        .collect();
+    let pool = app
+        .put_pool("described", serde_json::Value::Object(body))
+        .await
+        .expect(201);
+    let keys: BTreeSet<String> = pool.as_object().unwrap().keys().cloned().collect();
+    let not_shown: Vec<_> = settable.difference(&keys).collect();
+    assert!(
+        not_shown.is_empty(),
+        "settable but not shown: {not_shown:?}"
+    );
+    let undocumented: Vec<_> = keys.difference(&shown).collect();
+    assert!(
+        undocumented.is_empty(),
+        "shown but not in the contract's Pool: {undocumented:?}"
+    );
+}
