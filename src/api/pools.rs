@@ -71,15 +71,15 @@ pub struct PoolBody {
     #[serde(default, deserialize_with = "given")]
     pin: Option<Option<String>>,
     #[serde(default, deserialize_with = "given")]
-    pin_length: Option<Option<u8>>,
+    pin_length: Option<Option<i64>>,
     #[serde(default, deserialize_with = "given")]
-    pin_prompt_timeout_secs: Option<Option<u32>>,
+    pin_prompt_timeout_secs: Option<Option<i64>>,
     #[serde(default, deserialize_with = "given")]
-    pin_retry: Option<Option<u8>>,
+    pin_retry: Option<Option<i64>>,
     #[serde(default, deserialize_with = "given")]
     pin_caller_check: Option<Option<bool>>,
     #[serde(default, deserialize_with = "given")]
-    pin_failure_limit: Option<Option<u8>>,
+    pin_failure_limit: Option<Option<i64>>,
     #[serde(default, deserialize_with = "given")]
     pin_prompt: Option<Option<String>>,
     #[serde(default, deserialize_with = "given")]
@@ -93,6 +93,14 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// A whole number for a setting narrower than JSON's: one its type cannot hold is out of the
+/// setting's range as well, so it becomes the type's largest value, which
+/// [`PoolPolicy::check`] refuses in a sentence naming the setting (serde's own error would
+/// name only the type).
+fn narrow<T: TryFrom<i64>>(max: T) -> impl FnOnce(i64) -> Result<T, ApiError> {
+    move |v| Ok(T::try_from(v).unwrap_or(max))
 }
 
 /// A merge step: absent keeps `current`, `null` takes `default`, a value is parsed.
@@ -218,14 +226,19 @@ impl PoolBody {
                     ApiError::Validation("pin must be off, fallback or always".into())
                 })
             })?,
-            pin_length: merge(self.pin_length, base.pin_length, d.pin_length, Ok)?,
+            pin_length: merge(
+                self.pin_length,
+                base.pin_length,
+                d.pin_length,
+                narrow(u8::MAX),
+            )?,
             pin_prompt_timeout_secs: merge(
                 self.pin_prompt_timeout_secs,
                 base.pin_prompt_timeout_secs,
                 d.pin_prompt_timeout_secs,
-                Ok,
+                narrow(u32::MAX),
             )?,
-            pin_retry: merge(self.pin_retry, base.pin_retry, d.pin_retry, Ok)?,
+            pin_retry: merge(self.pin_retry, base.pin_retry, d.pin_retry, narrow(u8::MAX))?,
             pin_caller_check: merge(
                 self.pin_caller_check,
                 base.pin_caller_check,
@@ -236,7 +249,7 @@ impl PoolBody {
                 self.pin_failure_limit,
                 base.pin_failure_limit,
                 d.pin_failure_limit,
-                Ok,
+                narrow(u8::MAX),
             )?,
             pin_prompt: merge(self.pin_prompt, base.pin_prompt, d.pin_prompt, Ok)?,
             pin_text_prompt: merge(

@@ -645,3 +645,134 @@ async fn hush_refuses_data_of_an_earlier_layout() {
         "{message}"
     );
 }
+
+/// The PIN settings, each away from its default.
+fn pin_policy() -> Value {
+    json!({
+        "pin": "fallback",
+        "pin_length": 8,
+        "pin_prompt_timeout_secs": 10,
+        "pin_retry": 0,
+        "pin_caller_check": false,
+        "pin_failure_limit": 50,
+        "pin_prompt": "Type the code from the app.",
+        "pin_text_prompt": "Start with the code from the app.",
+    })
+}
+
+/// The PIN settings' defaults, as the contract gives them.
+fn pin_defaults() -> Value {
+    json!({
+        "pin": "off",
+        "pin_length": 6,
+        "pin_prompt_timeout_secs": 4,
+        "pin_retry": 2,
+        "pin_caller_check": true,
+        "pin_failure_limit": 5,
+        "pin_prompt": "Please enter your PIN.",
+        "pin_text_prompt": "Start your message with your PIN, then a space.",
+    })
+}
+
+#[track_caller]
+fn assert_fields(pool: &Value, expected: &Value) {
+    for (field, value) in expected.as_object().unwrap() {
+        assert_eq!(&pool[field], value, "{field}: {pool}");
+    }
+}
+
+#[tokio::test]
+async fn pin_settings_round_trip_and_reset_to_their_defaults() {
+    let app = TestApp::start().await;
+    let created = app.put_pool("pins", json!({})).await.expect(201);
+    assert_fields(&created, &pin_defaults());
+
+    let put = app.put_pool("pins", pin_policy()).await.expect(200);
+    assert_fields(&put, &pin_policy());
+    assert_fields(&app.get("/v1/pools/pins").await.expect(200), &pin_policy());
+
+    // A PATCH of one keeps the others; `null` takes the default back, field by field.
+    let patched = app
+        .patch(
+            "/v1/pools/pins",
+            &json!({ "pin": "always", "pin_retry": 5 }),
+        )
+        .await
+        .expect(200);
+    let mut expected = pin_policy();
+    expected["pin"] = json!("always");
+    expected["pin_retry"] = json!(5);
+    assert_fields(&patched, &expected);
+    for (field, default) in pin_defaults().as_object().unwrap() {
+        let reset = app
+            .patch("/v1/pools/pins", &json!({ field.clone(): null }))
+            .await
+            .expect(200);
+        expected[field] = default.clone();
+        assert_fields(&reset, &expected);
+    }
+    assert_fields(
+        &app.get("/v1/pools/pins").await.expect(200),
+        &pin_defaults(),
+    );
+
+    // A PUT that leaves them out (or gives null) puts them all back.
+    app.put_pool("pins", pin_policy()).await.expect(200);
+    let replaced = app
+        .put_pool("pins", json!({ "pin_length": null }))
+        .await
+        .expect(200);
+    assert_fields(&replaced, &pin_defaults());
+}
+
+#[tokio::test]
+async fn pin_settings_out_of_range_are_refused_naming_the_field() {
+    let app = TestApp::start().await;
+    app.put_pool("strict", pin_policy()).await.expect(201);
+    let long = "x".repeat(1001);
+    let cases = [
+        ("pin", json!("sometimes")),
+        ("pin", json!("")),
+        ("pin_length", json!(3)),
+        ("pin_length", json!(9)),
+        ("pin_length", json!(300)),
+        ("pin_length", json!(-1)),
+        ("pin_prompt_timeout_secs", json!(0)),
+        ("pin_prompt_timeout_secs", json!(31)),
+        ("pin_prompt_timeout_secs", json!(5_000_000_000u64)),
+        ("pin_retry", json!(6)),
+        ("pin_retry", json!(256)),
+        ("pin_retry", json!(-1)),
+        ("pin_failure_limit", json!(0)),
+        ("pin_failure_limit", json!(101)),
+        ("pin_failure_limit", json!(1000)),
+        ("pin_prompt", json!("")),
+        ("pin_prompt", json!("   ")),
+        ("pin_prompt", json!(long)),
+        ("pin_text_prompt", json!("")),
+        ("pin_text_prompt", json!(long)),
+    ];
+    for (field, value) in cases {
+        let body = json!({ field: value });
+        for r in [
+            app.patch("/v1/pools/strict", &body).await,
+            app.put_pool("strict", body.clone()).await,
+            app.put_pool("strict-new", body.clone()).await,
+        ] {
+            let problem = r.expect_problem(422, "validation_failed");
+            let detail = problem["detail"].as_str().unwrap();
+            assert!(
+                detail.starts_with(&format!("{field} ")),
+                "{field} = {value}: the detail should name the field: {detail}"
+            );
+        }
+    }
+    // Nothing refused changed anything, nor made a pool.
+    assert_fields(
+        &app.get("/v1/pools/strict").await.expect(200),
+        &pin_policy(),
+    );
+    app.get("/v1/pools/strict-new")
+        .await
+        .expect_problem(404, "pool_not_found");
+}
