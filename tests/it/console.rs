@@ -491,6 +491,21 @@ async fn an_operator_runs_a_pool_from_the_console() {
     assert_eq!(pool["callback_url"], receiver.url("/events"));
     assert_eq!(pool["low_threshold_pct"], 50);
     assert_eq!(pool["default_ttl_secs"], 7200, "a field left alone is kept");
+    // The PIN settings, a group of the same form.
+    b.find("select[name=pin]")
+        .await
+        .select_by_value("fallback")
+        .await
+        .unwrap();
+    b.type_into("input[name=pin_length]", "4").await;
+    b.click("form", "Save changes").await;
+    b.wait_text("#status", "Saved pin, pin_length").await;
+    let pool = app.get("/v1/pools/rides").await.expect(200);
+    assert_eq!(
+        (&pool["pin"], &pool["pin_length"]),
+        (&json!("fallback"), &json!(4))
+    );
+    assert_eq!(pool["pin_retry"], 2, "a PIN setting left alone is kept");
     receiver.set_secrets(vec![app.callback_secret("rides").await]);
 
     // Numbers from a CSV with one bad row: the preview names it, the rest go in.

@@ -369,6 +369,16 @@
       ['intercept_timeout_ms', 'Intercept timeout (ms)', 'int'],
       ['intercept_fallback', 'When the intercept does not answer', [['allow', 'connect (allow)'], ['block', 'announce the message (block)']]],
     ]],
+    ['PIN sessions', [
+      ['pin', 'PIN sessions', [['off', 'off: no number free, no session'], ['fallback', 'when no number is free'], ['always', 'for every session']]],
+      ['pin_length', 'PIN length (digits)', 'int', '4 to 8'],
+      ['pin_prompt_timeout_secs', 'PIN prompt wait (s)', 'int', "silence this long connects a caller's own route"],
+      ['pin_retry', 'Prompts after a wrong PIN', 'int', '0 to 5, then the out-of-session message'],
+      ['pin_failure_limit', 'Wrong PINs per caller a minute', 'int', 'more are refused, on each number'],
+      ['pin_caller_check', 'A PIN works only from its participant\'s phone', 'bool'],
+      ['pin_prompt', 'PIN prompt', 'long', 'what a caller hears'],
+      ['pin_text_prompt', 'PIN reply to texts', 'long', 'the reply to a text that does not start with a right PIN'],
+    ]],
   ];
   const POLICY = POLICY_GROUPS.flatMap(([, fields]) => fields);
 
@@ -821,11 +831,20 @@
     const err = h('div');
     const reveal = h('button', { type: 'button', class: 'small', 'aria-pressed': 'false' }, 'Show numbers');
     const people = h('dd', {});
+    // A PIN reaches the other participant as surely as a number does: hidden alike.
+    const pins = s.pins || [];
+    const pinOf = (p, i) => {
+      const pin = pins.find((x) => p.number && x.participant === p.number) || pins[i];
+      if (!pin) return null;
+      return [' — PIN ', h('span', { class: 'mono pin' }, shown ? pin.pin : '•'.repeat(pin.pin.length))];
+    };
     let shown = false;
     const paint = () => {
       fill(people, ...s.participants.map((p, i) => h('div', {},
-        `${i + 1}. ${p.label || 'no label'} — `, h('span', { class: 'mono' }, shown ? (p.number || '(erased)') : masked(p.number)))));
-      reveal.textContent = shown ? 'Hide numbers' : 'Show numbers';
+        `${i + 1}. ${p.label || 'no label'} — `, h('span', { class: 'mono' }, shown ? (p.number || '(erased)') : masked(p.number)),
+        pinOf(p, i))));
+      const what = pins.length ? 'numbers and PINs' : 'numbers';
+      reveal.textContent = shown ? `Hide ${what}` : `Show ${what}`;
       reveal.setAttribute('aria-pressed', String(shown));
     };
     reveal.addEventListener('click', () => { shown = !shown; paint(); });
@@ -839,6 +858,8 @@
         h('dl', { class: 'facts' },
           h('dt', {}, 'Pool'), h('dd', {}, s.pool),
           h('dt', {}, 'Proxy number'), h('dd', { class: 'mono' }, s.proxy_number),
+          s.access ? [h('dt', {}, 'Access'), h('dd', { class: 'access' },
+            s.access === 'pin' ? 'PIN, on a number shared with other sessions' : 'direct: routes of its own')] : null,
           h('dt', {}, 'Participants'), people,
           h('dt', {}, 'Mode'), h('dd', {}, s.mode),
           h('dt', {}, 'Created'), h('dd', {}, when(s.created_at)),
