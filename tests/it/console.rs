@@ -721,6 +721,32 @@ async fn an_operator_runs_a_pool_from_the_console() {
         b.screenshot("09-audit", 1280).await;
     }
 
+    // A PIN session's page says how it is reached, and hides the PINs as it hides numbers.
+    app.pool("pinned", json!({ "pin": "always" }), &[proxy(10)])
+        .await;
+    let pinned = app
+        .create_session_with(&json!({
+            "pool": "pinned",
+            "participants": [{ "number": participant(5), "label": "buyer:1" }, { "number": participant(6) }],
+        }))
+        .await
+        .expect(201);
+    assert_eq!(pinned["access"], "pin", "{pinned}");
+    let pins: Vec<String> = (0..2)
+        .map(|i| pinned["pins"][i]["pin"].as_str().unwrap().to_string())
+        .collect();
+    b.page(&format!("#/sessions/{}", pinned["id"].as_str().unwrap()))
+        .await;
+    let page = b.wait_text("main", "PIN, on a number shared").await;
+    for pin in &pins {
+        assert!(!page.contains(pin.as_str()), "a PIN shown unasked: {page}");
+    }
+    b.click("main", "Show numbers and PINs").await;
+    for pin in &pins {
+        b.wait_text("main", pin).await;
+    }
+    b.screenshot("10-pin-session", 1280).await;
+
     b.close().await;
 }
 
