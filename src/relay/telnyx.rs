@@ -44,6 +44,7 @@ impl Dialect for Telnyx {
         Path::post("/hooks/telnyx/status", Hook::Status),
         Path::post("/hooks/telnyx/recording", Hook::Recording),
         Path::post("/hooks/telnyx/bridge", Hook::Bridge),
+        Path::post("/hooks/telnyx/digits", Hook::Digits),
     ];
 
     /// Telnyx is enabled when the public key that checks its webhooks is set.
@@ -66,10 +67,8 @@ impl Dialect for Telnyx {
         }
     }
 
-    async fn read_digits(_: &AppState, _: &Webhook) -> Result<super::dialect::Digits, ApiError> {
-        Err(ApiError::InvalidRequest(
-            "PIN prompts are not answered here yet".into(),
-        ))
+    async fn read_digits(_: &AppState, hook: &Webhook) -> Result<dialect::Digits, ApiError> {
+        read_digits(&hook.body)
     }
 
     fn unrouted(kind: Kind) -> Response {
@@ -84,7 +83,11 @@ impl Dialect for Telnyx {
         match inbound.kind {
             Kind::Voice => {
                 let recorded = dialect::recorded::<Self>(state, &outcome);
-                texml(render_call_with(Some(&outcome.decision), recorded.as_ref()))
+                texml(render_call_with(
+                    Some(&outcome.decision),
+                    recorded.as_ref(),
+                    &state.public_url,
+                ))
             }
             Kind::Sms => {
                 outbound::queue_answer(&state.broker, Via::Telnyx, inbound, outcome, accepted).await
@@ -257,12 +260,17 @@ const TIME_LIMIT_SECS: (u32, u32) = (60, 14_400);
 
 /// The TeXML answer to a call that is not recorded.
 pub fn render_call(decision: Option<&Decision>) -> String {
-    render_call_with(decision, None)
+    render_call_with(decision, None, "")
 }
 
-/// The TeXML answer to a call; `recorded` when the session records its calls. `<Dial>`
-/// takes TwiML's recording attributes, and a time limit within TeXML's range.
-pub fn render_call_with(decision: Option<&Decision>, recorded: Option<&Recorded>) -> String {
+/// The TeXML answer to a call, from hush at `public_url`; `recorded` when the session
+/// records its calls. `<Dial>` takes TwiML's recording attributes, and a time limit within
+/// TeXML's range.
+pub fn render_call_with(
+    decision: Option<&Decision>,
+    recorded: Option<&Recorded>,
+    public_url: &str,
+) -> String {
     let body = match decision {
         Some(Decision::Connect {
             caller_id,
@@ -286,10 +294,42 @@ pub fn render_call_with(decision: Option<&Decision>, recorded: Option<&Recorded>
         Some(Decision::Announce { message }) => {
             format!("<Say>{}</Say><Hangup/>", xml_escape(message))
         }
+        Some(Decision::Gather {
+            digits,
+            attempt,
+            timeout_secs,
+            prompt,
+        }) => gather(
+            *digits,
+            *timeout_secs,
+            prompt,
+            &dialect::digits_url::<Telnyx>(public_url, *attempt),
+        ),
         // A number that is no pool's, or an answer that is not a call's.
-        Some(Decision::Relay { .. } | Decision::Gather { .. }) | None => "<Reject/>".into(),
+        Some(Decision::Relay { .. }) | None => "<Reject/>".into(),
     };
     format!("{XML_HEAD}<Response>{body}</Response>")
+}
+
+/// TeXML's range for `<Gather timeout>`, in seconds
+/// (<https://developers.telnyx.com/docs/voice/programmable-voice/texml-verbs/gather>).
+const GATHER_TIMEOUT_SECS: (u32, u32) = (1, 120);
+
+/// A PIN prompt. TeXML's `<Gather>` documents no `method` (its `action` is requested with
+/// the TeXML application's method) and no `actionOnEmptyResult`, so nothing says silence
+/// reaches `action`; the `<Redirect>` after it
+/// (<https://developers.telnyx.com/docs/voice/programmable-voice/texml-verbs/redirect>)
+/// asks the same URL when the prompt ends with nothing typed, and is never reached once
+/// `action` took the call. Either way hush hears of the prompt exactly once, and decides
+/// what silence means. The prompt is inside `<Gather>`, so typing may start while it
+/// plays; `numDigits` ends the prompt as soon as a whole PIN came.
+fn gather(digits: u8, timeout_secs: u32, prompt: &str, digits_url: &str) -> String {
+    let url = xml_escape(digits_url);
+    format!(
+        r#"<Gather input="dtmf" numDigits="{digits}" timeout="{}" action="{url}"><Say>{}</Say></Gather><Redirect method="POST">{url}</Redirect>"#,
+        timeout_secs.clamp(GATHER_TIMEOUT_SECS.0, GATHER_TIMEOUT_SECS.1),
+        xml_escape(prompt),
+    )
 }
 
 fn texml(doc: String) -> Response {
@@ -299,6 +339,32 @@ fn texml(doc: String) -> Response {
         HeaderValue::from_static("application/xml"),
     );
     resp
+}
+
+/// Reads the end of a PIN prompt: the `<Gather>` action or the `<Redirect>` after it, both
+/// TeXML requests with the call's form fields (`CallSid`, `From`, `To`), the first with
+/// `Digits`. A finishing `#` (`finishOnKey`'s default) is not part of a PIN.
+fn read_digits(body: &[u8]) -> Result<dialect::Digits, ApiError> {
+    let form = form_urlencoded(body);
+    let (Some(call), Some(to)) = (param(&form, "CallSid"), param(&form, "To")) else {
+        return Err(ApiError::InvalidRequest(
+            "a TeXML digits request needs CallSid and To".into(),
+        ));
+    };
+    if call.is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "a TeXML digits request needs a CallSid".into(),
+        ));
+    }
+    let to = E164::parse_syntax(to).map_err(|_| {
+        ApiError::InvalidRequest("the `To` parameter is not an E.164 number".into())
+    })?;
+    let from = param(&form, "From").and_then(|f| E164::parse_syntax(f).ok());
+    let digits = param(&form, "Digits").unwrap_or_default().trim();
+    Ok(dialect::Digits {
+        call: Inbound::call(from, to, call.to_string()),
+        digits: digits.strip_suffix('#').unwrap_or(digits).to_string(),
+    })
 }
 
 /// Reads a TeXML call request: Twilio's form fields.
@@ -702,7 +768,7 @@ mod tests {
         use crate::domain::RecordChannels;
         let dual = connect(Some(RecordChannels::Dual), Some(600));
         assert_eq!(
-            render_call_with(Some(&dual), Some(&recorded(RecordChannels::Dual))),
+            render_call_with(Some(&dual), Some(&recorded(RecordChannels::Dual)), ""),
             format!(
                 "{XML_HEAD}<Response><Dial callerId=\"+12015550100\" timeLimit=\"600\" \
                  record=\"record-from-answer-dual\" recordingStatusCallback=\
@@ -712,7 +778,7 @@ mod tests {
             )
         );
         let mono = connect(Some(RecordChannels::Mono), None);
-        let doc = render_call_with(Some(&mono), Some(&recorded(RecordChannels::Mono)));
+        let doc = render_call_with(Some(&mono), Some(&recorded(RecordChannels::Mono)), "");
         assert!(doc.contains(r#" record="record-from-answer" "#), "{doc}");
         assert!(!doc.contains("timeLimit"), "{doc}");
         // TeXML takes 60 s to 4 h.
@@ -720,5 +786,107 @@ mod tests {
         assert!(render_call(Some(&short)).contains(r#"timeLimit="60""#));
         let long = connect(None, Some(86_400));
         assert!(render_call(Some(&long)).contains(r#"timeLimit="14400""#));
+    }
+
+    #[test]
+    fn a_pin_prompt_gathers_then_redirects_to_the_same_digits_url() {
+        let prompt = Decision::Gather {
+            digits: 6,
+            attempt: 2,
+            timeout_secs: 4,
+            prompt: "Enter the <PIN> & \"wait\"".into(),
+        };
+        let url = "https://h.test/hooks/telnyx/digits?attempt=2";
+        assert_eq!(dialect::digits_url::<Telnyx>("https://h.test", 2), url);
+        assert_eq!(
+            render_call_with(Some(&prompt), None, "https://h.test"),
+            format!(
+                "{XML_HEAD}<Response><Gather input=\"dtmf\" numDigits=\"6\" timeout=\"4\" \
+                 action=\"{url}\"><Say>Enter the &lt;PIN&gt; &amp; &quot;wait&quot;</Say>\
+                 </Gather><Redirect method=\"POST\">{url}</Redirect></Response>"
+            )
+        );
+        // A URL that needs escaping is escaped in both places; TeXML takes 1 to 120 s.
+        let doc = gather(4, 0, "", "https://h.test/d?a=1&b=2");
+        assert_eq!(
+            doc,
+            "<Gather input=\"dtmf\" numDigits=\"4\" timeout=\"1\" \
+             action=\"https://h.test/d?a=1&amp;b=2\"><Say></Say></Gather>\
+             <Redirect method=\"POST\">https://h.test/d?a=1&amp;b=2</Redirect>"
+        );
+        assert!(gather(4, 600, "", "u").contains(r#"timeout="120""#));
+    }
+
+    fn digits_of(body: &str) -> Result<dialect::Digits, ApiError> {
+        read_digits(body.as_bytes())
+    }
+
+    #[test]
+    fn a_digits_request_reads_as_the_call_it_ends() {
+        let typed = digits_of(
+            "CallSid=v3%3Acall-1&AccountSid=acc&From=%2B14155550100&To=%2B12015550100\
+             &Digits=123456&CallStatus=in-progress",
+        )
+        .unwrap();
+        assert_eq!(typed.digits, "123456");
+        assert_eq!(typed.call.provider_ref, "v3:call-1");
+        assert_eq!(typed.call.kind, Kind::Voice);
+        assert_eq!(typed.call.from.unwrap().reveal(), "+14155550100");
+        assert_eq!(typed.call.to.reveal(), "+12015550100");
+        // A finishing `#` is not part of the PIN.
+        let hashed = digits_of("CallSid=c&From=%2B14155550100&To=%2B12015550100&Digits=1234%23");
+        assert_eq!(hashed.unwrap().digits, "1234");
+    }
+
+    #[test]
+    fn silence_reads_as_no_digits() {
+        // The `<Redirect>` after the prompt carries no `Digits`; an action on an empty
+        // result would carry an empty one.
+        for body in [
+            "CallSid=c&From=%2B14155550100&To=%2B12015550100",
+            "CallSid=c&From=%2B14155550100&To=%2B12015550100&Digits=",
+            "CallSid=c&From=%2B14155550100&To=%2B12015550100&Digits=%23",
+        ] {
+            let typed = digits_of(body).unwrap();
+            assert_eq!(typed.digits, "", "{body}");
+            assert_eq!(typed.call.provider_ref, "c");
+        }
+    }
+
+    #[test]
+    fn a_withheld_caller_reads_as_none() {
+        for from in ["anonymous", "Restricted", "", "266696687"] {
+            let body = format!("CallSid=c&From={from}&To=%2B12015550100&Digits=123456");
+            let typed = digits_of(&body).unwrap();
+            assert!(typed.call.from.is_none(), "{from}");
+            assert_eq!(typed.digits, "123456");
+        }
+        let typed = digits_of("CallSid=c&To=%2B12015550100&Digits=1").unwrap();
+        assert!(typed.call.from.is_none());
+    }
+
+    #[test]
+    fn a_malformed_digits_request_is_a_clear_400() {
+        for body in [
+            "",
+            "Digits=123456",
+            "From=%2B14155550100&To=%2B12015550100&Digits=123456",
+            "CallSid=&To=%2B12015550100",
+            "CallSid=c&From=%2B14155550100&Digits=123456",
+            "CallSid=c&To=sip%3Abob%40example.com&Digits=1",
+            "{\"CallSid\":\"c\",\"To\":\"+12015550100\"}",
+            "\u{0}\u{ff}%%%&&==",
+        ] {
+            let Err(e) = digits_of(body) else {
+                panic!("{body:?} read as digits");
+            };
+            let resp = e.into_response();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body:?}");
+            assert_eq!(
+                resp.headers()[header::CONTENT_TYPE],
+                "application/problem+json",
+                "{body:?}"
+            );
+        }
     }
 }
