@@ -12,22 +12,27 @@ use crate::relay::param;
 /// longer did not come from a keypad.
 const MAX_DIGITS: usize = 99;
 
+/// Plivo's own wait between two digits, which the prompt never shortens.
+const DIGIT_TIMEOUT_SECS: u32 = 2;
+
 /// The prompt for `digits` digits, reported to `action`.
 ///
 /// <https://www.plivo.com/docs/voice/xml/getdigits/>: `timeout` is how long Plivo waits for
-/// the first digit and `numDigits` ends the prompt once a whole PIN came; when nothing is
-/// typed in time Plivo goes on to the next element, so a `<Redirect>` to the same URL
-/// (<https://www.plivo.com/docs/voice/xml/redirect/>) reports the silence, without `Digits`.
-/// `retries="1"` leaves asking again to the broker, which counts the attempts in the URL.
-/// `log="false"` keeps the typed PIN out of Plivo's call logs
+/// the first digit, `digitTimeout` for each next one (the same silence, as a pool sets it,
+/// but never under Plivo's default of 2 s), and `numDigits` ends the prompt once a whole PIN
+/// came. When nothing is typed in time Plivo goes on to the next element, so a `<Redirect>`
+/// to the same URL (<https://www.plivo.com/docs/voice/xml/redirect/>) reports the silence,
+/// without `Digits`. `retries="1"` leaves asking again to the broker, which counts the
+/// attempts in the URL. `log="false"` keeps the typed PIN out of Plivo's call logs
 /// (<https://plivo.com/docs/voice/xml/input>). `<GetDigits>` rather than `<GetInput>`:
 /// `<GetInput executionTimeout>` takes 5 to 60 s, and a pool's prompt may wait less.
 pub(super) fn gather(digits: u8, timeout_secs: u32, prompt: &str, action: &str) -> String {
     let action = xml_escape(action);
     format!(
-        r#"<Response><GetDigits action="{action}" method="POST" numDigits="{}" timeout="{}" retries="1" redirect="true" log="false"><Speak>{}</Speak></GetDigits><Redirect method="POST">{action}</Redirect></Response>"#,
+        r#"<Response><GetDigits action="{action}" method="POST" numDigits="{}" timeout="{}" digitTimeout="{}" retries="1" redirect="true" log="false"><Speak>{}</Speak></GetDigits><Redirect method="POST">{action}</Redirect></Response>"#,
         digits.max(1),
         timeout_secs.max(1),
+        timeout_secs.max(DIGIT_TIMEOUT_SECS),
         xml_escape(prompt),
     )
 }

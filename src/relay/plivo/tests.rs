@@ -515,7 +515,7 @@ fn a_pin_prompt_asks_then_reports_silence_to_the_same_attempt() {
     assert_eq!(
         render(&call, &gather(1, "Enter the PIN"), "https://h.test"),
         "<Response><GetDigits action=\"https://h.test/hooks/plivo/digits?attempt=1\" \
-         method=\"POST\" numDigits=\"6\" timeout=\"4\" retries=\"1\" redirect=\"true\" \
+         method=\"POST\" numDigits=\"6\" timeout=\"4\" digitTimeout=\"4\" retries=\"1\" redirect=\"true\" \
          log=\"false\"><Speak>Enter the PIN</Speak></GetDigits>\
          <Redirect method=\"POST\">https://h.test/hooks/plivo/digits?attempt=1</Redirect>\
          </Response>"
@@ -543,7 +543,10 @@ fn a_pin_prompt_asks_then_reports_silence_to_the_same_attempt() {
         prompt: String::new(),
     };
     let doc = render(&call, &zero, "https://h.test");
-    assert!(doc.contains(r#"numDigits="1" timeout="1""#), "{doc}");
+    assert!(
+        doc.contains(r#"numDigits="1" timeout="1" digitTimeout="2""#),
+        "{doc}"
+    );
     assert!(doc.contains("<Speak></Speak>"), "{doc}");
 }
 
