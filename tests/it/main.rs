@@ -28,6 +28,7 @@ mod ops;
 mod outage;
 mod pin;
 mod pin_telnyx;
+mod pin_plivo;
 mod pool_low;
 mod pools;
 mod privacy;
