@@ -17,6 +17,10 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
     pub sessions_created: IntCounterVec,
+    /// Sessions created with PINs on a shared number instead of routes.
+    pub pin_sessions_created: IntCounterVec,
+    /// PIN prompts and texts that reached nobody, by why: `wrong`, `limited`, `ended`.
+    pub pin_failures: IntCounterVec,
     pub sessions_closed: IntCounterVec,
     pub allocations: IntCounterVec,
     pub routes: IntCounterVec,
@@ -74,6 +78,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let sessions_created = IntCounterVec::new(
         Opts::new("hush_sessions_created_total", "Sessions created"),
         &["pool"],
+    )?;
+    let pin_sessions_created = IntCounterVec::new(
+        Opts::new(
+            "hush_pin_sessions_created_total",
+            "Sessions created with PINs on a shared number",
+        ),
+        &["pool"],
+    )?;
+    let pin_failures = IntCounterVec::new(
+        Opts::new(
+            "hush_pin_failures_total",
+            "PINs that reached nobody: wrong, refused for too many wrong ones (limited), or of an ended session",
+        ),
+        &["pool", "reason"],
     )?;
     let sessions_closed = IntCounterVec::new(
         Opts::new("hush_sessions_closed_total", "Sessions ended, by reason"),
@@ -158,6 +176,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(http_requests.clone()))?;
     registry.register(Box::new(http_latency.clone()))?;
     registry.register(Box::new(sessions_created.clone()))?;
+    registry.register(Box::new(pin_sessions_created.clone()))?;
+    registry.register(Box::new(pin_failures.clone()))?;
     registry.register(Box::new(sessions_closed.clone()))?;
     registry.register(Box::new(allocations.clone()))?;
     registry.register(Box::new(routes.clone()))?;
@@ -169,6 +189,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         http_requests,
         http_latency,
         sessions_created,
+        pin_sessions_created,
+        pin_failures,
         sessions_closed,
         allocations,
         routes,

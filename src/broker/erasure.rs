@@ -26,9 +26,8 @@ impl Broker {
                     .store
                     .entry_of(&shard, &idx)
                     .await?
-                    .routes
+                    .session_keys()
                     .into_iter()
-                    .map(|(_, key)| key)
                     .collect();
                 for key in keys {
                     let Some(id) = SessionId::from_key(row.id, s, &key) else {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{E164, Millis, SessionId, parse_interaction_code, rfc3339};
+use crate::domain::{E164, Millis, SessionId, interaction_access, parse_interaction_code, rfc3339};
 
 use super::{
     Broker, BrokerError, EventId, InteractionView, InterceptPlan, InterceptVerdict, Result,
@@ -101,6 +101,7 @@ impl Broker {
                     "interaction_id": "__IID__",
                     "kind": "__KIND__",
                     "initiated_by": "__BY__",
+                    "access": "__ACCESS__",
                     "from_participant": "__SIDE__",
                     "status": status,
                     "duration_secs": "__DURATION__",
@@ -225,6 +226,7 @@ impl Broker {
                 kind: super::kind_name(kind),
                 from_participant: if f[1] == "0" { 0 } else { 1 },
                 initiated_by,
+                access: interaction_access(f[0]),
                 status: f[2].to_string(),
                 started_at: rfc3339(ms(f[3]).unwrap_or(0)),
                 ended_at: ms(f[4]).map(rfc3339),

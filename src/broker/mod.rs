@@ -52,8 +52,8 @@ pub use sessions::{MAX_TTL_SECS, STICKY_WINDOW_MS};
 pub use texts::{AppText, OutboundSms, Recipient, TEXT_MAX_CHARS, Via as TextVia};
 pub use views::{
     AddReport, Decision, InteractionView, InterceptPlan, InterceptVerdict, NewSession,
-    NumberCounts, NumberView, OptionsView, Participant, ParticipantView, PoolView, RelayOutcome,
-    SessionChoices, SessionView, Skipped,
+    NumberCounts, NumberView, OptionsView, Participant, ParticipantView, PinView, PoolView,
+    RelayOutcome, SessionChoices, SessionView, Skipped,
 };
 
 /// How long a pool's policy is trusted before it is read again on hot paths.

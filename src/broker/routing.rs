@@ -6,7 +6,7 @@ use crate::crypto::CryptoError;
 use crate::domain::{
     Access, E164, Initiator, PoolPolicy, SessionId, interaction_code, session::Kind,
 };
-use crate::store::{Reach, ShardKeys, StoreError};
+use crate::store::{Claimed, PinClaim, Reach, ShardKeys, StoreError, Unreached};
 use crate::telemetry::METRICS;
 
 use super::{Broker, BrokerError, Decision, PoolLimit, RelayOutcome, Result, kind_name, policy_of};
@@ -19,6 +19,20 @@ pub const PROVIDER_REF_TTL_MS: i64 = 48 * 3600 * 1000;
 /// without `reference`) is remembered: nothing can retry it, so only long enough for the
 /// app's intercept to give its verdict.
 pub const UNNAMED_REF_TTL_MS: i64 = 60 * 1000;
+
+/// The PIN a text opens with, and the rest of the text: 4 to 8 digits first (spaces before
+/// them allowed), then a space or the end. Anything else is a text with no PIN.
+pub fn pin_prefix(body: &str) -> Option<(&str, &str)> {
+    let body = body.trim_start();
+    let end = body
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(body.len());
+    let (pin, rest) = body.split_at(end);
+    if !(4..=8).contains(&pin.len()) || rest.chars().next().is_some_and(|c| !c.is_whitespace()) {
+        return None;
+    }
+    Some((pin, rest.trim_start()))
+}
 
 /// What came with a call or text beyond who calls whom.
 #[derive(Clone, Copy, Debug)]
@@ -174,7 +188,6 @@ impl Broker {
         kind: Kind,
         input: Input<'_>,
     ) -> Result<RelayOutcome> {
-        let _ = input;
         if provider_ref.is_empty()
             || provider_ref.len() > 128
             || !provider_ref
@@ -186,6 +199,23 @@ impl Broker {
             ));
         }
         let idx = from.map(|f| self.idx(f));
+        // A PIN is looked up by its blind index only; a text's goes on without it.
+        let (pin_index, attempt, rest) = match input {
+            Input::Digits { digits, attempt } => {
+                let digits = digits.trim_end_matches('#');
+                let index = if digits.is_empty() {
+                    String::new()
+                } else {
+                    self.inner.crypto.pin_index(digits)
+                };
+                (index, Some(attempt.max(1)), None)
+            }
+            Input::Arrived { body: Some(body) } if kind == Kind::Sms => match pin_prefix(body) {
+                Some((pin, rest)) => (self.inner.crypto.pin_index(pin), None, Some(rest)),
+                None => (String::new(), None, None),
+            },
+            Input::Arrived { .. } => (String::new(), None, None),
+        };
         let mut fresh = false;
         loop {
             let Some((pool_id, shard)) = self.owner(to, fresh).await? else {
@@ -195,7 +225,7 @@ impl Broker {
             };
             let keys = self.shard(pool_id, shard);
             let interaction = format!("int_{}", SessionId::new(0, 0).key());
-            // One look at the cached pool serves both questions the claim needs answered.
+            // One look at the cached pool serves every question the claim needs answered.
             let pool = self.pool_policy_cached(pool_id).await?;
             let intercept = pool
                 .as_ref()
@@ -213,6 +243,7 @@ impl Broker {
                     "kind": kind_name(kind),
                     "initiated_by": Initiator::Participant.as_str(),
                     "from_participant": "__SIDE__",
+                    "access": "__ACCESS__",
                     "pool": pool,
                     "proxy_number": to.reveal(),
                     "provider": provider,
@@ -220,6 +251,14 @@ impl Broker {
                 None,
             )
             });
+            let default_policy;
+            let policy = match &pool {
+                Some((_, policy)) => policy.as_ref(),
+                None => {
+                    default_policy = PoolPolicy::default();
+                    &default_policy
+                }
+            };
             let claimed = self
                 .inner
                 .store
@@ -235,23 +274,53 @@ impl Broker {
                     ref_ttl_ms,
                     event.as_ref(),
                     intercept,
+                    PinClaim {
+                        pin_index: &pin_index,
+                        attempt,
+                        prompts: policy.pin_retry.saturating_add(1),
+                        failure_limit: policy.pin_failure_limit,
+                        caller_check: policy.pin_caller_check,
+                    },
                 )
                 .await?;
+            let pool_label = || {
+                pool.as_ref()
+                    .map_or_else(String::new, |(row, _)| row.name.clone())
+            };
             return match claimed {
-                crate::store::Claimed::Connect {
+                Claimed::Connect {
                     reach,
                     interaction,
                     replay,
                     pending,
+                    access,
+                    strip_pin,
                 } => Ok(RelayOutcome {
                     decision: self.decide(pool_id, shard, &reach, to, kind)?,
                     interaction: Some(interaction),
                     replay,
                     pending,
-                    access: Access::Direct,
-                    body: None,
+                    access,
+                    body: rest.filter(|_| strip_pin).map(str::to_string),
                 }),
-                crate::store::Claimed::Block {
+                Claimed::Gather { attempt, own_route } => {
+                    METRICS.routes.with_label_values(&["gather"]).inc();
+                    tracing::debug!(attempt, own_route, "pin prompt");
+                    Ok(RelayOutcome {
+                        decision: Decision::Gather {
+                            digits: policy.pin_length,
+                            attempt,
+                            timeout_secs: policy.pin_prompt_timeout_secs,
+                            prompt: policy.pin_prompt.clone(),
+                        },
+                        interaction: None,
+                        replay: false,
+                        pending: false,
+                        access: Access::Pin,
+                        body: None,
+                    })
+                }
+                Claimed::Block {
                     sealed_message,
                     interaction,
                 } => {
@@ -274,17 +343,40 @@ impl Broker {
                         body: None,
                     })
                 }
-                crate::store::Claimed::Announce => {
+                Claimed::Announce(why) => {
                     // The number may have moved since its owner was cached: then the call is
                     // for its shard now, asked once.
-                    if !fresh {
+                    if why == Unreached::Nobody && !fresh {
                         fresh = true;
                         if self.owner(to, true).await? != Some((pool_id, shard)) {
                             continue;
                         }
                     }
+                    let reason = match why {
+                        Unreached::WrongPin => Some("wrong"),
+                        Unreached::Limited => Some("limited"),
+                        Unreached::Ended => Some("ended"),
+                        Unreached::Nobody | Unreached::NeedsPin => None,
+                    };
+                    if let Some(reason) = reason {
+                        METRICS
+                            .pin_failures
+                            .with_label_values(&[pool_label().as_str(), reason])
+                            .inc();
+                    }
+                    // A text that needs a PIN is told how to give one; a wrong one too.
+                    let decision = if kind == Kind::Sms
+                        && matches!(why, Unreached::NeedsPin | Unreached::WrongPin)
+                    {
+                        METRICS.routes.with_label_values(&["announce"]).inc();
+                        Decision::Announce {
+                            message: policy.pin_text_prompt.clone(),
+                        }
+                    } else {
+                        self.announce(pool_id).await?
+                    };
                     Ok(RelayOutcome {
-                        decision: self.announce(pool_id).await?,
+                        decision,
                         interaction: None,
                         replay: false,
                         pending: false,

@@ -66,6 +66,21 @@ pub struct SessionView {
     pub metadata: BTreeMap<String, String>,
     #[serde(flatten)]
     pub options: OptionsView,
+    /// `pin` for a session whose participants reach each other by PIN on a shared number.
+    #[serde(default)]
+    pub access: Access,
+    /// Each participant's PIN to reach the other, while a PIN session is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pins: Option<Vec<PinView>>,
+}
+
+/// The PIN one participant types to reach the other.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PinView {
+    /// The participant's number; gone once they are erased (and their PIN with it).
+    pub participant: Option<String>,
+    pub label: Option<String>,
+    pub pin: String,
 }
 
 /// A session's options as the API shows them.
@@ -211,6 +226,8 @@ pub struct InteractionView {
     /// the participant it reached (whom the proxy number stands for).
     pub from_participant: u8,
     pub initiated_by: Initiator,
+    /// `pin` for an interaction of a PIN session.
+    pub access: Access,
     pub status: String,
     pub started_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]

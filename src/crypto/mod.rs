@@ -95,6 +95,34 @@ impl Crypto {
         B64URL.encode(&mac.finalize().into_bytes()[..16])
     }
 
+    /// The PIN a PIN session's participant gets, the `attempt`th candidate of that side:
+    /// keyed and derived from the session key, so it reads as random, is never stored, and
+    /// can be shown again by whoever holds the index key (see [`Crypto::pin_index`]).
+    pub fn pin(&self, session_key: &str, side: usize, attempt: usize, length: u8) -> String {
+        let mut mac = self.index.clone();
+        mac.update(b"pin-of:");
+        mac.update(session_key.as_bytes());
+        mac.update(format!(":{side}:{attempt}").as_bytes());
+        let out = mac.finalize().into_bytes();
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&out[..8]);
+        // A 64-bit draw modulo at most 10^8 leaves a bias below one in 10^11.
+        let value = u64::from_be_bytes(n) % 10u64.pow(u32::from(length));
+        format!("{value:0width$}", width = usize::from(length))
+    }
+
+    /// A PIN's name in Redis: 8 bytes of keyed digest as upper-case hex, so no option of a
+    /// session record (lower-case letters and digits) can be read inside it.
+    pub fn pin_index(&self, pin: &str) -> String {
+        let mut mac = self.index.clone();
+        mac.update(b"pin:");
+        mac.update(pin.as_bytes());
+        mac.finalize().into_bytes()[..8]
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect()
+    }
+
     /// Seals `plain` under the newest data key. `purpose` is bound as associated data, so a
     /// ciphertext moved to another field fails to open.
     pub fn seal(&self, purpose: &str, plain: &[u8]) -> String {

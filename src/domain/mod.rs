@@ -14,7 +14,7 @@ pub use pool::{
 };
 pub use session::{
     Access, CallOptions, CloseReason, Initiator, Mode, RecordChannels, SessionOptions, Status,
-    interaction_code, parse_interaction_code,
+    interaction_access, interaction_code, parse_interaction_code,
 };
 
 /// Milliseconds since the Unix epoch; the unit every stored time uses.

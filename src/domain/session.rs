@@ -175,6 +175,15 @@ impl Initiator {
     }
 }
 
+/// How the interaction a stored code names reached its session.
+pub fn interaction_access(code: &str) -> Access {
+    if code.len() == 2 {
+        Access::Pin
+    } else {
+        Access::Direct
+    }
+}
+
 /// How a caller reached a session: by a route of their own on the proxy number, or by typing
 /// the session's PIN on a number shared by many (see `pin` in the pool policy).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,9 +215,11 @@ pub fn interaction_code(kind: Kind, by: Initiator) -> &'static str {
     }
 }
 
-/// Reads [`interaction_code`] back; anything else is a participant's text, as before.
+/// Reads [`interaction_code`] back; anything else is a participant's text, as before. A
+/// second letter (`p`, or `P` for a text that opened with its PIN) marks an interaction of
+/// a PIN session (see [`interaction_access`]).
 pub fn parse_interaction_code(code: &str) -> (Kind, Initiator) {
-    match code {
+    match code.get(..1).unwrap_or("") {
         "v" => (Kind::Voice, Initiator::Participant),
         "V" => (Kind::Voice, Initiator::App),
         "S" => (Kind::Sms, Initiator::App),

@@ -40,8 +40,10 @@ pub use keys::{Keys, ShardKeys};
 pub use numbers::NumberRow;
 pub use outbox::AppTextQueued;
 pub use pools::{LAYOUT, PoolRow, PoolSet, ShardCounts};
-pub use routes::{CallStarted, Claimed, Entry, Reach, Stub};
-pub use sessions::{CreateArgs, Created, EndEvents, EndOp, Ended, Refusal, STICKY_WINDOW_MS};
+pub use routes::{CallStarted, Claimed, Entry, PinClaim, Reach, Stub, Unreached};
+pub use sessions::{
+    CreateArgs, Created, EndEvents, EndOp, Ended, PinCandidates, Refusal, STICKY_WINDOW_MS,
+};
 pub use stats::{CreateOutcome, MinuteCounts, STATS_MINUTES};
 pub use target::{RedisTarget, StoreKind, TargetError};
 
@@ -369,7 +371,7 @@ mod tests {
         for needed in [
             "local TAG",
             "function get_session",
-            "function route_of",
+            "function pins_of",
             "function put_event",
         ] {
             assert!(p.contains(needed), "{needed} missing");
@@ -428,6 +430,7 @@ mod tests {
                     // Bucket names (common.lua) are built from TAG as well.
                     || key_arg.starts_with("sbucket(")
                     || key_arg.starts_with("ubucket(")
+                    || key_arg.starts_with("pin_key(")
                     || key_arg
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '_');

@@ -7,13 +7,15 @@ use std::collections::HashMap;
 use redis::Value;
 
 use super::{EventDraft, Result, ShardKeys, Store, StoreError, strings};
-use crate::domain::{CallOptions, SessionOptions};
+use crate::domain::{Access, CallOptions, SessionOptions};
 
 /// A participant's entry in its bucket (see `lua/common.lua`): the routes it holds, proxy
-/// number → session key, and its sticky memory.
+/// number → session key, the PIN sessions it is in (proxy number, session key), and its
+/// sticky memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entry {
     pub routes: Vec<(String, String)>,
+    pub pins: Vec<(String, String)>,
     pub stubs: Vec<Stub>,
 }
 
@@ -32,6 +34,8 @@ impl Entry {
         for item in raw.split(',').filter(|i| !i.is_empty()) {
             if let Some((number, key)) = item.split_once('=') {
                 entry.routes.push((number.to_string(), key.to_string()));
+            } else if let Some((number, key)) = item.split_once('#') {
+                entry.pins.push((number.to_string(), key.to_string()));
             } else {
                 let mut parts = item.splitn(3, '~');
                 if let (Some(number), Some(other), Some(Ok(at))) =
@@ -46,6 +50,17 @@ impl Entry {
             }
         }
         entry
+    }
+
+    /// The keys of every session the participant is in here, by route or by PIN, once each.
+    pub fn session_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::new();
+        for (_, key) in self.routes.iter().chain(&self.pins) {
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+        keys
     }
 
     /// The number this participant last shared with `other_idx`, and when that ended.
@@ -92,6 +107,16 @@ pub enum Claimed {
         replay: bool,
         /// The pool's intercept has not answered for this interaction yet.
         pending: bool,
+        /// How the caller reached the session.
+        access: Access,
+        /// The text opened with the session's PIN, which is not to be passed on.
+        strip_pin: bool,
+    },
+    /// Ask the caller for a PIN: the `attempt`th prompt; `own_route` when silence connects
+    /// the caller's own session.
+    Gather {
+        attempt: u8,
+        own_route: bool,
     },
     /// The app's intercept blocked this interaction: its message, sealed, or `""` for the
     /// pool's message.
@@ -99,7 +124,34 @@ pub enum Claimed {
         sealed_message: String,
         interaction: String,
     },
-    Announce,
+    Announce(Unreached),
+}
+
+/// Why a call or text reached nobody.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unreached {
+    /// No session of the caller's, and no PIN asked for.
+    Nobody,
+    /// A wrong PIN after the last prompt (or in a text).
+    WrongPin,
+    /// Too many wrong PINs from this caller on this number within a minute.
+    Limited,
+    /// The PIN of a session that has ended.
+    Ended,
+    /// A text that needs a PIN and opened with none.
+    NeedsPin,
+}
+
+/// What a PIN lookup brings to the relay script: the PIN's blind index (typed at a prompt,
+/// or the digits a text opened with), the prompt it answers, and the pool's PIN rules.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PinClaim<'a> {
+    pub pin_index: &'a str,
+    /// `None` for a call or text arriving; the prompt the typed digits answer.
+    pub attempt: Option<u8>,
+    pub prompts: u8,
+    pub failure_limit: u8,
+    pub caller_check: bool,
 }
 
 /// What recording a call the app starts came to.
@@ -158,40 +210,62 @@ impl Store {
         ref_ttl_ms: i64,
         event: Option<&EventDraft>,
         intercept: bool,
+        pin: PinClaim<'_>,
     ) -> Result<Claimed> {
         let reply: Value = self
             .run(
                 &self.scripts.relay_claim,
                 &shard.relay_script_keys(idx, provider, provider_ref),
                 (
-                    shard.tag(),
-                    proxy,
-                    now,
-                    kind,
-                    provider,
-                    provider_ref,
+                    (shard.tag(), proxy, now, kind, provider, provider_ref),
                     new_interaction,
                     ref_ttl_ms,
                     idx.unwrap_or(""),
                     event.map(|e| e.id.as_str()).unwrap_or(""),
                     event.map(|e| e.body.as_str()).unwrap_or(""),
                     if intercept { "1" } else { "0" },
+                    (
+                        pin.pin_index,
+                        pin.attempt.map(|a| a.to_string()).unwrap_or_default(),
+                        pin.prompts,
+                        pin.failure_limit,
+                        if pin.caller_check { "1" } else { "0" },
+                        super::STICKY_WINDOW_MS,
+                    ),
                 ),
             )
             .await?;
         let v = strings(reply)?;
         match v.first().map(String::as_str) {
-            Some("connect") if v.len() == 5 => Ok(Claimed::Connect {
+            Some("connect") if v.len() >= 5 => Ok(Claimed::Connect {
                 reach: Reach::parse(&v[1]).ok_or(StoreError::Corrupt("relay_claim reach"))?,
                 interaction: v[2].clone(),
                 replay: v[3] == "1",
                 pending: v[4] == "1",
+                access: if v.get(5).is_some_and(|a| a == "p") {
+                    Access::Pin
+                } else {
+                    Access::Direct
+                },
+                strip_pin: v.get(6).is_some_and(|s| s == "1"),
+            }),
+            Some("gather") if v.len() == 3 => Ok(Claimed::Gather {
+                attempt: v[1]
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("relay_claim prompt"))?,
+                own_route: v[2] == "1",
             }),
             Some("block") if v.len() == 3 => Ok(Claimed::Block {
                 sealed_message: v[1].clone(),
                 interaction: v[2].clone(),
             }),
-            Some("announce") => Ok(Claimed::Announce),
+            Some("announce") => Ok(Claimed::Announce(match v.get(1).map(String::as_str) {
+                Some("wrong") => Unreached::WrongPin,
+                Some("limited") => Unreached::Limited,
+                Some("ended") => Unreached::Ended,
+                Some("prompt") => Unreached::NeedsPin,
+                _ => Unreached::Nobody,
+            })),
             _ => Err(StoreError::Corrupt("relay_claim reply")),
         }
     }

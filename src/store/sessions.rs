@@ -41,6 +41,16 @@ pub struct CreateArgs<'a> {
     pub proxy_number: Option<&'a str>,
     /// Take the pair's last shared number only when no other is free.
     pub avoid_sticky: bool,
+    /// For a PIN session: the PIN length and each side's candidate PIN indexes, in order;
+    /// the script takes the first of each that is free on the number it chooses.
+    pub pins: Option<PinCandidates<'a>>,
+}
+
+/// The PINs a PIN session may get, as blind indexes, for side 0 and side 1.
+#[derive(Clone, Copy, Debug)]
+pub struct PinCandidates<'a> {
+    pub length: u8,
+    pub side: [&'a [String]; 2],
 }
 
 /// The session.closed events a session change may record: one for an expiry the change
@@ -59,6 +69,8 @@ pub enum Created {
         reap_due: bool,
         /// The numbers the two participants held in the shard before this one.
         held: u64,
+        /// For a PIN session: which candidate of each side it got (0-based).
+        pins: Option<[usize; 2]>,
     },
     Exhausted {
         reap_due: bool,
@@ -156,6 +168,12 @@ impl Store {
                     a.idempotency.map(|m| m.ttl_ms).unwrap_or(0),
                     if a.avoid_sticky { "1" } else { "" },
                     a.proxy_number.unwrap_or(""),
+                    (
+                        if a.pins.is_some() { "1" } else { "" },
+                        a.pins.map(|p| p.length).unwrap_or(0),
+                        a.pins.map(|p| p.side[0].join(",")).unwrap_or_default(),
+                        a.pins.map(|p| p.side[1].join(",")).unwrap_or_default(),
+                    ),
                 ),
             )
             .await?;
@@ -166,6 +184,17 @@ impl Store {
                 level: v[2].clone(),
                 reap_due: v[3] == "1",
                 held: v.get(4).and_then(|n| n.parse().ok()).unwrap_or(0),
+                pins: match (v.get(5), v.get(6)) {
+                    (Some(x), Some(y)) => {
+                        let at =
+                            |p: &String| p.parse::<usize>().ok().and_then(|p| p.checked_sub(1));
+                        Some([
+                            at(x).ok_or(StoreError::Corrupt("session_create pin"))?,
+                            at(y).ok_or(StoreError::Corrupt("session_create pin"))?,
+                        ])
+                    }
+                    _ => None,
+                },
             }),
             Some("2") if v.len() == 4 => Ok(Created::Existing {
                 session_key: v[1].clone(),

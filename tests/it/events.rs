@@ -222,6 +222,7 @@ async fn every_event_type_arrives_signed_with_labels_and_no_digits() {
             "participants": [{ "label": "rider:42" }, { "label": "driver:7" }],
             "expires_at": s["expires_at"],
             "metadata": { "trip": "t-981" },
+            "access": "direct",
         })
     );
 
@@ -274,6 +275,7 @@ async fn every_event_type_arrives_signed_with_labels_and_no_digits() {
             "kind": "voice",
             "initiated_by": "participant",
             "from_participant": 0,
+            "access": "direct",
             "pool": "rides",
             "proxy_number": proxy,
             "provider": "twilio",
@@ -306,6 +308,7 @@ async fn every_event_type_arrives_signed_with_labels_and_no_digits() {
             "kind": "voice",
             "initiated_by": "participant",
             "from_participant": 0,
+            "access": "direct",
             "status": "completed",
             "duration_secs": 42,
             "pool": "rides",

@@ -26,6 +26,7 @@ mod migrate;
 mod openapi;
 mod ops;
 mod outage;
+mod pin;
 mod pool_low;
 mod pools;
 mod privacy;

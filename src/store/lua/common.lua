@@ -126,35 +126,29 @@ end
 -- A participant's entry in its bucket: items separated by `,`. A route the participant
 -- holds is `<proxy>=<session key>` (what it reaches, its times and mode are the session
 -- record's); once the hold ends it becomes sticky memory, `<proxy>~<other's index, first 8
--- characters>~<ms>`: which number the two last shared, and when.
+-- characters>~<ms>`: which number the two last shared, and when. A PIN session the
+-- participant is in is `<proxy>#<session key>`: no route, so one number may carry many of
+-- them for one participant; the item is how a caller is known to have PIN sessions on a
+-- number, and how erasure finds them.
 local STUBS_KEPT = 16
 
 local function get_entry(idx)
   local raw = redis.call('HGET', ubucket(idx), idx)
-  local e = { routes = {}, stubs = {} }
+  local e = { routes = {}, stubs = {}, pins = {} }
   if not raw then return e end
   for item in string.gmatch(raw, '[^,]+') do
-    local number, sid = string.match(item, '^([^=~]+)=(.+)$')
+    local number, sid = string.match(item, '^([^=~#]+)=(.+)$')
+    local pnumber, psid = string.match(item, '^([^=~#]+)#(.+)$')
     if number then
       e.routes[number] = sid
+    elseif pnumber then
+      table.insert(e.pins, { number = pnumber, sid = psid })
     else
       local n, other, at = string.match(item, '^([^~]+)~([^~]*)~(%d+)$')
       if n then table.insert(e.stubs, { number = n, other = other, at = tonumber(at) }) end
     end
   end
   return e
-end
-
--- The session a participant's route on `number` names, if any, found in the entry's text
--- without reading the rest of it (the relay's hot path).
-local function route_of(idx, number)
-  local raw = redis.call('HGET', ubucket(idx), idx)
-  if not raw then return nil end
-  local at = string.find(',' .. raw, ',' .. number .. '=', 1, true)
-  if not at then return nil end
-  local from = at + #number + 1
-  local stop = string.find(raw, ',', from, true)
-  return string.sub(raw, from, (stop or 0) - 1)
 end
 
 -- Removes the sticky memory the participants whose index starts with `other` (8
@@ -169,6 +163,7 @@ local drop_stubs_about
 local function put_entry(idx, e, now, window, hold)
   local items = {}
   for number, sid in pairs(e.routes) do table.insert(items, number .. '=' .. sid) end
+  for _, p in ipairs(e.pins) do table.insert(items, p.number .. '#' .. p.sid) end
   table.sort(e.stubs, function(x, y) return x.at > y.at end)
   local kept = 0
   for _, st in ipairs(e.stubs) do
@@ -217,6 +212,42 @@ local function add_stub(e, number, other, at)
     if e.stubs[i].other == short then table.remove(e.stubs, i) end
   end
   table.insert(e.stubs, { number = number, other = short, at = at })
+end
+
+-- The PINs of a number's PIN sessions: a hash, `k:<proxy>`, from a PIN's blind index (upper
+-- case hex, so that no option pattern of a record can match inside it) to
+-- `<session key>|<side whose PIN it is>`. A PIN session's record carries
+-- `P<length>.<side 0's index>.<side 1's index>` among its options.
+local function pin_key(number)
+  return TAG .. 'k:' .. number
+end
+
+-- The PIN indexes of a PIN session's record ({[1] = side 0's, [2] = side 1's}), or nil for a
+-- session reached by routes.
+local function pins_of(rec)
+  if not rec.o or rec.o == '' then return nil end
+  local pa, pb = string.match(rec.o, 'P%d%.(%x*)%.(%x*)')
+  if not pa then return nil end
+  return { pa, pb }
+end
+
+-- Removes a participant's PIN item for one session; true when there was one.
+local function drop_pin_item(e, sid)
+  for i = #e.pins, 1, -1 do
+    if e.pins[i].sid == sid then
+      table.remove(e.pins, i)
+      return true
+    end
+  end
+  return false
+end
+
+-- Frees a PIN of a session on its number, unless another session has taken it since.
+local function free_pin(number, pin_idx, sid)
+  if not pin_idx or pin_idx == '' then return end
+  local key = pin_key(number)
+  local v = redis.call('HGET', key, pin_idx)
+  if v and string.sub(v, 1, #sid + 1) == sid .. '|' then redis.call('HDEL', key, pin_idx) end
 end
 
 -- Number metadata in the nums hash: caps | state | geo tags (comma separated).

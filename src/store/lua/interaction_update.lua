@@ -40,8 +40,10 @@ if ARGV[5] == '1' then
   body = fill(body, 'SKEY', sid)
   body = fill(body, 'IID', iid)
   -- Upper case: the app started it (see `interaction_code`).
-  body = fill(body, 'KIND', (kind == 'v' or kind == 'V') and 'voice' or 'sms')
-  body = fill(body, 'BY', (kind == 'V' or kind == 'S') and 'app' or 'participant')
+  local k = string.sub(kind, 1, 1)
+  body = fill(body, 'KIND', (k == 'v' or k == 'V') and 'voice' or 'sms')
+  body = fill(body, 'BY', (k == 'V' or k == 'S') and 'app' or 'participant')
+  body = fill(body, 'ACCESS', #kind == 2 and 'pin' or 'direct')
   body = fill(body, 'SIDE', side)
   body = fill(body, 'DURATION', duration ~= '' and duration or 'null')
   put_event(ARGV[6], 'interaction.completed', body, '', tonumber(ARGV[3]))

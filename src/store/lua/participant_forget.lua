@@ -17,9 +17,15 @@ for _, id in ipairs(redis.call('SMEMBERS', events)) do
   redis.call('HDEL', TAG .. 'ev:m:' .. id, 'z')
 end
 redis.call('DEL', events)
+-- Wrong PINs counted against the participant (see `relay_claim.lua`).
+redis.call('DEL', TAG .. 'pf:' .. idx)
 for number, sid in pairs(e.routes) do
   local rec = get_session(sid)
   if not rec or rec.h <= now then e.routes[number] = nil end
+end
+for i = #e.pins, 1, -1 do
+  local rec = get_session(e.pins[i].sid)
+  if not rec or rec.h <= now then table.remove(e.pins, i) end
 end
 put_entry(idx, e, now, window, 0)
 return partners

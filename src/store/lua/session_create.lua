@@ -13,10 +13,14 @@
 --       (`__BUSY__`, `__TOTAL__` stand for the shard's busy and total numbers),
 --       23 idempotency digest or '', 24 request fingerprint, 25 marker ttl ms,
 --       26 '1' to avoid the pair's last shared number while another is free,
---       27 the number asked for or '' (allocate one)
+--       27 the number asked for or '' (allocate one), 28 '1' for a PIN session: no routes, a
+--       PIN for each side on a number the two may already hold (the least loaded, or the one
+--       asked for), 29 the PIN length, 30 and 31 candidate PIN indexes for side 0 and side 1
+--       (`,` between them, tried in order; see `pin_key`)
 
 -- Returns {0, due, held} when no number is free, {1, number, level, due, held} on success
--- (held: the numbers the two already hold here), {2, session key, fingerprint, due} when
+-- (held: the numbers the two already hold here; a PIN session adds the positions of the two
+-- PINs taken among the candidates), {2, session key, fingerprint, due} when
 -- this shard already holds the session of the idempotent request (a retry of a create whose
 -- answer was lost), and {3, why, due} when the number asked for cannot be had: why is
 -- 'missing' (not in this shard), 'capability', 'draining', 'held_a' or 'held_b' (that
@@ -99,6 +103,7 @@ local function walk(z)
   return nil
 end
 
+local use_pin = ARGV[28] == '1'
 local chosen, meta = nil, nil
 -- What the two hold between them, for the pool's capacity counts (before avoiding the
 -- sticky number, which counts it as held only for the walk).
@@ -116,12 +121,21 @@ if asked ~= '' then
   end
   if not capable then return { 3, 'capability', due } end
   if meta.state ~= 'active' then return { 3, 'draining', due } end
-  if held[asked] then
+  if held[asked] and not use_pin then
     local sid = ea.routes[asked]
     local rec = sid and get_session(sid)
     return { 3, (rec and rec.h > now) and 'held_a' or 'held_b', due }
   end
   chosen = asked
+elseif use_pin then
+  -- A PIN session takes no route: any number of the class will do, the least loaded first.
+  held, nheld = {}, 0
+  for level in string.gmatch(ARGV[8], '[^,]+') do
+    chosen = walk(TAG .. 'l:' .. class .. ':' .. level)
+    if chosen then break end
+  end
+  if not chosen then return { 0, due, held_count } end
+  meta = parse_meta(redis.call('HGET', nums, chosen))
 else
   local fresh_sticky = sticky and sticky_at + sticky_window > now and not held[sticky]
   if fresh_sticky and ARGV[26] == '1' then
@@ -154,14 +168,43 @@ elseif string.find(geos, ',' .. country_tag .. ',', 1, true) then
 end
 
 local held_until = expires + cooloff
--- A record of theirs on this number past its hold is replaced: that session let it go.
-ea.routes[chosen] = skey
-eb.routes[chosen] = skey
+local options = ARGV[12]
+local pin_at = {}
+if use_pin then
+  -- The first candidate of each side that no open or cooling-off PIN session of this number
+  -- holds: a PIN past its session's hold is free whatever the reaper's lag.
+  local pk = pin_key(chosen)
+  local taken = {}
+  for side, list in ipairs({ ARGV[30], ARGV[31] }) do
+    local pos = 0
+    for cand in string.gmatch(list, '[^,]+') do
+      pos = pos + 1
+      if not taken[cand] then
+        local v = redis.call('HGET', pk, cand)
+        local other = v and get_session(string.match(v, '^([^|]*)'))
+        if not (other and other.h > now and pins_of(other)) then
+          taken[cand], pin_at[side] = side, { cand, pos }
+          break
+        end
+      end
+    end
+    if not pin_at[side] then return { 0, due, held_count } end
+  end
+  redis.call('HSET', pk, pin_at[1][1], skey .. '|0', pin_at[2][1], skey .. '|1')
+  table.insert(ea.pins, { number = chosen, sid = skey })
+  table.insert(eb.pins, { number = chosen, sid = skey })
+  options = (options ~= '' and (options .. ',') or '')
+    .. 'P' .. ARGV[29] .. '.' .. pin_at[1][1] .. '.' .. pin_at[2][1]
+else
+  -- A record of theirs on this number past its hold is replaced: that session let it go.
+  ea.routes[chosen] = skey
+  eb.routes[chosen] = skey
+end
 put_entry(idx_a, ea, now, sticky_window, held_until)
 put_entry(idx_b, eb, now, sticky_window, held_until)
 
 put_session(skey, { t = 'o', n = chosen, m = class, c = tonumber(ARGV[2]), e = expires,
-  co = cooloff, a = idx_a, b = idx_b, g = level, i = idem, z = blob, o = ARGV[12] })
+  co = cooloff, a = idx_a, b = idx_b, g = level, i = idem, z = blob, o = options })
 if ARGV[11] ~= '' then redis.call('SET', TAG .. 'y:' .. skey, ARGV[11]) end
 local idle_until = tonumber(string.match(ARGV[12], 'w(%d+)'))
 due_push(skey, (idle_until and idle_until < expires) and idle_until or expires)
@@ -189,6 +232,10 @@ if ARGV[20] and ARGV[20] ~= '' then
     redis.call('HSET', nums, '#low', '0')
   end
 end
-put_event(ARGV[17], 'session.created', fill(ARGV[18] or '', 'PROXY', chosen), ARGV[19], now,
-  { idx_a, idx_b })
+put_event(ARGV[17], 'session.created',
+  fill(fill(ARGV[18] or '', 'PROXY', chosen), 'ACCESS', use_pin and 'pin' or 'direct'), ARGV[19],
+  now, { idx_a, idx_b })
+if use_pin then
+  return { 1, chosen, level, due, held_count, pin_at[1][2], pin_at[2][2] }
+end
 return { 1, chosen, level, due, held_count }

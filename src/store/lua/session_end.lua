@@ -26,9 +26,18 @@ local rec = get_session(skey)
 if not rec then return { 'missing', '' } end
 local number = rec.n
 
--- Whether a side still holds this session's route (a later session may own the pair now).
+local pins = pins_of(rec)
+
+-- Whether a side still holds this session's route (a later session may own the pair now),
+-- or its PIN item.
 local function holds(idx)
-  return idx ~= '' and get_entry(idx).routes[number] == skey
+  if idx == '' then return false end
+  local e = get_entry(idx)
+  if e.routes[number] == skey then return true end
+  for _, p in ipairs(e.pins) do
+    if p.sid == skey then return true end
+  end
+  return false
 end
 
 local function stop_open(at)
@@ -45,13 +54,16 @@ local function release()
   for i, idx in ipairs(sides) do
     if idx ~= '' then
       local e = get_entry(idx)
+      local changed = pins and drop_pin_item(e, skey)
       if e.routes[number] == skey then
         e.routes[number] = nil
         local other = sides[3 - i]
         if other ~= '' then add_stub(e, number, other, now) end
-        put_entry(idx, e, now, window, 0)
+        changed = true
       end
+      if changed then put_entry(idx, e, now, window, 0) end
     end
+    if pins then free_pin(number, pins[i], skey) end
   end
   add_load(nums, number, -1)
   del_session(skey)
@@ -115,11 +127,15 @@ if op == 'erase' then
   local erased = rec[arg]
   if erased ~= '' then
     local e = get_entry(erased)
+    local changed = pins and drop_pin_item(e, skey)
     if e.routes[number] == skey then
       e.routes[number] = nil
-      put_entry(erased, e, now, window, 0)
+      changed = true
     end
+    if changed then put_entry(erased, e, now, window, 0) end
   end
+  -- The erased side's PIN goes too; the other's stays taken for the cool-off, reaching nobody.
+  if pins then free_pin(number, pins[arg == 'a' and 1 or 2], skey) end
   rec[arg] = ''
   if rec.t ~= 'o' and rec.h <= now then
     release()
