@@ -27,6 +27,7 @@ mod openapi;
 mod ops;
 mod outage;
 mod pin;
+mod pin_vonage;
 mod pool_low;
 mod pools;
 mod privacy;
