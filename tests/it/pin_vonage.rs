@@ -265,7 +265,8 @@ async fn interactions(app: &TestApp, session: &Value) -> Vec<Value> {
 #[tokio::test]
 async fn a_pool_that_ran_out_gives_a_pin_and_the_right_one_connects() {
     let (app, _) = vonage_app().await;
-    let (proxy, _) = exhausted_pool(&app, json!({ "pin": "fallback" })).await;
+    // Eight-digit PINs: long enough that finding one in the logs would not be chance.
+    let (proxy, _) = exhausted_pool(&app, json!({ "pin": "fallback", "pin_length": 8 })).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
     assert_eq!(s["access"], "pin", "{s}");
@@ -274,7 +275,7 @@ async fn a_pool_that_ran_out_gives_a_pin_and_the_right_one_connects() {
     // C has no route on the number: the prompt, in the pool's words.
     let call = uuid();
     let r = answer(&app, &c, &proxy, &call).await;
-    assert_eq!(assert_gather(&r, 1, 6, 4), "Please enter your PIN.");
+    assert_eq!(assert_gather(&r, 1, 8, 4), "Please enter your PIN.");
     // Vonage retrying the answer webhook: the same prompt.
     assert_eq!(answer(&app, &c, &proxy, &call).await.json, r.json);
 
@@ -297,7 +298,7 @@ async fn a_pool_that_ran_out_gives_a_pin_and_the_right_one_connects() {
     // The other way: A holds the direct session too, so A hears the prompt, types the PIN
     // given to A, and reaches C.
     let call = uuid();
-    assert_gather(&answer(&app, &a, &proxy, &call).await, 1, 6, 4);
+    assert_gather(&answer(&app, &a, &proxy, &call).await, 1, 8, 4);
     assert_connect(
         &typed(&app, &a, &proxy, &call, 1, &pin_of(&s, &a)).await,
         &proxy,
@@ -321,8 +322,13 @@ async fn a_pool_that_ran_out_gives_a_pin_and_the_right_one_connects() {
     send(&app, &moved)
         .await
         .expect_problem(403, "invalid_signature");
-    // A signed report Vonage would never send is a clear problem, not a failure of hush.
-    let body = json!({ "uuid": uuid(), "to": digits(&proxy), "dtmf": { "digits": 42 } });
+    // A signed report Vonage would never send is a clear problem that echoes nothing.
+    let body = json!({
+        "uuid": uuid(),
+        "from": digits(&c),
+        "to": digits(&proxy),
+        "dtmf": { "digits": format!("{}x", pin_of(&s, &c)) },
+    });
     let odd = Report {
         attempt: 1,
         token: token_for_body(body.to_string().as_bytes()),
@@ -330,7 +336,19 @@ async fn a_pool_that_ran_out_gives_a_pin_and_the_right_one_connects() {
     };
     let r = send(&app, &odd).await;
     r.expect_problem(400, "invalid_request");
-    assert!(!r.text.contains(&pin_of(&s, &c)));
+    assert!(!r.text.contains(&pin_of(&s, &c)), "{}", r.text);
+    assert!(!r.text.contains(&national_digits(&c)), "{}", r.text);
+
+    // Neither the PINs nor the participants' numbers were logged on the way.
+    let logs = captured_logs();
+    for needle in [
+        pin_of(&s, &a),
+        pin_of(&s, &c),
+        national_digits(&a),
+        national_digits(&c),
+    ] {
+        assert!(!logs.contains(&needle), "{needle} in the logs");
+    }
 }
 
 #[tokio::test]
