@@ -27,6 +27,8 @@ mod openapi;
 mod ops;
 mod outage;
 mod pin;
+mod pin_plivo;
+mod pin_telnyx;
 mod pin_vonage;
 mod pool_low;
 mod pools;
