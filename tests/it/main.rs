@@ -29,6 +29,7 @@ mod outage;
 mod pin;
 mod pin_plivo;
 mod pin_telnyx;
+mod pin_vonage;
 mod pool_low;
 mod pools;
 mod privacy;
