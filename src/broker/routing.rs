@@ -412,3 +412,26 @@ impl Broker {
             .await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::pin_prefix;
+
+    #[test]
+    fn a_text_opens_with_a_pin_only_when_4_to_8_digits_stand_alone() {
+        assert_eq!(pin_prefix("123456 hello"), Some(("123456", "hello")));
+        assert_eq!(
+            pin_prefix("  1234\n  on my way "),
+            Some(("1234", "on my way "))
+        );
+        assert_eq!(pin_prefix("12345678"), Some(("12345678", "")));
+        assert_eq!(pin_prefix("123 hello"), None);
+        assert_eq!(pin_prefix("123456789 hello"), None);
+        assert_eq!(pin_prefix("123456, hello"), None);
+        assert_eq!(pin_prefix("1234abc"), None);
+        assert_eq!(pin_prefix("hello 123456"), None);
+        assert_eq!(pin_prefix(""), None);
+        // Digits of other scripts are not PIN digits.
+        assert_eq!(pin_prefix("١٢٣٤٥٦ hello"), None);
+    }
+}

@@ -204,6 +204,44 @@ impl Crypto {
 mod tests {
     use super::*;
 
+    #[test]
+    fn pins_are_keyed_fixed_length_digits_and_their_index_is_upper_hex() {
+        let key = |b: u8| Secret::new([b; 32]);
+        let c = Crypto::new(&key(1), &[key(2)]).unwrap();
+        let pin = c.pin("abc123", 0, 0, 6);
+        assert_eq!(pin.len(), 6);
+        assert!(pin.bytes().all(|b| b.is_ascii_digit()));
+        assert_eq!(pin, c.pin("abc123", 0, 0, 6), "derived, not drawn");
+        assert_eq!(c.pin("abc123", 0, 3, 8).len(), 8);
+        // Other sides, candidates and sessions give other PINs (a collision among these
+        // few would be a one in 10^6 chance each).
+        let others = [
+            c.pin("abc123", 1, 0, 6),
+            c.pin("abc123", 0, 1, 6),
+            c.pin("abc124", 0, 0, 6),
+        ];
+        assert!(others.iter().all(|o| *o != pin), "{pin} {others:?}");
+        // Another index key, other PINs.
+        assert_ne!(
+            Crypto::new(&key(3), &[key(2)])
+                .unwrap()
+                .pin("abc123", 0, 0, 6),
+            pin
+        );
+        // Leading zeros are kept.
+        let short: Vec<String> = (0..200).map(|j| c.pin("s", 0, j, 4)).collect();
+        assert!(short.iter().all(|p| p.len() == 4));
+        assert!(short.iter().any(|p| p.starts_with('0')));
+        let idx = c.pin_index(&pin);
+        assert_eq!(idx.len(), 16);
+        assert!(
+            idx.bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+        );
+        assert_eq!(idx, c.pin_index(&pin));
+        assert_ne!(idx, c.pin_index(&c.pin("abc123", 1, 0, 6)));
+    }
+
     fn key(b: u8) -> Secret<[u8; 32]> {
         Secret::new([b; 32])
     }

@@ -189,7 +189,9 @@ impl PoolPolicy {
     pub const MAX_CALL_RANGE: std::ops::RangeInclusive<u32> = 1..=14_400;
     pub const IDLE_TTL_RANGE: std::ops::RangeInclusive<u32> = 60..=2_592_000;
     pub const PIN_LENGTH_RANGE: std::ops::RangeInclusive<u8> = 4..=8;
-    pub const PIN_TIMEOUT_RANGE: std::ops::RangeInclusive<u32> = 1..=30;
+    /// Vonage's `input` waits at most 10 s; one range for every provider keeps a pool's
+    /// behaviour the same whichever carries its calls.
+    pub const PIN_TIMEOUT_RANGE: std::ops::RangeInclusive<u32> = 1..=10;
     pub const PIN_RETRY_MAX: u8 = 5;
     pub const PIN_FAILURE_LIMIT_RANGE: std::ops::RangeInclusive<u8> = 1..=100;
     pub const DEFAULT_PIN_PROMPT: &'static str = "Please enter your PIN.";
@@ -240,7 +242,7 @@ impl PoolPolicy {
             return Err("pin_length must be between 4 and 8".into());
         }
         if !Self::PIN_TIMEOUT_RANGE.contains(&self.pin_prompt_timeout_secs) {
-            return Err("pin_prompt_timeout_secs must be between 1 and 30".into());
+            return Err("pin_prompt_timeout_secs must be between 1 and 10".into());
         }
         if self.pin_retry > Self::PIN_RETRY_MAX {
             return Err("pin_retry must be between 0 and 5".into());

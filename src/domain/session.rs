@@ -307,4 +307,15 @@ mod tests {
             (Kind::Sms, Initiator::Participant)
         );
     }
+
+    #[test]
+    fn a_pin_sessions_interactions_carry_their_access_in_a_second_letter() {
+        for (code, kind) in [("vp", Kind::Voice), ("sp", Kind::Sms), ("sP", Kind::Sms)] {
+            assert_eq!(parse_interaction_code(code), (kind, Initiator::Participant));
+            assert_eq!(interaction_access(code), Access::Pin);
+        }
+        for code in ["v", "s", "V", "S"] {
+            assert_eq!(interaction_access(code), Access::Direct);
+        }
+    }
 }

@@ -108,9 +108,19 @@ pub(super) fn plus(n: &str) -> String {
     format!("+{}", n.trim().trim_start_matches('+'))
 }
 
+/// A call hush asks for a PIN (a PIN session on the number): the simulated phone types none.
+const PIN_ASKED: &str = "The caller is asked for a PIN; the sandbox does not type one";
+
 /// What a carrier does with the answer to a call, in `dialect`.
 pub(super) fn read_call(dialect: Dialect, doc: &str) -> Act {
     match dialect {
+        Dialect::Twilio | Dialect::Telnyx | Dialect::Plivo
+            if ["Gather", "GetDigits", "GetInput"]
+                .iter()
+                .any(|tag| open_tag(doc, tag).is_some()) =>
+        {
+            Act::Nothing(PIN_ASKED)
+        }
         Dialect::Twilio | Dialect::Telnyx | Dialect::Plivo => {
             let digits = dialect == Dialect::Plivo;
             let number = |n: String| if digits { plus(&n) } else { n };
@@ -131,6 +141,12 @@ pub(super) fn read_call(dialect: Dialect, doc: &str) -> Act {
         }
         Dialect::Vonage => {
             let ncco: Value = serde_json::from_str(doc).unwrap_or_default();
+            let asks = ncco
+                .as_array()
+                .is_some_and(|a| a.iter().any(|step| step["action"] == "input"));
+            if asks {
+                return Act::Nothing(PIN_ASKED);
+            }
             let first = ncco.get(0).cloned().unwrap_or_default();
             match first["action"].as_str() {
                 Some("connect") => Act::Ring {
@@ -206,5 +222,20 @@ mod tests {
         let tricky = r#"<Numbers/><Number>+1</Number><Message xto="a" to="b">hi</Message>"#;
         assert_eq!(content(tricky, "Number").unwrap(), "+1");
         assert_eq!(attr(tricky, "Message", "to").unwrap(), "b");
+    }
+
+    #[test]
+    fn a_pin_prompt_reaches_nobody_in_the_sandbox() {
+        let gather =
+            r#"<Response><Gather input="dtmf" numDigits="6"><Say>PIN?</Say></Gather></Response>"#;
+        assert!(matches!(
+            read_call(Dialect::Twilio, gather),
+            Act::Nothing(PIN_ASKED)
+        ));
+        let ncco = r#"[{"action":"talk","text":"PIN?","bargeIn":true},{"action":"input"}]"#;
+        assert!(matches!(
+            read_call(Dialect::Vonage, ncco),
+            Act::Nothing(PIN_ASKED)
+        ));
     }
 }

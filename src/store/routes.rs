@@ -363,6 +363,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_entry_reads_routes_pin_sessions_and_sticky_memory() {
+        let e = Entry::parse(
+            "+12015550100=0abc,+12015550100#0def,+12015550100#0ghi,+12015550101~k3j8a9Zq~1767225600000",
+        );
+        assert_eq!(e.routes, [("+12015550100".to_string(), "0abc".to_string())]);
+        assert_eq!(e.pins.len(), 2);
+        assert_eq!(e.stubs.len(), 1);
+        assert_eq!(e.session_keys(), ["0abc", "0def", "0ghi"]);
+        let twice = Entry::parse("+12015550100=0abc,+12015550101#0abc");
+        assert_eq!(twice.session_keys(), ["0abc"]);
+    }
+
+    #[test]
     fn entries_parse_routes_and_sticky_memory() {
         let e = Entry::parse("+12125550100=k9z0,+12125550101~AbCdEfGh~100,+1212~AbCdEfGh~200,bad");
         assert_eq!(e.routes, vec![("+12125550100".into(), "k9z0".into())]);

@@ -659,3 +659,58 @@ async fn erasure_removes_pin_sessions_and_redis_and_logs_hold_no_pin_or_number()
         }
     }
 }
+
+#[tokio::test]
+async fn a_pin_session_extends_and_its_pins_and_items_go_when_its_hold_ends() {
+    let app = TestApp::start_with(|c| {
+        c.public_url = Some(PUBLIC.into());
+        c.providers.twilio_auth_token = Some(Secret::new(TOKEN.into()));
+    })
+    .await; // the reaper runs every 200 ms
+    app.pool(
+        "rides",
+        json!({ "pin": "always", "cooloff_secs": 0 }),
+        &proxies(1),
+    )
+    .await;
+    let (c, d) = (participant(2), participant(3));
+    let s = app.open_session("rides", &c, &d, Some(1)).await;
+    let id = s["id"].as_str().unwrap();
+    let extended = app
+        .patch(&format!("/v1/sessions/{id}"), &json!({ "ttl_secs": 2 }))
+        .await
+        .expect(200);
+    assert_eq!(extended["status"], "open");
+    assert_eq!(extended["pins"], s["pins"]);
+    // A text with the PIN gives both a route for the session's life.
+    let tw = Twilio { app: &app };
+    tw.text(&c, &proxy(0), &sid("SM"), &format!("{} hi", pin_of(&s, &c)))
+        .await;
+    assert!(!app.scan_keys("*:k:*").await.is_empty());
+
+    sleep_until_ms(ts_ms(&extended["expires_at"]) + 100).await;
+    // Expired: the PIN reaches nobody at once, whatever the reaper has done.
+    let call = sid("CA");
+    tw.call(&c, &proxy(0), &call).await;
+    let r = digits(&tw, &c, &proxy(0), &call, 1, &pin_of(&s, &c)).await;
+    assert_eq!(twiml(&r).names(), ["Say", "Hangup"], "{}", r.text);
+    // Then the reaper gives everything back: PINs, PIN items, routes, the number's load.
+    eventually(
+        Duration::from_secs(10),
+        "the PIN session released",
+        || async {
+            let keys = app.scan_keys("*:k:*").await;
+            let pool = app.get("/v1/pools/rides").await.json;
+            (keys.is_empty() && pool["open_sessions"] == 0).then_some(())
+        },
+    )
+    .await;
+    for (key, values) in app.dump().await {
+        for v in values {
+            assert!(
+                !String::from_utf8_lossy(&v).contains(&format!("#{}", &id[id.len() - 6..])),
+                "a PIN item left in {key}"
+            );
+        }
+    }
+}

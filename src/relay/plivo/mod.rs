@@ -1,9 +1,11 @@
 //! The Plivo dialect: verifies `X-Plivo-Signature-V3`, parses Plivo's form posts (numbers as
-//! digits without `+`) into an [`Inbound`], and answers in Plivo XML. Three routes: the answer
-//! URL of calls, the message URL of texts, and one status URL for hangup, dial and message
-//! delivery callbacks. Nothing here touches Redis: the broker decides, this module translates.
+//! digits without `+`) into an [`Inbound`], and answers in Plivo XML. Its routes: the answer
+//! URL of calls, the message URL of texts, one status URL for hangup, dial and message
+//! delivery callbacks, and the URLs its own documents name (recordings, bridges, PIN
+//! prompts). Nothing here touches Redis: the broker decides, this module translates.
 
 mod calls;
+mod digits;
 mod messages;
 
 use std::collections::BTreeMap;
@@ -41,13 +43,15 @@ impl Dialect for Plivo {
     const NAME: &'static str = PROVIDER;
     /// Plivo application URLs: Answer URL → `/hooks/plivo/voice`, Message URL →
     /// `/hooks/plivo/sms`, Hangup URL → `/hooks/plivo/status` (all `POST`).
-    /// Calls the app starts fetch `/hooks/plivo/bridge` once answered.
+    /// Calls the app starts fetch `/hooks/plivo/bridge` once answered; a PIN prompt reports
+    /// to `/hooks/plivo/digits`.
     const PATHS: &'static [Path] = &[
         Path::post("/hooks/plivo/voice", Hook::VOICE),
         Path::post("/hooks/plivo/sms", Hook::SMS),
         Path::post(STATUS_PATH, Hook::Status),
         Path::post(RECORDING_PATH, Hook::Recording),
         Path::post("/hooks/plivo/bridge", Hook::Bridge),
+        Path::post("/hooks/plivo/digits", Hook::Digits),
     ];
 
     /// Plivo is enabled when its auth token is configured: without it no request can be
@@ -69,10 +73,8 @@ impl Dialect for Plivo {
         })
     }
 
-    async fn read_digits(_: &AppState, _: &Webhook) -> Result<super::dialect::Digits, ApiError> {
-        Err(ApiError::InvalidRequest(
-            "PIN prompts are not answered here yet".into(),
-        ))
+    async fn read_digits(_: &AppState, hook: &Webhook) -> Result<dialect::Digits, ApiError> {
+        digits::read(hook.form())
     }
 
     fn unrouted(kind: Kind) -> Response {
@@ -85,12 +87,11 @@ impl Dialect for Plivo {
             // again and recorded nothing new, so the answer is the same document.
             tracing::debug!(provider = PROVIDER, "repeated webhook answered as before");
         }
-        let status_url = format!("{}{STATUS_PATH}", s.public_url);
         let recorded = dialect::recorded::<Self>(s, &outcome);
         xml(render_with(
             &inbound,
             &outcome.decision,
-            &status_url,
+            &s.public_url,
             recorded.as_ref(),
         ))
     }
@@ -339,18 +340,19 @@ fn unknown_number(kind: Kind) -> String {
 
 /// Renders the broker's decision for a call that is not recorded.
 #[cfg(test)]
-fn render(inbound: &Inbound, decision: &Decision, status_url: &str) -> String {
-    render_with(inbound, decision, status_url, None)
+fn render(inbound: &Inbound, decision: &Decision, public_url: &str) -> String {
+    render_with(inbound, decision, public_url, None)
 }
 
-/// Renders the broker's decision. `status_url` is where Plivo reports on a relayed text;
-/// `recorded` when the session records its calls.
+/// Renders the broker's decision. `public_url` is where hush is reached: Plivo reports on a
+/// relayed text and a PIN prompt there. `recorded` when the session records its calls.
 fn render_with(
     inbound: &Inbound,
     decision: &Decision,
-    status_url: &str,
+    public_url: &str,
     recorded: Option<&Recorded>,
 ) -> String {
+    let status_url = format!("{public_url}{STATUS_PATH}");
     match decision {
         // https://www.plivo.com/docs/voice/xml/dial: `callerId` is what the other party
         // sees, so it is the proxy number; both numbers in Plivo's digits-only form.
@@ -395,7 +397,17 @@ fn render_with(
                 "<Response/>".into()
             }
         },
-        Decision::Gather { .. } => "<Response><Hangup/></Response>".into(),
+        Decision::Gather {
+            digits,
+            attempt,
+            timeout_secs,
+            prompt,
+        } => digits::gather(
+            *digits,
+            *timeout_secs,
+            prompt,
+            &dialect::digits_url::<Plivo>(public_url, *attempt),
+        ),
         Decision::Announce { message } => match (inbound.kind, &inbound.from) {
             (Kind::Voice, _) => format!(
                 "<Response><Speak>{}</Speak><Hangup/></Response>",

@@ -324,7 +324,7 @@ fn renders_every_decision_escaped() {
         media: Vec::new(),
         provider_ref: "ref 1".into(),
     };
-    let url = "https://h/hooks/plivo/status";
+    let url = "https://h";
 
     let connect = Decision::Connect {
         session_id: "s".into(),
@@ -479,7 +479,7 @@ fn a_recorded_call_records_from_the_answer_then_dials_with_a_limit() {
         render_with(
             &call,
             &connect(Some(RecordChannels::Dual), Some(300)),
-            "https://h.test/hooks/plivo/status",
+            "https://h.test",
             Some(&recorded(RecordChannels::Dual)),
         ),
         "<Response><Record startOnDialAnswer=\"true\" redirect=\"false\" \
@@ -491,7 +491,7 @@ fn a_recorded_call_records_from_the_answer_then_dials_with_a_limit() {
     let mono = render_with(
         &call,
         &connect(Some(RecordChannels::Mono), None),
-        "https://h.test/hooks/plivo/status",
+        "https://h.test",
         Some(&recorded(RecordChannels::Mono)),
     );
     assert!(
@@ -499,4 +499,206 @@ fn a_recorded_call_records_from_the_answer_then_dials_with_a_limit() {
         "{mono}"
     );
     assert!(!mono.contains("timeLimit"), "{mono}");
+}
+
+#[test]
+fn a_pin_prompt_asks_then_reports_silence_to_the_same_attempt() {
+    let proxy = E164::parse_syntax("+12015550100").unwrap();
+    let caller = E164::parse_syntax("+14155550100").unwrap();
+    let call = Inbound::call(Some(caller), proxy, "u-1".into());
+    let gather = |attempt, prompt: &str| Decision::Gather {
+        digits: 6,
+        attempt,
+        timeout_secs: 4,
+        prompt: prompt.into(),
+    };
+    assert_eq!(
+        render(&call, &gather(1, "Enter the PIN"), "https://h.test"),
+        "<Response><GetDigits action=\"https://h.test/hooks/plivo/digits?attempt=1\" \
+         method=\"POST\" numDigits=\"6\" timeout=\"4\" digitTimeout=\"4\" retries=\"1\" redirect=\"true\" \
+         log=\"false\"><Speak>Enter the PIN</Speak></GetDigits>\
+         <Redirect method=\"POST\">https://h.test/hooks/plivo/digits?attempt=1</Redirect>\
+         </Response>"
+    );
+    // The prompt is text, whatever it holds; the attempt travels in both URLs.
+    let doc = render(
+        &call,
+        &gather(3, "Type <PIN> & \"#\" — it's quick"),
+        "https://h.test",
+    );
+    assert!(
+        doc.contains("<Speak>Type &lt;PIN&gt; &amp; &quot;#&quot; — it&apos;s quick</Speak>"),
+        "{doc}"
+    );
+    assert_eq!(
+        doc.matches("/hooks/plivo/digits?attempt=3").count(),
+        2,
+        "{doc}"
+    );
+    // Plivo takes positive integers only.
+    let zero = Decision::Gather {
+        digits: 0,
+        attempt: 1,
+        timeout_secs: 0,
+        prompt: String::new(),
+    };
+    let doc = render(&call, &zero, "https://h.test");
+    assert!(
+        doc.contains(r#"numDigits="1" timeout="1" digitTimeout="2""#),
+        "{doc}"
+    );
+    assert!(doc.contains("<Speak></Speak>"), "{doc}");
+}
+
+#[test]
+fn the_digits_hook_is_served_like_the_voice_hook() {
+    let voice = Plivo::PATHS.iter().find(|p| p.hook == Hook::VOICE).unwrap();
+    let digits = Plivo::PATHS
+        .iter()
+        .find(|p| p.hook == Hook::Digits)
+        .unwrap();
+    assert_eq!(digits.path, "/hooks/plivo/digits");
+    assert_eq!(digits.methods, voice.methods);
+    assert_eq!(
+        dialect::digits_url::<Plivo>("https://h.test", 2),
+        "https://h.test/hooks/plivo/digits?attempt=2"
+    );
+}
+
+/// A digits report as it reaches hush, signed as Plivo signs it.
+fn digits_hook(params: &[(&str, &str)], attempt: u8) -> Webhook {
+    let params = form(params);
+    let url = format!("https://h.test/hooks/plivo/digits?attempt={attempt}");
+    let sig = signature(TOKEN, &Method::POST, &url, &params, NONCE_VALUE);
+    let mut headers = HeaderMap::new();
+    headers.insert(SIGNATURE, sig.parse().unwrap());
+    headers.insert(NONCE, NONCE_VALUE.parse().unwrap());
+    Webhook::new(
+        "https://h.test",
+        Method::POST,
+        &format!("/hooks/plivo/digits?attempt={attempt}")
+            .parse::<Uri>()
+            .unwrap(),
+        headers,
+        Bytes::from(encode(&params)),
+    )
+}
+
+#[test]
+fn reads_what_was_typed_at_a_prompt() {
+    // The `<GetDigits action>` request: the call's fields and `Digits`.
+    let h = digits_hook(
+        &[
+            ("CallUUID", "c-1"),
+            ("From", "14155550100"),
+            ("To", "12015550100"),
+            ("Direction", "inbound"),
+            ("CallStatus", "in-progress"),
+            ("Digits", "123456"),
+        ],
+        2,
+    );
+    // Signed over the URL with its attempt, as the voice hook is verified.
+    assert!(verify(TOKEN, &h, h.form()));
+    let typed = digits::read(h.form()).unwrap();
+    assert_eq!(typed.digits, "123456");
+    assert_eq!(typed.call.provider_ref, "c-1");
+    assert_eq!(typed.call.from.unwrap().reveal(), "+14155550100");
+    assert_eq!(typed.call.to.reveal(), "+12015550100");
+    assert_eq!(typed.call.kind, Kind::Voice);
+
+    // A finishing `#`, should one come through, is not part of the PIN.
+    let typed = digits::read(&form(&[
+        ("CallUUID", "c-1"),
+        ("From", "14155550100"),
+        ("To", "12015550100"),
+        ("Digits", "1234#"),
+    ]))
+    .unwrap();
+    assert_eq!(typed.digits, "1234");
+}
+
+#[test]
+fn silence_reads_as_no_digits() {
+    // The `<Redirect>` after a silent prompt carries no `Digits` at all
+    // (`Event=Redirect`); an empty `Digits` means the same.
+    for extra in [("Event", "Redirect"), ("Digits", "")] {
+        let typed = digits::read(&form(&[
+            ("CallUUID", "c-1"),
+            ("From", "14155550100"),
+            ("To", "12015550100"),
+            ("CallStatus", "in-progress"),
+            extra,
+        ]))
+        .unwrap();
+        assert_eq!(typed.digits, "", "{extra:?}");
+        assert_eq!(typed.call.provider_ref, "c-1");
+        assert!(typed.call.from.is_some());
+    }
+}
+
+#[test]
+fn a_withheld_caller_types_too() {
+    for from in [None, Some(""), Some("anonymous"), Some("sip:x@y.z")] {
+        let mut params = vec![
+            ("CallUUID", "c-2"),
+            ("To", "12015550100"),
+            ("Digits", "654321"),
+        ];
+        if let Some(from) = from {
+            params.push(("From", from));
+        }
+        let typed = digits::read(&form(&params)).unwrap();
+        assert!(typed.call.from.is_none(), "{from:?}");
+        assert_eq!(typed.digits, "654321");
+        assert_eq!(typed.call.to.reveal(), "+12015550100");
+    }
+}
+
+#[test]
+fn a_malformed_digits_report_is_a_clear_client_error() {
+    let full = [
+        ("CallUUID", "c-3"),
+        ("From", "14155550100"),
+        ("To", "12015550100"),
+        ("Digits", "12"),
+    ];
+    let without = |name: &str| {
+        let mut p = form(&full);
+        p.retain(|(k, _)| k != name);
+        p
+    };
+    let with = |name: &str, value: &str| {
+        let mut p = form(&full);
+        for (k, v) in &mut p {
+            if k == name {
+                *v = value.to_string();
+            }
+        }
+        p
+    };
+    let long = "1".repeat(100);
+    for (what, params) in [
+        ("no CallUUID", without("CallUUID")),
+        ("no To", without("To")),
+        ("To no number", with("To", "sip:proxy@example.test")),
+        ("letters", with("Digits", "12ab")),
+        ("markup", with("Digits", "<1>")),
+        ("too long", with("Digits", &long)),
+        ("nothing", Vec::new()),
+    ] {
+        let err = digits::read(&params).expect_err(what);
+        let resp = err.into_response();
+        assert!(resp.status().is_client_error(), "{what}: {}", resp.status());
+        assert_eq!(
+            resp.headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{what}"
+        );
+    }
+    // The typed value is never echoed back.
+    let body = format!("{:?}", digits::read(&with("Digits", "98765x")).unwrap_err());
+    assert!(!body.contains("98765"), "{body}");
 }

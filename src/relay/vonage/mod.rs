@@ -1,7 +1,7 @@
-//! The Vonage dialect. Voice webhooks (answer, event) carry a JWT signed HS256 with the
-//! account's signature secret and are answered with NCCO JSON; inbound SMS carry a `sig`
-//! parameter made with the account's signature method, are answered `204` at once, and the
-//! relayed text leaves later through Vonage's SMS API ([`send`], called by the outbound
+//! The Vonage dialect. Voice webhooks (answer, event, PIN digits) carry a JWT signed HS256
+//! with the account's signature secret and are answered with NCCO JSON; inbound SMS carry a
+//! `sig` parameter made with the account's signature method, are answered `204` at once, and
+//! the relayed text leaves later through Vonage's SMS API ([`send`], called by the outbound
 //! queue); the SMS API's delivery receipts, signed the same way, may come to the same hook.
 //! Vonage writes numbers as digits without `+`, in both directions.
 
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::outbound::{self, OutboundSms, SendError, Via};
 pub mod calls;
+mod digits;
 mod sign;
 
 use super::dialect::{self, Dialect, Hook, Path, Read, Recorded, RestApi, Sent};
@@ -38,6 +39,7 @@ impl Dialect for Vonage {
         Path::get_or_post("/hooks/vonage/sms", Hook::SMS),
         Path::post("/hooks/vonage/recording", Hook::Recording),
         Path::get_or_post("/hooks/vonage/bridge", Hook::Bridge),
+        Path::get_or_post("/hooks/vonage/digits", Hook::Digits),
     ];
 
     /// Vonage is enabled when its signature secret is set: both kinds of webhook are signed
@@ -69,10 +71,8 @@ impl Dialect for Vonage {
         }
     }
 
-    async fn read_digits(_: &AppState, _: &Webhook) -> Result<super::dialect::Digits, ApiError> {
-        Err(ApiError::InvalidRequest(
-            "PIN prompts are not answered here yet".into(),
-        ))
+    async fn read_digits(_: &AppState, w: &Webhook) -> Result<dialect::Digits, ApiError> {
+        digits::read(w)
     }
 
     fn unrouted(kind: Kind) -> Response {
@@ -86,7 +86,11 @@ impl Dialect for Vonage {
         match inbound.kind {
             Kind::Voice => {
                 let recorded = dialect::recorded::<Self>(s, &outcome);
-                ncco(voice_ncco_with(&outcome.decision, recorded.as_ref()))
+                ncco(voice_ncco_with(
+                    &outcome.decision,
+                    recorded.as_ref(),
+                    &s.public_url,
+                ))
             }
             // Queued even when this is a resent webhook: if the first attempt failed after
             // the broker recorded it, this is the text's only chance.
@@ -290,14 +294,18 @@ fn params(w: &Webhook) -> Option<&[(String, String)]> {
     if w.method == Method::GET {
         return Some(w.query());
     }
-    let is_json = w
-        .header(header::CONTENT_TYPE.as_str())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
+    if !is_json(w) {
         return Some(w.form());
     }
     w.params_with(json_params)
+}
+
+/// Whether the webhook's parameters are a JSON body (a POST saying so).
+fn is_json(w: &Webhook) -> bool {
+    w.method != Method::GET
+        && w.header(header::CONTENT_TYPE.as_str())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn json_params(w: &Webhook) -> Option<Params> {
@@ -357,7 +365,7 @@ const LONGEST_CALL_SECS: u32 = 7200;
 /// The NCCO of a routing decision for a call that is not recorded.
 #[cfg(test)]
 fn voice_ncco(decision: &Decision) -> Value {
-    voice_ncco_with(decision, None)
+    voice_ncco_with(decision, None, "https://h.test")
 }
 
 /// The NCCO of a routing decision. `connect` dials the other party showing the proxy number
@@ -365,7 +373,8 @@ fn voice_ncco(decision: &Decision) -> Value {
 /// A recorded call starts with a `record` action, which runs beside what follows until the
 /// call ends; `split: conversation` with two channels puts each party on its own
 /// (<https://developer.vonage.com/en/voice/voice-api/ncco-reference#record>).
-fn voice_ncco_with(decision: &Decision, recorded: Option<&Recorded>) -> Value {
+/// A PIN prompt's result goes to the digits hook under `public_url`, naming its attempt.
+fn voice_ncco_with(decision: &Decision, recorded: Option<&Recorded>, public_url: &str) -> Value {
     match decision {
         Decision::Connect {
             caller_id,
@@ -395,8 +404,19 @@ fn voice_ncco_with(decision: &Decision, recorded: Option<&Recorded>) -> Value {
             }
             json!([record, connect])
         }
+        Decision::Gather {
+            digits,
+            attempt,
+            timeout_secs,
+            prompt,
+        } => digits::gather(
+            *digits,
+            *timeout_secs,
+            prompt,
+            &dialect::digits_url::<Vonage>(public_url, *attempt),
+        ),
         Decision::Announce { message } => json!([{ "action": "talk", "text": message }]),
-        Decision::Relay { .. } | Decision::Gather { .. } => reject(),
+        Decision::Relay { .. } => reject(),
     }
 }
 
@@ -581,6 +601,50 @@ mod tests {
     }
 
     #[test]
+    fn a_pin_prompt_reports_to_the_digits_hook_naming_its_attempt() {
+        let gather = |attempt| Decision::Gather {
+            digits: 6,
+            attempt,
+            timeout_secs: 4,
+            prompt: "Enter the PIN <you> got & press \"#\"".into(),
+        };
+        assert_eq!(
+            voice_ncco(&gather(1)),
+            json!([
+                {
+                    "action": "talk",
+                    "text": "Enter the PIN <you> got & press \"#\"",
+                    "bargeIn": true,
+                },
+                {
+                    "action": "input",
+                    "type": ["dtmf"],
+                    "dtmf": { "maxDigits": 6, "timeOut": 4, "submitOnHash": true },
+                    "eventUrl": ["https://h.test/hooks/vonage/digits?attempt=1"],
+                    "eventMethod": "POST",
+                },
+            ])
+        );
+        assert_eq!(
+            voice_ncco(&gather(3))[1]["eventUrl"],
+            json!(["https://h.test/hooks/vonage/digits?attempt=3"])
+        );
+        let digits = Vonage::PATHS
+            .iter()
+            .find(|p| p.hook == Hook::Digits)
+            .expect("a digits hook");
+        assert_eq!(digits.path, "/hooks/vonage/digits");
+        let answer = Vonage::PATHS
+            .iter()
+            .find(|p| p.hook == Hook::VOICE)
+            .unwrap();
+        assert_eq!(
+            digits.methods, answer.methods,
+            "called as the answer webhook is"
+        );
+    }
+
+    #[test]
     fn call_statuses_are_normalised() {
         assert_eq!(call_status("ringing"), Some(("ringing".into(), false)));
         assert_eq!(call_status("answered"), Some(("in-progress".into(), false)));
@@ -631,7 +695,8 @@ mod tests {
         assert_eq!(
             voice_ncco_with(
                 &connect(Some(RecordChannels::Dual), Some(600)),
-                Some(&recorded(RecordChannels::Dual))
+                Some(&recorded(RecordChannels::Dual)),
+                "https://h.test",
             ),
             json!([
                 {
@@ -652,6 +717,7 @@ mod tests {
         let mono = voice_ncco_with(
             &connect(Some(RecordChannels::Mono), Some(10_000)),
             Some(&recorded(RecordChannels::Mono)),
+            "https://h.test",
         );
         assert!(mono[0].get("split").is_none(), "{mono}");
         assert_eq!(mono[1]["limit"], 7200, "Vonage's longest call");

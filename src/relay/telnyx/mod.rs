@@ -44,6 +44,7 @@ impl Dialect for Telnyx {
         Path::post("/hooks/telnyx/status", Hook::Status),
         Path::post("/hooks/telnyx/recording", Hook::Recording),
         Path::post("/hooks/telnyx/bridge", Hook::Bridge),
+        Path::post("/hooks/telnyx/digits", Hook::Digits),
     ];
 
     /// Telnyx is enabled when the public key that checks its webhooks is set.
@@ -66,10 +67,8 @@ impl Dialect for Telnyx {
         }
     }
 
-    async fn read_digits(_: &AppState, _: &Webhook) -> Result<super::dialect::Digits, ApiError> {
-        Err(ApiError::InvalidRequest(
-            "PIN prompts are not answered here yet".into(),
-        ))
+    async fn read_digits(_: &AppState, hook: &Webhook) -> Result<dialect::Digits, ApiError> {
+        read_digits(&hook.body)
     }
 
     fn unrouted(kind: Kind) -> Response {
@@ -84,7 +83,11 @@ impl Dialect for Telnyx {
         match inbound.kind {
             Kind::Voice => {
                 let recorded = dialect::recorded::<Self>(state, &outcome);
-                texml(render_call_with(Some(&outcome.decision), recorded.as_ref()))
+                texml(render_call_with(
+                    Some(&outcome.decision),
+                    recorded.as_ref(),
+                    &state.public_url,
+                ))
             }
             Kind::Sms => {
                 outbound::queue_answer(&state.broker, Via::Telnyx, inbound, outcome, accepted).await
@@ -257,12 +260,17 @@ const TIME_LIMIT_SECS: (u32, u32) = (60, 14_400);
 
 /// The TeXML answer to a call that is not recorded.
 pub fn render_call(decision: Option<&Decision>) -> String {
-    render_call_with(decision, None)
+    render_call_with(decision, None, "")
 }
 
-/// The TeXML answer to a call; `recorded` when the session records its calls. `<Dial>`
-/// takes TwiML's recording attributes, and a time limit within TeXML's range.
-pub fn render_call_with(decision: Option<&Decision>, recorded: Option<&Recorded>) -> String {
+/// The TeXML answer to a call, from hush at `public_url`; `recorded` when the session
+/// records its calls. `<Dial>` takes TwiML's recording attributes, and a time limit within
+/// TeXML's range.
+pub fn render_call_with(
+    decision: Option<&Decision>,
+    recorded: Option<&Recorded>,
+    public_url: &str,
+) -> String {
     let body = match decision {
         Some(Decision::Connect {
             caller_id,
@@ -286,10 +294,42 @@ pub fn render_call_with(decision: Option<&Decision>, recorded: Option<&Recorded>
         Some(Decision::Announce { message }) => {
             format!("<Say>{}</Say><Hangup/>", xml_escape(message))
         }
+        Some(Decision::Gather {
+            digits,
+            attempt,
+            timeout_secs,
+            prompt,
+        }) => gather(
+            *digits,
+            *timeout_secs,
+            prompt,
+            &dialect::digits_url::<Telnyx>(public_url, *attempt),
+        ),
         // A number that is no pool's, or an answer that is not a call's.
-        Some(Decision::Relay { .. } | Decision::Gather { .. }) | None => "<Reject/>".into(),
+        Some(Decision::Relay { .. }) | None => "<Reject/>".into(),
     };
     format!("{XML_HEAD}<Response>{body}</Response>")
+}
+
+/// TeXML's range for `<Gather timeout>`, in seconds
+/// (<https://developers.telnyx.com/docs/voice/programmable-voice/texml-verbs/gather>).
+const GATHER_TIMEOUT_SECS: (u32, u32) = (1, 120);
+
+/// A PIN prompt. TeXML's `<Gather>` documents no `method` (its `action` is requested with
+/// the TeXML application's method) and no `actionOnEmptyResult`, so nothing says silence
+/// reaches `action`; the `<Redirect>` after it
+/// (<https://developers.telnyx.com/docs/voice/programmable-voice/texml-verbs/redirect>)
+/// asks the same URL when the prompt ends with nothing typed, and is never reached once
+/// `action` took the call. Either way hush hears of the prompt exactly once, and decides
+/// what silence means. The prompt is inside `<Gather>`, so typing may start while it
+/// plays; `numDigits` ends the prompt as soon as a whole PIN came.
+fn gather(digits: u8, timeout_secs: u32, prompt: &str, digits_url: &str) -> String {
+    let url = xml_escape(digits_url);
+    format!(
+        r#"<Gather input="dtmf" numDigits="{digits}" timeout="{}" action="{url}"><Say>{}</Say></Gather><Redirect method="POST">{url}</Redirect>"#,
+        timeout_secs.clamp(GATHER_TIMEOUT_SECS.0, GATHER_TIMEOUT_SECS.1),
+        xml_escape(prompt),
+    )
 }
 
 fn texml(doc: String) -> Response {
@@ -299,6 +339,32 @@ fn texml(doc: String) -> Response {
         HeaderValue::from_static("application/xml"),
     );
     resp
+}
+
+/// Reads the end of a PIN prompt: the `<Gather>` action or the `<Redirect>` after it, both
+/// TeXML requests with the call's form fields (`CallSid`, `From`, `To`), the first with
+/// `Digits`. A finishing `#` (`finishOnKey`'s default) is not part of a PIN.
+fn read_digits(body: &[u8]) -> Result<dialect::Digits, ApiError> {
+    let form = form_urlencoded(body);
+    let (Some(call), Some(to)) = (param(&form, "CallSid"), param(&form, "To")) else {
+        return Err(ApiError::InvalidRequest(
+            "a TeXML digits request needs CallSid and To".into(),
+        ));
+    };
+    if call.is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "a TeXML digits request needs a CallSid".into(),
+        ));
+    }
+    let to = E164::parse_syntax(to).map_err(|_| {
+        ApiError::InvalidRequest("the `To` parameter is not an E.164 number".into())
+    })?;
+    let from = param(&form, "From").and_then(|f| E164::parse_syntax(f).ok());
+    let digits = param(&form, "Digits").unwrap_or_default().trim();
+    Ok(dialect::Digits {
+        call: Inbound::call(from, to, call.to_string()),
+        digits: digits.strip_suffix('#').unwrap_or(digits).to_string(),
+    })
 }
 
 /// Reads a TeXML call request: Twilio's form fields.
@@ -506,219 +572,4 @@ pub async fn post_message(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ed25519_dalek::{Signer, SigningKey};
-
-    /// Telnyx publishes no fixed vector; this one signs a `message.received` event with the
-    /// RFC 8032 section 7.1 TEST 1 key. Its timestamp is old: freshness is checked apart.
-    fn vector() -> Value {
-        json!({
-            "public_key_base64": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
-            "timestamp": "1700000000",
-            "body": "{\"data\":{\"event_type\":\"message.received\",\"id\":\"0ccc7b54-4df3-4bca-a65a-3da1ecc777f0\",\"payload\":{\"text\":\"hi\"},\"record_type\":\"event\"}}",
-            "signature": "njOXZj9fT7eiCPS0HwnfY1JA+rQSGe9A89Wh6cmNScV3Kh6SPD8oBCd6g+1y0s7un5cpScI9EmSrDw8GUtq4BA=="
-        })
-    }
-
-    /// RFC 8032 section 7.1, TEST 1: the secret key behind the vector's public key.
-    fn rfc8032_key() -> SigningKey {
-        let hex = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
-        let bytes: Vec<u8> = (0..32)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-            .collect();
-        SigningKey::from_bytes(&bytes.try_into().unwrap())
-    }
-
-    /// The published vector's key, timestamp, body and signature.
-    fn vector_fields() -> (String, String, String, String) {
-        let v = vector();
-        let s = |k: &str| v[k].as_str().unwrap().to_string();
-        (
-            s("public_key_base64"),
-            s("timestamp"),
-            s("body"),
-            s("signature"),
-        )
-    }
-
-    fn sign(ts: &str, body: &str) -> String {
-        B64.encode(
-            rfc8032_key()
-                .sign(format!("{ts}|{body}").as_bytes())
-                .to_bytes(),
-        )
-    }
-
-    #[test]
-    fn the_key_decoded_once_follows_the_key_given() {
-        let (key, ts, body, sig) = vector_fields();
-        let other = SigningKey::from_bytes(&[9; 32]);
-        let other_key = B64.encode(other.verifying_key().to_bytes());
-        let other_sig = B64.encode(other.sign(format!("{ts}|x").as_bytes()).to_bytes());
-        // Alternating keys (and a key that does not decode) each check with their own key,
-        // whichever was decoded last.
-        for _ in 0..2 {
-            assert!(verify(&key, &ts, &sig, body.as_bytes(), None));
-            assert!(!verify(&other_key, &ts, &sig, body.as_bytes(), None));
-            assert!(verify(&other_key, &ts, &other_sig, b"x", None));
-            assert!(!verify("not base64!", &ts, &sig, body.as_bytes(), None));
-            assert!(!verify(&key, &ts, &other_sig, b"x", None));
-        }
-    }
-
-    #[test]
-    fn the_published_vector_verifies() {
-        let (key, ts, body, sig) = vector_fields();
-        assert!(verify(&key, &ts, &sig, body.as_bytes(), None));
-        assert_eq!(
-            B64.encode(rfc8032_key().verifying_key().to_bytes()),
-            key,
-            "the vector's key is RFC 8032's"
-        );
-        assert_eq!(sign(&ts, &body), sig);
-        // One changed byte anywhere fails.
-        let tampered = body.replace("\"hi\"", "\"hI\"");
-        assert!(!verify(&key, &ts, &sig, tampered.as_bytes(), None));
-        assert!(!verify(&key, "1700000001", &sig, body.as_bytes(), None));
-        let mut other = B64.decode(&sig).unwrap();
-        other[0] ^= 1;
-        assert!(!verify(
-            &key,
-            &ts,
-            &B64.encode(other),
-            body.as_bytes(),
-            None
-        ));
-        // Another key, and keys or signatures that are not Ed25519 at all.
-        let wrong = B64.encode(SigningKey::from_bytes(&[7; 32]).verifying_key().to_bytes());
-        assert!(!verify(&wrong, &ts, &sig, body.as_bytes(), None));
-        assert!(!verify("not base64!", &ts, &sig, body.as_bytes(), None));
-        assert!(!verify(&key, &ts, "c2hvcnQ=", body.as_bytes(), None));
-        assert!(!verify(&key, "", &sig, body.as_bytes(), None));
-    }
-
-    #[test]
-    fn stale_and_future_timestamps_are_replays() {
-        let key = B64.encode(rfc8032_key().verifying_key().to_bytes());
-        let body = r#"{"data":{}}"#;
-        let now = 1_800_000_000i64;
-        for (age, ok) in [
-            (0, true),
-            (300, true),
-            (-300, true),
-            (301, false),
-            (-301, false),
-        ] {
-            let ts = (now - age).to_string();
-            assert_eq!(
-                verify(&key, &ts, &sign(&ts, body), body.as_bytes(), Some(now)),
-                ok,
-                "a timestamp {age} s old"
-            );
-        }
-        // The vector itself is years old.
-        let v = vector();
-        let s = |k: &str| v[k].as_str().unwrap().to_string();
-        assert!(!verify(
-            &s("public_key_base64"),
-            &s("timestamp"),
-            &s("signature"),
-            s("body").as_bytes(),
-            Some(now)
-        ));
-    }
-
-    #[test]
-    fn received_events_parse() {
-        let event = json!({ "data": {
-            "event_type": "message.received", "id": "evt-1",
-            "payload": {
-                "id": "msg-1", "direction": "inbound", "text": "a <b> & 😀",
-                "from": { "phone_number": "+14155550100" },
-                "to": [{ "phone_number": "+12015550100", "status": "webhook_delivered" }],
-                "media": [{ "url": "https://m.example/1.jpg", "content_type": "image/jpeg" },
-                          { "url": "https://m.example/2.png" }]
-            } } });
-        let m = parse_received(&event).unwrap();
-        assert_eq!(m.id, "msg-1");
-        assert_eq!(m.from.as_deref(), Some("+14155550100"));
-        assert_eq!(m.to, "+12015550100");
-        assert_eq!(m.text, "a <b> & 😀");
-        assert_eq!(m.media.len(), 2);
-        // No payload id: the event's; no text: empty.
-        let bare = json!({ "data": { "event_type": "message.received", "id": "evt-2",
-            "payload": { "to": [{ "phone_number": "+12015550100" }], "text": null } } });
-        let m = parse_received(&bare).unwrap();
-        assert_eq!(
-            (m.id.as_str(), m.text.as_str(), m.from),
-            ("evt-2", "", None)
-        );
-        let sent = json!({ "data": { "event_type": "message.sent", "payload": {} } });
-        assert!(parse_received(&sent).is_none());
-    }
-
-    #[test]
-    fn texml_answers_escape_what_they_carry() {
-        let n = |s: &str| E164::parse_syntax(s).unwrap();
-        let connect = Decision::Connect {
-            session_id: "s".into(),
-            caller_id: n("+12015550100"),
-            to: n("+14155550101"),
-            call: Default::default(),
-        };
-        assert_eq!(
-            render_call(Some(&connect)),
-            format!(
-                "{XML_HEAD}<Response><Dial callerId=\"+12015550100\"><Number>+14155550101\
-                 </Number></Dial></Response>"
-            )
-        );
-        let say = Decision::Announce {
-            message: "Ended <now> & \"done\"".into(),
-        };
-        assert!(render_call(Some(&say)).ends_with(
-            "<Response><Say>Ended &lt;now&gt; &amp; &quot;done&quot;</Say><Hangup/></Response>"
-        ));
-        assert!(render_call(None).ends_with("<Response><Reject/></Response>"));
-    }
-
-    #[test]
-    fn a_recorded_call_dials_with_recording_and_a_limit_in_texmls_range() {
-        let n = |s: &str| E164::parse_syntax(s).unwrap();
-        let connect = |record, max_call_secs| Decision::Connect {
-            session_id: "s".into(),
-            caller_id: n("+12015550100"),
-            to: n("+14155550101"),
-            call: crate::domain::CallOptions {
-                record,
-                max_call_secs,
-            },
-        };
-        let recorded = |channels| Recorded {
-            channels,
-            callback: "https://h.test/hooks/telnyx/recording?s=a&i=b".into(),
-        };
-        use crate::domain::RecordChannels;
-        let dual = connect(Some(RecordChannels::Dual), Some(600));
-        assert_eq!(
-            render_call_with(Some(&dual), Some(&recorded(RecordChannels::Dual))),
-            format!(
-                "{XML_HEAD}<Response><Dial callerId=\"+12015550100\" timeLimit=\"600\" \
-                 record=\"record-from-answer-dual\" recordingStatusCallback=\
-                 \"https://h.test/hooks/telnyx/recording?s=a&amp;i=b\" \
-                 recordingStatusCallbackEvent=\"completed\"><Number>+14155550101</Number>\
-                 </Dial></Response>"
-            )
-        );
-        let mono = connect(Some(RecordChannels::Mono), None);
-        let doc = render_call_with(Some(&mono), Some(&recorded(RecordChannels::Mono)));
-        assert!(doc.contains(r#" record="record-from-answer" "#), "{doc}");
-        assert!(!doc.contains("timeLimit"), "{doc}");
-        // TeXML takes 60 s to 4 h.
-        let short = connect(None, Some(5));
-        assert!(render_call(Some(&short)).contains(r#"timeLimit="60""#));
-        let long = connect(None, Some(86_400));
-        assert!(render_call(Some(&long)).contains(r#"timeLimit="14400""#));
-    }
-}
+mod tests;
