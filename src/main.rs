@@ -143,7 +143,7 @@ enum PoolsCmd {
         /// Digits in a PIN (4 to 8; default 6).
         #[arg(long)]
         pin_length: Option<u8>,
-        /// Seconds each PIN prompt waits for digits (1 to 30; default 4).
+        /// Seconds each PIN prompt waits for digits (1 to 10; default 4).
         #[arg(long)]
         pin_prompt_timeout_secs: Option<u32>,
         /// Prompts again after a wrong PIN before the out-of-session message (0 to 5;

@@ -448,7 +448,7 @@ async fn pools_put_sets_the_pin_policy() {
         ("--pin-length", "3", "--pin-length must be"),
         (
             "--pin-prompt-timeout-secs",
-            "31",
+            "11",
             "--pin-prompt-timeout-secs must be",
         ),
         ("--pin-retry", "6", "--pin-retry must be"),
