@@ -404,12 +404,7 @@ impl World {
     }
 
     async fn interactions(&self) -> Vec<Value> {
-        let list = self
-            .app
-            .get(&format!("/v1/sessions/{}/interactions", self.session))
-            .await
-            .expect(200);
-        list["interactions"].as_array().unwrap().clone()
+        self.app.interactions(&self.session).await
     }
 
     async fn wait_status(&self, id: &str, status: &str) -> Value {

@@ -200,7 +200,7 @@ async fn ride_again(app: &TestApp) -> (String, String, String, String) {
     let twilio = Twilio { app };
     let sid = relay_twilio::sid("CA");
     relay_twilio::assert_dials(&twilio.call(&a, proxy, &sid).await, proxy, &b);
-    let relayed = interactions(app, id).await[0]["id"]
+    let relayed = app.interactions(id).await[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -215,17 +215,8 @@ async fn start_call(app: &TestApp, session: &str, from: &str) -> Resp {
     .await
 }
 
-async fn interactions(app: &TestApp, session: &str) -> Vec<Value> {
-    app.get(&format!("/v1/sessions/{session}/interactions"))
-        .await
-        .expect(200)["interactions"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 async fn interaction(app: &TestApp, session: &str, id: &str) -> Value {
-    interactions(app, session)
+    app.interactions(session)
         .await
         .into_iter()
         .find(|i| i["id"] == id)
@@ -396,7 +387,7 @@ async fn twilio_places_the_call_and_its_bridge_dials_the_other_with_the_proxy() 
     // Twilio retrying the bridge gets the same document, and nothing new is recorded.
     let again = twilio.post(&bridge, &borrowed(&params)).await;
     assert_eq!(again.text, answer.text);
-    assert_eq!(interactions(&app, &id).await.len(), 1);
+    assert_eq!(app.interactions(&id).await.len(), 1);
 
     // The call ends: the interaction completes with its duration.
     let completed = [
@@ -461,7 +452,7 @@ async fn a_call_is_refused_for_an_ended_unknown_or_wrong_session_and_records_not
         .expect_problem(409, "session_closed");
 
     assert!(api.made().is_empty(), "{:?}", api.made());
-    assert!(interactions(&app, &id).await.is_empty());
+    assert!(app.interactions(&id).await.is_empty());
 }
 
 #[tokio::test]
@@ -487,7 +478,7 @@ async fn a_provider_down_is_503_a_refusal_502_and_neither_connects() {
 
     // Both calls are recorded as failed, never connected; a late bridge for one of them
     // connects nobody.
-    let list = interactions(&app, &id).await;
+    let list = app.interactions(&id).await;
     assert_eq!(list.len(), 2, "{list:?}");
     assert!(list.iter().all(|i| i["status"] == "failed"), "{list:?}");
     let form = api.made()[0].form();
@@ -495,7 +486,7 @@ async fn a_provider_down_is_503_a_refusal_502_and_neither_connects() {
     let params = twilio_bridge("CA99990000999900009999000099990000", &proxy, &a);
     relay_twilio::assert_says_ended(&twilio.post(&bridge, &borrowed(&params)).await);
     assert!(
-        interactions(&app, &id)
+        app.interactions(&id)
             .await
             .iter()
             .all(|i| i["status"] == "failed")
@@ -519,7 +510,7 @@ async fn an_unreachable_provider_is_503() {
     let r = start_call(&app, &id, &a).await;
     r.expect_problem(503, "provider_down");
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
-    assert_eq!(interactions(&app, &id).await[0]["status"], "failed");
+    assert_eq!(app.interactions(&id).await[0]["status"], "failed");
 }
 
 #[tokio::test]
@@ -586,7 +577,7 @@ async fn an_idempotency_key_places_one_call() {
         Some("true")
     );
     assert_eq!(api.made().len(), 1);
-    assert_eq!(interactions(&app, &id).await.len(), 1);
+    assert_eq!(app.interactions(&id).await.len(), 1);
 
     // A failure frees the key: the retry places the call.
     api.answer_next(&[500]);
@@ -627,7 +618,7 @@ async fn without_call_credentials_calls_are_not_configured() {
     start_call(&app, &id, &a)
         .await
         .expect_problem(409, "provider_unavailable");
-    assert!(interactions(&app, &id).await.is_empty());
+    assert!(app.interactions(&id).await.is_empty());
 }
 
 #[tokio::test]
@@ -645,7 +636,7 @@ async fn with_several_providers_and_none_named_the_call_is_ambiguous() {
     start_call(&app, &id, &a)
         .await
         .expect_problem(409, "provider_ambiguous");
-    assert!(interactions(&app, &id).await.is_empty());
+    assert!(app.interactions(&id).await.is_empty());
 }
 
 #[tokio::test]

@@ -345,6 +345,20 @@ pub fn assert_problem_shape(r: &Resp) {
     );
 }
 
+/// The PIN `participant` was given in a session answer.
+#[track_caller]
+pub fn pin_of(session: &Value, participant: &str) -> String {
+    session["pins"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no pins: {session}"))
+        .iter()
+        .find(|p| p["participant"] == participant)
+        .unwrap_or_else(|| panic!("no pin for {participant}: {session}"))["pin"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 // ---------------------------------------------------------------------------------------------
 // The app under test
 // ---------------------------------------------------------------------------------------------
@@ -681,6 +695,29 @@ impl TestApp {
 
     pub async fn get_session(&self, id: &str) -> Resp {
         self.get(&format!("/v1/sessions/{id}")).await
+    }
+
+    /// `GET /v1/sessions/{id}/interactions`: the session's `interactions` array.
+    pub async fn interactions(&self, session_id: &str) -> Vec<Value> {
+        self.get(&format!("/v1/sessions/{session_id}/interactions"))
+            .await
+            .expect(200)["interactions"]
+            .as_array()
+            .expect("an `interactions` array")
+            .clone()
+    }
+
+    /// A pool `name` of the one `number` with `policy` (which brings its own
+    /// `out_of_session_message`), and a direct session between participants 0 and 1 on it,
+    /// which leaves participant 0 no number free: (the proxy number, the direct session).
+    pub async fn exhausted_pool(&self, name: &str, policy: Value, number: &str) -> (String, Value) {
+        self.pool(name, policy, &[number.to_string()]).await;
+        let direct = self
+            .open_session(name, &participant(0), &participant(1), None)
+            .await;
+        assert_eq!(direct["access"], "direct", "{direct}");
+        assert!(direct.get("pins").is_none(), "{direct}");
+        (direct["proxy_number"].as_str().unwrap().to_string(), direct)
     }
 
     pub async fn close_session(&self, id: &str) -> Resp {

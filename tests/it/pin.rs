@@ -26,44 +26,6 @@ async fn pin_app() -> TestApp {
     .await
 }
 
-/// A pool of one number with `policy` (plus the out-of-session message), and a direct
-/// session between participants 0 and 1 on it, which leaves participant 0 no number free:
-/// (the proxy number, the direct session).
-async fn exhausted_pool(app: &TestApp, name: &str, mut policy: Value) -> (String, Value) {
-    exhausted_pool_on(app, name, policy.take(), &proxy(0)).await
-}
-
-/// [`exhausted_pool`] on `number`.
-async fn exhausted_pool_on(
-    app: &TestApp,
-    name: &str,
-    mut policy: Value,
-    number: &str,
-) -> (String, Value) {
-    policy["out_of_session_message"] = json!(ENDED);
-    app.pool(name, policy, &[number.to_string()]).await;
-    let direct = app
-        .open_session(name, &participant(0), &participant(1), None)
-        .await;
-    assert_eq!(direct["access"], "direct", "{direct}");
-    assert!(direct.get("pins").is_none(), "{direct}");
-    (direct["proxy_number"].as_str().unwrap().to_string(), direct)
-}
-
-/// The PIN `participant` was given in a session answer.
-#[track_caller]
-fn pin_of(session: &Value, participant: &str) -> String {
-    session["pins"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no pins: {session}"))
-        .iter()
-        .find(|p| p["participant"] == participant)
-        .unwrap_or_else(|| panic!("no pin for {participant}: {session}"))["pin"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// The digits report of a call's `attempt`th prompt, as `<Gather action>` posts it.
 async fn digits(
     tw: &Twilio<'_>,
@@ -124,24 +86,17 @@ fn assert_ended(r: &Resp) {
     assert_eq!(doc.child("Say").text, ENDED);
 }
 
-async fn interactions(app: &TestApp, session: &str) -> Vec<Value> {
-    app.get(&format!("/v1/sessions/{session}/interactions"))
-        .await
-        .expect(200)["interactions"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 #[tokio::test]
 async fn a_pool_of_one_number_falls_back_to_pins_and_a_pool_without_them_runs_out() {
     let app = pin_app().await;
-    let (strict, _) = exhausted_pool_on(&app, "strict", json!({}), &proxy(1)).await;
+    let policy = json!({ "out_of_session_message": ENDED });
+    let (strict, _) = app.exhausted_pool("strict", policy, &proxy(1)).await;
     app.create_session("strict", &participant(0), &participant(2), None)
         .await
         .expect_problem(409, "pool_exhausted");
 
-    let (proxy2, _) = exhausted_pool(&app, "rides", json!({ "pin": "fallback" })).await;
+    let policy = json!({ "pin": "fallback", "out_of_session_message": ENDED });
+    let (proxy2, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     assert_ne!(strict, proxy2);
     let (a, c) = (participant(0), participant(2));
     let r = app
@@ -199,7 +154,8 @@ async fn a_pool_of_one_number_falls_back_to_pins_and_a_pool_without_them_runs_ou
 #[tokio::test]
 async fn a_call_is_asked_for_its_pin_and_the_right_one_connects() {
     let app = pin_app().await;
-    let (proxy, _) = exhausted_pool(&app, "rides", json!({ "pin": "fallback" })).await;
+    let policy = json!({ "pin": "fallback", "out_of_session_message": ENDED });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
     let tw = Twilio { app: &app };
@@ -217,7 +173,7 @@ async fn a_call_is_asked_for_its_pin_and_the_right_one_connects() {
     // A retried report gets the same answer and records nothing more.
     let again = digits(&tw, &c, &proxy, &call, 1, &pin_of(&s, &c)).await;
     assert_eq!(again.text, r.text);
-    let list = interactions(&app, s["id"].as_str().unwrap()).await;
+    let list = app.interactions(s["id"].as_str().unwrap()).await;
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["access"], "pin");
     assert_eq!(list[0]["kind"], "voice");
@@ -266,12 +222,13 @@ async fn a_call_is_asked_for_its_pin_and_the_right_one_connects() {
 #[tokio::test]
 async fn a_wrong_pin_is_asked_again_then_ends_and_too_many_are_refused() {
     let app = pin_app().await;
-    let (proxy, _) = exhausted_pool(
-        &app,
-        "rides",
-        json!({ "pin": "fallback", "pin_failure_limit": 4, "pin_prompt": "PIN?" }),
-    )
-    .await;
+    let policy = json!({
+        "pin": "fallback",
+        "pin_failure_limit": 4,
+        "pin_prompt": "PIN?",
+        "out_of_session_message": ENDED,
+    });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
     let right = pin_of(&s, &c);
@@ -304,11 +261,7 @@ async fn a_wrong_pin_is_asked_again_then_ends_and_too_many_are_refused() {
     let call = sid("CA");
     tw.call(&c, &proxy, &call).await;
     assert_ended(&digits(&tw, &c, &proxy, &call, 1, &right).await);
-    assert!(
-        interactions(&app, s["id"].as_str().unwrap())
-            .await
-            .is_empty()
-    );
+    assert!(app.interactions(s["id"].as_str().unwrap()).await.is_empty());
 
     // Another caller is not held back by C's mistakes; A's own PIN still works.
     let call = sid("CA");
@@ -338,7 +291,8 @@ async fn a_wrong_pin_is_asked_again_then_ends_and_too_many_are_refused() {
 #[tokio::test]
 async fn a_pin_is_its_participants_unless_the_pool_accepts_any_caller() {
     let app = pin_app().await;
-    let (proxy, _) = exhausted_pool(&app, "rides", json!({ "pin": "fallback" })).await;
+    let policy = json!({ "pin": "fallback", "out_of_session_message": ENDED });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c, stranger) = (participant(0), participant(2), participant(7));
     let s = app.open_session("rides", &a, &c, None).await;
     let tw = Twilio { app: &app };
@@ -369,7 +323,8 @@ async fn a_pin_is_its_participants_unless_the_pool_accepts_any_caller() {
 #[tokio::test]
 async fn a_caller_with_a_route_and_pin_sessions_reaches_the_route_on_silence() {
     let app = pin_app().await;
-    let (proxy, direct) = exhausted_pool(&app, "rides", json!({ "pin": "fallback" })).await;
+    let policy = json!({ "pin": "fallback", "out_of_session_message": ENDED });
+    let (proxy, direct) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, b, c) = (participant(0), participant(1), participant(2));
     let tw = Twilio { app: &app };
 
@@ -380,7 +335,7 @@ async fn a_caller_with_a_route_and_pin_sessions_reaches_the_route_on_silence() {
     let call = sid("CA");
     assert_gather(&tw.call(&a, &proxy, &call).await, 1, 6, 4);
     assert_dial(&digits(&tw, &a, &proxy, &call, 1, "").await, &proxy, &b);
-    let list = interactions(&app, direct["id"].as_str().unwrap()).await;
+    let list = app.interactions(direct["id"].as_str().unwrap()).await;
     assert_eq!(list.last().unwrap()["access"], "direct");
     assert_eq!(list.last().unwrap()["provider_ref"], call.as_str());
 
@@ -469,7 +424,7 @@ async fn a_text_opening_with_the_pin_is_relayed_without_it_and_the_reply_needs_n
         r.text
     );
 
-    let list = interactions(&app, s["id"].as_str().unwrap()).await;
+    let list = app.interactions(s["id"].as_str().unwrap()).await;
     assert_eq!(list.len(), 3, "{list:?}");
     assert!(
         list.iter()
@@ -553,12 +508,13 @@ async fn pins_are_unique_on_a_number_under_racing_creates_on_two_instances() {
 async fn erasure_removes_pin_sessions_and_redis_and_logs_hold_no_pin_or_number() {
     let receiver = Receiver::start().await;
     let app = pin_app().await;
-    let (proxy, _) = exhausted_pool(
-        &app,
-        "rides",
-        json!({ "pin": "fallback", "pin_length": 8, "callback_url": receiver.url("/events") }),
-    )
-    .await;
+    let policy = json!({
+        "pin": "fallback",
+        "pin_length": 8,
+        "callback_url": receiver.url("/events"),
+        "out_of_session_message": ENDED,
+    });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let secret = app.callback_secret("rides").await;
     receiver.set_secrets(vec![secret]);
     let (a, c, e) = (participant(0), participant(2), participant(4));

@@ -2,7 +2,7 @@
 //! after a silent prompt, comes back signed to `/hooks/plivo/digits?attempt=N`; a text opens
 //! with the PIN. Every request is signed as Plivo signs it (see `relay_plivo`).
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::harness::*;
 use std::time::Duration;
@@ -17,43 +17,6 @@ async fn plivo_app() -> TestApp {
         c.providers.plivo_auth_token = Some(hush::config::Secret::new(TOKEN.into()));
     })
     .await
-}
-
-/// A pool of one number with `policy` (and the out-of-session message), and a direct
-/// session between participants 0 and 1 on it, which leaves participant 0 no number free:
-/// (the proxy number, the direct session).
-async fn exhausted_pool(app: &TestApp, mut policy: Value) -> (String, Value) {
-    policy["out_of_session_message"] = json!(ENDED);
-    app.pool("rides", policy, &proxies(1)).await;
-    let direct = app
-        .open_session("rides", &participant(0), &participant(1), None)
-        .await;
-    assert_eq!(direct["access"], "direct", "{direct}");
-    (direct["proxy_number"].as_str().unwrap().to_string(), direct)
-}
-
-/// The PIN `participant` was given in a session answer.
-#[track_caller]
-fn pin_of(session: &Value, participant: &str) -> String {
-    session["pins"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no pins: {session}"))
-        .iter()
-        .find(|p| p["participant"] == participant)
-        .unwrap_or_else(|| panic!("no pin for {participant}: {session}"))["pin"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-async fn interactions(app: &TestApp, session: &Value) -> Vec<Value> {
-    let id = session["id"].as_str().unwrap();
-    app.get(&format!("/v1/sessions/{id}/interactions"))
-        .await
-        .expect(200)["interactions"]
-        .as_array()
-        .unwrap()
-        .clone()
 }
 
 /// The path Plivo posts a prompt's end to.
@@ -252,7 +215,8 @@ async fn text(plivo: &Plivo<'_>, message: &str, from: &str, to: &str, body: &str
 #[tokio::test]
 async fn an_exhausted_pool_gives_a_pin_and_the_right_one_connects() {
     let app = plivo_app().await;
-    let (proxy, _) = exhausted_pool(&app, json!({ "pin": "fallback" })).await;
+    let policy = json!({ "pin": "fallback", "out_of_session_message": ENDED });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
     assert_eq!(s["access"], "pin", "{s}");
@@ -272,7 +236,7 @@ async fn an_exhausted_pool_gives_a_pin_and_the_right_one_connects() {
     // Plivo retries a report it got no answer to: the same answer, nothing more recorded.
     let again = typed(&plivo, &call, &c, &proxy, 1, Some(&pin_of(&s, &c))).await;
     assert_eq!(again.text, r.text);
-    let list = interactions(&app, &s).await;
+    let list = app.interactions(s["id"].as_str().unwrap()).await;
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["access"], "pin");
     assert_eq!(list[0]["kind"], "voice");
@@ -285,17 +249,19 @@ async fn an_exhausted_pool_gives_a_pin_and_the_right_one_connects() {
     assert_eq!(prompt(&plivo.call(&call, &a, &proxy).await).0, 1);
     let r = typed(&plivo, &call, &a, &proxy, 1, Some(&pin_of(&s, &a))).await;
     assert_dial(&r, &proxy, &c);
-    assert_eq!(interactions(&app, &s).await.len(), 2);
+    assert_eq!(app.interactions(s["id"].as_str().unwrap()).await.len(), 2);
 }
 
 #[tokio::test]
 async fn a_wrong_pin_is_asked_again_then_ends_and_too_many_are_refused() {
     let app = plivo_app().await;
-    let (proxy, _) = exhausted_pool(
-        &app,
-        json!({ "pin": "fallback", "pin_failure_limit": 4, "pin_prompt": "Your <PIN> & then #" }),
-    )
-    .await;
+    let policy = json!({
+        "pin": "fallback",
+        "pin_failure_limit": 4,
+        "pin_prompt": "Your <PIN> & then #",
+        "out_of_session_message": ENDED,
+    });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
     let right = pin_of(&s, &c);
@@ -345,7 +311,7 @@ async fn a_wrong_pin_is_asked_again_then_ends_and_too_many_are_refused() {
     let call = uuid();
     plivo.call(&call, &c, &proxy).await;
     assert_ended(&typed(&plivo, &call, &c, &proxy, 1, Some(&right)).await);
-    assert!(interactions(&app, &s).await.is_empty());
+    assert!(app.interactions(s["id"].as_str().unwrap()).await.is_empty());
 
     // Another caller is not held back by C's mistakes.
     let call = uuid();
@@ -360,7 +326,8 @@ async fn a_wrong_pin_is_asked_again_then_ends_and_too_many_are_refused() {
 #[tokio::test]
 async fn a_withheld_caller_reaches_the_session_only_when_the_pool_accepts_any_caller() {
     let app = plivo_app().await;
-    let (proxy, _) = exhausted_pool(&app, json!({ "pin": "fallback" })).await;
+    let policy = json!({ "pin": "fallback", "out_of_session_message": ENDED });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
     let plivo = Plivo::new(&app);
@@ -372,7 +339,7 @@ async fn a_withheld_caller_reaches_the_session_only_when_the_pool_accepts_any_ca
         let r = typed(&plivo, &call, withheld, &proxy, 1, Some(&pin_of(&s, &c))).await;
         assert_eq!(prompt(&r).0, 2, "From {withheld:?}");
     }
-    assert!(interactions(&app, &s).await.is_empty());
+    assert!(app.interactions(s["id"].as_str().unwrap()).await.is_empty());
 
     app.patch("/v1/pools/rides", &json!({ "pin_caller_check": false }))
         .await
@@ -401,11 +368,12 @@ async fn a_withheld_caller_reaches_the_session_only_when_the_pool_accepts_any_ca
 #[tokio::test]
 async fn a_caller_with_a_route_and_a_pin_session_reaches_the_route_on_silence() {
     let app = plivo_app().await;
-    let (proxy, direct) = exhausted_pool(
-        &app,
-        json!({ "pin": "fallback", "pin_prompt_timeout_secs": 3 }),
-    )
-    .await;
+    let policy = json!({
+        "pin": "fallback",
+        "pin_prompt_timeout_secs": 3,
+        "out_of_session_message": ENDED,
+    });
+    let (proxy, direct) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, b, c) = (participant(0), participant(1), participant(2));
     let plivo = Plivo::new(&app);
 
@@ -421,7 +389,7 @@ async fn a_caller_with_a_route_and_a_pin_session_reaches_the_route_on_silence() 
         assert_eq!(prompt(&r), (1, 6, 3, "Please enter your PIN.".into()));
         let r = typed(&plivo, &call, &a, &proxy, 1, silence).await;
         assert_dial(&r, &proxy, &b);
-        let list = interactions(&app, &direct).await;
+        let list = app.interactions(direct["id"].as_str().unwrap()).await;
         assert_eq!(list.last().unwrap()["access"], "direct", "{list:?}");
         assert_eq!(list.last().unwrap()["provider_ref"], call.as_str());
     }
@@ -489,7 +457,7 @@ async fn a_text_opening_with_the_pin_is_relayed_without_it_and_the_reply_needs_n
         (digits(&proxy), digits(&d), "1234 Main St".into())
     );
 
-    let list = interactions(&app, &s).await;
+    let list = app.interactions(s["id"].as_str().unwrap()).await;
     assert_eq!(list.len(), 3, "{list:?}");
     assert!(
         list.iter()

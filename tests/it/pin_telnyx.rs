@@ -55,47 +55,8 @@ fn call_id() -> String {
     format!("v3:{:032x}", rand::random::<u128>())
 }
 
-/// A pool of one number with `policy` (plus the out-of-session message), and a direct
-/// session between participants 0 and 1 on it, which leaves participant 0 no number free:
-/// (the proxy number, the direct session's id).
-async fn exhausted_pool(app: &TestApp, mut policy: Value) -> (String, String) {
-    policy["out_of_session_message"] = json!(MESSAGE);
-    app.pool("rides", policy, &[proxy(0)]).await;
-    let direct = app
-        .open_session("rides", &participant(0), &participant(1), None)
-        .await;
-    assert_eq!(direct["access"], "direct", "{direct}");
-    (
-        direct["proxy_number"].as_str().unwrap().to_string(),
-        direct["id"].as_str().unwrap().to_string(),
-    )
-}
-
-/// The PIN `participant` was given in a session answer.
-#[track_caller]
-fn pin_of(session: &Value, participant: &str) -> String {
-    session["pins"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no pins: {session}"))
-        .iter()
-        .find(|p| p["participant"] == participant)
-        .unwrap_or_else(|| panic!("no pin for {participant}: {session}"))["pin"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn id_of(session: &Value) -> &str {
     session["id"].as_str().unwrap()
-}
-
-async fn interactions(app: &TestApp, session: &str) -> Vec<Value> {
-    app.get(&format!("/v1/sessions/{session}/interactions"))
-        .await
-        .expect(200)["interactions"]
-        .as_array()
-        .unwrap()
-        .clone()
 }
 
 /// A TeXML call request; `from: None` is a caller ID Telnyx did not send at all.
@@ -162,7 +123,8 @@ fn assert_texml(r: &Resp, expected: &str) {
 async fn a_pin_session_is_asked_for_its_pin_and_the_right_one_connects() {
     let api = FakeTelnyx::start().await;
     let app = app(&api).await;
-    let (proxy, _) = exhausted_pool(&app, json!({ "pin": "fallback" })).await;
+    let policy = json!({ "pin": "fallback", "out_of_session_message": MESSAGE });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
     assert_eq!(s["access"], "pin", "{s}");
@@ -182,7 +144,7 @@ async fn a_pin_session_is_asked_for_its_pin_and_the_right_one_connects() {
     // A retried report: the same answer, and nothing more recorded.
     let again = digits(&hook, &call, Some(&c), &proxy, 1, Some(&pin_of(&s, &c))).await;
     assert_eq!(again.text, r.text);
-    let list = interactions(&app, id_of(&s)).await;
+    let list = app.interactions(id_of(&s)).await;
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["access"], "pin");
     assert_eq!(list[0]["kind"], "voice");
@@ -209,7 +171,8 @@ async fn a_pin_session_is_asked_for_its_pin_and_the_right_one_connects() {
 async fn digits_reports_are_signed_and_read_strictly() {
     let api = FakeTelnyx::start().await;
     let app = app(&api).await;
-    let (proxy, _) = exhausted_pool(&app, json!({ "pin": "fallback" })).await;
+    let policy = json!({ "pin": "fallback", "out_of_session_message": MESSAGE });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
     let hook = Hook::new(&app);
@@ -226,7 +189,7 @@ async fn digits_reports_are_signed_and_read_strictly() {
     let other = telnyx_sign(&ts, "CallSid=x");
     let r = hook.raw(path, ct, &body, Some((ts, other))).await;
     r.expect_problem(403, "invalid_signature");
-    assert!(interactions(&app, id_of(&s)).await.is_empty());
+    assert!(app.interactions(id_of(&s)).await.is_empty());
 
     // Signed but not a call's fields: a 400 problem, never a 500.
     for bad in [
@@ -243,7 +206,7 @@ async fn digits_reports_are_signed_and_read_strictly() {
     let r = digits(&hook, "v3:not valid!", Some(&c), &proxy, 1, Some("1")).await;
     assert!(r.status >= 400 && r.status < 500, "{} {}", r.status, r.text);
     assert!(r.content_type().contains("problem+json"), "{}", r.text);
-    assert!(interactions(&app, id_of(&s)).await.is_empty());
+    assert!(app.interactions(id_of(&s)).await.is_empty());
 
     // The genuine report still connects.
     let r = hook.post(path, ct, &body).await;
@@ -265,8 +228,12 @@ fn telnyx_sign(ts: &str, body: &str) -> String {
 async fn a_wrong_pin_is_asked_again_then_ends_and_too_many_are_refused() {
     let api = FakeTelnyx::start().await;
     let app = app(&api).await;
-    let (proxy, _) =
-        exhausted_pool(&app, json!({ "pin": "fallback", "pin_failure_limit": 4 })).await;
+    let policy = json!({
+        "pin": "fallback",
+        "pin_failure_limit": 4,
+        "out_of_session_message": MESSAGE,
+    });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
     let right = pin_of(&s, &c);
@@ -309,7 +276,7 @@ async fn a_wrong_pin_is_asked_again_then_ends_and_too_many_are_refused() {
     hook.call(&call, &c, &proxy).await;
     let r = digits(&hook, &call, Some(&c), &proxy, 1, Some(&right)).await;
     assert_texml(&r, &ended);
-    assert!(interactions(&app, id_of(&s)).await.is_empty());
+    assert!(app.interactions(id_of(&s)).await.is_empty());
 
     // Another caller is not held back by C's mistakes.
     let call = call_id();
@@ -322,7 +289,8 @@ async fn a_wrong_pin_is_asked_again_then_ends_and_too_many_are_refused() {
 async fn a_withheld_caller_reaches_a_pin_session_only_when_the_pool_accepts_any_caller() {
     let api = FakeTelnyx::start().await;
     let app = app(&api).await;
-    let (proxy, _) = exhausted_pool(&app, json!({ "pin": "fallback" })).await;
+    let policy = json!({ "pin": "fallback", "out_of_session_message": MESSAGE });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
     let pin = pin_of(&s, &c);
@@ -356,7 +324,7 @@ async fn a_withheld_caller_reaches_a_pin_session_only_when_the_pool_accepts_any_
     );
     let r = digits(&hook, &call, Some("anonymous"), &proxy, 1, Some(&pin)).await;
     assert_texml(&r, &dial(&proxy, &a));
-    let list = interactions(&app, id_of(&s)).await;
+    let list = app.interactions(id_of(&s)).await;
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["access"], "pin");
 }
@@ -365,7 +333,8 @@ async fn a_withheld_caller_reaches_a_pin_session_only_when_the_pool_accepts_any_
 async fn a_caller_with_a_route_and_a_pin_session_reaches_the_route_on_silence() {
     let api = FakeTelnyx::start().await;
     let app = app(&api).await;
-    let (proxy, direct) = exhausted_pool(&app, json!({ "pin": "fallback" })).await;
+    let policy = json!({ "pin": "fallback", "out_of_session_message": MESSAGE });
+    let (proxy, direct) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, b, c) = (participant(0), participant(1), participant(2));
     let hook = Hook::new(&app);
 
@@ -379,7 +348,7 @@ async fn a_caller_with_a_route_and_a_pin_session_reaches_the_route_on_silence() 
     assert_texml(&hook.call(&call, &a, &proxy).await, &prompt(6, 4, 1));
     let r = digits(&hook, &call, Some(&a), &proxy, 1, None).await;
     assert_texml(&r, &dial(&proxy, &b));
-    let list = interactions(&app, &direct).await;
+    let list = app.interactions(id_of(&direct)).await;
     let last = list.last().unwrap();
     assert_eq!(last["access"], "direct");
     assert_eq!(last["provider_ref"], call.as_str());
@@ -467,7 +436,7 @@ async fn a_text_opening_with_the_pin_is_relayed_without_it_and_the_reply_needs_n
             .all(|m| !m.to_string().contains(&pin))
     );
 
-    let list = interactions(&app, id_of(&s)).await;
+    let list = app.interactions(id_of(&s)).await;
     assert_eq!(list.len(), 3, "{list:?}");
     assert!(
         list.iter()

@@ -98,33 +98,6 @@ async fn vonage_app() -> (TestApp, SmsApi) {
     (TestApp::start_with(|c| configure(c, &base)).await, api)
 }
 
-/// A pool of one number with `policy` (plus the out-of-session message), and a direct
-/// session between participants 0 and 1 on it, which leaves participant 0 no number free:
-/// (the proxy number, the direct session).
-async fn exhausted_pool(app: &TestApp, mut policy: Value) -> (String, Value) {
-    policy["out_of_session_message"] = json!(ENDED);
-    app.pool("rides", policy, &[proxy(0)]).await;
-    let direct = app
-        .open_session("rides", &participant(0), &participant(1), None)
-        .await;
-    assert_eq!(direct["access"], "direct", "{direct}");
-    (direct["proxy_number"].as_str().unwrap().to_string(), direct)
-}
-
-/// The PIN `participant` was given in a session answer.
-#[track_caller]
-fn pin_of(session: &Value, participant: &str) -> String {
-    session["pins"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no pins: {session}"))
-        .iter()
-        .find(|p| p["participant"] == participant)
-        .unwrap_or_else(|| panic!("no pin for {participant}: {session}"))["pin"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// A PIN that is not `right`.
 fn wrong(right: &str) -> &'static str {
     if right == "000000" {
@@ -248,16 +221,6 @@ fn assert_ended(r: &Resp) {
     );
 }
 
-async fn interactions(app: &TestApp, session: &Value) -> Vec<Value> {
-    let id = session["id"].as_str().unwrap();
-    app.get(&format!("/v1/sessions/{id}/interactions"))
-        .await
-        .expect(200)["interactions"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Calls
 // ---------------------------------------------------------------------------------------------
@@ -266,7 +229,8 @@ async fn interactions(app: &TestApp, session: &Value) -> Vec<Value> {
 async fn a_pool_that_ran_out_gives_a_pin_and_the_right_one_connects() {
     let (app, _) = vonage_app().await;
     // Eight-digit PINs: long enough that finding one in the logs would not be chance.
-    let (proxy, _) = exhausted_pool(&app, json!({ "pin": "fallback", "pin_length": 8 })).await;
+    let policy = json!({ "pin": "fallback", "pin_length": 8, "out_of_session_message": ENDED });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
     assert_eq!(s["access"], "pin", "{s}");
@@ -287,7 +251,7 @@ async fn a_pool_that_ran_out_gives_a_pin_and_the_right_one_connects() {
     let again = send(&app, &right).await;
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!(again.json, r.json);
-    let list = interactions(&app, &s).await;
+    let list = app.interactions(s["id"].as_str().unwrap()).await;
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["access"], "pin");
     assert_eq!(list[0]["kind"], "voice");
@@ -354,11 +318,13 @@ async fn a_pool_that_ran_out_gives_a_pin_and_the_right_one_connects() {
 #[tokio::test]
 async fn a_wrong_pin_is_asked_again_then_ends_and_too_many_are_refused() {
     let (app, _) = vonage_app().await;
-    let (proxy, _) = exhausted_pool(
-        &app,
-        json!({ "pin": "fallback", "pin_failure_limit": 4, "pin_prompt": PROMPT }),
-    )
-    .await;
+    let policy = json!({
+        "pin": "fallback",
+        "pin_failure_limit": 4,
+        "pin_prompt": PROMPT,
+        "out_of_session_message": ENDED,
+    });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
     let right = pin_of(&s, &c);
@@ -391,7 +357,7 @@ async fn a_wrong_pin_is_asked_again_then_ends_and_too_many_are_refused() {
     let call = uuid();
     answer(&app, &c, &proxy, &call).await;
     assert_ended(&typed(&app, &c, &proxy, &call, 1, &right).await);
-    assert!(interactions(&app, &s).await.is_empty());
+    assert!(app.interactions(s["id"].as_str().unwrap()).await.is_empty());
 
     // A is not held back by C's mistakes.
     let call = uuid();
@@ -406,7 +372,8 @@ async fn a_wrong_pin_is_asked_again_then_ends_and_too_many_are_refused() {
 #[tokio::test]
 async fn a_withheld_caller_reaches_a_pin_session_only_when_the_pool_allows_any_caller() {
     let (app, _) = vonage_app().await;
-    let (proxy, _) = exhausted_pool(&app, json!({ "pin": "fallback" })).await;
+    let policy = json!({ "pin": "fallback", "out_of_session_message": ENDED });
+    let (proxy, _) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, c) = (participant(0), participant(2));
     let s = app.open_session("rides", &a, &c, None).await;
 
@@ -432,7 +399,7 @@ async fn a_withheld_caller_reaches_a_pin_session_only_when_the_pool_allows_any_c
         &proxy,
         &a,
     );
-    let list = interactions(&app, &s).await;
+    let list = app.interactions(s["id"].as_str().unwrap()).await;
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["access"], "pin");
 }
@@ -440,7 +407,8 @@ async fn a_withheld_caller_reaches_a_pin_session_only_when_the_pool_allows_any_c
 #[tokio::test]
 async fn a_caller_with_a_route_and_a_pin_session_reaches_the_route_on_silence() {
     let (app, _) = vonage_app().await;
-    let (proxy, direct) = exhausted_pool(&app, json!({ "pin": "fallback" })).await;
+    let policy = json!({ "pin": "fallback", "out_of_session_message": ENDED });
+    let (proxy, direct) = app.exhausted_pool("rides", policy, &proxy(0)).await;
     let (a, b, c) = (participant(0), participant(1), participant(2));
 
     // Before A has a PIN session here, A's call connects at once.
@@ -451,7 +419,7 @@ async fn a_caller_with_a_route_and_a_pin_session_reaches_the_route_on_silence() 
     assert_gather(&answer(&app, &a, &proxy, &call).await, 1, 6, 4);
     // Vonage reports the silence (`timed_out`, no digits): A's own route connects.
     assert_connect(&typed(&app, &a, &proxy, &call, 1, "").await, &proxy, &b);
-    let list = interactions(&app, &direct).await;
+    let list = app.interactions(direct["id"].as_str().unwrap()).await;
     let last = list.last().unwrap();
     assert_eq!(last["access"], "direct", "{list:?}");
     assert_eq!(last["provider_ref"], call.as_str());
@@ -542,7 +510,7 @@ async fn a_text_opening_with_the_pin_leaves_without_it_and_the_reply_needs_none(
     // The resent text was sent once.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(api.wait_for(4).await.len(), 4);
-    let list = interactions(&app, &s).await;
+    let list = app.interactions(s["id"].as_str().unwrap()).await;
     assert_eq!(list.len(), 3, "{list:?}");
     assert!(
         list.iter()

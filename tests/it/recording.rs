@@ -386,15 +386,6 @@ async fn session(app: &TestApp, a: &str, b: &str, options: Value) -> (String, St
     )
 }
 
-async fn interactions(app: &TestApp, session: &str) -> Vec<Value> {
-    app.get(&format!("/v1/sessions/{session}/interactions"))
-        .await
-        .expect(200)["interactions"]
-        .as_array()
-        .expect("an `interactions` array")
-        .clone()
-}
-
 #[track_caller]
 fn assert_free_of(what: &str, hay: &[u8], needles: &[String]) {
     for n in needles {
@@ -505,7 +496,7 @@ async fn recorded_calls(p: Provider, first: usize) {
     };
     let r = p.report(&app, &hook, &rep).await;
     assert!(r.status / 100 == 2, "{} {}", r.status, r.text);
-    let found = interactions(&app, &dual).await;
+    let found = app.interactions(&dual).await;
     assert_eq!(found.len(), 1, "{found:?}");
     let recording = &found[0]["recording"];
     assert_eq!(recording["url"], url.as_str(), "{found:?}");
@@ -555,11 +546,7 @@ async fn recorded_calls(p: Provider, first: usize) {
     p.report(&app, &other_interaction, &forged)
         .await
         .expect_problem(403, "invalid_signature");
-    assert!(
-        interactions(&app, &mono).await[0]
-            .get("recording")
-            .is_none()
-    );
+    assert!(app.interactions(&mono).await[0].get("recording").is_none());
 
     // Mono, reported properly.
     let url_m = format!("https://recordings.provider.test/{tag}-m.mp3");
@@ -577,7 +564,7 @@ async fn recorded_calls(p: Provider, first: usize) {
         )
         .await;
     assert!(r.status / 100 == 2, "{} {}", r.status, r.text);
-    let m = interactions(&app, &mono).await;
+    let m = app.interactions(&mono).await;
     assert_eq!(m[0]["recording"]["channels"], 1, "{m:?}");
     assert_eq!(m[0]["recording"]["url"], url_m.as_str());
     receiver.wait_for_type("recording.completed", 2, WAIT).await;
@@ -597,22 +584,14 @@ async fn recorded_calls(p: Provider, first: usize) {
     app.delete(&format!("/v1/participants/{}", path_number(a)))
         .await
         .expect(200);
-    let erased = interactions(&app, &dual).await;
+    let erased = app.interactions(&dual).await;
     assert_eq!(erased.len(), 1);
     assert!(erased[0].get("recording").is_none(), "{erased:?}");
     let r = p.report(&app, &hook, &rep).await;
     assert!(r.status / 100 == 2, "{} {}", r.status, r.text);
-    assert!(
-        interactions(&app, &dual).await[0]
-            .get("recording")
-            .is_none()
-    );
+    assert!(app.interactions(&dual).await[0].get("recording").is_none());
     // The other session's recording is not the erased participant's.
-    assert!(
-        interactions(&app, &mono).await[0]
-            .get("recording")
-            .is_some()
-    );
+    assert!(app.interactions(&mono).await[0].get("recording").is_some());
     for key in app.scan_keys("*:i:*").await {
         let fields: Vec<String> = redis::cmd("HKEYS")
             .arg(&key)
@@ -750,7 +729,7 @@ async fn recordings_are_resealed_when_the_data_keys_rotate() {
     assert!(left.is_empty(), "still sealed with the old key: {left:?}");
     app.config.data_keys = vec![new];
     app.restart().await;
-    let found = interactions(&app, &id).await;
+    let found = app.interactions(&id).await;
     assert_eq!(found[0]["recording"]["url"], url, "{found:?}");
     assert_no_digits(&app, &[&a, &b]).await;
 }

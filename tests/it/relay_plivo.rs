@@ -9,7 +9,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::Sha256;
 
 use crate::harness::*;
@@ -621,14 +621,6 @@ async fn with_session() -> (TestApp, String, String, String, String) {
     (app, id, p, a, b)
 }
 
-async fn interactions(app: &TestApp, id: &str) -> Vec<Value> {
-    let r = app.get(&format!("/v1/sessions/{id}/interactions")).await;
-    r.expect(200)["interactions"]
-        .as_array()
-        .expect("interactions array")
-        .clone()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Calls and texts
 // ---------------------------------------------------------------------------------------------
@@ -652,7 +644,7 @@ async fn a_call_reaches_the_other_party_with_the_proxy_as_caller_id() {
     let r = plivo.call(&b_call, &b, &p).await;
     assert_eq!(dialled(&r), (digits(&p), digits(&a)), "{}", r.text);
 
-    let list = interactions(&app, &id).await;
+    let list = app.interactions(&id).await;
     assert_eq!(list.len(), 2, "{list:?}");
     for (uuid, side) in [(&a_call, 0), (&b_call, 1)] {
         // Two calls in one millisecond may list in either order.
@@ -701,7 +693,7 @@ async fn a_text_relays_with_its_body_byte_identical() {
         assert_eq!(&m.text(), body, "body #{i} changed on its way: {}", r.text);
     }
 
-    let list = interactions(&app, &id).await;
+    let list = app.interactions(&id).await;
     assert_eq!(list.len(), bodies.len());
     assert!(list.iter().all(|i| i["kind"] == "sms"), "{list:?}");
     // Interactions hold no bodies.
@@ -763,7 +755,7 @@ async fn out_of_session_callers_hear_the_pools_message() {
         )
         .await;
     assert_eq!(spoken(&r), MESSAGE, "{}", r.text);
-    assert!(interactions(&app, &id).await.is_empty());
+    assert!(app.interactions(&id).await.is_empty());
 
     // Once the session is closed, its own participants hear the message too (cool-off).
     app.close_session(&id).await.expect(200);
@@ -771,7 +763,7 @@ async fn out_of_session_callers_hear_the_pools_message() {
     assert_eq!(spoken(&r), MESSAGE, "{}", r.text);
     let r = plivo.text(&uuid(), &a, &p, "still there?").await;
     assert_eq!(message(&r).attr("dst"), Some(digits(&a).as_str()));
-    assert!(interactions(&app, &id).await.is_empty());
+    assert!(app.interactions(&id).await.is_empty());
 }
 
 #[tokio::test]
@@ -795,7 +787,7 @@ async fn a_number_of_no_pool_is_rejected_or_ignored() {
         )
         .await;
     assert_rejected(&r);
-    assert!(interactions(&app, &id).await.is_empty());
+    assert!(app.interactions(&id).await.is_empty());
 }
 
 #[tokio::test]
@@ -815,7 +807,7 @@ async fn a_retried_webhook_relays_once() {
     assert_eq!(message(&first).text(), "on my way <3");
     assert_eq!(first.text, again.text);
 
-    let list = interactions(&app, &id).await;
+    let list = app.interactions(&id).await;
     assert_eq!(list.len(), 2, "a retry was recorded twice: {list:?}");
     let refs: Vec<&str> = list
         .iter()
@@ -889,7 +881,7 @@ async fn a_missing_or_bad_signature_is_refused_and_records_nothing() {
     r.expect_problem(403, "invalid_signature");
 
     assert!(
-        interactions(&app, &id).await.is_empty(),
+        app.interactions(&id).await.is_empty(),
         "a refused webhook was recorded"
     );
     // The same requests, signed, go through (so the refusals above were the signature's).
@@ -901,7 +893,7 @@ async fn a_missing_or_bad_signature_is_refused_and_records_nothing() {
         message(&plivo.post("/hooks/plivo/sms", &sms).await).text(),
         "hello"
     );
-    assert_eq!(interactions(&app, &id).await.len(), 2);
+    assert_eq!(app.interactions(&id).await.len(), 2);
 }
 
 #[tokio::test]
@@ -937,7 +929,7 @@ async fn any_of_several_signatures_may_match() {
         .header("X-Plivo-Signature-V3-Nonce", nonce)
         .form(&params);
     app.send(req).await.expect_problem(403, "invalid_signature");
-    assert_eq!(interactions(&app, &id).await.len(), 1);
+    assert_eq!(app.interactions(&id).await.len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -970,7 +962,7 @@ async fn status_callbacks_update_the_interaction() {
         .await;
     assert_eq!((r.status, r.text.as_str()), (200, ""), "{}", r.text);
 
-    let list = interactions(&app, &id).await;
+    let list = app.interactions(&id).await;
     let it = &list[0];
     assert_eq!(it["status"], "completed", "{it}");
     assert_eq!(it["duration_secs"], 42, "{it}");
@@ -981,7 +973,7 @@ async fn status_callbacks_update_the_interaction() {
         .post("/hooks/plivo/status", &hangup("in-progress"))
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(interactions(&app, &id).await[0]["status"], "completed");
+    assert_eq!(app.interactions(&id).await[0]["status"], "completed");
 
     // A text: Plivo reports on the relayed text at the callback URL the answer names, with
     // the relayed text's own MessageUUID and the proxy number as `From`.
@@ -1014,7 +1006,7 @@ async fn status_callbacks_update_the_interaction() {
             )
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
-        let list = interactions(&app, &id).await;
+        let list = app.interactions(&id).await;
         let it = list
             .iter()
             .find(|i| i["provider_ref"] == inbound.as_str())
@@ -1048,7 +1040,7 @@ async fn status_callbacks_update_the_interaction() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(interactions(&app, &id).await.len(), 2);
+    assert_eq!(app.interactions(&id).await.len(), 2);
 
     // A callback that names nothing is malformed.
     let r = plivo
@@ -1079,7 +1071,7 @@ async fn a_dial_status_ends_a_call_that_reached_nobody() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let it = &interactions(&app, &id).await[0];
+    let it = &app.interactions(&id).await[0];
     assert_eq!(it["status"], "no-answer", "{it}");
     assert!(it["ended_at"].is_string(), "{it}");
 }
@@ -1118,7 +1110,7 @@ async fn a_webhook_missing_its_parameters_is_a_bad_request() {
         )
         .await;
     r.expect_problem(400, "invalid_request");
-    assert!(interactions(&app, &id).await.is_empty());
+    assert!(app.interactions(&id).await.is_empty());
 }
 
 #[tokio::test]

@@ -328,13 +328,7 @@ async fn telnyx_app(api: &FakeTelnyx) -> TestApp {
 
 impl World {
     async fn interactions(&self) -> Vec<Value> {
-        self.app
-            .get(&format!("/v1/sessions/{}/interactions", self.session))
-            .await
-            .expect(200)["interactions"]
-            .as_array()
-            .unwrap()
-            .clone()
+        self.app.interactions(&self.session).await
     }
 
     async fn wait_interaction_status(&self, status: &str) -> Value {

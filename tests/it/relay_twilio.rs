@@ -184,15 +184,6 @@ async fn ride(app: &TestApp) -> (String, String, String, String) {
     )
 }
 
-async fn interactions(app: &TestApp, session: &str) -> Vec<Value> {
-    app.get(&format!("/v1/sessions/{session}/interactions"))
-        .await
-        .expect(200)["interactions"]
-        .as_array()
-        .expect("an `interactions` array")
-        .clone()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Reading TwiML
 // ---------------------------------------------------------------------------------------------
@@ -468,7 +459,7 @@ async fn calls_connect_both_ways_with_the_proxy_as_caller_id() {
     assert_dials(&r, &proxy, &a);
     assert!(!r.text.contains(&b), "{}", r.text);
 
-    let list = interactions(&app, &id).await;
+    let list = app.interactions(&id).await;
     assert_eq!(list.len(), 2, "{list:?}");
     let refs: Vec<(&str, u64, &str, &str, &str)> = list
         .iter()
@@ -551,7 +542,7 @@ async fn texts_relay_byte_identical_with_their_media() {
     let r = twilio.post("/hooks/twilio/sms", &params).await;
     assert_eq!(twiml(&r).child("Message").names(), ["Media"], "{}", r.text);
 
-    let list = interactions(&app, &id).await;
+    let list = app.interactions(&id).await;
     assert_eq!(list.len(), bodies.len() + 2, "{list:?}");
     assert!(list.iter().all(|i| i["kind"] == "sms"), "{list:?}");
     // Interactions hold no bodies.
@@ -581,7 +572,7 @@ async fn out_of_session_calls_and_texts_get_the_pools_message() {
     assert_says_ended(&twilio.call(&a, &proxy, &sid("CA")).await);
     assert_replies_ended(&twilio.text(&a, &proxy, &sid("SM"), "still there?").await);
 
-    assert_eq!(interactions(&app, &id).await, Vec::<Value>::new());
+    assert_eq!(app.interactions(&id).await, Vec::<Value>::new());
 }
 
 #[tokio::test]
@@ -739,7 +730,7 @@ async fn bad_signatures_are_refused_and_record_nothing() {
     refused("/hooks/twilio/status", form(&params), vec![]).await;
 
     // Nothing was recorded: no interaction, and no provider reference in Redis.
-    assert_eq!(interactions(&app, &id).await, Vec::<Value>::new());
+    assert_eq!(app.interactions(&id).await, Vec::<Value>::new());
     let keys = app.scan_keys("*").await;
     for s in &sids {
         assert!(
@@ -751,7 +742,7 @@ async fn bad_signatures_are_refused_and_record_nothing() {
     // The same request, signed properly, goes through.
     let s = sid("CA");
     assert_dials(&twilio.call(&a, &proxy, &s).await, &proxy, &b);
-    assert_eq!(interactions(&app, &id).await.len(), 1);
+    assert_eq!(app.interactions(&id).await.len(), 1);
 }
 
 #[tokio::test]
@@ -767,7 +758,7 @@ async fn retried_webhooks_get_the_same_answer_and_one_interaction() {
         let again = twilio.call(&a, &proxy, &call_sid).await;
         assert_eq!(again.text, first.text);
     }
-    let list = interactions(&app, &id).await;
+    let list = app.interactions(&id).await;
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["provider_ref"], call_sid.as_str());
 
@@ -781,7 +772,7 @@ async fn retried_webhooks_get_the_same_answer_and_one_interaction() {
         .await;
     assert_eq!(again.text, first.text);
 
-    let list = interactions(&app, &id).await;
+    let list = app.interactions(&id).await;
     assert_eq!(list.len(), 2, "one call and one text: {list:?}");
     let texts: Vec<&Value> = list.iter().filter(|i| i["kind"] == "sms").collect();
     assert_eq!(texts.len(), 1, "{list:?}");
@@ -813,7 +804,7 @@ async fn status_callbacks_complete_the_interaction() {
         ("To", proxy.as_str()),
     ];
     twiml(&twilio.post("/hooks/twilio/status", &ringing).await);
-    let i = find(&interactions(&app, &id).await, &call_sid);
+    let i = find(&app.interactions(&id).await, &call_sid);
     assert_eq!(i["status"], "in-progress");
     assert!(i.get("ended_at").is_none(), "{i}");
 
@@ -829,7 +820,7 @@ async fn status_callbacks_complete_the_interaction() {
     ];
     let doc = twiml(&twilio.post("/hooks/twilio/status", &completed).await);
     assert!(doc.children.is_empty());
-    let i = find(&interactions(&app, &id).await, &call_sid);
+    let i = find(&app.interactions(&id).await, &call_sid);
     assert_eq!(i["status"], "completed", "{i}");
     assert_eq!(i["duration_secs"], 42, "{i}");
     let ended = ts_ms(&i["ended_at"]);
@@ -838,7 +829,7 @@ async fn status_callbacks_complete_the_interaction() {
     // A late, out-of-order callback does not reopen it.
     twiml(&twilio.post("/hooks/twilio/status", &ringing).await);
     assert_eq!(
-        find(&interactions(&app, &id).await, &call_sid)["status"],
+        find(&app.interactions(&id).await, &call_sid)["status"],
         "completed"
     );
 
@@ -858,7 +849,7 @@ async fn status_callbacks_complete_the_interaction() {
         ("To", a.as_str()),
     ];
     twiml(&twilio.post(&path, &busy).await);
-    let i = find(&interactions(&app, &id).await, &call_sid);
+    let i = find(&app.interactions(&id).await, &call_sid);
     assert_eq!(i["status"], "busy", "{i}");
     assert_eq!(i["duration_secs"], 0, "{i}");
     assert!(i["ended_at"].is_string(), "{i}");
@@ -883,13 +874,13 @@ async fn status_callbacks_complete_the_interaction() {
         let params = report(status);
         let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         twiml(&twilio.post(&path, &params).await);
-        let i = find(&interactions(&app, &id).await, &message_sid);
+        let i = find(&app.interactions(&id).await, &message_sid);
         assert_eq!(i["status"], status, "{i}");
         assert_eq!(i["ended_at"].is_string(), ended, "{i}");
     }
 
     // A callback about something hush never relayed changes nothing and is still answered.
-    let before = interactions(&app, &id).await;
+    let before = app.interactions(&id).await;
     let stray = sid("CA");
     let unknown = [
         ("CallSid", stray.as_str()),
@@ -904,7 +895,7 @@ async fn status_callbacks_complete_the_interaction() {
         ("To", "+19995550100"),
     ];
     twiml(&twilio.post("/hooks/twilio/status", &elsewhere).await);
-    assert_eq!(interactions(&app, &id).await, before);
+    assert_eq!(app.interactions(&id).await, before);
 }
 
 #[tokio::test]

@@ -399,15 +399,6 @@ async fn sms_json(app: &TestApp, params: &[(String, String)]) -> Resp {
         .await
 }
 
-async fn interactions(app: &TestApp, session: &str) -> Vec<Value> {
-    app.get(&format!("/v1/sessions/{session}/interactions"))
-        .await
-        .expect(200)["interactions"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn connect_ncco(proxy: &str, other: &str) -> Value {
     json!([{
         "action": "connect",
@@ -461,7 +452,7 @@ async fn a_call_reaches_the_other_party_both_ways() {
     let r = answer_post(&app, &a, &proxy, &first).await;
     assert_ncco(&r, &connect_ncco(&proxy, &b));
 
-    let list = interactions(&app, &id).await;
+    let list = app.interactions(&id).await;
     assert_eq!(list.len(), 2, "{list:?}");
     let by_ref = |r: &str| {
         list.iter()
@@ -501,7 +492,7 @@ async fn strangers_hear_the_pool_message_and_unknown_numbers_are_hung_up() {
     let r = answer_post(&app, &participant(0), &crate::harness::proxy(50), &uuid()).await;
     assert_ncco(&r, &json!([]));
 
-    assert!(interactions(&app, &id).await.is_empty());
+    assert!(app.interactions(&id).await.is_empty());
 }
 
 #[tokio::test]
@@ -626,10 +617,10 @@ async fn voice_webhooks_without_a_valid_token_are_refused() {
     assert_refused(&r, "event signed with another secret");
 
     // Nothing was recorded: the same call, properly signed, is a first call.
-    assert!(interactions(&app, &id).await.is_empty());
+    assert!(app.interactions(&id).await.is_empty());
     let r = answer_post(&app, &a, &proxy, &call).await;
     assert_ncco(&r, &connect_ncco(&proxy, &b));
-    assert_eq!(interactions(&app, &id).await.len(), 1);
+    assert_eq!(app.interactions(&id).await.len(), 1);
 }
 
 #[tokio::test]
@@ -655,7 +646,7 @@ async fn event_callbacks_update_the_interaction() {
     };
 
     assert_eq!(event(&app, &status("answered")).await.status, 204);
-    let i = only(interactions(&app, &id).await);
+    let i = only(app.interactions(&id).await);
     assert_eq!(i["status"], "in-progress");
     assert!(i.get("ended_at").is_none(), "{i}");
 
@@ -669,14 +660,14 @@ async fn event_callbacks_update_the_interaction() {
     // Events without a call status (DTMF input, recordings) are acknowledged and ignored.
     let input = json!({ "uuid": call, "dtmf": { "digits": "1" }, "to": digits(&proxy) });
     assert_eq!(event(&app, &input).await.status, 204);
-    assert_eq!(only(interactions(&app, &id).await)["status"], "in-progress");
+    assert_eq!(only(app.interactions(&id).await)["status"], "in-progress");
 
     let mut done = status("completed");
     done["duration"] = json!("42");
     done["start_time"] = json!("2026-11-29T18:52:00.000Z");
     done["end_time"] = json!("2026-11-29T18:52:42.000Z");
     assert_eq!(event(&app, &done).await.status, 204);
-    let i = only(interactions(&app, &id).await);
+    let i = only(app.interactions(&id).await);
     assert_eq!(i["status"], "completed");
     assert_eq!(i["duration_secs"], 42);
     assert!(i["ended_at"].is_string(), "{i}");
@@ -684,7 +675,7 @@ async fn event_callbacks_update_the_interaction() {
 
     // A late, out-of-order callback does not reopen a finished call.
     assert_eq!(event(&app, &status("ringing")).await.status, 204);
-    assert_eq!(only(interactions(&app, &id).await)["status"], "completed");
+    assert_eq!(only(app.interactions(&id).await)["status"], "completed");
 }
 
 #[tokio::test]
@@ -759,7 +750,7 @@ async fn texts_relay_byte_identical_through_the_sms_api() {
         assert_eq!(field(c, "api_secret"), API_SECRET);
     }
 
-    let list = interactions(&app, &id).await;
+    let list = app.interactions(&id).await;
     assert_eq!(list.len(), 3, "{list:?}");
     assert!(
         list.iter()
@@ -770,7 +761,7 @@ async fn texts_relay_byte_identical_through_the_sms_api() {
         let app = &app;
         let id = id.clone();
         async move {
-            let list = interactions(app, &id).await;
+            let list = app.interactions(&id).await;
             list.iter().all(|i| i["status"] == "sent").then_some(())
         }
     })
@@ -821,7 +812,7 @@ async fn every_signature_method_is_verified() {
             assert_refused(&sms_form(&app, p).await, &format!("{method}: {what}"));
         }
         assert!(
-            interactions(&app, &id).await.is_empty(),
+            app.interactions(&id).await.is_empty(),
             "{method}: a refused text was recorded"
         );
 
@@ -830,7 +821,7 @@ async fn every_signature_method_is_verified() {
         upper.last_mut().unwrap().1 = upper.last().unwrap().1.to_ascii_uppercase();
         let r = sms_form(&app, &upper).await;
         assert_eq!(r.status, 204, "{method}: {}", r.text);
-        assert_eq!(interactions(&app, &id).await.len(), 1, "{method}");
+        assert_eq!(app.interactions(&id).await.len(), 1, "{method}");
     }
 }
 
@@ -848,7 +839,7 @@ async fn a_resent_text_is_sent_once() {
     // Give a would-be second send every chance to happen.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(api.calls().len(), 1, "a resent webhook sent the text again");
-    assert_eq!(interactions(&app, &id).await.len(), 1);
+    assert_eq!(app.interactions(&id).await.len(), 1);
 }
 
 #[tokio::test]
@@ -885,7 +876,7 @@ async fn strangers_get_the_pool_message_and_unknown_numbers_nothing() {
 
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(api.calls().len(), 1, "{:?}", api.calls());
-    assert!(interactions(&app, &id).await.is_empty());
+    assert!(app.interactions(&id).await.is_empty());
 }
 
 #[tokio::test]
@@ -912,7 +903,7 @@ async fn a_failing_sms_api_is_retried_across_a_restart() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(api.calls().len(), 3, "sent again after success");
-    let list = interactions(&app, &id).await;
+    let list = app.interactions(&id).await;
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["status"], "sent");
 }
@@ -1059,7 +1050,7 @@ async fn a_get_token_is_good_for_its_own_query_only() {
     }
     // Vonage resending the very same request with the same token gets the first answer.
     assert_ncco(&answer_get_with(&app, &asked, &token).await, &talk);
-    assert!(interactions(&app, &id).await.is_empty());
+    assert!(app.interactions(&id).await.is_empty());
 }
 
 #[tokio::test]
@@ -1126,7 +1117,7 @@ async fn stale_or_unbounded_tokens_are_refused() {
     for (what, auth) in cases {
         assert_refused(&answer_post_raw(&app, &body, auth).await, what);
     }
-    assert!(interactions(&app, &id).await.is_empty());
+    assert!(app.interactions(&id).await.is_empty());
 
     // The window is the operator's to set.
     let strict = TestApp::start_with(|c| {
