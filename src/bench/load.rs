@@ -266,6 +266,39 @@ pub(super) fn drive_http_once(
     drive(addr, requests, Some(next), concurrency, slice)
 }
 
+/// Sends each request once, untimed, over `concurrency` keep-alive connections; every
+/// answer must be a 200 whose body contains `mark`, else the first that is not is the error.
+pub(super) async fn send_all(
+    addr: SocketAddr,
+    requests: &Arc<Vec<Vec<u8>>>,
+    concurrency: usize,
+    mark: &'static str,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.min(requests.len()) {
+        let (requests, next) = (requests.clone(), next.clone());
+        workers.spawn(async move {
+            let mut http = Http::connect(addr).await?;
+            while let Some(req) = requests.get(next.fetch_add(1, Ordering::Relaxed)) {
+                if http.closed {
+                    http = Http::connect(addr).await?;
+                }
+                let (status, body) = http.send(req).await?;
+                let body = String::from_utf8_lossy(body);
+                if status != 200 || !body.contains(mark) {
+                    bail!("answered {status}: {body}");
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.context("bench worker panicked")??;
+    }
+    Ok(())
+}
+
 fn drive(
     addr: SocketAddr,
     requests: &Arc<Vec<Vec<u8>>>,

@@ -25,6 +25,7 @@ use self::load::{ROUNDS, Rate};
 use self::memory::Memory;
 use self::private_redis::PrivateRedis;
 use self::routing::Routing;
+use self::webhooks::Hook;
 
 /// `POST /v1/route` must reach this share of the floor router's throughput.
 const ROUTE_TARGET: f64 = 0.85;
@@ -205,6 +206,16 @@ impl Routing {
     fn hook_met(&self, r: &Rate) -> bool {
         ratio(r, &self.floor) >= WEBHOOK_TARGET
     }
+    /// The call that connects by its route, which a PIN call is compared with.
+    fn direct(&self) -> Option<&Rate> {
+        self.hooks
+            .iter()
+            .find(|(h, _)| *h == Hook::TwilioVoice)
+            .map(|(_, r)| r)
+    }
+    fn pin_vs_direct(&self) -> Option<f64> {
+        self.direct().map(|d| ratio(&self.pin, d))
+    }
 
     fn print(&self) {
         println!("routing (same concurrency; HTTP over keep-alive HTTP/1.1; latency per request)");
@@ -225,6 +236,13 @@ impl Routing {
                 r,
                 &format!("{:.2}x floor", ratio(r, &self.floor)),
             );
+            if *hook == Hook::TwilioVoice {
+                rate_line(
+                    "webhook twilio_pin",
+                    &self.pin,
+                    &format!("{:.2}x twilio_voice", ratio(&self.pin, r)),
+                );
+            }
         }
     }
 
@@ -242,6 +260,12 @@ impl Routing {
                 ratio(r, &self.floor)
             );
         }
+        if let Some(r) = self.pin_vs_direct() {
+            println!(
+                "PIN calls   {:<8} twilio_pin/twilio_voice {r:.2} (no target)",
+                "info"
+            );
+        }
     }
 
     fn json(&self) -> serde_json::Value {
@@ -255,6 +279,10 @@ impl Routing {
                 (hook.name().to_string(), v)
             })
             .collect();
+        let mut pin = self.pin.json();
+        pin["vs_direct"] = self.pin_vs_direct().into();
+        pin["vs_floor"] = ratio(&self.pin, &self.floor).into();
+        pin["target"] = serde_json::Value::Null;
         serde_json::json!({
             "raw_get": self.raw.json(),
             "floor": self.floor.json(),
@@ -266,6 +294,7 @@ impl Routing {
             "webhooks": hooks,
             "webhook_target": WEBHOOK_TARGET,
             "webhooks_met": self.hooks.iter().all(|(_, r)| self.hook_met(r)),
+            "twilio_pin": pin,
         })
     }
 }

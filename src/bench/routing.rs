@@ -3,7 +3,9 @@
 //! JSON body, does one Redis GET of a route-sized value and answers JSON) and, for context,
 //! raw Redis GETs (one connection per caller, one GET in flight each), all at the same
 //! concurrency and from the same client. They are measured in turns, a slice at a time, so
-//! a change in the machine's load touches all alike.
+//! a change in the machine's load touches all alike. Beside Twilio's voice webhook (a call
+//! connected by its route) goes the report of a PIN typed at the prompt of a PIN session's
+//! call, on a pool with `pin: always` in the same server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,16 +19,24 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use hush::domain::Mode;
+use hush::broker::Broker;
+use hush::domain::{Access, Mode, PinMode, PoolName, PoolPolicy};
 
-use super::fixtures::{Participants, bench_config, bench_pool, new_session};
+use super::fixtures::{Participants, bench_config, bench_pool, named_pool, new_session};
 use super::load::{
-    Http, ROUNDS, Rate, Samples, Tally, Window, drive_http, drive_http_once, redis_cpu,
+    Http, ROUNDS, Rate, Samples, Tally, Window, drive_http, drive_http_once, redis_cpu, send_all,
 };
 use super::webhooks::{Hook, Signers};
 
 const ROUTE_NUMBERS: usize = 20;
 const ROUTE_SESSIONS: usize = 200;
+/// PIN sessions: a pool of their own (its numbers follow the direct pool's), every session
+/// given PINs, none a route.
+const PIN_POOL: &str = "bench-pin";
+const PIN_NUMBERS: usize = 4;
+const PIN_SESSIONS: usize = 200;
+/// What hush answers a call it asks for a PIN.
+const PROMPT_MARK: &str = "<Gather";
 /// A stand-in for a route record: the value the raw and floor baselines GET.
 const BASELINE_KEY: &str = "bench:baseline";
 const BASELINE_VALUE: &str = "s0123456789abcdef|b|1767225600000|1767229200000|\
@@ -39,6 +49,15 @@ pub(super) struct Routing {
     pub(super) floor: Rate,
     pub(super) route: Rate,
     pub(super) hooks: Vec<(Hook, Rate)>,
+    /// Twilio's digits webhook with the right PIN, each call asked for it first (untimed).
+    pub(super) pin: Rate,
+}
+
+/// A participant of a PIN session, who calls its proxy number and types their PIN.
+struct PinCaller {
+    from: String,
+    proxy: String,
+    pin: String,
 }
 
 /// Raw GETs, the floor router, hush's `POST /v1/route` and every provider webhook,
@@ -89,6 +108,11 @@ pub(super) async fn routing(
             pairs.push((caller.reveal().to_string(), view.proxy_number.clone()));
         }
     }
+    let pin_callers = Arc::new(
+        pin_sessions(&broker, &people)
+            .await
+            .context("setting up PIN sessions")?,
+    );
     let requests = Arc::new(requests);
     let pairs = Arc::new(pairs);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -116,10 +140,28 @@ pub(super) async fn routing(
                 );
             }
         }
+        // A PIN call: the prompt first, then the PIN connects.
+        let first = pin_call(&signers, &pin_callers, 0, 0);
+        let (status, body) = http.send(&first.voice).await?;
+        let body = String::from_utf8_lossy(body);
+        if status != 200 || !body.contains(PROMPT_MARK) {
+            bail!("hush did not ask a call to a PIN session for its PIN: {status}: {body}");
+        }
+        let (status, body) = http.send(&first.digits).await?;
+        let body = String::from_utf8_lossy(body);
+        if status != 200 || !body.contains(Hook::TwilioVoice.connected_mark()) {
+            bail!("hush answered the right PIN of a PIN session's call with {status}: {body}");
+        }
         drop(http);
         let (mut raw, mut floor, mut route) = <(Samples, Samples, Samples)>::default();
         let mut hooks = vec![Samples::default(); Hook::ALL.len()];
+        let mut pin = Samples::default();
+        let direct = Hook::ALL
+            .iter()
+            .position(|&h| h == Hook::TwilioVoice)
+            .expect("Twilio's voice webhook is measured");
         let mut sent = 1u64;
+        let mut pin_rate_last = 0.0f64;
         for _ in 0..ROUNDS {
             let raw_before = raw.ok();
             let (w, window) = raw_get(&client, concurrency, slice).await?;
@@ -140,6 +182,7 @@ pub(super) async fn routing(
             let per_sec =
                 (raw.ok() - raw_before).max(floor.ok() - before) as f64 / slice.as_secs_f64();
             let count = (per_sec * (slice.as_secs_f64() + 0.5) * 1.5) as usize + 2_000;
+            let direct_before = hooks[direct].ok();
             for (hook, samples) in Hook::ALL.into_iter().zip(hooks.iter_mut()) {
                 let fresh = Arc::new(
                     fresh_requests(&signers, &pairs, hook, count, sent)
@@ -153,6 +196,25 @@ pub(super) async fn routing(
                     .await
                     .with_context(|| format!("{} webhooks", hook.name()))?;
             }
+            // PIN calls, sized on the direct call's pace in this round (or the PIN calls' own
+            // in the last, if faster): every call the slice may take is asked for its PIN
+            // first, untimed, since a PIN is only taken from a call hush asked.
+            let pin_before = pin.ok();
+            let per_sec = (hooks[direct].ok() - direct_before) as f64 / slice.as_secs_f64();
+            let per_sec = per_sec.max(pin_rate_last);
+            let count = (per_sec * (slice.as_secs_f64() + 0.5) * 1.5) as usize + 2_000;
+            let (voice, digits) = fresh_pin_calls(&signers, &pin_callers, count, sent)
+                .await
+                .context("signing PIN calls")?;
+            sent += count as u64;
+            send_all(hush_addr, &Arc::new(voice), concurrency, PROMPT_MARK)
+                .await
+                .context("asking PIN calls for their PIN (untimed)")?;
+            let (w, window) = drive_http_once(hush_addr, &Arc::new(digits), concurrency, slice);
+            pin.add_sampled(w, window, redis_cpu(&client, window))
+                .await
+                .context("twilio_pin webhooks")?;
+            pin_rate_last = (pin.ok() - pin_before) as f64 / slice.as_secs_f64();
         }
         let mut rates = Vec::with_capacity(hooks.len());
         for (hook, samples) in Hook::ALL.into_iter().zip(&hooks) {
@@ -163,6 +225,7 @@ pub(super) async fn routing(
             floor: floor.rate("floor router")?,
             route: route.rate("hush POST /v1/route")?,
             hooks: rates,
+            pin: pin.rate("twilio_pin")?,
         })
     }
     .await;
@@ -202,6 +265,77 @@ async fn fresh_requests(
     let mut out = a.await?;
     out.extend(b.await?);
     Ok(out)
+}
+
+/// A pool with `pin: always` and [`PIN_SESSIONS`] sessions on it between new pairs; each
+/// participant with the PIN they were given.
+async fn pin_sessions(broker: &Broker, people: &Participants) -> anyhow::Result<Vec<PinCaller>> {
+    let policy = PoolPolicy {
+        pin: PinMode::Always,
+        ..PoolPolicy::default()
+    };
+    let pool: PoolName = named_pool(broker, PIN_POOL, ROUTE_NUMBERS, PIN_NUMBERS, &policy).await?;
+    let mut callers = Vec::with_capacity(2 * PIN_SESSIONS);
+    for _ in 0..PIN_SESSIONS {
+        let (a, b) = people.pair();
+        let view = broker.create_session(new_session(&pool, &a, &b)).await?;
+        let pins = match (&view.access, &view.pins) {
+            (Access::Pin, Some(pins)) => pins,
+            _ => bail!("a session on a pool with `pin: always` came without PINs"),
+        };
+        for caller in [&a, &b] {
+            let pin = pins
+                .iter()
+                .find(|p| p.participant.as_deref() == Some(caller.reveal()))
+                .context("a PIN session without a participant's PIN")?;
+            callers.push(PinCaller {
+                from: caller.reveal().to_string(),
+                proxy: view.proxy_number.clone(),
+                pin: pin.pin.clone(),
+            });
+        }
+    }
+    Ok(callers)
+}
+
+/// The `i`th caller's call, its CallSid unique by `n`.
+fn pin_call(
+    signers: &Signers,
+    callers: &[PinCaller],
+    i: usize,
+    n: u64,
+) -> super::webhooks::PinCall {
+    let c = &callers[i % callers.len()];
+    signers.twilio_pin_call(&c.from, &c.proxy, &c.pin, n)
+}
+
+/// `count` PIN calls, ids numbered from `first`, callers taken in turn: their voice
+/// webhooks and their digits reports, in the same order; signed on the blocking pool, two
+/// halves side by side.
+async fn fresh_pin_calls(
+    signers: &Arc<Signers>,
+    callers: &Arc<Vec<PinCaller>>,
+    count: usize,
+    first: u64,
+) -> anyhow::Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+    let half = count / 2;
+    let make = |from: usize, to: usize| {
+        let (signers, callers) = (signers.clone(), callers.clone());
+        tokio::task::spawn_blocking(move || {
+            (from..to)
+                .map(|i| {
+                    let call = pin_call(&signers, &callers, i, first + i as u64);
+                    (call.voice, call.digits)
+                })
+                .unzip::<_, _, Vec<_>, Vec<_>>()
+        })
+    };
+    let (a, b) = (make(0, half), make(half, count));
+    let (mut voice, mut digits) = a.await?;
+    let (more_voice, more_digits) = b.await?;
+    voice.extend(more_voice);
+    digits.extend(more_digits);
+    Ok((voice, digits))
 }
 
 /// GETs of one small key, one connection per caller, each caller waiting for its reply.
