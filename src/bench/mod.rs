@@ -340,6 +340,12 @@ impl Report {
                 "  left by an ended session {:>8.0} B   (sticky memory, kept 30 days)",
                 memory.ended_bytes_per_session
             );
+            println!(
+                "  per open PIN session     {:>8.0} B   {:.1} keys; {:.2}x a session with routes",
+                memory.pin_bytes_per_session,
+                memory.pin_keys_per_session,
+                memory.pin_bytes_per_session / memory.bytes_per_session
+            );
             if let Some(scale) = &memory.scale {
                 println!(
                     "  {} sessions, pool of {} {:>4.0} B   {:.2} keys; {} of {} sampled calls routed right",
@@ -412,6 +418,8 @@ impl Report {
                 "keys_per_session": m.keys_per_session,
                 "tuned_bytes_per_session": m.tuned_bytes_per_session,
                 "ended_bytes_per_session": m.ended_bytes_per_session,
+                "pin_bytes_per_session": m.pin_bytes_per_session,
+                "pin_keys_per_session": m.pin_keys_per_session,
                 "scale": m.scale.as_ref().map(|s| serde_json::json!({
                     "sessions": s.sessions,
                     "numbers": s.numbers,
