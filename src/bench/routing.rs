@@ -7,6 +7,7 @@
 //! connected by its route) goes the report of a PIN typed at the prompt of a PIN session's
 //! call, on a pool with `pin: always` in the same server.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,8 @@ use hush::domain::{Access, Mode, PinMode, PoolName, PoolPolicy};
 
 use super::fixtures::{Participants, bench_config, bench_pool, named_pool, new_session};
 use super::load::{
-    Http, ROUNDS, Rate, Samples, Tally, Window, drive_http, drive_http_once, redis_cpu, send_all,
+    Http, ROUNDS, RanOut, Rate, Samples, Tally, Window, drive_http, drive_http_once, redis_cpu,
+    send_all,
 };
 use super::webhooks::{Hook, Signers};
 
@@ -35,6 +37,8 @@ const ROUTE_SESSIONS: usize = 200;
 const PIN_POOL: &str = "bench-pin";
 const PIN_NUMBERS: usize = 4;
 const PIN_SESSIONS: usize = 200;
+/// Times a slice of PIN calls is taken before running out of prepared calls is an error.
+const PIN_SLICE_TRIES: u32 = 3;
 /// What hush answers a call it asks for a PIN.
 const PROMPT_MARK: &str = "<Gather";
 /// A stand-in for a route record: the value the raw and floor baselines GET.
@@ -156,10 +160,6 @@ pub(super) async fn routing(
         let (mut raw, mut floor, mut route) = <(Samples, Samples, Samples)>::default();
         let mut hooks = vec![Samples::default(); Hook::ALL.len()];
         let mut pin = Samples::default();
-        let direct = Hook::ALL
-            .iter()
-            .position(|&h| h == Hook::TwilioVoice)
-            .expect("Twilio's voice webhook is measured");
         let mut sent = 1u64;
         let mut pin_rate_last = 0.0f64;
         for _ in 0..ROUNDS {
@@ -182,7 +182,7 @@ pub(super) async fn routing(
             let per_sec =
                 (raw.ok() - raw_before).max(floor.ok() - before) as f64 / slice.as_secs_f64();
             let count = (per_sec * (slice.as_secs_f64() + 0.5) * 1.5) as usize + 2_000;
-            let direct_before = hooks[direct].ok();
+            let hooks_before: Vec<u64> = hooks.iter().map(Samples::ok).collect();
             for (hook, samples) in Hook::ALL.into_iter().zip(hooks.iter_mut()) {
                 let fresh = Arc::new(
                     fresh_requests(&signers, &pairs, hook, count, sent)
@@ -196,25 +196,27 @@ pub(super) async fn routing(
                     .await
                     .with_context(|| format!("{} webhooks", hook.name()))?;
             }
-            // PIN calls, sized on the direct call's pace in this round (or the PIN calls' own
-            // in the last, if faster): every call the slice may take is asked for its PIN
-            // first, untimed, since a PIN is only taken from a call hush asked.
-            let pin_before = pin.ok();
-            let per_sec = (hooks[direct].ok() - direct_before) as f64 / slice.as_secs_f64();
-            let per_sec = per_sec.max(pin_rate_last);
-            let count = (per_sec * (slice.as_secs_f64() + 0.5) * 1.5) as usize + 2_000;
-            let (voice, digits) = fresh_pin_calls(&signers, &pin_callers, count, sent)
-                .await
-                .context("signing PIN calls")?;
-            sent += count as u64;
-            send_all(hush_addr, &Arc::new(voice), concurrency, PROMPT_MARK)
-                .await
-                .context("asking PIN calls for their PIN (untimed)")?;
-            let (w, window) = drive_http_once(hush_addr, &Arc::new(digits), concurrency, slice);
-            pin.add_sampled(w, window, redis_cpu(&client, window))
-                .await
-                .context("twilio_pin webhooks")?;
-            pin_rate_last = (pin.ok() - pin_before) as f64 / slice.as_secs_f64();
+            // PIN calls: each is asked for its PIN first, untimed, so they are prepared by
+            // the pace of this round's fastest webhook (or of the last round's PIN calls, if
+            // faster), not the floor's, which would make the asking outlast the timing;
+            // `pin_slice` takes the slice again with more should they run out.
+            let mut per_sec = pin_rate_last;
+            for (samples, before) in hooks.iter().zip(&hooks_before) {
+                per_sec = per_sec.max((samples.ok() - before) as f64 / slice.as_secs_f64());
+            }
+            let count = (per_sec * (slice.as_secs_f64() + 0.5) * 2.0) as usize + 4_000;
+            let round = pin_slice(
+                hush_addr,
+                &client,
+                &signers,
+                &pin_callers,
+                (count, &mut sent),
+                concurrency,
+                slice,
+            )
+            .await?;
+            pin_rate_last = round.ok() as f64 / slice.as_secs_f64();
+            pin.merge(&round)?;
         }
         let mut rates = Vec::with_capacity(hooks.len());
         for (hook, samples) in Hook::ALL.into_iter().zip(&hooks) {
@@ -296,6 +298,44 @@ async fn pin_sessions(broker: &Broker, people: &Participants) -> anyhow::Result<
         }
     }
     Ok(callers)
+}
+
+/// One timed slice of PIN calls: `count` calls signed (ids from `sent`, which moves on),
+/// every one asked for its PIN, then their digits reports timed. Should they run out before
+/// the window ends (the machine's load changed), the slice is taken again with twice as
+/// many, up to [`PIN_SLICE_TRIES`] times.
+async fn pin_slice(
+    addr: SocketAddr,
+    client: &redis::Client,
+    signers: &Arc<Signers>,
+    callers: &Arc<Vec<PinCaller>>,
+    (mut count, sent): (usize, &mut u64),
+    concurrency: usize,
+    slice: Duration,
+) -> anyhow::Result<Samples> {
+    let mut tries = 1;
+    loop {
+        let (voice, digits) = fresh_pin_calls(signers, callers, count, *sent)
+            .await
+            .context("signing PIN calls")?;
+        *sent += count as u64;
+        send_all(addr, &Arc::new(voice), concurrency, PROMPT_MARK)
+            .await
+            .context("asking PIN calls for their PIN (untimed)")?;
+        let mut samples = Samples::default();
+        let (w, window) = drive_http_once(addr, &Arc::new(digits), concurrency, slice);
+        match samples
+            .add_sampled(w, window, redis_cpu(client, window))
+            .await
+        {
+            Ok(()) => return Ok(samples),
+            Err(e) if e.downcast_ref::<RanOut>().is_some() && tries < PIN_SLICE_TRIES => {
+                tries += 1;
+                count *= 2;
+            }
+            Err(e) => return Err(e.context("twilio_pin webhooks")),
+        }
+    }
 }
 
 /// The `i`th caller's call, its CallSid unique by `n`.
