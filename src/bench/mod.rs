@@ -42,11 +42,12 @@ const MEMORY_NAIVE: f64 = 1100.0;
 /// The measurements a run can be limited to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
-    /// Raw GET, the floor router, `POST /v1/route` and the provider webhooks.
+    /// Raw GET, the floor router, `POST /v1/route`, the provider webhooks and a PIN call's
+    /// digits webhook.
     Routing,
     /// Session creates on pools of 100 and 10,000 numbers, and over shards.
     Allocation,
-    /// Redis memory per open session.
+    /// Redis memory per open session, and per open PIN session.
     Memory,
     /// Event delivery against direct POSTs.
     Events,
@@ -113,7 +114,8 @@ async fn measure(args: &BenchArgs, redis: &PrivateRedis) -> anyhow::Result<Repor
     if args.runs(Part::Routing) {
         progress(
             args,
-            "routing: raw Redis GET, floor router, hush POST /v1/route, signed provider webhooks",
+            "routing: raw Redis GET, floor router, hush POST /v1/route, signed provider webhooks, \
+             PIN calls",
         );
         redis.flush().await?;
         report.routing = Some(routing::routing(&redis.url, c, slice).await?);
@@ -129,7 +131,7 @@ async fn measure(args: &BenchArgs, redis: &PrivateRedis) -> anyhow::Result<Repor
     }
 
     if args.runs(Part::Memory) {
-        progress(args, "memory: open sessions");
+        progress(args, "memory: open sessions, ended ones, PIN sessions");
         redis.flush().await?;
         report.memory = Some(memory::memory(redis, c, args.million).await?);
         redis.flush().await?;
