@@ -28,12 +28,13 @@ pub(super) fn bench_config(url: &str, what: &str) -> Config {
     }
 }
 
-/// `count` valid proxy numbers, the same on every call.
-fn proxy_numbers(count: usize) -> Vec<String> {
+/// `count` valid proxy numbers after the first `skip`, the same on every call.
+fn proxy_numbers(skip: usize, count: usize) -> Vec<String> {
     PROXY_AREAS
         .iter()
         .flat_map(|area| (2_000_000..10_000_000u32).map(move |n| format!("+1{area}{n}")))
         .filter(|n| E164::parse(n).is_ok())
+        .skip(skip)
         .take(count)
         .collect()
 }
@@ -49,9 +50,21 @@ pub(super) async fn bench_pool_with(
     size: usize,
     policy: &PoolPolicy,
 ) -> anyhow::Result<PoolName> {
-    let pool = PoolName::parse("bench").context("pool name")?;
+    named_pool(broker, "bench", 0, size, policy).await
+}
+
+/// Creates pool `name` with `size` numbers, skipping the first `skip` so that it can sit
+/// beside another pool of the same broker (a number belongs to one pool).
+pub(super) async fn named_pool(
+    broker: &Broker,
+    name: &str,
+    skip: usize,
+    size: usize,
+    policy: &PoolPolicy,
+) -> anyhow::Result<PoolName> {
+    let pool = PoolName::parse(name).context("pool name")?;
     broker.put_pool(&pool, policy, false).await?;
-    let numbers = proxy_numbers(size);
+    let numbers = proxy_numbers(skip, size);
     if numbers.len() < size {
         bail!(
             "only {} valid proxy numbers for a pool of {size}",
@@ -70,7 +83,7 @@ pub(super) async fn bench_pool_with(
         added += report??.added.len();
     }
     if added != size {
-        bail!("pool `bench` got {added} numbers of {size}");
+        bail!("pool `{name}` got {added} numbers of {size}");
     }
     Ok(pool)
 }

@@ -22,6 +22,22 @@ const WARMUP: Duration = Duration::from_millis(500);
 /// The longest latency a histogram holds (µs); anything slower is counted as this.
 const LATENCY_MAX_US: u64 = 60_000_000;
 
+/// The requests prepared for [`drive_http_once`] ran out before the window ended.
+#[derive(Debug)]
+pub(super) struct RanOut(pub(super) usize);
+
+impl std::fmt::Display for RanOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the {} prepared requests ran out before the window ended",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for RanOut {}
+
 /// The timed part of a run: operations that complete inside it count.
 #[derive(Clone, Copy)]
 pub(super) struct Window {
@@ -198,6 +214,21 @@ impl Samples {
         Ok(())
     }
 
+    /// Adds the slices of `other`.
+    pub(super) fn merge(&mut self, other: &Samples) -> anyhow::Result<()> {
+        self.tally.ok += other.tally.ok;
+        self.tally.failed += other.tally.failed;
+        self.tally
+            .latency
+            .add(&other.tally.latency)
+            .context("merging latency histograms")?;
+        self.secs += other.secs;
+        if let Some(cpu) = other.redis_cpu {
+            *self.redis_cpu.get_or_insert(0.0) += cpu;
+        }
+        Ok(())
+    }
+
     /// Successful operations so far.
     pub(super) fn ok(&self) -> u64 {
         self.tally.ok
@@ -266,6 +297,39 @@ pub(super) fn drive_http_once(
     drive(addr, requests, Some(next), concurrency, slice)
 }
 
+/// Sends each request once, untimed, over `concurrency` keep-alive connections; every
+/// answer must be a 200 whose body contains `mark`, else the first that is not is the error.
+pub(super) async fn send_all(
+    addr: SocketAddr,
+    requests: &Arc<Vec<Vec<u8>>>,
+    concurrency: usize,
+    mark: &'static str,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.min(requests.len()) {
+        let (requests, next) = (requests.clone(), next.clone());
+        workers.spawn(async move {
+            let mut http = Http::connect(addr).await?;
+            while let Some(req) = requests.get(next.fetch_add(1, Ordering::Relaxed)) {
+                if http.closed {
+                    http = Http::connect(addr).await?;
+                }
+                let (status, body) = http.send(req).await?;
+                let body = String::from_utf8_lossy(body);
+                if status != 200 || !body.contains(mark) {
+                    bail!("answered {status}: {body}");
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.context("bench worker panicked")??;
+    }
+    Ok(())
+}
+
 fn drive(
     addr: SocketAddr,
     requests: &Arc<Vec<Vec<u8>>>,
@@ -288,10 +352,7 @@ fn drive(
                 let req = match &once {
                     Some(next) => match requests.get(next.fetch_add(1, Ordering::Relaxed)) {
                         Some(req) => req,
-                        None => bail!(
-                            "the {} prepared requests ran out before the window ended",
-                            requests.len()
-                        ),
+                        None => return Err(RanOut(requests.len()).into()),
                     },
                     None => {
                         i += 1;

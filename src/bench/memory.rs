@@ -1,6 +1,7 @@
 //! Memory: Redis `used_memory` growth per open session, read from the private Redis before
 //! and after a batch of sessions: 20,000 between new pairs on a pool of 100, with Redis's
-//! default encoding limits and again with deploy/redis.conf's; and, behind `--million`,
+//! default encoding limits and again with deploy/redis.conf's, and as PIN sessions (a pool
+//! with `pin: always`); and, behind `--million`,
 //! 1,000,000 on a pool of 50 where each courier is in three sessions, with a sample of them
 //! routed to check that every one still reaches the right person.
 
@@ -12,7 +13,7 @@ use tokio::task::JoinSet;
 
 use hush::broker::{Broker, Decision};
 use hush::domain::session::Kind;
-use hush::domain::{E164, PoolName, PoolPolicy};
+use hush::domain::{E164, PinMode, PoolName, PoolPolicy};
 
 use super::fixtures::{
     Participants, SMALL_POOL, bench_config, bench_pool, bench_pool_with, create_sessions,
@@ -39,7 +40,21 @@ pub(super) struct Memory {
     /// What a session leaves once it has ended and its cool-off is over (its pair's sticky
     /// memory), with Redis's defaults.
     pub(super) ended_bytes_per_session: f64,
+    /// The same for open PIN sessions (Redis's defaults).
+    pub(super) pin_bytes_per_session: f64,
+    pub(super) pin_keys_per_session: f64,
     pub(super) scale: Option<Scale>,
+}
+
+/// Which sessions a memory measurement opens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sessions {
+    /// Open, each with a route of its own.
+    Open,
+    /// Closed at once, on a pool without cool-off.
+    Ended,
+    /// Open PIN sessions, on a pool with `pin: always`.
+    Pin,
 }
 
 pub(super) struct Scale {
@@ -56,14 +71,18 @@ pub(super) async fn memory(
     concurrency: usize,
     million: bool,
 ) -> anyhow::Result<Memory> {
-    let (bytes_per_session, keys_per_session) = per_session(redis, concurrency, false).await?;
+    let (bytes_per_session, keys_per_session) =
+        per_session(redis, concurrency, Sessions::Open).await?;
     redis.flush().await?;
     let defaults = redis.encoding(&tuned_settings()).await?;
-    let tuned = per_session(redis, concurrency, false).await;
+    let tuned = per_session(redis, concurrency, Sessions::Open).await;
     redis.encoding(&defaults).await?;
     let (tuned_bytes_per_session, _) = tuned?;
     redis.flush().await?;
-    let (ended_bytes_per_session, _) = per_session(redis, concurrency, true).await?;
+    let (ended_bytes_per_session, _) = per_session(redis, concurrency, Sessions::Ended).await?;
+    redis.flush().await?;
+    let (pin_bytes_per_session, pin_keys_per_session) =
+        per_session(redis, concurrency, Sessions::Pin).await?;
     let scale = if million {
         redis.flush().await?;
         Some(at_scale(redis, concurrency).await?)
@@ -76,6 +95,8 @@ pub(super) async fn memory(
         keys_per_session,
         tuned_bytes_per_session,
         ended_bytes_per_session,
+        pin_bytes_per_session,
+        pin_keys_per_session,
         scale,
     })
 }
@@ -91,23 +112,33 @@ fn tuned_settings() -> Vec<(String, String)> {
 }
 
 /// Memory and keys per session after `MEMORY_SESSIONS` sessions between new pairs on a pool
-/// of 100: open ones, or, when `ended`, each closed at once on a pool without cool-off (so
-/// it is released as it closes and only its sticky memory stays).
+/// of 100: open ones; ended ones, each closed at once on a pool without cool-off (so it is
+/// released as it closes and only its sticky memory stays); or open PIN sessions.
 async fn per_session(
     redis: &PrivateRedis,
     concurrency: usize,
-    ended: bool,
+    sessions: Sessions,
 ) -> anyhow::Result<(f64, f64)> {
-    let config = bench_config(&redis.url, if ended { "ended" } else { "mem" });
-    let broker = hush::build_broker(&config)?;
-    let policy = PoolPolicy {
-        cooloff_secs: if ended {
-            0
-        } else {
-            PoolPolicy::default().cooloff_secs
-        },
-        ..PoolPolicy::default()
+    let (what, policy) = match sessions {
+        Sessions::Open => ("mem", PoolPolicy::default()),
+        Sessions::Ended => (
+            "ended",
+            PoolPolicy {
+                cooloff_secs: 0,
+                ..PoolPolicy::default()
+            },
+        ),
+        Sessions::Pin => (
+            "pin",
+            PoolPolicy {
+                pin: PinMode::Always,
+                ..PoolPolicy::default()
+            },
+        ),
     };
+    let ended = sessions == Sessions::Ended;
+    let config = bench_config(&redis.url, what);
+    let broker = hush::build_broker(&config)?;
     let pool = bench_pool_with(&broker, SMALL_POOL, &policy)
         .await
         .context("setting up the pool")?;

@@ -25,6 +25,7 @@ use self::load::{ROUNDS, Rate};
 use self::memory::Memory;
 use self::private_redis::PrivateRedis;
 use self::routing::Routing;
+use self::webhooks::Hook;
 
 /// `POST /v1/route` must reach this share of the floor router's throughput.
 const ROUTE_TARGET: f64 = 0.85;
@@ -41,11 +42,12 @@ const MEMORY_NAIVE: f64 = 1100.0;
 /// The measurements a run can be limited to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
-    /// Raw GET, the floor router, `POST /v1/route` and the provider webhooks.
+    /// Raw GET, the floor router, `POST /v1/route`, the provider webhooks and a PIN call's
+    /// digits webhook.
     Routing,
     /// Session creates on pools of 100 and 10,000 numbers, and over shards.
     Allocation,
-    /// Redis memory per open session.
+    /// Redis memory per open session, and per open PIN session.
     Memory,
     /// Event delivery against direct POSTs.
     Events,
@@ -112,7 +114,8 @@ async fn measure(args: &BenchArgs, redis: &PrivateRedis) -> anyhow::Result<Repor
     if args.runs(Part::Routing) {
         progress(
             args,
-            "routing: raw Redis GET, floor router, hush POST /v1/route, signed provider webhooks",
+            "routing: raw Redis GET, floor router, hush POST /v1/route, signed provider webhooks, \
+             PIN calls",
         );
         redis.flush().await?;
         report.routing = Some(routing::routing(&redis.url, c, slice).await?);
@@ -128,7 +131,7 @@ async fn measure(args: &BenchArgs, redis: &PrivateRedis) -> anyhow::Result<Repor
     }
 
     if args.runs(Part::Memory) {
-        progress(args, "memory: open sessions");
+        progress(args, "memory: open sessions, ended ones, PIN sessions");
         redis.flush().await?;
         report.memory = Some(memory::memory(redis, c, args.million).await?);
         redis.flush().await?;
@@ -205,6 +208,16 @@ impl Routing {
     fn hook_met(&self, r: &Rate) -> bool {
         ratio(r, &self.floor) >= WEBHOOK_TARGET
     }
+    /// The call that connects by its route, which a PIN call is compared with.
+    fn direct(&self) -> Option<&Rate> {
+        self.hooks
+            .iter()
+            .find(|(h, _)| *h == Hook::TwilioVoice)
+            .map(|(_, r)| r)
+    }
+    fn pin_vs_direct(&self) -> Option<f64> {
+        self.direct().map(|d| ratio(&self.pin, d))
+    }
 
     fn print(&self) {
         println!("routing (same concurrency; HTTP over keep-alive HTTP/1.1; latency per request)");
@@ -225,6 +238,13 @@ impl Routing {
                 r,
                 &format!("{:.2}x floor", ratio(r, &self.floor)),
             );
+            if *hook == Hook::TwilioVoice {
+                rate_line(
+                    "webhook twilio_pin",
+                    &self.pin,
+                    &format!("{:.2}x twilio_voice", ratio(&self.pin, r)),
+                );
+            }
         }
     }
 
@@ -242,6 +262,12 @@ impl Routing {
                 ratio(r, &self.floor)
             );
         }
+        if let Some(r) = self.pin_vs_direct() {
+            println!(
+                "PIN calls   {:<8} twilio_pin/twilio_voice {r:.2} (no target)",
+                "info"
+            );
+        }
     }
 
     fn json(&self) -> serde_json::Value {
@@ -255,6 +281,10 @@ impl Routing {
                 (hook.name().to_string(), v)
             })
             .collect();
+        let mut pin = self.pin.json();
+        pin["vs_direct"] = self.pin_vs_direct().into();
+        pin["vs_floor"] = ratio(&self.pin, &self.floor).into();
+        pin["target"] = serde_json::Value::Null;
         serde_json::json!({
             "raw_get": self.raw.json(),
             "floor": self.floor.json(),
@@ -266,6 +296,7 @@ impl Routing {
             "webhooks": hooks,
             "webhook_target": WEBHOOK_TARGET,
             "webhooks_met": self.hooks.iter().all(|(_, r)| self.hook_met(r)),
+            "twilio_pin": pin,
         })
     }
 }
@@ -310,6 +341,12 @@ impl Report {
             println!(
                 "  left by an ended session {:>8.0} B   (sticky memory, kept 30 days)",
                 memory.ended_bytes_per_session
+            );
+            println!(
+                "  per open PIN session     {:>8.0} B   {:.1} keys; {:.2}x a session with routes",
+                memory.pin_bytes_per_session,
+                memory.pin_keys_per_session,
+                memory.pin_bytes_per_session / memory.bytes_per_session
             );
             if let Some(scale) = &memory.scale {
                 println!(
@@ -383,6 +420,8 @@ impl Report {
                 "keys_per_session": m.keys_per_session,
                 "tuned_bytes_per_session": m.tuned_bytes_per_session,
                 "ended_bytes_per_session": m.ended_bytes_per_session,
+                "pin_bytes_per_session": m.pin_bytes_per_session,
+                "pin_keys_per_session": m.pin_keys_per_session,
                 "scale": m.scale.as_ref().map(|s| serde_json::json!({
                     "sessions": s.sessions,
                     "numbers": s.numbers,

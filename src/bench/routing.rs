@@ -3,8 +3,11 @@
 //! JSON body, does one Redis GET of a route-sized value and answers JSON) and, for context,
 //! raw Redis GETs (one connection per caller, one GET in flight each), all at the same
 //! concurrency and from the same client. They are measured in turns, a slice at a time, so
-//! a change in the machine's load touches all alike.
+//! a change in the machine's load touches all alike. Beside Twilio's voice webhook (a call
+//! connected by its route) goes the report of a PIN typed at the prompt of a PIN session's
+//! call, on a pool with `pin: always` in the same server.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,16 +20,27 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use hush::domain::Mode;
+use hush::broker::Broker;
+use hush::domain::{Access, Mode, PinMode, PoolName, PoolPolicy};
 
-use super::fixtures::{Participants, bench_config, bench_pool, new_session};
+use super::fixtures::{Participants, bench_config, bench_pool, named_pool, new_session};
 use super::load::{
-    Http, ROUNDS, Rate, Samples, Tally, Window, drive_http, drive_http_once, redis_cpu,
+    Http, ROUNDS, RanOut, Rate, Samples, Tally, Window, drive_http, drive_http_once, redis_cpu,
+    send_all,
 };
 use super::webhooks::{Hook, Signers};
 
 const ROUTE_NUMBERS: usize = 20;
 const ROUTE_SESSIONS: usize = 200;
+/// PIN sessions: a pool of their own (its numbers follow the direct pool's), every session
+/// given PINs, none a route.
+const PIN_POOL: &str = "bench-pin";
+const PIN_NUMBERS: usize = 4;
+const PIN_SESSIONS: usize = 200;
+/// Times a slice of PIN calls is taken before running out of prepared calls is an error.
+const PIN_SLICE_TRIES: u32 = 3;
+/// What hush answers a call it asks for a PIN.
+const PROMPT_MARK: &str = "<Gather";
 /// A stand-in for a route record: the value the raw and floor baselines GET.
 const BASELINE_KEY: &str = "bench:baseline";
 const BASELINE_VALUE: &str = "s0123456789abcdef|b|1767225600000|1767229200000|\
@@ -39,6 +53,15 @@ pub(super) struct Routing {
     pub(super) floor: Rate,
     pub(super) route: Rate,
     pub(super) hooks: Vec<(Hook, Rate)>,
+    /// Twilio's digits webhook with the right PIN, each call asked for it first (untimed).
+    pub(super) pin: Rate,
+}
+
+/// A participant of a PIN session, who calls its proxy number and types their PIN.
+struct PinCaller {
+    from: String,
+    proxy: String,
+    pin: String,
 }
 
 /// Raw GETs, the floor router, hush's `POST /v1/route` and every provider webhook,
@@ -89,6 +112,11 @@ pub(super) async fn routing(
             pairs.push((caller.reveal().to_string(), view.proxy_number.clone()));
         }
     }
+    let pin_callers = Arc::new(
+        pin_sessions(&broker, &people)
+            .await
+            .context("setting up PIN sessions")?,
+    );
     let requests = Arc::new(requests);
     let pairs = Arc::new(pairs);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -116,10 +144,24 @@ pub(super) async fn routing(
                 );
             }
         }
+        // A PIN call: the prompt first, then the PIN connects.
+        let first = pin_call(&signers, &pin_callers, 0, 0);
+        let (status, body) = http.send(&first.voice).await?;
+        let body = String::from_utf8_lossy(body);
+        if status != 200 || !body.contains(PROMPT_MARK) {
+            bail!("hush did not ask a call to a PIN session for its PIN: {status}: {body}");
+        }
+        let (status, body) = http.send(&first.digits).await?;
+        let body = String::from_utf8_lossy(body);
+        if status != 200 || !body.contains(Hook::TwilioVoice.connected_mark()) {
+            bail!("hush answered the right PIN of a PIN session's call with {status}: {body}");
+        }
         drop(http);
         let (mut raw, mut floor, mut route) = <(Samples, Samples, Samples)>::default();
         let mut hooks = vec![Samples::default(); Hook::ALL.len()];
+        let mut pin = Samples::default();
         let mut sent = 1u64;
+        let mut pin_rate_last = 0.0f64;
         for _ in 0..ROUNDS {
             let raw_before = raw.ok();
             let (w, window) = raw_get(&client, concurrency, slice).await?;
@@ -140,6 +182,7 @@ pub(super) async fn routing(
             let per_sec =
                 (raw.ok() - raw_before).max(floor.ok() - before) as f64 / slice.as_secs_f64();
             let count = (per_sec * (slice.as_secs_f64() + 0.5) * 1.5) as usize + 2_000;
+            let hooks_before: Vec<u64> = hooks.iter().map(Samples::ok).collect();
             for (hook, samples) in Hook::ALL.into_iter().zip(hooks.iter_mut()) {
                 let fresh = Arc::new(
                     fresh_requests(&signers, &pairs, hook, count, sent)
@@ -153,6 +196,27 @@ pub(super) async fn routing(
                     .await
                     .with_context(|| format!("{} webhooks", hook.name()))?;
             }
+            // PIN calls: each is asked for its PIN first, untimed, so they are prepared by
+            // the pace of this round's fastest webhook (or of the last round's PIN calls, if
+            // faster), not the floor's, which would make the asking outlast the timing;
+            // `pin_slice` takes the slice again with more should they run out.
+            let mut per_sec = pin_rate_last;
+            for (samples, before) in hooks.iter().zip(&hooks_before) {
+                per_sec = per_sec.max((samples.ok() - before) as f64 / slice.as_secs_f64());
+            }
+            let count = (per_sec * (slice.as_secs_f64() + 0.5) * 2.0) as usize + 4_000;
+            let round = pin_slice(
+                hush_addr,
+                &client,
+                &signers,
+                &pin_callers,
+                (count, &mut sent),
+                concurrency,
+                slice,
+            )
+            .await?;
+            pin_rate_last = round.ok() as f64 / slice.as_secs_f64();
+            pin.merge(&round)?;
         }
         let mut rates = Vec::with_capacity(hooks.len());
         for (hook, samples) in Hook::ALL.into_iter().zip(&hooks) {
@@ -163,6 +227,7 @@ pub(super) async fn routing(
             floor: floor.rate("floor router")?,
             route: route.rate("hush POST /v1/route")?,
             hooks: rates,
+            pin: pin.rate("twilio_pin")?,
         })
     }
     .await;
@@ -202,6 +267,115 @@ async fn fresh_requests(
     let mut out = a.await?;
     out.extend(b.await?);
     Ok(out)
+}
+
+/// A pool with `pin: always` and [`PIN_SESSIONS`] sessions on it between new pairs; each
+/// participant with the PIN they were given.
+async fn pin_sessions(broker: &Broker, people: &Participants) -> anyhow::Result<Vec<PinCaller>> {
+    let policy = PoolPolicy {
+        pin: PinMode::Always,
+        ..PoolPolicy::default()
+    };
+    let pool: PoolName = named_pool(broker, PIN_POOL, ROUTE_NUMBERS, PIN_NUMBERS, &policy).await?;
+    let mut callers = Vec::with_capacity(2 * PIN_SESSIONS);
+    for _ in 0..PIN_SESSIONS {
+        let (a, b) = people.pair();
+        let view = broker.create_session(new_session(&pool, &a, &b)).await?;
+        let pins = match (&view.access, &view.pins) {
+            (Access::Pin, Some(pins)) => pins,
+            _ => bail!("a session on a pool with `pin: always` came without PINs"),
+        };
+        for caller in [&a, &b] {
+            let pin = pins
+                .iter()
+                .find(|p| p.participant.as_deref() == Some(caller.reveal()))
+                .context("a PIN session without a participant's PIN")?;
+            callers.push(PinCaller {
+                from: caller.reveal().to_string(),
+                proxy: view.proxy_number.clone(),
+                pin: pin.pin.clone(),
+            });
+        }
+    }
+    Ok(callers)
+}
+
+/// One timed slice of PIN calls: `count` calls signed (ids from `sent`, which moves on),
+/// every one asked for its PIN, then their digits reports timed. Should they run out before
+/// the window ends (the machine's load changed), the slice is taken again with twice as
+/// many, up to [`PIN_SLICE_TRIES`] times.
+async fn pin_slice(
+    addr: SocketAddr,
+    client: &redis::Client,
+    signers: &Arc<Signers>,
+    callers: &Arc<Vec<PinCaller>>,
+    (mut count, sent): (usize, &mut u64),
+    concurrency: usize,
+    slice: Duration,
+) -> anyhow::Result<Samples> {
+    let mut tries = 1;
+    loop {
+        let (voice, digits) = fresh_pin_calls(signers, callers, count, *sent)
+            .await
+            .context("signing PIN calls")?;
+        *sent += count as u64;
+        send_all(addr, &Arc::new(voice), concurrency, PROMPT_MARK)
+            .await
+            .context("asking PIN calls for their PIN (untimed)")?;
+        let mut samples = Samples::default();
+        let (w, window) = drive_http_once(addr, &Arc::new(digits), concurrency, slice);
+        match samples
+            .add_sampled(w, window, redis_cpu(client, window))
+            .await
+        {
+            Ok(()) => return Ok(samples),
+            Err(e) if e.downcast_ref::<RanOut>().is_some() && tries < PIN_SLICE_TRIES => {
+                tries += 1;
+                count *= 2;
+            }
+            Err(e) => return Err(e.context("twilio_pin webhooks")),
+        }
+    }
+}
+
+/// The `i`th caller's call, its CallSid unique by `n`.
+fn pin_call(
+    signers: &Signers,
+    callers: &[PinCaller],
+    i: usize,
+    n: u64,
+) -> super::webhooks::PinCall {
+    let c = &callers[i % callers.len()];
+    signers.twilio_pin_call(&c.from, &c.proxy, &c.pin, n)
+}
+
+/// `count` PIN calls, ids numbered from `first`, callers taken in turn: their voice
+/// webhooks and their digits reports, in the same order; signed on the blocking pool, two
+/// halves side by side.
+async fn fresh_pin_calls(
+    signers: &Arc<Signers>,
+    callers: &Arc<Vec<PinCaller>>,
+    count: usize,
+    first: u64,
+) -> anyhow::Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+    let half = count / 2;
+    let make = |from: usize, to: usize| {
+        let (signers, callers) = (signers.clone(), callers.clone());
+        tokio::task::spawn_blocking(move || {
+            (from..to)
+                .map(|i| {
+                    let call = pin_call(&signers, &callers, i, first + i as u64);
+                    (call.voice, call.digits)
+                })
+                .unzip::<_, _, Vec<_>, Vec<_>>()
+        })
+    };
+    let (a, b) = (make(0, half), make(half, count));
+    let (mut voice, mut digits) = a.await?;
+    let (more_voice, more_digits) = b.await?;
+    voice.extend(more_voice);
+    digits.extend(more_digits);
+    Ok((voice, digits))
 }
 
 /// GETs of one small key, one connection per caller, each caller waiting for its reply.

@@ -17,6 +17,19 @@ use hush::config::{Config, Secret};
 /// The URL providers are told to call; signatures cover it.
 const PUBLIC_URL: &str = "https://hush.bench.invalid";
 
+const TWILIO_VOICE_PATH: &str = "/hooks/twilio/voice";
+/// Where `<Gather action>` reports the digits typed at a call's first PIN prompt; the query
+/// is part of the URL Twilio signs.
+const TWILIO_DIGITS_PATH: &str = "/hooks/twilio/digits?attempt=1";
+
+/// One call to a PIN session, as whole HTTP/1.1 requests with one CallSid: the voice webhook
+/// (hush answers it with the PIN prompt and remembers the call) and the report of the PIN
+/// typed at that prompt.
+pub(super) struct PinCall {
+    pub(super) voice: Vec<u8>,
+    pub(super) digits: Vec<u8>,
+}
+
 /// A provider's inbound webhook as the bench sends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Hook {
@@ -96,18 +109,7 @@ impl Signers {
         match hook {
             Hook::TwilioVoice => {
                 let sid = format!("CA{id}");
-                let params = [
-                    ("AccountSid", "AC00000000000000000000000000000001"),
-                    ("ApiVersion", "2010-04-01"),
-                    ("CallSid", sid.as_str()),
-                    ("CallStatus", "ringing"),
-                    ("Called", to),
-                    ("Caller", from),
-                    ("Direction", "inbound"),
-                    ("From", from),
-                    ("To", to),
-                ];
-                self.twilio("/hooks/twilio/voice", &params)
+                self.twilio(TWILIO_VOICE_PATH, &twilio_call(&sid, "ringing", from, to))
             }
             Hook::TwilioSms => {
                 let sid = format!("SM{id}");
@@ -221,20 +223,24 @@ impl Signers {
         }
     }
 
-    /// A Twilio form post signed with the auth token: HMAC-SHA1 of the URL followed by every
-    /// parameter's name and value, sorted.
+    /// A call to a PIN session through Twilio from participant `from` to proxy number `to`,
+    /// typing `pin` at the first prompt; the CallSid is unique by `n`, as in [`Self::request`].
+    pub(super) fn twilio_pin_call(&self, from: &str, to: &str, pin: &str, n: u64) -> PinCall {
+        let sid = format!("CA{:016x}{n:016x}", rand::random::<u64>());
+        let voice = self.twilio(TWILIO_VOICE_PATH, &twilio_call(&sid, "ringing", from, to));
+        // `<Gather action>` posts the call's usual parameters plus `Digits`, the keys pressed
+        // (https://www.twilio.com/docs/voice/twiml/gather#action).
+        let mut params = twilio_call(&sid, "in-progress", from, to).to_vec();
+        params.push(("Digits", pin));
+        let digits = self.twilio(TWILIO_DIGITS_PATH, &params);
+        PinCall { voice, digits }
+    }
+
+    /// A Twilio form post signed with the auth token over the public URL and `path`, which
+    /// may carry a query.
     fn twilio(&self, path: &str, params: &[(&str, &str)]) -> Vec<u8> {
-        let mut sorted = params.to_vec();
-        sorted.sort();
-        let mut text = format!("{PUBLIC_URL}{path}");
-        for (k, v) in sorted {
-            text.push_str(k);
-            text.push_str(v);
-        }
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(self.twilio_token.as_bytes())
-            .expect("HMAC takes any key length");
-        mac.update(text.as_bytes());
-        let signature = B64.encode(mac.finalize().into_bytes());
+        let signature =
+            twilio_signature(&self.twilio_token, &format!("{PUBLIC_URL}{path}"), params);
         http_post(
             path,
             "application/x-www-form-urlencoded",
@@ -242,6 +248,43 @@ impl Signers {
             &form(params),
         )
     }
+}
+
+/// The parameters of Twilio's voice webhook for call `sid` in `status`, sorted by name.
+fn twilio_call<'a>(
+    sid: &'a str,
+    status: &'a str,
+    from: &'a str,
+    to: &'a str,
+) -> [(&'a str, &'a str); 9] {
+    [
+        ("AccountSid", "AC00000000000000000000000000000001"),
+        ("ApiVersion", "2010-04-01"),
+        ("CallSid", sid),
+        ("CallStatus", status),
+        ("Called", to),
+        ("Caller", from),
+        ("Direction", "inbound"),
+        ("From", from),
+        ("To", to),
+    ]
+}
+
+/// `X-Twilio-Signature` under auth token `token`: HMAC-SHA1 of the whole URL Twilio was
+/// given (query included) followed by every POST parameter's name and value, sorted by name
+/// (https://www.twilio.com/docs/usage/webhooks/webhooks-security).
+fn twilio_signature(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let mut text = url.to_string();
+    for (k, v) in sorted {
+        text.push_str(k);
+        text.push_str(v);
+    }
+    let mut mac =
+        Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).expect("HMAC takes any key length");
+    mac.update(text.as_bytes());
+    B64.encode(mac.finalize().into_bytes())
 }
 
 fn now_secs() -> i64 {
@@ -306,4 +349,133 @@ fn http_post(path: &str, content_type: &str, headers: &[(&str, &str)], body: &st
     }
     head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     head.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Twilio's published request-validation vector (twilio-python
+    // tests/unit/test_request_validator.py): a URL with a query and a `Digits` parameter,
+    // the shape of a `<Gather action>` report.
+    #[test]
+    fn twilio_signature_matches_the_published_vector() {
+        let params = [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+14158675309"),
+            ("Digits", "1234"),
+            ("From", "+14158675309"),
+            ("To", "+18005551212"),
+        ];
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        assert_eq!(
+            twilio_signature("12345", url, &params),
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        );
+        // Order of the parameters as given does not matter; the query does.
+        let mut reversed = params;
+        reversed.reverse();
+        assert_eq!(
+            twilio_signature("12345", url, &reversed),
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        );
+        assert_ne!(
+            twilio_signature("12345", "https://mycompany.com/myapp.php", &params),
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        );
+    }
+
+    /// The request line's target, one header's value and the form body of a request.
+    fn parts<'a>(request: &'a [u8], header: &str) -> (&'a str, String, Vec<(String, String)>) {
+        let text = std::str::from_utf8(request).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.split("\r\n");
+        let target = lines.next().unwrap().split(' ').nth(1).unwrap();
+        let value = lines
+            .filter_map(|l| l.split_once(": "))
+            .find(|(k, _)| k.eq_ignore_ascii_case(header))
+            .map(|(_, v)| v.to_string())
+            .unwrap();
+        let decode = |s: &str| {
+            let b = s.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'%' {
+                    out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                    i += 3;
+                } else {
+                    out.push(if b[i] == b'+' { b' ' } else { b[i] });
+                    i += 1;
+                }
+            }
+            String::from_utf8(out).unwrap()
+        };
+        let form = body
+            .split('&')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (decode(k), decode(v))
+            })
+            .collect();
+        (target, value, form)
+    }
+
+    fn field<'a>(form: &'a [(String, String)], name: &str) -> &'a str {
+        form.iter().find(|(k, _)| k == name).unwrap().1.as_str()
+    }
+
+    #[test]
+    fn a_pin_call_signs_the_digits_report_over_the_url_with_its_query() {
+        let signers = Signers::new();
+        let call = signers.twilio_pin_call("+14155550100", "+12125550123", "042917", 7);
+
+        let (target, signature, form) = parts(&call.digits, "x-twilio-signature");
+        assert_eq!(target, "/hooks/twilio/digits?attempt=1");
+        assert_eq!(field(&form, "Digits"), "042917");
+        assert_eq!(field(&form, "From"), "+14155550100");
+        assert_eq!(field(&form, "To"), "+12125550123");
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let token = &signers.twilio_token;
+        assert_eq!(
+            signature,
+            twilio_signature(
+                token,
+                "https://hush.bench.invalid/hooks/twilio/digits?attempt=1",
+                &pairs
+            )
+        );
+        assert_ne!(
+            signature,
+            twilio_signature(
+                token,
+                "https://hush.bench.invalid/hooks/twilio/digits",
+                &pairs
+            )
+        );
+
+        // The voice webhook of the same call: same CallSid, no digits, its own URL.
+        let (target, signature, voice) = parts(&call.voice, "x-twilio-signature");
+        assert_eq!(target, "/hooks/twilio/voice");
+        assert_eq!(field(&voice, "CallSid"), field(&form, "CallSid"));
+        assert!(field(&voice, "CallSid").ends_with(&format!("{:016x}", 7)));
+        assert!(voice.iter().all(|(k, _)| k != "Digits"));
+        let pairs: Vec<(&str, &str)> = voice
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            signature,
+            twilio_signature(
+                token,
+                "https://hush.bench.invalid/hooks/twilio/voice",
+                &pairs
+            )
+        );
+
+        // Another call never repeats the CallSid, even with the same `n`.
+        let again = signers.twilio_pin_call("+14155550100", "+12125550123", "042917", 7);
+        let (_, _, other) = parts(&again.digits, "x-twilio-signature");
+        assert_ne!(field(&other, "CallSid"), field(&form, "CallSid"));
+    }
 }
