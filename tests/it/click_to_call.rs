@@ -1198,3 +1198,35 @@ async fn the_bridge_records_and_limits_the_call_as_the_session_says() {
     assert!(hook.contains(&iid), "{hook}");
     assert_eq!(dial.child("Number").text, b);
 }
+
+#[tokio::test]
+async fn a_pin_sessions_call_is_bridged_by_its_session_without_a_pin() {
+    let (_api, app) = twilio_world().await;
+    let twilio = Twilio { app: &app };
+    app.pool(
+        "rides",
+        json!({ "pin": "always", "out_of_session_message": relay_twilio::ENDED }),
+        &proxies(1),
+    )
+    .await;
+    let (a, b) = (participant(0), participant(1));
+    let s = app.open_session("rides", &a, &b, None).await;
+    assert_eq!(s["access"], "pin");
+    let (id, proxy) = (
+        s["id"].as_str().unwrap().to_string(),
+        s["proxy_number"].as_str().unwrap().to_string(),
+    );
+    let made = start_call(&app, &id, &b).await.expect(201);
+    let iid = made["id"].as_str().unwrap().to_string();
+
+    // B answers: the bridge names the session, so B is connected to A at once.
+    let bridge = format!("/hooks/twilio/bridge?session={id}&interaction={iid}");
+    let params = twilio_bridge("CA11112222333344445555666677778888", &proxy, &b);
+    let answer = twilio.post(&bridge, &borrowed(&params)).await;
+    relay_twilio::assert_dials(&answer, &proxy, &a);
+    let again = twilio.post(&bridge, &borrowed(&params)).await;
+    assert_eq!(again.text, answer.text);
+    let list = app.interactions(&id).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["initiated_by"], "app");
+}

@@ -178,14 +178,19 @@ if seen then
   end
   if action == 'c' or action == 'p' then
     -- The same answer as the first time, even if the session ended since; but nothing
-    -- once its routes are gone (released or erased). A PIN session's interaction names
-    -- the caller's side.
+    -- once its routes are gone (released or erased). An interaction of a PIN session, or
+    -- a call the app started, reached its session without a route: it is found by its
+    -- key, the caller's side by their index, or as recorded for a PIN caller not known.
     local irec = redis.call('HGET', TAG .. 'i:' .. sid, old)
     local code, iside = string.match(irec or '', '^(%a+)|([01])|')
     local found, rec, side
-    if code and #code == 2 then
+    if code and (#code == 2 or code == 'V') then
       rec = get_session(sid)
-      if rec and rec.a ~= '' and rec.b ~= '' then found, side = sid, iside end
+      if rec and rec.a ~= '' and rec.b ~= '' then
+        found = sid
+        side = (idx ~= '' and rec.a == idx and '0') or (idx ~= '' and rec.b == idx and '1')
+          or iside
+      end
     else
       found, rec, side = reach()
     end
