@@ -35,9 +35,9 @@ fn proxy_number(raw: &str) -> Result<E164, ApiError> {
 #[serde(deny_unknown_fields)]
 pub struct PoolBody {
     #[serde(default, deserialize_with = "given")]
-    default_ttl_secs: Option<Option<u32>>,
+    default_ttl_secs: Option<Option<i64>>,
     #[serde(default, deserialize_with = "given")]
-    cooloff_secs: Option<Option<u32>>,
+    cooloff_secs: Option<Option<i64>>,
     #[serde(default, deserialize_with = "given")]
     geo_match: Option<Option<String>>,
     #[serde(default, deserialize_with = "given")]
@@ -49,21 +49,21 @@ pub struct PoolBody {
     #[serde(default, deserialize_with = "given")]
     intercept_url: Option<Option<String>>,
     #[serde(default, deserialize_with = "given")]
-    intercept_timeout_ms: Option<Option<u32>>,
+    intercept_timeout_ms: Option<Option<i64>>,
     #[serde(default, deserialize_with = "given")]
     intercept_fallback: Option<Option<String>>,
     #[serde(default, deserialize_with = "given")]
-    low_threshold_pct: Option<Option<u8>>,
+    low_threshold_pct: Option<Option<i64>>,
     #[serde(default, deserialize_with = "given")]
-    shards: Option<Option<u16>>,
+    shards: Option<Option<i64>>,
     #[serde(default, deserialize_with = "given")]
     record: Option<Option<bool>>,
     #[serde(default, deserialize_with = "given")]
     record_channels: Option<Option<String>>,
     #[serde(default, deserialize_with = "given")]
-    max_call_secs: Option<Option<u32>>,
+    max_call_secs: Option<Option<i64>>,
     #[serde(default, deserialize_with = "given")]
-    idle_ttl_secs: Option<Option<u32>>,
+    idle_ttl_secs: Option<Option<i64>>,
     #[serde(default, deserialize_with = "given")]
     provider: Option<Option<String>>,
     #[serde(default, deserialize_with = "given")]
@@ -128,9 +128,14 @@ impl PoolBody {
                 self.default_ttl_secs,
                 base.default_ttl_secs,
                 d.default_ttl_secs,
-                Ok,
+                narrow(u32::MAX),
             )?,
-            cooloff_secs: merge(self.cooloff_secs, base.cooloff_secs, d.cooloff_secs, Ok)?,
+            cooloff_secs: merge(
+                self.cooloff_secs,
+                base.cooloff_secs,
+                d.cooloff_secs,
+                narrow(u32::MAX),
+            )?,
             geo_match: merge(self.geo_match, base.geo_match, d.geo_match, |g| {
                 GeoMatch::parse(&g).ok_or_else(|| {
                     ApiError::Validation("geo_match must be area_code, country or any".into())
@@ -164,7 +169,7 @@ impl PoolBody {
                 self.intercept_timeout_ms,
                 base.intercept_timeout_ms,
                 d.intercept_timeout_ms,
-                Ok,
+                narrow(u32::MAX),
             )?,
             intercept_fallback: merge(
                 self.intercept_fallback,
@@ -182,9 +187,9 @@ impl PoolBody {
                 self.low_threshold_pct,
                 base.low_threshold_pct,
                 d.low_threshold_pct,
-                Ok,
+                narrow(u8::MAX),
             )?,
-            shards: merge(self.shards, base.shards, d.shards, Ok)?,
+            shards: merge(self.shards, base.shards, d.shards, narrow(u16::MAX))?,
             record: merge(self.record, base.record, d.record, Ok)?,
             record_channels: merge(
                 self.record_channels,
@@ -200,13 +205,13 @@ impl PoolBody {
                 self.max_call_secs,
                 base.max_call_secs,
                 d.max_call_secs,
-                |v| Ok(Some(v)),
+                |v| narrow(u32::MAX)(v).map(Some),
             )?,
             idle_ttl_secs: merge(
                 self.idle_ttl_secs,
                 base.idle_ttl_secs,
                 d.idle_ttl_secs,
-                |v| Ok(Some(v)),
+                |v| narrow(u32::MAX)(v).map(Some),
             )?,
             provider: merge(self.provider, base.provider, d.provider, |v| Ok(Some(v)))?,
             number_selection: merge(

@@ -776,3 +776,34 @@ async fn pin_settings_out_of_range_are_refused_naming_the_field() {
         .await
         .expect_problem(404, "pool_not_found");
 }
+
+#[tokio::test]
+async fn a_number_too_big_or_negative_for_a_setting_is_refused_naming_it() {
+    let app = TestApp::start().await;
+    app.put_pool("strict", json!({})).await.expect(201);
+    let cases = [
+        ("default_ttl_secs", json!(5_000_000_000u64)),
+        ("default_ttl_secs", json!(-1)),
+        ("cooloff_secs", json!(-5)),
+        ("intercept_timeout_ms", json!(5_000_000_000u64)),
+        ("low_threshold_pct", json!(300)),
+        ("low_threshold_pct", json!(-1)),
+        ("shards", json!(70_000)),
+        ("max_call_secs", json!(-1)),
+        ("idle_ttl_secs", json!(5_000_000_000u64)),
+    ];
+    for (field, value) in cases {
+        let body = json!({ field: value });
+        for r in [
+            app.patch("/v1/pools/strict", &body).await,
+            app.put_pool("strict-new", body.clone()).await,
+        ] {
+            let problem = r.expect_problem(422, "validation_failed");
+            let detail = problem["detail"].as_str().unwrap();
+            assert!(
+                detail.starts_with(&format!("{field} ")),
+                "{field} = {value}: the detail should name the field: {detail}"
+            );
+        }
+    }
+}
