@@ -549,7 +549,8 @@ impl Broker {
     }
 
     /// The PINs of a PIN session, found again from its key and the blind indexes its record
-    /// keeps: each is one of its side's candidates. A side erased has none.
+    /// keeps: each is one of its side's candidates, derived in order until it matches (a
+    /// listing of sessions reads many). A side erased has none.
     fn pins_shown(
         &self,
         key: &str,
@@ -557,18 +558,20 @@ impl Broker {
         participants: &[ParticipantView],
     ) -> Option<Vec<PinView>> {
         let (length, indexes) = pin_token(options)?;
-        let candidates = self.pin_candidates(key, length);
+        let crypto = &self.inner.crypto;
         let mut out = Vec::new();
-        for side in 0..2 {
+        for (side, index) in indexes.iter().enumerate() {
             let Some(p) = participants.get(side).filter(|p| p.number.is_some()) else {
                 continue;
             };
-            let (pins, idx) = &candidates[side];
-            if let Some(j) = idx.iter().position(|i| *i == indexes[side]) {
+            let found = (0..PIN_CANDIDATES)
+                .map(|j| crypto.pin(key, side, j, length))
+                .find(|pin| crypto.pin_index(pin) == *index);
+            if let Some(pin) = found {
                 out.push(PinView {
                     participant: p.number.clone(),
                     label: p.label.clone(),
-                    pin: pins[j].clone(),
+                    pin,
                 });
             }
         }
