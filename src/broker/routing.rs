@@ -201,8 +201,8 @@ impl Broker {
         let idx = from.map(|f| self.idx(f));
         // A PIN is looked up by its blind index only; a text's goes on without it.
         let (pin_index, attempt, rest) = match input {
+            // Dialects give the digits without a finishing `#` (`dialect::Digits`).
             Input::Digits { digits, attempt } => {
-                let digits = digits.trim_end_matches('#');
                 let index = if digits.is_empty() {
                     String::new()
                 } else {

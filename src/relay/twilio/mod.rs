@@ -87,13 +87,11 @@ impl Dialect for Twilio {
     // A retry (`replay`) gets the same decision from the broker, so the same document.
     async fn answer(s: &AppState, inbound: Inbound, outcome: RelayOutcome) -> Response {
         let recorded = dialect::recorded::<Self>(s, &outcome);
-        let digits_url = dialect::digits_url::<Self>;
         twiml(render_with(
             &outcome.decision,
             &inbound,
             &s.public_url,
             recorded.as_ref(),
-            digits_url,
         ))
     }
 
@@ -206,13 +204,7 @@ fn media_urls(params: &[(String, String)]) -> Vec<String> {
 /// The TwiML answering `decision`, for a call that is not recorded.
 #[cfg(test)]
 fn render(decision: &Decision, inbound: &Inbound, public_url: &str) -> String {
-    render_with(
-        decision,
-        inbound,
-        public_url,
-        None,
-        dialect::digits_url::<Twilio>,
-    )
+    render_with(decision, inbound, public_url, None)
 }
 
 /// The TwiML answering `decision`; `recorded` when the session records its calls.
@@ -221,7 +213,6 @@ fn render_with(
     inbound: &Inbound,
     public_url: &str,
     recorded: Option<&Recorded>,
-    digits_url: fn(&str, u8) -> String,
 ) -> String {
     let status_url = format!("{public_url}{STATUS_PATH}");
     match decision {
@@ -285,7 +276,7 @@ fn render_with(
             "<Response><Gather input=\"dtmf\" numDigits=\"{digits}\" timeout=\"{timeout_secs}\" \
              actionOnEmptyResult=\"true\" method=\"POST\" action=\"{}\"><Say>{}</Say></Gather>\
              </Response>",
-            xml_escape(&digits_url(public_url, *attempt)),
+            xml_escape(&dialect::digits_url::<Twilio>(public_url, *attempt)),
             xml_escape(prompt),
         ),
         Decision::Announce { message } => match inbound.kind {

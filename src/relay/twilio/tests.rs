@@ -489,13 +489,7 @@ fn a_recorded_call_dials_with_recording_and_a_limit() {
         callback: "https://h.test/hooks/twilio/recording?s=a&i=b".into(),
     };
     assert_eq!(
-        render_with(
-            &connect,
-            &call,
-            "https://h.test",
-            Some(&recorded),
-            dialect::digits_url::<Twilio>,
-        ),
+        render_with(&connect, &call, "https://h.test", Some(&recorded)),
         "<Response><Dial callerId=\"+12015550100\" answerOnBridge=\"true\" \
          timeLimit=\"900\" record=\"record-from-answer\" recordingStatusCallback=\
          \"https://h.test/hooks/twilio/recording?s=a&amp;i=b\" \
