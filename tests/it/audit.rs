@@ -389,8 +389,11 @@ async fn entries_older_than_ninety_days_are_trimmed() {
         via: Via::Api,
     };
     // Each day's key outlives its last entry's 90 days by a day, so these are still there
-    // for the trim to find.
-    let old_at = now - AUDIT_KEEP_MS - 20 * 3_600_000;
+    // for the trim to find. The oldest entry is put at noon of the day before the cutoff's
+    // day, whatever the time of day now: the cutoff's own day only loses its earlier part
+    // and keeps its key.
+    let day_ms = 86_400_000;
+    let old_at = ((now - AUDIT_KEEP_MS).div_euclid(day_ms) - 1) * day_ms + day_ms / 2;
     for (at, what) in [
         (old_at, "pool:gone"),
         (now - AUDIT_KEEP_MS - 60_000, "pool:just-gone"),
@@ -402,7 +405,7 @@ async fn entries_older_than_ninety_days_are_trimmed() {
             .await
             .unwrap();
     }
-    let old_day = format!(":d:{}", old_at.div_euclid(86_400_000));
+    let old_day = format!(":d:{}", old_at.div_euclid(day_ms));
     let before = app.scan_keys("{audit}:d:*").await;
     assert!(before.iter().any(|k| k.ends_with(&old_day)), "{before:?}");
     assert_eq!(broker.audit_trim(now).await.unwrap(), 2);
