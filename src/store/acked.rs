@@ -73,12 +73,7 @@ impl Store {
         let Some(acked) = &self.acked else {
             return self.run(script, keys, args).await;
         };
-        let keys = keys.to_redis_args();
-        let mut eval = redis::cmd("EVALSHA");
-        eval.arg(script.get_hash())
-            .arg(keys.len())
-            .arg(&keys)
-            .arg(args);
+        let eval = super::eval_cmd(script, keys, args);
         let mut conn = acked.conn();
         match acked.confirm(&mut conn, eval.clone()).await {
             // A fresh primary (a restart, a promoted replica) has no scripts loaded yet.
