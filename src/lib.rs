@@ -101,7 +101,7 @@ pub async fn run(
         false => None,
     };
     let app = server::app_with(
-        http::AppState {
+        http::AppState::new(http::Shared {
             broker,
             public_url: config.public_url().into(),
             config: Arc::new(config.clone()),
@@ -110,7 +110,7 @@ pub async fn run(
                 Duration::from_millis(domain::PoolPolicy::INTERCEPT_TIMEOUT_MAX_MS as u64),
             ),
             dialers: relay::calls::dialers(&config.providers),
-        },
+        }),
         sandbox,
     );
     tracing::info!(addr = %listener.local_addr()?, "hush listening");

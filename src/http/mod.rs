@@ -26,8 +26,25 @@ use crate::telemetry::METRICS;
 /// Largest request body hush reads.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// What every handler reads, behind one `Arc`: axum clones the state for each request, and
+/// cloning the parts one by one cost five atomic counts, up and down again, per request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(std::sync::Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub broker: Broker,
     pub config: std::sync::Arc<crate::config::Config>,
     /// `config.public_url()`, made once: every webhook's signed URL starts with it.
