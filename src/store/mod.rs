@@ -16,6 +16,7 @@ pub mod audit;
 pub mod conn;
 mod doorbell;
 mod events;
+mod function;
 mod idempotency;
 pub mod keys;
 pub mod migrate;
@@ -192,7 +193,7 @@ struct Scripts {
     participant_forget: Script,
     idempotency_begin: Script,
     idempotency_lease: Script,
-    relay_claim: Script,
+    relay_claim: function::Function,
     call_start: Script,
     interaction_update: Script,
     event_put: Script,
@@ -216,7 +217,7 @@ impl Scripts {
             participant_forget: script(include_str!("lua/participant_forget.lua")),
             idempotency_begin: script(include_str!("lua/idempotency_begin.lua")),
             idempotency_lease: script(include_str!("lua/idempotency_lease.lua")),
-            relay_claim: script(include_str!("lua/relay_claim.lua")),
+            relay_claim: function::Function::new("relay", include_str!("lua/relay_claim.lua")),
             call_start: script(include_str!("lua/call_start.lua")),
             interaction_update: script(include_str!("lua/interaction_update.lua")),
             event_put: script(include_str!("lua/event_put.lua")),

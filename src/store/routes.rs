@@ -213,7 +213,7 @@ impl Store {
         pin: PinClaim<'_>,
     ) -> Result<Claimed> {
         let reply: Value = self
-            .run(
+            .run_function(
                 &self.scripts.relay_claim,
                 &shard.relay_script_keys(idx, provider, provider_ref),
                 (

@@ -18,6 +18,7 @@ mod edge;
 mod errors;
 mod events;
 mod faults;
+mod functions;
 mod harness;
 mod idempotency;
 mod intercept;
