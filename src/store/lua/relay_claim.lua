@@ -4,7 +4,7 @@
 -- Runs as a Redis function (`FCALL`), so its helpers and the functions below are defined
 -- once, when the library is loaded, not on every call: `relay(keys, args)` at the end sets
 -- the call's state and claims. Where functions are refused it runs as a script, the same
--- `relay(KEYS, ARGV)` (see `Function` in src/store/mod.rs).
+-- `relay(KEYS, ARGV)` (see src/store/function.rs).
 -- KEYS: 1 the caller's bucket (a throwaway key when the caller ID is withheld), 2 ref key
 -- ARGV: 1 tag, 2 proxy number, 3 now ms, 4 kind (v|s), 5 provider, 6 provider ref,
 --       7 new interaction id, 8 ref ttl ms, 9 caller idx or '', 10 interaction.started
