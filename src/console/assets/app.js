@@ -258,10 +258,13 @@
     document.title = `${page.title} · hush console`;
   }
 
+  /// Moves to `page`; when that is the page shown, renders it again and returns the promise
+  /// of that rendering.
   function go(page, arg) {
     const target = `#/${page}${arg ? '/' + enc(arg) : ''}`;
-    if (location.hash === target) route();
-    else location.hash = target;
+    if (location.hash === target) return route();
+    location.hash = target;
+    return undefined;
   }
 
   /// A pool chooser that moves to `page` for the chosen pool.
@@ -427,9 +430,11 @@
         }
         const saved = await guarded(err, () => api('PATCH', `/v1/pools/${enc(pool.name)}`, patch));
         if (saved) {
-          say(`Saved ${Object.keys(patch).join(', ')}.`);
           S.pools = null;
-          onSaved(saved);
+          // The page is drawn again with what was saved before it says so: a field edited
+          // after the message is not wiped by the redraw.
+          await onSaved(saved);
+          say(`Saved ${Object.keys(patch).join(', ')}.`);
         }
       },
     },
