@@ -10,12 +10,9 @@ use redis::{FromRedisValue, RedisError, Script, ToRedisArgs, Value};
 use super::{COMMON, Result, Store, prelude};
 
 /// The lines of common.lua that read the call's arguments when a script starts. A library
-/// is loaded with no call under way, so there they only declare, and the entry point sets
-/// them from its own arguments.
-const PER_CALL: [(&str, &str); 2] = [
-    ("local TAG = ARGV[1]", "local TAG"),
-    ("local EV = TAG .. 'ev:'", "local EV"),
-];
+/// is loaded with no call under way, so there they only declare, and the function Redis
+/// calls runs them, with its own arguments, before the entry point.
+const PER_CALL: [&str; 2] = ["local TAG = ARGV[1]", "local EV = TAG .. 'ev:'"];
 
 pub(super) struct Function {
     /// The function's name in Redis: it carries a digest of the library, so two versions of
@@ -30,21 +27,29 @@ pub(super) struct Function {
 
 impl Function {
     /// `body` defines `local function <entry>(keys, args)`, which takes KEYS and ARGV as a
-    /// script would and sets the state of common.lua's [`PER_CALL`] lines first.
+    /// script would.
     pub(super) fn new(entry: &str, body: &str) -> Function {
         let helpers = prelude(COMMON, body);
         let mut declared = helpers.clone();
-        for (line, declaration) in PER_CALL {
-            if helpers.lines().any(|l| l == line) {
-                declared = declared.replacen(line, declaration, 1);
+        let mut per_call = String::new();
+        for line in PER_CALL {
+            if let Some((name, value)) = line
+                .strip_prefix("local ")
+                .and_then(|l| l.split_once(" = "))
+                .filter(|_| helpers.lines().any(|l| l == line))
+            {
+                declared = declared.replacen(line, &format!("local {name}"), 1);
+                per_call.push_str(&format!("  {name} = {}\n", value.replace("ARGV", "args")));
             }
         }
         let code = format!("{declared}\n{body}");
-        let digest = Script::new(&format!("{code}\n{entry}")).get_hash()[..16].to_string();
+        let digest =
+            Script::new(&format!("{code}\n{per_call}{entry}")).get_hash()[..16].to_string();
         let name = format!("hush_{entry}_{digest}");
         Function {
             library: format!(
-                "#!lua name=hush_{digest}\n{code}\nredis.register_function('{name}', {entry})\n"
+                "#!lua name=hush_{digest}\n{code}\nredis.register_function('{name}', \
+                 function(keys, args)\n{per_call}  return {entry}(keys, args)\nend)\n"
             ),
             name,
             script: Script::new(&format!("{helpers}\n{body}\nreturn {entry}(KEYS, ARGV)\n")),
@@ -79,12 +84,7 @@ impl Store {
     ) -> Result<T> {
         let keys = keys.to_redis_args();
         if !function.refused.load(Ordering::Relaxed) {
-            let mut fcall = redis::cmd("FCALL");
-            fcall
-                .arg(&function.name)
-                .arg(keys.len())
-                .arg(&keys)
-                .arg(&args);
+            let fcall = super::call_cmd("FCALL", &function.name, &keys, &args);
             let mut conn = self.c();
             let e = match fcall.query_async(&mut conn).await {
                 Err(e) if not_loaded(&e) => {
@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn the_library_declares_what_a_script_reads_from_its_arguments() {
-        for (line, _) in PER_CALL {
+        for line in PER_CALL {
             assert!(
                 COMMON.lines().any(|l| l == line),
                 "common.lua lost `{line}`"
@@ -140,9 +140,12 @@ mod tests {
             assert!(!line.contains("ARGV") && !line.contains("KEYS"), "{line}");
         }
         assert!(lib.contains("\nlocal TAG\n") && lib.contains("\nlocal EV\n"));
-        assert!(lib.ends_with(&format!("redis.register_function('{}', relay)\n", f.name)));
-        // The entry point sets them from its arguments.
-        assert!(lib.contains("TAG, EV = args[1], args[1] .. 'ev:'"));
+        assert!(lib.contains(&format!("redis.register_function('{}', ", f.name)));
+        // The function Redis calls sets them from its arguments, then enters.
+        assert!(lib.ends_with(
+            "function(keys, args)\n  TAG = args[1]\n  EV = TAG .. 'ev:'\n  \
+             return relay(keys, args)\nend)\n"
+        ));
         // Another body is another name: two versions of hush never call each other's.
         let other = Function::new("relay", "local function relay(keys, args) return 1 end");
         assert_ne!(other.name, f.name);

@@ -247,14 +247,21 @@ pub struct Store {
 /// copies every argument into a vector of its own first, and on the relay's path that copy
 /// and its freeing were a few per cent of hush's CPU.
 fn eval_cmd(script: &Script, keys: impl ToRedisArgs, args: impl ToRedisArgs) -> redis::Cmd {
+    call_cmd("EVALSHA", script.get_hash(), keys, args)
+}
+
+/// `<command> <name> <number of keys> <keys> <args>`: how `EVALSHA` and `FCALL` take theirs.
+fn call_cmd(
+    command: &str,
+    name: &str,
+    keys: impl ToRedisArgs,
+    args: impl ToRedisArgs,
+) -> redis::Cmd {
     // Keys are few: counted by spreading them, unlike the arguments.
     let keys = keys.to_redis_args();
-    let mut eval = redis::cmd("EVALSHA");
-    eval.arg(script.get_hash())
-        .arg(keys.len())
-        .arg(&keys)
-        .arg(args);
-    eval
+    let mut call = redis::cmd(command);
+    call.arg(name).arg(keys.len()).arg(&keys).arg(args);
+    call
 }
 
 fn strings(v: Value) -> Result<Vec<String>> {

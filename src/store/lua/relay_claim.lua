@@ -287,9 +287,8 @@ local function claim()
   return announce('')
 end
 
--- KEYS and ARGV as above. TAG and EV (common.lua) are the shard's, so they are set here too.
+-- KEYS and ARGV as above (TAG and common.lua's other per-call locals are set already).
 local function relay(keys, args)
-  TAG, EV = args[1], args[1] .. 'ev:'
   ref, proxy, kind = keys[2], args[2], args[4]
   now, now_text = clock_ms_text()
   provider, provider_ref, iid, ttl, idx = args[5], args[6], args[7], args[8], args[9]
