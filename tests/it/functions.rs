@@ -5,30 +5,32 @@ use serde_json::json;
 
 use crate::harness::*;
 
-async fn relay_functions(url: &str) -> Vec<String> {
+/// One command on the Redis at `url`, as an operator would send it.
+async fn query(url: &str, args: &[&str]) -> redis::Value {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let libraries: redis::Value = redis::cmd("FUNCTION")
-        .arg("LIST")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    // Each library lists its functions; their names are all this needs.
-    let text = format!("{libraries:?}");
-    text.split('"')
-        .filter(|s| s.starts_with("hush_relay_"))
-        .map(str::to_string)
-        .collect()
-}
-
-async fn admin(url: &str, args: &[&str]) {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: redis::Value = redis::cmd(args[0])
+    redis::cmd(args[0])
         .arg(&args[1..])
         .query_async(&mut conn)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The names of the relay functions loaded there.
+async fn relay_functions(url: &str) -> Vec<String> {
+    fn names(v: &redis::Value, out: &mut Vec<String>) {
+        match v {
+            redis::Value::Array(items) => items.iter().for_each(|i| names(i, out)),
+            redis::Value::Map(pairs) => pairs.iter().for_each(|(_, i)| names(i, out)),
+            redis::Value::BulkString(b) if b.starts_with(b"hush_relay_") => {
+                out.push(String::from_utf8_lossy(b).into_owned())
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    names(&query(url, &["FUNCTION", "LIST"]).await, &mut out);
+    out
 }
 
 /// A pool `name` and a session in it: both participants, the session's id and its number.
@@ -52,7 +54,7 @@ async fn a_redis_without_the_relay_function_gets_it_loaded_on_the_first_call() {
 
     // An operator's FUNCTION FLUSH (or a new Cluster node) loses it: the next call loads it
     // again and is answered as if nothing happened.
-    admin(&redis.url(), &["FUNCTION", "FLUSH"]).await;
+    query(&redis.url(), &["FUNCTION", "FLUSH"]).await;
     assert!(relay_functions(&redis.url()).await.is_empty());
     app.assert_connects(b, proxy, a, id).await;
     assert_eq!(relay_functions(&redis.url()).await, loaded);
@@ -62,7 +64,7 @@ async fn a_redis_without_the_relay_function_gets_it_loaded_on_the_first_call() {
 #[tokio::test]
 async fn a_redis_user_without_functions_relays_through_the_script() {
     let redis = RedisServer::start(false);
-    admin(
+    query(
         &redis.url(),
         &[
             "ACL",
