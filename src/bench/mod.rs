@@ -114,8 +114,8 @@ async fn measure(args: &BenchArgs, redis: &PrivateRedis) -> anyhow::Result<Repor
     if args.runs(Part::Routing) {
         progress(
             args,
-            "routing: raw Redis GET, floor router, hush POST /v1/route, signed provider webhooks, \
-             PIN calls",
+            "routing: raw Redis GET, floor router, relay floor, hush POST /v1/route, signed provider \
+             webhooks, PIN calls",
         );
         redis.flush().await?;
         report.routing = Some(routing::routing(&redis.url, c, slice).await?);
@@ -185,7 +185,7 @@ fn verdict(met: bool) -> &'static str {
 /// `  label  12345 /s  <extra>  p50 ... ms` with failures and Redis's CPU when known.
 fn rate_line(label: &str, r: &Rate, extra: &str) {
     let mut line = format!(
-        "  {label:<24} {:>8.0} /s  {extra:<22} {}",
+        "  {label:<24} {:>8.0} /s  {extra:<30} {}",
         r.per_sec,
         r.latency.columns()
     );
@@ -201,6 +201,11 @@ fn rate_line(label: &str, r: &Rate, extra: &str) {
 impl Routing {
     fn route_ratio(&self) -> f64 {
         ratio(&self.route, &self.floor)
+    }
+    /// hush's own work around its Redis step: the route against the floor router doing the
+    /// same step.
+    fn route_vs_relay_floor(&self) -> f64 {
+        ratio(&self.route, &self.relay_floor)
     }
     fn route_met(&self) -> bool {
         self.route_ratio() >= ROUTE_TARGET
@@ -228,15 +233,28 @@ impl Routing {
             &format!("{:.2}x raw", ratio(&self.floor, &self.raw)),
         );
         rate_line(
+            "relay floor",
+            &self.relay_floor,
+            &format!("{:.2}x floor", ratio(&self.relay_floor, &self.floor)),
+        );
+        rate_line(
             "hush POST /v1/route",
             &self.route,
-            &format!("{:.2}x floor", self.route_ratio()),
+            &format!(
+                "{:.2}x floor, {:.2}x relay floor",
+                self.route_ratio(),
+                self.route_vs_relay_floor()
+            ),
         );
         for (hook, r) in &self.hooks {
             rate_line(
                 &format!("webhook {}", hook.name()),
                 r,
-                &format!("{:.2}x floor", ratio(r, &self.floor)),
+                &format!(
+                    "{:.2}x floor, {:.2}x relay floor",
+                    ratio(r, &self.floor),
+                    ratio(r, &self.relay_floor)
+                ),
             );
             if *hook == Hook::TwilioVoice {
                 rate_line(
@@ -262,6 +280,12 @@ impl Routing {
                 ratio(r, &self.floor)
             );
         }
+        println!(
+            "relay step  {:<8} relay floor/floor {:.2}, route/relay floor {:.2} (no target)",
+            "info",
+            ratio(&self.relay_floor, &self.floor),
+            self.route_vs_relay_floor()
+        );
         if let Some(r) = self.pin_vs_direct() {
             println!(
                 "PIN calls   {:<8} twilio_pin/twilio_voice {r:.2} (no target)",
@@ -277,6 +301,7 @@ impl Routing {
             .map(|(hook, r)| {
                 let mut v = r.json();
                 v["vs_floor"] = ratio(r, &self.floor).into();
+                v["vs_relay_floor"] = ratio(r, &self.relay_floor).into();
                 v["met"] = self.hook_met(r).into();
                 (hook.name().to_string(), v)
             })
@@ -288,9 +313,12 @@ impl Routing {
         serde_json::json!({
             "raw_get": self.raw.json(),
             "floor": self.floor.json(),
+            "relay_floor": self.relay_floor.json(),
             "route": self.route.json(),
             "floor_vs_raw": ratio(&self.floor, &self.raw),
+            "relay_floor_vs_floor": ratio(&self.relay_floor, &self.floor),
             "route_vs_floor": self.route_ratio(),
+            "route_vs_relay_floor": self.route_vs_relay_floor(),
             "route_target": ROUTE_TARGET,
             "route_met": self.route_met(),
             "webhooks": hooks,

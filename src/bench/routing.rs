@@ -1,12 +1,14 @@
 //! Routing: `POST /v1/route` and each provider's signed webhook through a hush server in
 //! this process, against a *floor router* (a minimal axum handler that parses the same
 //! JSON body, does one Redis GET of a route-sized value and answers JSON) and, for context,
-//! raw Redis GETs (one connection per caller, one GET in flight each), all at the same
-//! concurrency and from the same client. They are measured in turns, a slice at a time, so
+//! raw Redis GETs (one connection per caller, one GET in flight each) and a *relay floor*
+//! (the floor router with hush's own Redis step, the relay function, in place of the GET),
+//! all at the same concurrency and from the same client. They are measured in turns, a slice at a time, so
 //! a change in the machine's load touches all alike. Beside Twilio's voice webhook (a call
 //! connected by its route) goes the report of a PIN typed at the prompt of a PIN session's
 //! call, on a pool with `pin: always` in the same server.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +22,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use hush::broker::Broker;
-use hush::domain::{Access, Mode, PinMode, PoolName, PoolPolicy};
+use hush::broker::{Broker, UNNAMED_REF_TTL_MS};
+use hush::domain::session::Kind;
+use hush::domain::{
+    Access, E164, Initiator, Mode, PinMode, PoolName, PoolPolicy, SessionId, interaction_code,
+};
+use hush::store::{Claimed, PinClaim, ShardKeys, Store};
 
 use super::fixtures::{Participants, bench_config, bench_pool, named_pool, new_session};
 use super::load::{
@@ -51,6 +57,8 @@ const BASELINE_VALUE: &str = "s0123456789abcdef|b|1767225600000|1767229200000|\
 pub(super) struct Routing {
     pub(super) raw: Rate,
     pub(super) floor: Rate,
+    /// The floor router doing hush's Redis step instead of its GET.
+    pub(super) relay_floor: Rate,
     pub(super) route: Rate,
     pub(super) hooks: Vec<(Hook, Rate)>,
     /// Twilio's digits webhook with the right PIN, each call asked for it first (untimed).
@@ -119,6 +127,7 @@ pub(super) async fn routing(
     );
     let requests = Arc::new(requests);
     let pairs = Arc::new(pairs);
+    let relay_floor_addr = serve_relay_floor(&broker, &pairs, &token).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let hush_addr = listener.local_addr()?;
     let hush_server = tokio::spawn(hush::run(config, listener, token.clone()));
@@ -158,6 +167,7 @@ pub(super) async fn routing(
         }
         drop(http);
         let (mut raw, mut floor, mut route) = <(Samples, Samples, Samples)>::default();
+        let mut relay_floor = Samples::default();
         let mut hooks = vec![Samples::default(); Hook::ALL.len()];
         let mut pin = Samples::default();
         let mut sent = 1u64;
@@ -170,6 +180,10 @@ pub(super) async fn routing(
             let before = floor.ok();
             let (w, window) = drive_http(floor_addr, &requests, concurrency, slice);
             floor
+                .add_sampled(w, window, redis_cpu(&client, window))
+                .await?;
+            let (w, window) = drive_http(relay_floor_addr, &requests, concurrency, slice);
+            relay_floor
                 .add_sampled(w, window, redis_cpu(&client, window))
                 .await?;
             let (w, window) = drive_http(hush_addr, &requests, concurrency, slice);
@@ -225,6 +239,7 @@ pub(super) async fn routing(
         Ok(Routing {
             raw: raw.rate("raw Redis GET")?,
             floor: floor.rate("floor router")?,
+            relay_floor: relay_floor.rate("relay floor")?,
             route: route.rate("hush POST /v1/route")?,
             hooks: rates,
             pin: pin.rate("twilio_pin")?,
@@ -448,6 +463,100 @@ async fn floor_route(
         })
         .into_response(),
         Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// What the relay floor knows of each caller before a request: what hush works out in
+/// process before its one Redis call (the proxy number's shard from its cache, the caller's
+/// blind index), so that the floor's request costs the floor router's work plus hush's
+/// Redis step and nothing of hush's own.
+struct RelayFloor {
+    store: Store,
+    callers: HashMap<String, (ShardKeys, String)>,
+}
+
+/// Serves the relay floor beside the floor router, for the callers and numbers of `pairs`,
+/// until `token` is cancelled.
+async fn serve_relay_floor(
+    broker: &Broker,
+    pairs: &[(String, String)],
+    token: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let mut callers = HashMap::with_capacity(pairs.len());
+    for (from, to) in pairs {
+        let proxy = E164::parse_syntax(to).map_err(|e| anyhow::anyhow!("{to}: {e:?}"))?;
+        let caller = E164::parse_syntax(from).map_err(|e| anyhow::anyhow!("caller: {e:?}"))?;
+        let shard = broker
+            .shard_of_number(&proxy)
+            .await?
+            .context("a bench number without a pool")?;
+        callers.insert(from.clone(), (shard, broker.crypto().blind_index(&caller)));
+    }
+    let state = Arc::new(RelayFloor {
+        store: broker.store().clone(),
+        callers,
+    });
+    let app = axum::Router::new()
+        .route("/v1/route", axum::routing::post(relay_floor_route))
+        .with_state(state);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let serve = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+    tokio::spawn(async move { serve.await });
+    Ok(addr)
+}
+
+/// The relay floor's one handler: parse, the relay function with the arguments hush would
+/// give it for this request (a new reference and interaction, as hush makes for a route
+/// without a reference of its own), answer JSON.
+async fn relay_floor_route(
+    State(floor): State<Arc<RelayFloor>>,
+    axum::Json(req): axum::Json<FloorRequest>,
+) -> Response {
+    let Some((shard, idx)) = floor.callers.get(&req.from) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let reference = format!("unnamed_{}", SessionId::new(0, 0).key());
+    let interaction = format!("int_{}", SessionId::new(0, 0).key());
+    let policy = PoolPolicy::default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let claimed = floor
+        .store
+        .relay_claim(
+            shard,
+            Some(idx),
+            &req.to,
+            now,
+            interaction_code(Kind::Voice, Initiator::Participant),
+            "api",
+            &reference,
+            &interaction,
+            UNNAMED_REF_TTL_MS,
+            None,
+            false,
+            PinClaim {
+                pin_index: "",
+                attempt: None,
+                prompts: policy.pin_retry.saturating_add(1),
+                failure_limit: policy.pin_failure_limit,
+                caller_check: policy.pin_caller_check,
+            },
+        )
+        .await;
+    match claimed {
+        Ok(Claimed::Connect { reach, .. }) => axum::Json(FloorAnswer {
+            action: "connect",
+            kind: &req.kind,
+            caller_id: &req.to,
+            to: &req.from,
+            reference: Some(&reference),
+            record: &reach.blob,
+        })
+        .into_response(),
+        Ok(_) => StatusCode::NOT_FOUND.into_response(),
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }
