@@ -5,7 +5,7 @@
 //! out-of-session answer exactly as a call from that participant would.
 
 use crate::domain::session::Kind;
-use crate::domain::{E164, Initiator, SessionId, interaction_code};
+use crate::domain::{Access, E164, Initiator, SessionId, interaction_code};
 use crate::store::{CallStarted, StoreError};
 
 use super::{Broker, BrokerError, PROVIDER_REF_TTL_MS, Result};
@@ -75,6 +75,9 @@ impl Broker {
                     "interaction_id": interaction,
                     "kind": "voice",
                     "initiated_by": Initiator::App.as_str(),
+                    // The app's call reaches its session by the session's id, which its
+                    // interaction records as direct, as `interaction.completed` says.
+                    "access": Access::Direct.as_str(),
                     "from_participant": 1 - side,
                     "pool": pool,
                     "proxy_number": proxy.reveal(),

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::CryptoError;
-use crate::domain::{E164, SessionId};
+use crate::domain::{Access, E164, SessionId};
 use crate::store::AppTextQueued;
 
 use super::{Broker, BrokerError, InteractionView, PROVIDER_REF_TTL_MS, Result};
@@ -245,6 +245,8 @@ impl Broker {
                     "interaction_id": interaction,
                     "kind": "sms",
                     "initiated_by": "app",
+                    // As for a call the app starts: by the session's id, recorded as direct.
+                    "access": Access::Direct.as_str(),
                     "from_participant": from_side,
                     "pool": pool.name,
                     "proxy_number": proxy.reveal(),

@@ -933,6 +933,7 @@ async fn the_texts_interaction_events_say_the_app_started_it() {
             "interaction_id": it["id"],
             "kind": "sms",
             "initiated_by": "app",
+            "access": "direct",
             "from_participant": 1,
             "pool": "texts",
             "proxy_number": w.proxy,

@@ -736,6 +736,7 @@ async fn the_bridge_meets_the_intercept_and_the_call_sends_interaction_events() 
             "interaction_id": iid,
             "kind": "voice",
             "initiated_by": "app",
+            "access": "direct",
             "from_participant": 1,
             "pool": "asks",
             "proxy_number": proxy,
