@@ -50,14 +50,15 @@ impl Broker {
     /// Sticky memory past its window leaves the participant buckets that nothing else
     /// rewrites: a few random ones per pass visit each of the 4,096 every few minutes.
     async fn tidy_shard(&self, shard: &ShardKeys) -> Result<()> {
-        for _ in 0..TIDY_PER_PASS {
-            let pick: [u8; 2] = rand::random();
-            let name: String = pick
-                .iter()
-                .map(|b| BASE64URL[(*b & 63) as usize] as char)
-                .collect();
-            self.inner.store.entries_tidy(shard, &name).await?;
-        }
+        let names: Vec<String> = (0..TIDY_PER_PASS)
+            .map(|_| {
+                let pick: [u8; 2] = rand::random();
+                pick.iter()
+                    .map(|b| BASE64URL[(*b & 63) as usize] as char)
+                    .collect()
+            })
+            .collect();
+        self.inner.store.entries_tidy(shard, &names).await?;
         Ok(())
     }
 

@@ -355,13 +355,14 @@ impl Store {
         Ok(())
     }
 
-    /// Drops sticky memory past its window from every entry of one participant bucket (named
-    /// by its two characters).
-    pub async fn entries_tidy(&self, shard: &ShardKeys, bucket: &str) -> Result<usize> {
+    /// Drops sticky memory past its window from every entry of some participant buckets
+    /// (each named by its two characters), in one script. Returns how many entries it read.
+    pub async fn entries_tidy(&self, shard: &ShardKeys, buckets: &[String]) -> Result<usize> {
+        let keys: Vec<String> = buckets.iter().map(|b| shard.entries(b)).collect();
         let n: i64 = self
             .run(
                 &self.scripts.entries_tidy,
-                &[shard.entries(bucket)],
+                &keys,
                 (shard.tag(), 0, STICKY_WINDOW_MS),
             )
             .await?;
