@@ -80,7 +80,7 @@ pub async fn run(
             config.callback_allow_private,
             config.event_retry_schedule_ms.clone(),
         ),
-        Duration::from_millis(100),
+        events::delivery::SWEEP,
         shutdown.clone(),
     ));
     let reaper = tokio::spawn(broker::run_reaper(

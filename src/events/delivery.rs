@@ -10,8 +10,14 @@
 //! client's pooled keep-alive connections), and settles (one task that writes whatever
 //! finished while it wrote the previous batch, one script per shard). Room is counted per
 //! destination (see `flight`), so a hanging receiver holds only its own share.
+//!
+//! Nothing is polled: a written event rings its shard's doorbell, each claim says when its
+//! queue's next item falls due (a retry, or a lease that may run out) and each settle when
+//! its retries do, and the worker comes back to the shard then. Every shard is swept only
+//! every [`SWEEP`], for rings that were lost and for the retries and leases of an instance
+//! that died, so an idle instance costs Redis next to nothing however many pools it serves.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +29,7 @@ use super::attempt::{Attempted, Target, attempt};
 use super::flight::{Destination, InFlight, Limits, Slot};
 use super::ssrf;
 use crate::broker::{Broker, BrokerError};
-use crate::store::outbox::Settlement;
+use crate::store::outbox::{Settle, Settlement};
 use crate::store::{Queue, Rings, ShardKeys, StoreError};
 
 /// A delivery attempt gives up waiting for the app after this long.
@@ -43,6 +49,13 @@ const LIMITS: Limits = Limits {
 };
 /// Finished attempts settled in one script, at most.
 const SETTLE_BATCH: usize = 512;
+/// How often every shard is claimed whether or not it rang or fell due.
+pub const SWEEP: Duration = Duration::from_secs(5);
+/// The same while the doorbell is not heard (Redis refuses hush the channels, or the
+/// subscriber is reconnecting): the sweep is then what finds new events.
+pub const DEAF_SWEEP: Duration = Duration::from_millis(100);
+/// When a shard whose claim failed (its Redis node may be down) is tried again.
+const FAILED_RETRY: Duration = Duration::from_secs(1);
 
 /// The delivery worker's settings.
 #[derive(Clone)]
@@ -86,7 +99,7 @@ impl Delivery {
             all.push(attempted);
         }
         let attempts = all.len();
-        settle_all(broker, all).await;
+        settle_all(broker, all, None).await;
         match unreachable {
             Some(e) if attempts == 0 => Err(e.into()),
             Some(e) => {
@@ -100,8 +113,8 @@ impl Delivery {
 
 /// What a claim of one shard came to.
 enum Claimed {
-    /// It took every due event there was.
-    Drained(ShardKeys),
+    /// It took every due event there was; the next falls due then (ms), if any is left.
+    Drained(ShardKeys, Option<i64>),
     /// It filled the room it had: more may be due.
     Full(ShardKeys, Option<Destination>),
     /// Too little room for the shard's destination: it waits for places to free.
@@ -146,8 +159,8 @@ async fn claim(
             None,
         )
         .await;
-    let claimed = match claimed {
-        Ok(claimed) => claimed,
+    let (claimed, next_due) = match claimed {
+        Ok(claimed) => (claimed.items, claimed.next_due),
         Err(e) => return Claimed::Failed(shard, e),
     };
     let full = claimed.len() == room;
@@ -179,7 +192,7 @@ async fn claim(
     if full {
         Claimed::Full(shard, dest)
     } else {
-        Claimed::Drained(shard)
+        Claimed::Drained(shard, next_due)
     }
 }
 
@@ -204,6 +217,47 @@ struct Shards {
     surveying: bool,
 }
 
+/// When to claim each shard again because something in it falls due, the earliest time per
+/// shard only.
+#[derive(Default)]
+struct Timers {
+    order: BTreeSet<(i64, String)>,
+    by_tag: HashMap<String, (i64, ShardKeys)>,
+}
+
+impl Timers {
+    /// Claim `shard` at `at` (ms), unless it is to be claimed sooner already.
+    fn set(&mut self, shard: ShardKeys, at: i64) {
+        let tag = shard.events_tag();
+        if let Some((current, _)) = self.by_tag.get(&tag) {
+            if *current <= at {
+                return;
+            }
+            self.order.remove(&(*current, tag.clone()));
+        }
+        self.order.insert((at, tag.clone()));
+        self.by_tag.insert(tag, (at, shard));
+    }
+
+    fn earliest(&self) -> Option<i64> {
+        self.order.first().map(|(at, _)| *at)
+    }
+
+    /// The shards due at `now` (ms), taken off.
+    fn take_due(&mut self, now: i64) -> Vec<ShardKeys> {
+        let mut due = Vec::new();
+        while let Some((at, tag)) = self.order.first().cloned()
+            && at <= now
+        {
+            self.order.pop_first();
+            if let Some((_, shard)) = self.by_tag.remove(&tag) {
+                due.push(shard);
+            }
+        }
+        due
+    }
+}
+
 /// What the loop needs to start claims.
 struct Worker {
     broker: Broker,
@@ -212,6 +266,7 @@ struct Worker {
     done: mpsc::UnboundedSender<Finished>,
     work: JoinSet<Step>,
     shards: Shards,
+    timers: Timers,
     /// When a failed claim was last logged as a warning.
     warned: Option<Instant>,
 }
@@ -264,7 +319,12 @@ impl Worker {
             }
             Step::Claimed(claimed) => {
                 let (shard, waits) = match claimed {
-                    Claimed::Drained(shard) => (shard, None),
+                    Claimed::Drained(shard, next_due) => {
+                        if let Some(at) = next_due {
+                            self.timers.set(shard.clone(), at);
+                        }
+                        (shard, None)
+                    }
                     Claimed::Full(shard, dest) | Claimed::NoRoom(shard, dest) => {
                         (shard, Some(dest))
                     }
@@ -281,6 +341,8 @@ impl Worker {
                         } else {
                             tracing::debug!(error = %e, "a shard's events could not be claimed");
                         }
+                        let again = self.broker.now_ms() + FAILED_RETRY.as_millis() as i64;
+                        self.timers.set(shard.clone(), again);
                         (shard, None)
                     }
                 };
@@ -324,8 +386,9 @@ impl Worker {
 
 /// Delivers until `shutdown`: claims a shard when its doorbell rings (an event was written,
 /// see `store::doorbell`), again as soon as its destination has room while events were left
-/// waiting, and every `interval` from every shard as a sweep for retries that fall due and
-/// rings that were lost. Finished attempts are settled in batches, one script per shard.
+/// waiting, when the next of its events falls due (as its last claim or a settle said), and
+/// every `interval` from every shard as a sweep for rings that were lost and for what other
+/// instances left ([`DEAF_SWEEP`] while the doorbell is not heard). Finished attempts are settled in batches, one script per shard.
 pub async fn run(
     broker: Broker,
     delivery: Delivery,
@@ -333,7 +396,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (done, finished) = mpsc::unbounded_channel();
-    let settler = tokio::spawn(settle_loop(broker.clone(), finished));
+    let (retries, mut retried) = mpsc::unbounded_channel();
+    let settler = tokio::spawn(settle_loop(broker.clone(), finished, retries));
     let rings = Arc::new(Rings::default());
     let listener = tokio::spawn({
         let (store, rings, shutdown) = (broker.store().clone(), rings.clone(), shutdown.clone());
@@ -346,15 +410,31 @@ pub async fn run(
         done,
         work: JoinSet::new(),
         shards: Shards::default(),
+        timers: Timers::default(),
         warned: None,
     };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When every shard was last looked at (none yet: at once).
+    let mut swept: Option<tokio::time::Instant> = None;
     let flight = worker.flight.clone();
     let keys = worker.broker.store().keys().clone();
     loop {
+        // The broker's clock (which tests may set ahead) says when; tokio's sleeps that long.
+        let next_due = worker.timers.earliest().map(|at| {
+            let wait = u64::try_from(at - worker.broker.now_ms()).unwrap_or(0);
+            tokio::time::Instant::now() + Duration::from_millis(wait)
+        });
+        let pace = if rings.heard() { interval } else { DEAF_SWEEP };
+        let sweep = swept.map_or_else(tokio::time::Instant::now, |at| at + pace);
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            Some((shard, at)) = retried.recv() => worker.timers.set(shard, at),
+            _ = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)),
+                if next_due.is_some() =>
+            {
+                for shard in worker.timers.take_due(worker.broker.now_ms()) {
+                    worker.want(shard);
+                }
+            }
             Some(step) = worker.work.join_next(), if !worker.work.is_empty() => match step {
                 Ok(step) => worker.finished(step),
                 Err(e) => tracing::error!(error = %e, "an event claim panicked"),
@@ -365,10 +445,16 @@ pub async fn run(
                         worker.want(shard);
                     }
                 }
-                None => worker.survey(),
+                None => {
+                    swept = Some(tokio::time::Instant::now());
+                    worker.survey();
+                }
             },
             _ = flight.freed() => {}
-            _ = tick.tick() => worker.survey(),
+            _ = tokio::time::sleep_until(sweep) => {
+                swept = Some(tokio::time::Instant::now());
+                worker.survey();
+            }
         }
         worker.start_waiting();
     }
@@ -382,19 +468,28 @@ pub async fn run(
 
 /// Settles finished attempts until every sender is gone: each batch is whatever finished
 /// while the previous one was written. An attempt's place in the total is given back once
-/// it is settled.
-async fn settle_loop(broker: Broker, mut finished: mpsc::UnboundedReceiver<Finished>) {
+/// it is settled; when a retry falls due is sent to `retries`.
+async fn settle_loop(
+    broker: Broker,
+    mut finished: mpsc::UnboundedReceiver<Finished>,
+    retries: mpsc::UnboundedSender<(ShardKeys, i64)>,
+) {
     let mut batch = Vec::new();
     while finished.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
         let (attempts, slots): (Vec<Attempted>, Vec<Slot>) = batch.drain(..).unzip();
-        settle_all(&broker, attempts).await;
+        settle_all(&broker, attempts, Some(&retries)).await;
         drop(slots);
     }
 }
 
-/// Settles finished attempts, one script per shard. A shard that cannot be written now
-/// keeps its events leased; they are claimed and sent again when the lease ends.
-async fn settle_all(broker: &Broker, finished: Vec<Attempted>) {
+/// Settles finished attempts, one script per shard, and tells `retries` when each shard's
+/// first retry falls due. A shard that cannot be written now keeps its events leased; they
+/// are claimed and sent again when the lease ends, which the claim reported.
+async fn settle_all(
+    broker: &Broker,
+    finished: Vec<Attempted>,
+    retries: Option<&mpsc::UnboundedSender<(ShardKeys, i64)>>,
+) {
     let mut by_shard: HashMap<&str, (String, Vec<Settlement<'_>>)> = HashMap::new();
     for a in &finished {
         by_shard
@@ -412,5 +507,19 @@ async fn settle_all(broker: &Broker, finished: Vec<Attempted>) {
         if let Err(e) = broker.store().queue_settle_many(tag, items, true).await {
             tracing::warn!(error = %e, events = items.len(), "settling event deliveries failed");
         }
+    }
+    let Some(retries) = retries else {
+        return;
+    };
+    let mut first: HashMap<&str, (i64, &ShardKeys)> = HashMap::new();
+    for a in &finished {
+        if let Settle::Retry { due } | Settle::Release { due } = a.settle {
+            let at = first.entry(a.shard.tag()).or_insert((due, &a.shard));
+            at.0 = at.0.min(due);
+        }
+    }
+    for (due, shard) in first.into_values() {
+        // Fails only when the loop has stopped, and with it every claim.
+        let _ = retries.send((shard.clone(), due));
     }
 }

@@ -126,8 +126,11 @@ const FAILED_KEEP_MS: Millis = 7 * 24 * 3600 * 1000;
 /// Texts claimed per pass.
 const BATCH: usize = 32;
 
-/// How often an idle worker looks for due texts: the most a relayed text waits.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often an idle worker looks at every queue whether or not a text was queued or falls
+/// due: for rings that were lost, and for retries and leases of an instance that died.
+const SWEEP: Duration = Duration::from_secs(5);
+/// The same while the doorbell is not heard: the sweep is then what finds new texts.
+const DEAF_SWEEP: Duration = Duration::from_millis(100);
 
 /// Queues a text for sending, durably, before the provider's webhook is answered. The same
 /// `key` queues nothing new, whether its text is still waiting, was sent or was given up.
@@ -202,12 +205,29 @@ pub async fn deliver_once(
     http: &reqwest::Client,
     providers: &Providers,
 ) -> Result<usize, BrokerError> {
+    Ok(deliver_pass(broker, http, providers).await?.handled)
+}
+
+/// What a pass did, and when the next text of any queue falls due.
+struct Pass {
+    handled: usize,
+    /// ms; `None` when every queue is empty.
+    next_due: Option<Millis>,
+}
+
+/// [`deliver_once`], saying when to come back.
+async fn deliver_pass(
+    broker: &Broker,
+    http: &reqwest::Client,
+    providers: &Providers,
+) -> Result<Pass, BrokerError> {
     use base64::Engine as _;
     let now = broker.now_ms();
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>());
     let providers = Arc::new(providers.clone());
     let mut attempts = JoinSet::new();
     let mut count = 0;
+    let mut next_due: Option<Millis> = None;
     let mut unreachable = None;
     for (i, tag) in broker.store().outbox_tags().await?.into_iter().enumerate() {
         let room = BATCH - count;
@@ -233,9 +253,10 @@ pub async fn deliver_once(
                 continue;
             }
         };
-        count += claimed.len();
+        count += claimed.items.len();
+        next_due = earliest(next_due, claimed.next_due);
         let tag = Arc::new(tag);
-        for item in claimed {
+        for item in claimed.items {
             let (broker, http, providers, tag) =
                 (broker.clone(), http.clone(), providers.clone(), tag.clone());
             attempts
@@ -252,15 +273,31 @@ pub async fn deliver_once(
         }
     }
     for (tag, sent) in by_queue {
+        for s in &sent {
+            if let Settle::Retry { due } | Settle::Release { due } = s.settle {
+                next_due = earliest(next_due, Some(due));
+            }
+        }
         settle_queue(broker, &tag, sent).await;
     }
+    let pass = Pass {
+        handled: count,
+        next_due,
+    };
     match unreachable {
         Some(e) if count == 0 => Err(e.into()),
         Some(e) => {
             tracing::warn!(error = %e, "some outbound text queues could not be read");
-            Ok(count)
+            Ok(pass)
         }
-        None => Ok(count),
+        None => Ok(pass),
+    }
+}
+
+fn earliest(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -487,9 +524,10 @@ pub fn needed(p: &Providers) -> bool {
 }
 
 /// Runs [`deliver_once`] until `shutdown`: at once again after a full batch, when a text is
-/// queued (the queues' doorbell, see `store::doorbell`), and otherwise every `IDLE_POLL` for
-/// retries that fall due and rings that were lost. A pass in hand is finished (its texts
-/// sent and settled) before it returns.
+/// queued (the queues' doorbell, see `store::doorbell`), when the next text falls due (a
+/// retry, or a lease that may run out), and otherwise every [`SWEEP`] for rings that were
+/// lost and what other instances left. A pass in hand is finished (its texts sent and
+/// settled) before it returns.
 pub async fn run_worker(broker: Broker, providers: Providers, shutdown: CancellationToken) {
     let http = match reqwest::Client::builder()
         .timeout(SEND_TIMEOUT)
@@ -509,9 +547,16 @@ pub async fn run_worker(broker: Broker, providers: Providers, shutdown: Cancella
         async move { store.listen(Queue::Texts, rings, shutdown).await }
     });
     while !shutdown.is_cancelled() {
-        let pause = match deliver_once(&broker, &http, &providers).await {
-            Ok(n) if n >= BATCH => Duration::ZERO,
-            Ok(_) => IDLE_POLL,
+        let sweep = if rings.heard() { SWEEP } else { DEAF_SWEEP };
+        let pause = match deliver_pass(&broker, &http, &providers).await {
+            Ok(pass) if pass.handled >= BATCH => Duration::ZERO,
+            Ok(Pass {
+                next_due: Some(at), ..
+            }) => {
+                let wait = u64::try_from(at - broker.now_ms()).unwrap_or(0);
+                sweep.min(Duration::from_millis(wait))
+            }
+            Ok(_) => sweep,
             Err(e) => {
                 tracing::warn!(error = %e, "outbound text pass failed; retrying");
                 Duration::from_secs(1)

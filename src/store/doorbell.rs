@@ -8,6 +8,7 @@
 //! A ring lost while reconnecting only delays an item until the sweep.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ const MAX_RUNG: usize = 4096;
 pub struct Rings {
     notify: Notify,
     rung: Mutex<Rung>,
+    /// The listener is subscribed: rings are heard, so sweeps can be rare.
+    heard: AtomicBool,
 }
 
 #[derive(Default)]
@@ -44,6 +47,11 @@ impl Rings {
     /// Waits for a ring (returns at once if one came since the last wait).
     pub async fn wait(&self) {
         self.notify.notified().await
+    }
+
+    /// Whether rings are being heard now; while they are not, a worker sweeps often.
+    pub fn heard(&self) -> bool {
+        self.heard.load(Ordering::Relaxed)
     }
 
     /// The queue tags that rang since the last call, and forgets them; `None` when any queue
@@ -159,6 +167,7 @@ impl Store {
             match self.bells.subscribe(&self.conn, attempt, &patterns).await {
                 Ok(mut pubsub) => {
                     failing = false;
+                    rings.heard.store(true, Ordering::Relaxed);
                     rings.ring(None);
                     let mut messages = pubsub.on_message();
                     loop {
@@ -170,6 +179,7 @@ impl Store {
                             },
                         }
                     }
+                    rings.heard.store(false, Ordering::Relaxed);
                     tracing::debug!(?queue, "doorbell disconnected; reconnecting");
                 }
                 Err(e) => {
@@ -177,6 +187,10 @@ impl Store {
                     // Once per outage, not every second of it.
                     if !failing {
                         failing = true;
+                        // The worker looks at every queue now and sweeps often until rings
+                        // are heard again.
+                        rings.heard.store(false, Ordering::Relaxed);
+                        rings.ring(None);
                         tracing::warn!(error = %e, ?queue, "doorbell unavailable; the sweep delivers meanwhile");
                     } else {
                         tracing::debug!(error = %e, ?queue, "doorbell still unavailable");

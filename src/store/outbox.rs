@@ -57,6 +57,15 @@ pub enum AppTextQueued {
     Missing,
 }
 
+/// What a claim of a queue took, and when to come back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    pub items: Vec<Leased>,
+    /// When the queue's earliest item falls due after the claim (a retry, or a lease that
+    /// may run out unsettled), in ms; `None` when the queue is empty.
+    pub next_due: Option<i64>,
+}
+
 /// A text claimed by one worker until `lease_until`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leased {
@@ -207,7 +216,7 @@ impl Store {
         limit: usize,
         token: &str,
         unknown_keep_ms: i64,
-    ) -> Result<Vec<Leased>> {
+    ) -> Result<Claim> {
         self.queue_claim(tag, now, lease_ms, limit, token, Some(unknown_keep_ms))
             .await
     }
@@ -234,7 +243,7 @@ impl Store {
         limit: usize,
         token: &str,
         unknown_keep_ms: Option<i64>,
-    ) -> Result<Vec<Leased>> {
+    ) -> Result<Claim> {
         let reply: Value = SCRIPTS
             .claim
             .key(format!("{tag}q"))
@@ -247,10 +256,21 @@ impl Store {
             .invoke_async(&mut self.c())
             .await?;
         let flat = strings(reply)?;
-        if flat.len() % 5 != 0 {
+        let Some((next_due, flat)) = flat.split_first().filter(|(_, rest)| rest.len() % 5 == 0)
+        else {
             return Err(StoreError::Corrupt("queue claim reply"));
-        }
-        flat.chunks(5)
+        };
+        // A score is a double: Redis may print a whole number of ms with an exponent.
+        let next_due = match next_due.as_str() {
+            "" => None,
+            due => Some(
+                due.parse::<f64>()
+                    .map_err(|_| StoreError::Corrupt("queue claim due time"))?
+                    as i64,
+            ),
+        };
+        let items = flat
+            .chunks(5)
             .map(|c| {
                 Ok(Leased {
                     id: c[0].clone(),
@@ -262,7 +282,8 @@ impl Store {
                     numbers: c[4].clone(),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Claim { items, next_due })
     }
 
     /// Settles a claimed item of the queue under `tag`, appending `attempt` to its log.

@@ -997,6 +997,7 @@ async fn a_worker_dying_with_the_text_gives_it_up_rather_than_send_twice() {
             .outbox_claim(&tag, due.now_ms(), outbound::LEASE_MS, 10, "died", 60_000)
             .await
             .unwrap()
+            .items
             .len();
     }
     assert_eq!(held, 1);

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hush::config::Secret;
+use hush::config::{Config, Secret};
 use serde_json::{Value, json};
 
 use crate::harness::*;
@@ -1060,4 +1060,121 @@ async fn erasure_strips_numbers_from_events_still_waiting() {
     assert_signed(&created, "session.created");
     assert_no_digits("the queued session.created", &created.raw, &[&a]);
     assert_redis_clean(&app, &[&a]).await;
+}
+
+/// An idle instance leaves Redis alone, however many pools it serves: a written event rings
+/// the doorbell, a retry's due time is known to the worker that set it, and every shard is
+/// swept only now and then (for rings that were lost, and for leases and retries of an
+/// instance that died). Claiming every shard ten times a second would load a Redis shared by
+/// many instances in proportion to pools times instances, with nothing to send.
+#[tokio::test]
+async fn an_idle_instance_sends_redis_few_commands_whatever_its_pools() {
+    const POOLS: usize = 40;
+    const WINDOW: Duration = Duration::from_secs(4);
+    let redis = RedisServer::start(false);
+    let receiver = Receiver::start().await;
+    let mut config = fresh_config(&redis.url());
+    config.callback_allow_private = true;
+    // The reaper at its default pace, as in production.
+    config.reaper_interval_ms = Config::default().reaper_interval_ms;
+    // Texts through a provider's API: the outbound worker runs too.
+    config.providers.telnyx_api_key = Some(Secret::new("idle".into()));
+    let app = TestApp::start_on(config).await;
+    for i in 0..POOLS {
+        app.put_pool(
+            &format!("idle{i}"),
+            json!({ "callback_url": receiver.url("/events"), "shards": 2 }),
+        )
+        .await
+        .expect(201);
+    }
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Scripts and functions run, and commands in all (theirs included).
+    async fn counts(conn: &mut redis::aio::MultiplexedConnection) -> (u64, u64) {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(conn)
+            .await
+            .unwrap();
+        let (mut scripts, mut all) = (0, 0);
+        for line in info.lines() {
+            let Some((name, stats)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let calls: u64 = stats
+                .strip_prefix("calls=")
+                .and_then(|s| s.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .expect("INFO commandstats gives calls");
+            all += calls;
+            if matches!(name, "evalsha" | "eval" | "fcall") {
+                scripts += calls;
+            }
+        }
+        (scripts, all)
+    }
+    // Past the first sweep, which looks at every shard once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (scripts, all) = counts(&mut conn).await;
+    tokio::time::sleep(WINDOW).await;
+    let (scripts_after, all_after) = counts(&mut conn).await;
+    let per_shard = |n: u64| n as f64 / WINDOW.as_secs_f64() / (2 * POOLS) as f64;
+    let (scripts, all) = (
+        per_shard(scripts_after - scripts),
+        per_shard(all_after - all),
+    );
+    eprintln!("idle, per shard and second: {scripts:.2} scripts, {all:.2} commands");
+    // The reaper runs one script a shard each second (tidying sticky memory); claiming
+    // every shard ten times a second, as a poll would, is ten more.
+    assert!(
+        scripts < 3.0,
+        "an idle instance ran {scripts:.2} scripts a shard and second ({all:.2} commands)"
+    );
+}
+
+/// Where Redis refuses hush the doorbell's channels (an ACL user without `&P:*`), events are
+/// found by a sweep every tenth of a second, as before there were doorbells, not by the slow
+/// sweep an instance that hears rings keeps for what rings miss.
+#[tokio::test]
+async fn without_the_doorbell_events_still_go_out_at_once() {
+    let redis = RedisServer::start(false);
+    let admin = redis::Client::open(redis.url()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "deaf",
+            "on",
+            ">deaf-secret",
+            "~*",
+            "resetchannels",
+            "+@all",
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("redis://deaf:deaf-secret@127.0.0.1:{}", redis.port);
+    let receiver = Receiver::start().await;
+    let mut config = fresh_config(&url);
+    config.callback_allow_private = true;
+    let app = TestApp::start_on(config).await;
+    hooked_pool(&app, &receiver, "deaf", json!({}), &proxies(4)).await;
+    // One at a time, each within a fraction of the slow sweep: a sweep every 5 s would hold
+    // at least one of them back for seconds.
+    for i in 0..3 {
+        app.open_session("deaf", &participant(2 * i), &participant(2 * i + 1), None)
+            .await;
+        let got = receiver
+            .wait_for_type("session.created", i + 1, Duration::from_millis(2_500))
+            .await;
+        assert_eq!(got.len(), i + 1, "event {i} waited for a sweep");
+    }
+    assert!(
+        captured_logs().contains("doorbell unavailable"),
+        "the missing doorbell is logged"
+    );
 }

@@ -964,7 +964,8 @@ async fn a_worker_that_dies_holding_a_text_leaves_it_to_another_and_none_sends_t
         .store()
         .outbox_claim(&tag, now_ms(), outbound::LEASE_MS, 10, "dead", 60_000)
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     assert_eq!(held.len(), 1);
     // Nobody else may take it while the lease lasts...
     let p = &config.providers;
@@ -1014,7 +1015,8 @@ async fn a_worker_that_dies_holding_a_text_leaves_it_to_another_and_none_sends_t
         .store()
         .outbox_claim(&tag, now_ms(), outbound::LEASE_MS, 10, "stopping", 60_000)
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     assert_eq!(held.len(), 1);
     let release = hush::store::outbox::Settle::Release { due: now_ms() };
     assert!(

@@ -3,9 +3,11 @@
 -- that dies holding a lease leaves the text to be claimed again once the lease has run out.
 -- KEYS: 1 queue. ARGV: 1 tag, 2 now ms, 3 lease ms, 4 limit, 5 token (unique per call),
 --       6 how long to keep a record given up as of unknown outcome, or '' (see below)
--- Returns a flat list, five items per text: id, token, sealed text, claims so far, and the
--- sealed numbers beside it ('' when none; events of pools that send numbers), so a worker
--- needs no further read to send what it claimed.
+-- Returns a flat list: first when the queue's earliest item falls due after this claim (its
+-- score in ms: a retry, a lease that may run out, or '' when the queue is empty), so the
+-- worker can come back then instead of polling; then five items per text: id, token, sealed
+-- text, claims so far, and the sealed numbers beside it ('' when none; events of pools that
+-- send numbers), so a worker needs no further read to send what it claimed.
 --
 -- With ARGV[6] (outbound texts), an item whose last lease ran out unsettled is not handed out
 -- again: its holder died or hung after claiming it, so the provider may have taken it, and a
@@ -60,4 +62,6 @@ for first = 1, #leased, 1000 do
   end
   redis.call('ZADD', q, unpack(args))
 end
+local first = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
+table.insert(out, 1, first[2] or '')
 return out
