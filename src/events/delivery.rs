@@ -388,7 +388,8 @@ impl Worker {
 /// see `store::doorbell`), again as soon as its destination has room while events were left
 /// waiting, when the next of its events falls due (as its last claim or a settle said), and
 /// every `interval` from every shard as a sweep for rings that were lost and for what other
-/// instances left ([`DEAF_SWEEP`] while the doorbell is not heard). Finished attempts are settled in batches, one script per shard.
+/// instances left ([`DEAF_SWEEP`] while the doorbell is not heard). Finished attempts are
+/// settled in batches, one script per shard.
 pub async fn run(
     broker: Broker,
     delivery: Delivery,
