@@ -106,10 +106,25 @@ impl Broker {
 
     /// One reaper pass over every pool. Idempotent; any instance may run it at any time.
     pub async fn reap_once(&self, now: Millis) -> Result<Reaped> {
+        self.reap_pass(now, None).await
+    }
+
+    /// [`Broker::reap_once`], skipping the shards another instance's pass visited less than
+    /// `turn_ms` ago (when given): however many instances run, a shard is reaped and tidied
+    /// about once per turn, not once per instance.
+    async fn reap_pass(&self, now: Millis, turn_ms: Option<Millis>) -> Result<Reaped> {
         let mut total = Reaped::default();
         for row in self.inner.store.pool_list().await? {
             for s in 0..row.shards {
                 let shard = self.shard(row.id, s);
+                if let Some(ms) = turn_ms {
+                    match self.inner.store.reaper_turn(&shard, ms).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        // The pass below meets the same error and says so.
+                        Err(_) => {}
+                    }
+                }
                 match self.reap_shard(&shard, now, BUCKETS_PER_PASS).await {
                     Ok(r) => {
                         total.expired += r.expired;
@@ -129,15 +144,19 @@ impl Broker {
     }
 }
 
-/// Runs [`Broker::reap_once`] every `interval` until `shutdown`, finishing the pass in hand.
 /// How often the reaper loop trims the audit log.
 const AUDIT_TRIM_EVERY_MS: Millis = 3_600_000;
 
+/// Runs a reaper pass every `interval` until `shutdown`, finishing the pass in hand. Each
+/// shard takes one instance's pass per interval: an instance skips the shards another
+/// visited within the last nine tenths of it: a little less than the interval, so that an
+/// instance's own next pass, an interval later, finds its last turn over.
 pub async fn run_reaper(
     broker: Broker,
     interval: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let turn = (interval.as_millis() as Millis * 9 / 10).max(1);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The audit log is trimmed far less often than sessions are reaped: by the hour it
@@ -160,7 +179,7 @@ pub async fn run_reaper(
                 Err(e) => tracing::warn!(error = %e, "audit trim failed; retrying next tick"),
             }
         }
-        match broker.reap_once(broker.now()).await {
+        match broker.reap_pass(broker.now(), Some(turn)).await {
             Ok(r) if r.expired + r.released > 0 => {
                 tracing::debug!(expired = r.expired, released = r.released, "reaped")
             }

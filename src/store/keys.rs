@@ -120,6 +120,11 @@ impl ShardKeys {
     pub fn due_buckets(&self) -> String {
         format!("{}xb", self.tag)
     }
+    /// STRING, set for a moment by the instance whose reaper passes over the shard, so the
+    /// other instances' reapers skip it in that pass.
+    pub fn reaper_pass(&self) -> String {
+        format!("{}rp", self.tag)
+    }
     /// HASH participant index → entry: the routes the participant holds and its sticky
     /// memory (see `lua/common.lua`). One bucket per first two characters of the index.
     pub fn entries(&self, idx: &str) -> String {

@@ -355,6 +355,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether this instance's reaper takes its turn at `shard` now: true unless another pass
+    /// over it began less than `ms` ago (one `SET NX`).
+    pub async fn reaper_turn(&self, shard: &ShardKeys, ms: i64) -> Result<bool> {
+        let set: Option<String> = self
+            .query("SET", (shard.reaper_pass(), "1", "NX", "PX", ms.max(1)))
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// Drops sticky memory past its window from every entry of some participant buckets
     /// (each named by its two characters), in one script. Returns how many entries it read.
     pub async fn entries_tidy(&self, shard: &ShardKeys, buckets: &[String]) -> Result<usize> {

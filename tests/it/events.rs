@@ -1062,24 +1062,26 @@ async fn erasure_strips_numbers_from_events_still_waiting() {
     assert_redis_clean(&app, &[&a]).await;
 }
 
-/// An idle instance leaves Redis alone, however many pools it serves: a written event rings
-/// the doorbell, a retry's due time is known to the worker that set it, and every shard is
-/// swept only now and then (for rings that were lost, and for leases and retries of an
-/// instance that died). Claiming every shard ten times a second would load a Redis shared by
-/// many instances in proportion to pools times instances, with nothing to send.
-#[tokio::test]
-async fn an_idle_instance_sends_redis_few_commands_whatever_its_pools() {
+/// Scripts and commands per shard and second that `instances` idle hush instances send a
+/// fresh Redis over 4 s, with 40 pools of 2 shards, each with a callback URL, the reaper at
+/// its default pace, and the text worker on when `texts`.
+async fn idle_load(instances: usize, texts: bool) -> (f64, f64) {
     const POOLS: usize = 40;
     const WINDOW: Duration = Duration::from_secs(4);
     let redis = RedisServer::start(false);
     let receiver = Receiver::start().await;
     let mut config = fresh_config(&redis.url());
     config.callback_allow_private = true;
-    // The reaper at its default pace, as in production.
     config.reaper_interval_ms = Config::default().reaper_interval_ms;
-    // Texts through a provider's API: the outbound worker runs too.
-    config.providers.telnyx_api_key = Some(Secret::new("idle".into()));
+    if texts {
+        // Texts through a provider's API: the outbound worker runs too.
+        config.providers.telnyx_api_key = Some(Secret::new("idle".into()));
+    }
     let app = TestApp::start_on(config).await;
+    let mut peers = Vec::new();
+    for _ in 1..instances {
+        peers.push(app.peer().await);
+    }
     for i in 0..POOLS {
         app.put_pool(
             &format!("idle{i}"),
@@ -1127,12 +1129,38 @@ async fn an_idle_instance_sends_redis_few_commands_whatever_its_pools() {
         per_shard(scripts_after - scripts),
         per_shard(all_after - all),
     );
-    eprintln!("idle, per shard and second: {scripts:.2} scripts, {all:.2} commands");
+    eprintln!(
+        "{instances} idle instance(s), per shard and second: {scripts:.2} scripts, {all:.2} commands"
+    );
+    (scripts, all)
+}
+
+/// An idle instance leaves Redis alone, however many pools it serves: a written event rings
+/// the doorbell, a retry's due time is known to the worker that set it, and every shard is
+/// swept only now and then (for rings that were lost, and for leases and retries of an
+/// instance that died). Claiming every shard ten times a second would load a Redis shared by
+/// many instances in proportion to pools times instances, with nothing to send.
+#[tokio::test]
+async fn an_idle_instance_sends_redis_few_commands_whatever_its_pools() {
+    let (scripts, all) = idle_load(1, true).await;
     // The reaper runs one script a shard each second (tidying sticky memory); claiming
     // every shard ten times a second, as a poll would, is ten more.
     assert!(
         scripts < 3.0,
         "an idle instance ran {scripts:.2} scripts a shard and second ({all:.2} commands)"
+    );
+}
+
+/// Instances take turns at each shard's reaper pass instead of each making its own: three
+/// instances cost Redis about what one does, plus their sweeps.
+#[tokio::test]
+async fn idle_instances_take_turns_at_the_reaper() {
+    let (scripts, all) = idle_load(3, false).await;
+    // Turns of nine tenths of a second, and one event sweep of each instance in the window,
+    // are at most 1.9; with every instance reaping every shard it was 2.6.
+    assert!(
+        scripts < 2.0,
+        "three idle instances ran {scripts:.2} scripts a shard and second ({all:.2} commands)"
     );
 }
 
