@@ -80,7 +80,6 @@ pub async fn run(
             config.callback_allow_private,
             config.event_retry_schedule_ms.clone(),
         ),
-        events::delivery::SWEEP,
         shutdown.clone(),
     ));
     let reaper = tokio::spawn(broker::run_reaper(

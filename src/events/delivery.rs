@@ -14,7 +14,7 @@
 //! Nothing is polled: a written event rings its shard's doorbell, each claim says when its
 //! queue's next item falls due (a retry, or a lease that may run out) and each settle when
 //! its retries do, and the worker comes back to the shard then. Every shard is swept only
-//! every [`SWEEP`], for rings that were lost and for the retries and leases of an instance
+//! every few seconds (`Rings::sweep`), for rings that were lost and for the retries and leases of an instance
 //! that died, so an idle instance costs Redis next to nothing however many pools it serves.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -49,11 +49,6 @@ const LIMITS: Limits = Limits {
 };
 /// Finished attempts settled in one script, at most.
 const SETTLE_BATCH: usize = 512;
-/// How often every shard is claimed whether or not it rang or fell due.
-pub const SWEEP: Duration = Duration::from_secs(5);
-/// The same while the doorbell is not heard (Redis refuses hush the channels, or the
-/// subscriber is reconnecting): the sweep is then what finds new events.
-pub const DEAF_SWEEP: Duration = Duration::from_millis(100);
 /// When a shard whose claim failed (its Redis node may be down) is tried again.
 const FAILED_RETRY: Duration = Duration::from_secs(1);
 
@@ -387,15 +382,9 @@ impl Worker {
 /// Delivers until `shutdown`: claims a shard when its doorbell rings (an event was written,
 /// see `store::doorbell`), again as soon as its destination has room while events were left
 /// waiting, when the next of its events falls due (as its last claim or a settle said), and
-/// every `interval` from every shard as a sweep for rings that were lost and for what other
-/// instances left ([`DEAF_SWEEP`] while the doorbell is not heard). Finished attempts are
-/// settled in batches, one script per shard.
-pub async fn run(
-    broker: Broker,
-    delivery: Delivery,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
+/// from every shard as a sweep (`Rings::sweep`) for rings that were lost and for what other
+/// instances left. Finished attempts are settled in batches, one script per shard.
+pub async fn run(broker: Broker, delivery: Delivery, shutdown: CancellationToken) {
     let (done, finished) = mpsc::unbounded_channel();
     let (retries, mut retried) = mpsc::unbounded_channel();
     let settler = tokio::spawn(settle_loop(broker.clone(), finished, retries));
@@ -424,8 +413,7 @@ pub async fn run(
             let wait = u64::try_from(at - worker.broker.now_ms()).unwrap_or(0);
             tokio::time::Instant::now() + Duration::from_millis(wait)
         });
-        let pace = if rings.heard() { interval } else { DEAF_SWEEP };
-        let sweep = swept.map_or_else(tokio::time::Instant::now, |at| at + pace);
+        let sweep = swept.map_or_else(tokio::time::Instant::now, |at| at + rings.sweep());
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some((shard, at)) = retried.recv() => worker.timers.set(shard, at),

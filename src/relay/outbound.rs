@@ -126,12 +126,6 @@ const FAILED_KEEP_MS: Millis = 7 * 24 * 3600 * 1000;
 /// Texts claimed per pass.
 const BATCH: usize = 32;
 
-/// How often an idle worker looks at every queue whether or not a text was queued or falls
-/// due: for rings that were lost, and for retries and leases of an instance that died.
-const SWEEP: Duration = Duration::from_secs(5);
-/// The same while the doorbell is not heard: the sweep is then what finds new texts.
-const DEAF_SWEEP: Duration = Duration::from_millis(100);
-
 /// Queues a text for sending, durably, before the provider's webhook is answered. The same
 /// `key` queues nothing new, whether its text is still waiting, was sent or was given up.
 pub async fn enqueue(broker: &Broker, msg: OutboundSms) -> Result<(), BrokerError> {
@@ -254,7 +248,7 @@ async fn deliver_pass(
             }
         };
         count += claimed.items.len();
-        next_due = earliest(next_due, claimed.next_due);
+        next_due = next_due.into_iter().chain(claimed.next_due).min();
         let tag = Arc::new(tag);
         for item in claimed.items {
             let (broker, http, providers, tag) =
@@ -275,7 +269,7 @@ async fn deliver_pass(
     for (tag, sent) in by_queue {
         for s in &sent {
             if let Settle::Retry { due } | Settle::Release { due } = s.settle {
-                next_due = earliest(next_due, Some(due));
+                next_due = Some(next_due.map_or(due, |n| n.min(due)));
             }
         }
         settle_queue(broker, &tag, sent).await;
@@ -291,13 +285,6 @@ async fn deliver_pass(
             Ok(pass)
         }
         None => Ok(pass),
-    }
-}
-
-fn earliest(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 
@@ -525,8 +512,8 @@ pub fn needed(p: &Providers) -> bool {
 
 /// Runs [`deliver_once`] until `shutdown`: at once again after a full batch, when a text is
 /// queued (the queues' doorbell, see `store::doorbell`), when the next text falls due (a
-/// retry, or a lease that may run out), and otherwise every [`SWEEP`] for rings that were
-/// lost and what other instances left. A pass in hand is finished (its texts sent and
+/// retry, or a lease that may run out), and otherwise as a sweep (`Rings::sweep`) for rings
+/// that were lost and what other instances left. A pass in hand is finished (its texts sent and
 /// settled) before it returns.
 pub async fn run_worker(broker: Broker, providers: Providers, shutdown: CancellationToken) {
     let http = match reqwest::Client::builder()
@@ -547,7 +534,7 @@ pub async fn run_worker(broker: Broker, providers: Providers, shutdown: Cancella
         async move { store.listen(Queue::Texts, rings, shutdown).await }
     });
     while !shutdown.is_cancelled() {
-        let sweep = if rings.heard() { SWEEP } else { DEAF_SWEEP };
+        let sweep = rings.sweep();
         let pause = match deliver_pass(&broker, &http, &providers).await {
             Ok(pass) if pass.handled >= BATCH => Duration::ZERO,
             Ok(Pass {

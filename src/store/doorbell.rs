@@ -23,6 +23,13 @@ use super::target::{RedisTarget, StoreKind};
 
 /// How long connecting the subscriber may take, and the pause before trying again.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// How often a worker that hears rings looks at every queue anyway: for rings lost while
+/// reconnecting, and for retries and leases of an instance that died.
+pub const SWEEP: Duration = Duration::from_secs(5);
+/// The same while rings are not heard (Redis refuses the channels, or the subscriber is
+/// reconnecting): the sweep is then what finds new items.
+pub const DEAF_SWEEP: Duration = Duration::from_millis(100);
+
 /// Queues remembered between two looks; past this many the worker looks at every queue.
 const MAX_RUNG: usize = 4096;
 
@@ -49,9 +56,14 @@ impl Rings {
         self.notify.notified().await
     }
 
-    /// Whether rings are being heard now; while they are not, a worker sweeps often.
-    pub fn heard(&self) -> bool {
-        self.heard.load(Ordering::Relaxed)
+    /// How long a worker may go without looking at every queue: [`SWEEP`] while rings are
+    /// heard, [`DEAF_SWEEP`] while they are not.
+    pub fn sweep(&self) -> Duration {
+        if self.heard.load(Ordering::Relaxed) {
+            SWEEP
+        } else {
+            DEAF_SWEEP
+        }
     }
 
     /// The queue tags that rang since the last call, and forgets them; `None` when any queue
