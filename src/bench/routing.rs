@@ -27,7 +27,7 @@ use hush::domain::session::Kind;
 use hush::domain::{
     Access, E164, Initiator, Mode, PinMode, PoolName, PoolPolicy, SessionId, interaction_code,
 };
-use hush::store::{Claimed, PinClaim, ShardKeys, Store};
+use hush::store::{Claimed, PinClaim, ShardKeys};
 
 use super::fixtures::{Participants, bench_config, bench_pool, named_pool, new_session};
 use super::load::{
@@ -472,7 +472,7 @@ async fn floor_route(
 /// blind index), so that the floor's request costs the floor router's work plus hush's
 /// Redis step and nothing of hush's own.
 struct RelayFloor {
-    store: Store,
+    broker: Broker,
     callers: HashMap<String, (ShardKeys, String)>,
 }
 
@@ -494,7 +494,7 @@ async fn serve_relay_floor(
         callers.insert(from.clone(), (shard, broker.crypto().blind_index(&caller)));
     }
     let state = Arc::new(RelayFloor {
-        store: broker.store().clone(),
+        broker: broker.clone(),
         callers,
     });
     let app = axum::Router::new()
@@ -519,17 +519,14 @@ async fn relay_floor_route(
     };
     let reference = format!("unnamed_{}", SessionId::new(0, 0).key());
     let interaction = format!("int_{}", SessionId::new(0, 0).key());
-    let policy = PoolPolicy::default();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
     let claimed = floor
-        .store
+        .broker
+        .store()
         .relay_claim(
             shard,
             Some(idx),
             &req.to,
-            now,
+            floor.broker.now_ms(),
             interaction_code(Kind::Voice, Initiator::Participant),
             "api",
             &reference,
@@ -537,13 +534,7 @@ async fn relay_floor_route(
             UNNAMED_REF_TTL_MS,
             None,
             false,
-            PinClaim {
-                pin_index: "",
-                attempt: None,
-                prompts: policy.pin_retry.saturating_add(1),
-                failure_limit: policy.pin_failure_limit,
-                caller_check: policy.pin_caller_check,
-            },
+            PinClaim::under(&PoolPolicy::default(), "", None),
         )
         .await;
     match claimed {

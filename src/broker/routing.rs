@@ -276,13 +276,7 @@ impl Broker {
                     ref_ttl_ms,
                     event.as_ref(),
                     intercept,
-                    PinClaim {
-                        pin_index: &pin_index,
-                        attempt,
-                        prompts: policy.pin_retry.saturating_add(1),
-                        failure_limit: policy.pin_failure_limit,
-                        caller_check: policy.pin_caller_check,
-                    },
+                    PinClaim::under(policy, &pin_index, attempt),
                 )
                 .await?;
             let pool_label = || {

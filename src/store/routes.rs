@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use redis::Value;
 
 use super::{EventDraft, Result, ShardKeys, Store, StoreError, strings};
-use crate::domain::{Access, CallOptions, SessionOptions};
+use crate::domain::{Access, CallOptions, PoolPolicy, SessionOptions};
 
 /// A participant's entry in its bucket (see `lua/common.lua`): the routes it holds, proxy
 /// number → session key, the PIN sessions it is in (proxy number, session key), and its
@@ -152,6 +152,20 @@ pub struct PinClaim<'a> {
     pub prompts: u8,
     pub failure_limit: u8,
     pub caller_check: bool,
+}
+
+impl<'a> PinClaim<'a> {
+    /// The pool's PIN rules, for `pin_index` typed at prompt `attempt` (none: a call or text
+    /// arriving).
+    pub fn under(policy: &PoolPolicy, pin_index: &'a str, attempt: Option<u8>) -> PinClaim<'a> {
+        PinClaim {
+            pin_index,
+            attempt,
+            prompts: policy.pin_retry.saturating_add(1),
+            failure_limit: policy.pin_failure_limit,
+            caller_check: policy.pin_caller_check,
+        }
+    }
 }
 
 /// What recording a call the app starts came to.
